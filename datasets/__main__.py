@@ -1,0 +1,3 @@
+from datasets.cli import main
+
+raise SystemExit(main())

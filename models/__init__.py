@@ -1,0 +1,1 @@
+"""Models: the shared selective-attention kernel, the glimpse classifier, DRAW, baselines."""

@@ -1,0 +1,28 @@
+"""Shared fixtures. Tests read MNIST from $GLIMPSE_DATA (default ./data); when the files are
+missing they are fetched from $GLIMPSE_MNIST_SOURCE, else from ../shared/data/mnist when this
+checkout sits beside it, else from the download fallbacks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+if not os.environ.get("GLIMPSE_MNIST_SOURCE") and SHARED_MNIST.is_dir():
+    os.environ["GLIMPSE_MNIST_SOURCE"] = str(SHARED_MNIST)
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def mnist_data():
+    """(train_images, train_labels, test_images, test_labels) of the real MNIST."""
+    from datasets import mnist
+
+    tr = mnist.load("train")
+    te = mnist.load("test")
+    return tr[0], tr[1], te[0], te[1]

@@ -1,0 +1,218 @@
+"""MNIST acquisition: parsing, checksums, fallback order, atomicity, speed."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datasets import mnist
+from datasets.mnist import DataError, Source
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.fixture(scope="module")
+def raw_files(mnist_data) -> dict[str, bytes]:
+    folder = mnist.mnist_dir()
+    return {name: (folder / name).read_bytes() for name in mnist.SHA256}
+
+
+def folder_source(path: Path) -> Source:
+    return Source(f"folder {path}", lambda names: mnist._from_folder(path, names), "fix the folder")
+
+
+def failing_source(name: str, calls: list[str]) -> Source:
+    def fetch(names):
+        calls.append(name)
+        raise DataError(f"{name} is unreachable")
+
+    return Source(name, fetch, f"repair {name}")
+
+
+def test_parsed_shapes_label_counts_and_pixel_stats(mnist_data):
+    train_x, train_y, test_x, test_y = mnist_data
+    assert train_x.shape == (60_000, 28, 28) and train_x.dtype == np.uint8
+    assert test_x.shape == (10_000, 28, 28) and test_x.dtype == np.uint8
+    assert train_y.dtype == np.int64 and test_y.dtype == np.int64
+    assert np.bincount(train_y).tolist() == TRAIN_COUNTS
+    assert np.bincount(test_y).tolist() == TEST_COUNTS
+    scaled = train_x.astype(np.float64) / 255
+    assert abs(scaled.mean() - 0.1307) < 5e-5 and abs(scaled.std() - 0.3081) < 5e-5
+
+
+def test_magic_numbers(raw_files):
+    assert int.from_bytes(raw_files["train-images-idx3-ubyte"][:4], "big") == 0x803
+    assert int.from_bytes(raw_files["train-labels-idx1-ubyte"][:4], "big") == 0x801
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "magic"])
+def test_parse_rejects_damaged_idx(raw_files, damage):
+    data = bytearray(raw_files["t10k-labels-idx1-ubyte"])
+    if damage == "truncate":
+        data = data[:-7]
+    elif damage == "flip":
+        data[3] ^= 0x40  # corrupts the magic's dimension byte
+    else:
+        data[0:4] = (0x0BADF00D).to_bytes(4, "big")
+    with pytest.raises(DataError):
+        mnist.parse_idx(bytes(data), "t10k-labels")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "magic"])
+def test_source_with_damaged_file_is_rejected_with_hashes(tmp_path, raw_files, damage):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in raw_files.items():
+        (src / name).write_bytes(data)
+    victim = src / "t10k-labels-idx1-ubyte"
+    data = bytearray(victim.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        data[5000] ^= 0x01
+    else:
+        data[0] = 0x7F
+    victim.write_bytes(bytes(data))
+    with pytest.raises(DataError) as err:
+        mnist.fetch(tmp_path / "root", sources=[folder_source(src)])
+    msg = str(err.value)
+    assert "t10k-labels-idx1-ubyte" in msg and mnist.SHA256["t10k-labels-idx1-ubyte"] in msg
+    assert not (tmp_path / "root" / "mnist" / "t10k-labels-idx1-ubyte").exists()
+
+
+def test_corrupt_file_in_root_is_never_used(tmp_path, raw_files):
+    root = tmp_path / "root"
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    for name, data in raw_files.items():
+        (folder / name).write_bytes(data)
+    mnist.fetch(root, sources=[])  # verifies and stamps
+    victim = folder / "train-labels-idx1-ubyte"
+    data = bytearray(victim.read_bytes())
+    data[100] ^= 0xFF
+    time.sleep(0.01)
+    victim.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="SHA-256 mismatch"):
+        mnist.fetch(root, sources=[])
+
+
+def test_gz_sources_are_accepted(tmp_path, raw_files):
+    src = tmp_path / "gz"
+    src.mkdir()
+    for name, data in raw_files.items():
+        (src / f"{name}.gz").write_bytes(gzip.compress(data, compresslevel=1))
+    folder = mnist.fetch(tmp_path / "root", sources=[folder_source(src)])
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted(mnist.SHA256)
+
+
+def test_fallback_order_stops_at_first_source_that_works(tmp_path, raw_files):
+    src = tmp_path / "good"
+    src.mkdir()
+    for name, data in raw_files.items():
+        (src / name).write_bytes(data)
+    calls: list[str] = []
+    sources = [failing_source("first", calls), failing_source("second", calls), folder_source(src),
+               failing_source("never", calls)]
+    mnist.fetch(tmp_path / "root", sources=sources)
+    assert calls == ["first", "second"]
+
+
+def test_all_sources_failing_lists_what_was_tried(tmp_path):
+    calls: list[str] = []
+    with pytest.raises(DataError) as err:
+        mnist.fetch(tmp_path, sources=[failing_source("alpha", calls), failing_source("beta", calls)])
+    msg = str(err.value)
+    assert calls == ["alpha", "beta"]
+    assert "alpha" in msg and "beta" in msg and "repair alpha" in msg and "GLIMPSE_MNIST_SOURCE" in msg
+
+
+def test_hanging_source_fails_fast(tmp_path):
+    def hang(names):
+        time.sleep(60)
+
+    start = time.monotonic()
+    with pytest.raises(DataError, match="gave up"):
+        mnist.fetch(tmp_path, sources=[Source("sleeper", hang, "wake it")], source_timeout_s=0.5)
+    assert time.monotonic() - start < 5
+
+
+def test_unreachable_mirror_fails_fast(monkeypatch):
+    monkeypatch.setattr(mnist, "_torchvision_mirrors", lambda: ["http://127.0.0.1:9/", "http://mirror.invalid/"])
+    start = time.monotonic()
+    with pytest.raises(DataError):
+        mnist._from_mirrors(["t10k-labels-idx1-ubyte"])
+    assert time.monotonic() - start < 12
+
+
+def test_killed_fetch_leaves_no_partial_file(tmp_path, raw_files):
+    """A writer killed mid-write leaves only a hidden temp file that is never mistaken for data."""
+    target = tmp_path / "mnist" / "train-images-idx3-ubyte"
+    code = (
+        "import sys, time; from pathlib import Path; from datasets import mnist\n"
+        "def slow_fsync(fd):\n"
+        "    print('writing', flush=True); time.sleep(30)\n"
+        "mnist.os.fsync = slow_fsync\n"
+        f"mnist.atomic_write_bytes(Path({str(target)!r}), b'x' * 1000)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not target.exists()
+    for name, data in raw_files.items():
+        if name != "train-images-idx3-ubyte":
+            (target.parent / name).write_bytes(data)
+    calls: list[str] = []
+    with pytest.raises(DataError):
+        mnist.fetch(tmp_path, sources=[failing_source("offline", calls)])
+    assert calls == ["offline"], "the missing file must be fetched again, not taken from the temp file"
+
+
+def test_concurrent_fetches_do_not_corrupt_each_other(tmp_path):
+    root = tmp_path / "root"
+    code = "from datasets import mnist; import sys; mnist.fetch(sys.argv[1]); print('ok')"
+    env = dict(os.environ)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(root)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    for name in mnist.SHA256:
+        assert mnist.sha256_file(root / "mnist" / name) == mnist.SHA256[name]
+
+
+def test_second_load_is_fast(mnist_data):
+    """In a fresh process, loading all 70,000 verified images takes well under a second."""
+    code = ("import time; t = time.perf_counter(); from datasets import mnist;"
+            "a, _ = mnist.load('train'); b, _ = mnist.load('test'); int(a[-1].sum()) + int(b[-1].sum());"
+            "print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert float(out.stdout) < 0.5
+
+
+def test_cli_fetch_prints_folder_and_corrupt_file_gives_one_line_error(tmp_path, raw_files):
+    env = dict(os.environ, GLIMPSE_DATA=str(tmp_path))
+    ok = subprocess.run([sys.executable, "-m", "datasets", "fetch"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().splitlines()[-1] == str(tmp_path / "mnist")
+    victim = tmp_path / "mnist" / "t10k-images-idx3-ubyte"
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0x01
+    time.sleep(0.01)
+    victim.write_bytes(bytes(data))
+    bad = subprocess.run([sys.executable, "-m", "datasets", "fetch"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0
+    assert "Traceback" not in bad.stderr
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "t10k-images-idx3-ubyte" in lines[0] and "SHA-256" in lines[0]
