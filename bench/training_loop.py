@@ -1,0 +1,270 @@
+"""The epoch loop every long run shares: fresh data each epoch, Adam, gradient clipping, model
+selection on `valid`, learning curves, and checkpoints that resume exactly.
+
+The loop knows nothing about the model: a `Task` builds it, yields the epoch's batches, computes
+the loss and evaluates. Nothing here assumes one process: `rank` and `world_size` are parameters,
+rank 0 alone writes checkpoints, and `wrap` lets a caller put the model in DistributedDataParallel.
+
+Exact resume: a checkpoint stores the position (epoch, batches done in it), model, optimiser,
+best-so-far, curve and the RNG states taken at that position. Batches are a pure function of
+(seed, epoch), so resuming regenerates the epoch, skips the batches already done and continues
+with the same random numbers an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+from torch import nn
+
+from bench import checkpoints
+
+CHECKPOINT_FORMAT = "glimpse-train-1"
+
+
+@dataclass
+class LoopConfig:
+    epochs: int = 10
+    time_budget_s: float | None = None  # training time (valid/test excluded); None = epochs only
+    lr: float = 1e-3
+    clip_norm: float = 10.0
+    checkpoint_every_s: float = 300.0
+    max_batches: int | None = None  # per epoch; the dry run uses 1
+    max_bad_steps: int = 20  # consecutive non-finite losses or gradients before giving up
+    progress: bool | None = None  # tqdm bars; None = only when stderr is a terminal
+
+
+class Task(Protocol):
+    select: str  # the valid metric that picks the best epoch; lower is better
+
+    def describe(self) -> dict: ...  # flat config, stored in checkpoints and checked on resume
+    def build(self) -> nn.Module: ...
+    def batches(self, epoch: int) -> Iterable[tuple]: ...  # deterministic in (seed, epoch)
+    def batch_images(self, batch: tuple) -> int: ...
+    def loss(self, model: nn.Module, batch: tuple) -> torch.Tensor: ...
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]: ...  # no_grad inside
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (diverged, bad checkpoint); the message says why and what to do."""
+
+
+@dataclass
+class LoopResult:
+    model: nn.Module  # holds the best-valid state
+    curve: list[dict]
+    best: dict  # {"epoch", "value", "metrics"}
+    step: int
+    images_seen: int
+    train_time_s: float
+    epochs_done: int
+    stopped_by: str  # "epochs" | "time_budget"
+    resumed: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _state_to_cpu(state: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else copy.deepcopy(v) for k, v in state.items()}
+
+
+def _is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+class _Loop:
+    def __init__(self, task: Task, cfg: LoopConfig, ckpt: Path | None, rank: int, world_size: int,
+                 log: Callable[[str], None], wrap: Callable[[nn.Module], nn.Module] | None,
+                 on_step: Callable[[int], None] | None):
+        self.task, self.cfg, self.ckpt = task, cfg, ckpt
+        self.rank, self.world_size, self.log = rank, world_size, log
+        self.on_step = on_step
+        self.model = task.build()
+        self.train_model = wrap(self.model) if wrap else self.model
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.images_seen, self.train_time_s = 0, 0.0
+        self.curve: list[dict] = []
+        self.best: dict = {"epoch": None, "value": math.inf, "metrics": {}}
+        self.best_state: dict | None = None
+        self.finished, self.stopped_by = False, "epochs"
+        self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
+        self.safe_rng = rng_states()  # RNG at the current position; what a checkpoint stores
+        self.epoch_complete = False
+        self.last_save = time.monotonic()
+
+    # ------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT, "task": self.task.describe(), "loop": asdict(self.cfg),
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+            "images_seen": self.images_seen, "train_time_s": self.train_time_s,
+            "epoch_loss": (self.epoch_loss_sum, self.epoch_loss_n),
+            "curve": self.curve, "best": self.best, "best_state": self.best_state,
+            "finished": self.finished, "stopped_by": self.stopped_by, "rng": self.safe_rng,
+        }
+
+    def save(self) -> None:
+        if self.ckpt is not None and self.rank == 0:
+            checkpoints.save(self.ckpt, self.state())
+        self.last_save = time.monotonic()
+
+    def restore(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise TrainingError(f"{self.ckpt}: not a training checkpoint of this harness "
+                                f"(format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+        ours, theirs = self.task.describe(), state["task"]
+        if ours != theirs:
+            diff = {k: (theirs.get(k), ours.get(k)) for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)}
+            raise TrainingError(f"{self.ckpt}: checkpoint was made for another configuration "
+                                f"(checkpoint vs now: {diff}); resume with the same settings or start afresh")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        for k in ("epoch", "batch_in_epoch", "step", "images_seen", "train_time_s", "curve", "best",
+                  "best_state", "finished", "stopped_by"):
+            setattr(self, k, state[k])
+        self.epoch_loss_sum, self.epoch_loss_n = state["epoch_loss"]
+        self.safe_rng = state["rng"]
+        set_rng_states(self.safe_rng)
+
+    # ------------------------------------------------------------ the loop
+    def over_budget(self) -> bool:
+        return self.cfg.time_budget_s is not None and self.train_time_s >= self.cfg.time_budget_s
+
+    def train_epoch(self) -> None:
+        from tqdm import tqdm
+
+        task, cfg, model = self.task, self.cfg, self.train_model
+        model.train()
+        batches = task.batches(self.epoch)
+        show = _is_terminal() if cfg.progress is None else cfg.progress
+        bar = tqdm(total=cfg.max_batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not show or self.rank != 0, unit="batch")
+        bad = 0
+        self.epoch_complete = False
+        for i, batch in enumerate(batches):
+            if i < self.batch_in_epoch:  # done before the interruption
+                continue
+            if (cfg.max_batches is not None and i >= cfg.max_batches) or self.over_budget():
+                break
+            t0 = time.perf_counter()
+            loss = task.loss(model, batch)
+            self.opt.zero_grad(set_to_none=True)
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                loss.backward()
+                norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+                finite = bool(torch.isfinite(norm))
+            if finite:
+                self.opt.step()
+                bad = 0
+                self.epoch_loss_sum += loss.item() * task.batch_images(batch)
+                self.epoch_loss_n += task.batch_images(batch)
+            else:
+                bad += 1
+                self.opt.zero_grad(set_to_none=True)
+                if bad >= cfg.max_bad_steps:
+                    raise TrainingError(f"{bad} consecutive non-finite losses or gradients at step {self.step}: "
+                                        f"training diverged; lower the learning rate (now {cfg.lr}) "
+                                        f"or the clipping norm (now {cfg.clip_norm})")
+            self.train_time_s += time.perf_counter() - t0
+            self.step += 1
+            self.batch_in_epoch = i + 1
+            self.images_seen += task.batch_images(batch) * self.world_size
+            self.safe_rng = rng_states()
+            bar.update(1)
+            if finite:
+                bar.set_postfix(loss=f"{float(loss):.4g}", refresh=False)
+            if self.on_step is not None:
+                self.on_step(self.step)
+            if time.monotonic() - self.last_save >= cfg.checkpoint_every_s:
+                self.save()
+        else:
+            self.epoch_complete = True
+        bar.close()
+
+    def validate(self) -> None:
+        t0 = time.perf_counter()
+        metrics = self.task.evaluate(self.model, "valid")
+        partial = not self.epoch_complete
+        entry = {
+            "epoch": self.epoch + 1, "step": self.step, "images_seen": self.images_seen,
+            "train_loss": self.epoch_loss_sum / max(self.epoch_loss_n, 1) if self.epoch_loss_n else None,
+            **{f"valid_{k}": v for k, v in metrics.items()},
+            "train_time_s": round(self.train_time_s, 3), "valid_time_s": round(time.perf_counter() - t0, 3),
+            "partial_epoch": bool(partial),
+        }
+        self.curve.append(entry)
+        value = metrics[self.task.select]
+        if value < self.best["value"] or self.best_state is None:
+            self.best = {"epoch": self.epoch + 1, "value": value, "metrics": metrics}
+            self.best_state = _state_to_cpu(self.model.state_dict())
+        loss_txt = f"{entry['train_loss']:.4g}" if entry["train_loss"] is not None else "-"
+        self.log(f"epoch {self.epoch + 1}: train loss {loss_txt}, valid {self.task.select} {value:.4g} "
+                 f"(best {self.best['value']:.4g} @ {self.best['epoch']}), {self.images_seen} images, "
+                 f"{self.train_time_s:.0f} s training")
+
+    def run(self) -> None:
+        while not self.finished:
+            if self.epoch >= self.cfg.epochs or (self.over_budget() and self.batch_in_epoch == 0):
+                self.stopped_by = "time_budget" if self.epoch < self.cfg.epochs else "epochs"
+                self.finished = True
+                break
+            self.train_epoch()
+            self.validate()
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
+            self.safe_rng = rng_states()
+            if self.over_budget():
+                self.stopped_by, self.finished = "time_budget", True
+            self.save()
+        self.save()
+
+
+def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, resume: bool = False,
+          rank: int = 0, world_size: int = 1, log: Callable[[str], None] = print,
+          wrap: Callable[[nn.Module], nn.Module] | None = None,
+          on_step: Callable[[int], None] | None = None) -> LoopResult:
+    """Train ``task`` under ``cfg``; return the model with its best-valid state loaded.
+
+    With ``resume`` and an existing ``checkpoint`` the run continues from it exactly. Any
+    exception, Ctrl-C included, first saves a checkpoint at the last completed step, then
+    propagates. ``on_step(step)`` runs after every optimiser step (tests use it to crash).
+    """
+    path = Path(checkpoint) if checkpoint is not None else None
+    loop = _Loop(task, cfg, path, rank, world_size, log, wrap, on_step)
+    resumed = False
+    if resume and path is not None and path.exists():
+        loop.restore(checkpoints.load(path))
+        resumed = True
+        log(f"resumed from {path} at epoch {loop.epoch + 1}, batch {loop.batch_in_epoch}, step {loop.step}")
+    try:
+        loop.run()
+    except BaseException:
+        loop.save()
+        raise
+    if loop.best_state is not None:
+        loop.model.load_state_dict(loop.best_state)
+    return LoopResult(loop.model, loop.curve, loop.best, loop.step, loop.images_seen, loop.train_time_s,
+                      loop.epoch, loop.stopped_by, resumed)
