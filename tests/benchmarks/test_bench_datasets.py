@@ -1,0 +1,75 @@
+"""Dataset speed and memory: building cluttered100 (70,000 images) and feeding a training loop.
+
+Bounds are checked on the process's CPU time (time.process_time), measured inside the test, so
+they hold with --benchmark-disable and do not depend on what else shares the CPU; the
+generator is single-threaded numpy, so its CPU time is its wall time on an idle machine. Wall
+times are printed beside them. Run with
+``pytest tests/benchmarks/test_bench_datasets.py -s`` to see the measured numbers.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import pytest
+
+from datasets import variants as V
+from datasets.torch_data import iterate_batches
+
+BUILD_BOUND_S = 5.0  # issue 3: at most 5 s on 2 cores
+CLASSIFIER_IMAGES_PER_S = 2000  # the fastest the 100x100 classifier trains on this CPU (issue 3)
+
+
+def build_all(name: str) -> dict:
+    out = {}
+    for split in V.SPLITS:
+        spec, plan, images = V.plan_split(name, split, seed=0)
+        out[split] = V.generate_split(spec, plan, images)["images"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def pools(mnist_data):
+    return {split: V.source_images(split) for split in V.SPLITS}  # MNIST loaded before timing
+
+
+@pytest.mark.slow
+def test_build_cluttered100_time(benchmark, pools):
+    start, cpu = time.perf_counter(), time.process_time()
+    out = benchmark.pedantic(build_all, args=("cluttered100",), rounds=1, iterations=1)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    n = sum(a.shape[0] for a in out.values())
+    print(f"\ncluttered100 train+valid+test: {n} images in {cpu:.2f} s CPU, {elapsed:.2f} s wall "
+          f"({n / cpu:,.0f} images per CPU second)")
+    assert n == 70_000
+    assert cpu < BUILD_BOUND_S
+
+
+@pytest.mark.slow
+def test_build_cluttered100_peak_memory(pools):
+    output_bytes = 70_000 * 100 * 100
+    tracemalloc.start()  # numpy reports its allocations to tracemalloc
+    try:
+        out = build_all("cluttered100")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(a.nbytes for a in out.values()) == output_bytes
+    print(f"\npeak traced memory {peak / 1e6:.0f} MB for {output_bytes / 1e6:.0f} MB of output "
+          f"({peak / output_bytes:.2f}x)")
+    assert peak < 2 * output_bytes
+
+
+@pytest.mark.slow
+def test_loader_feeds_10x_faster_than_the_classifier(pools):
+    n = 0
+    list(iterate_batches("cluttered100", "train", 128, epoch=0, limit=256))  # warm up
+    start, cpu = time.perf_counter(), time.process_time()
+    for x, y in iterate_batches("cluttered100", "train", 128, epoch=1, shuffle=True, limit=12_800):
+        n += x.shape[0]
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(f"\niterate_batches cluttered100 train (fresh epoch, shuffled, batch 128): {n / cpu:,.0f} images "
+          f"per CPU second ({n / wall:,.0f} images/s wall)")
+    assert n == 12_800
+    assert n / cpu > 10 * CLASSIFIER_IMAGES_PER_S
