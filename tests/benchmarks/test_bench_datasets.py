@@ -73,3 +73,40 @@ def test_loader_feeds_10x_faster_than_the_classifier(pools):
           f"per CPU second ({n / wall:,.0f} images/s wall)")
     assert n == 12_800
     assert n / cpu > 10 * CLASSIFIER_IMAGES_PER_S
+
+
+@pytest.mark.slow
+@pytest.mark.benchmark_gate
+def test_loader_outpaces_the_classifier_side_by_side(pools):
+    """In-run ratio: images per CPU second of the loader vs one training step of the classifier."""
+    classifier = pytest.importorskip("models.classifier")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread is the classifier's fastest setting on a busy 2-core CPU
+    try:
+        torch.manual_seed(0)
+        model = classifier.GlimpseClassifier(classifier.ClassifierConfig())
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        batches = list(iterate_batches("cluttered100", "train", 64, epoch=0, limit=64 * 6))
+
+        def step(x, y):
+            loss = torch.nn.functional.cross_entropy(model(x).logits[:, -1], y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        step(*batches[0])
+        cpu = time.process_time()
+        for x, y in batches[1:]:
+            step(x, y)
+        model_rate = 64 * 5 / (time.process_time() - cpu)
+        cpu, n = time.process_time(), 0
+        for x, y in iterate_batches("cluttered100", "train", 64, epoch=1, shuffle=True, limit=64 * 60):
+            n += x.shape[0]
+        loader_rate = n / (time.process_time() - cpu)
+    finally:
+        torch.set_num_threads(threads)
+    print(f"\nclassifier {model_rate:,.0f} images per CPU second, loader {loader_rate:,.0f}: "
+          f"{loader_rate / model_rate:.1f}x")
+    assert loader_rate > 10 * model_rate
