@@ -20,7 +20,8 @@ _SHUFFLE_STREAM = 2
 _TABLE = torch.from_numpy(np.divide(np.arange(256, dtype=np.uint8), np.float32(255), dtype=np.float32))
 
 
-def _to_tensors(images: np.ndarray, labels: np.ndarray, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _to_tensors(images: np.ndarray, labels: np.ndarray,
+                device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     y = torch.from_numpy(np.ascontiguousarray(labels))
     if torch.device(device).type == "cpu":
         # numpy's single-threaded cast: torch's OpenMP cast is ~10x slower on a busy shared CPU
@@ -72,6 +73,9 @@ def iterate_batches(name: str | Spec, split: str, batch_size: int, seed: int = 0
         raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}")
     spec, plan, images = plan_split(name, split, seed, epoch, data_dir)
     order = example_order(len(plan), split, seed, epoch, shuffle, limit, shard)
+    if drop_last and shard is not None:  # every rank stops after the same number of full global batches
+        total = example_order(len(plan), split, limit=limit).size
+        order = order[:total // (batch_size * int(shard[1])) * batch_size]
     for start in range(0, order.size, batch_size):
         idx = order[start:start + batch_size]
         if drop_last and idx.size < batch_size:

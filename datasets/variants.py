@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from datasets import mnist
-from datasets.generator import Plan, Spec, SpecError, draw_plan, render
+from datasets.generator import GENERATOR_VERSION, Plan, Spec, SpecError, draw_plan, render
 
 PRESETS: dict[str, Spec] = {
     "cluttered100": Spec(height=100, width=100, n_digits=1, n_distractors=8, crop=8),
@@ -80,6 +80,18 @@ def epoch_code(spec: Spec, split: str, epoch: int | None) -> int:
 
 def is_fixed(spec: Spec, split: str, epoch: int | None) -> bool:
     return epoch_code(spec, split, epoch) == 0
+
+
+def split_info(name: str | Spec, split: str, seed: int = 0, epoch: int | None = None) -> dict:
+    """What a record should say about the data it used (JSON-safe)."""
+    spec = get_spec(name)
+    _check_split(split)
+    _check_seed(seed, epoch)
+    mnist_split, lo, hi = SPLITS[split]
+    return {"variant": variant_name(name), "spec": spec.to_dict(), "split": split, "seed": int(seed),
+            "epoch": None if epoch is None else int(epoch), "fixed": is_fixed(spec, split, epoch),
+            "mnist_split": mnist_split, "source_range": [lo, hi], "n": hi - lo,
+            "generator_version": GENERATOR_VERSION}
 
 
 def seed_sequence(seed: int, split: str, stream: int, code: int) -> np.random.SeedSequence:

@@ -124,7 +124,8 @@ def test_binarization_values_probability_and_chunk_invariance():
     assert abs(frac - 0.2) < 0.003
     idx = np.random.default_rng(1).permutation(2000)[:300]
     assert np.array_equal(render(spec, plan, images, idx), x[idx])
-    assert np.array_equal(np.concatenate([render(spec, plan, images, slice(s, s + 333)) for s in range(0, 2000, 333)]), x)
+    chunks = [render(spec, plan, images, slice(s, s + 333)) for s in range(0, 2000, 333)]
+    assert np.array_equal(np.concatenate(chunks), x)
     plan.binarize_seed = np.random.SeedSequence(4)
     assert not np.array_equal(render(spec, plan, images), x)
 

@@ -72,6 +72,9 @@ def test_train_epochs_are_fresh_and_reproducible_valid_test_fixed(mnist_data):
     still = V.PRESETS["cluttered60"].replace(fresh_train=False)
     assert np.array_equal(V.plan_split(still, "train", 0, epoch=7)[1].digit_xy, fixed.digit_xy)
     assert not V.is_fixed(V.PRESETS["cluttered60"], "train", 0) and V.is_fixed(still, "train", 0)
+    info = V.split_info("cluttered60", "train", seed=3, epoch=2)
+    assert info["fixed"] is False and info["n"] == 50_000 and info["source_range"] == [0, 50_000]
+    assert V.split_info("cluttered60", "valid", epoch=2)["fixed"] and V.split_info(still, "train", 0, 1)["fixed"]
 
 
 def test_binarized_train_noise_fresh_per_epoch_and_fixed_otherwise(mnist_data):
