@@ -171,11 +171,12 @@ def _bernoulli_noise(seed: np.random.SeedSequence, rows: np.ndarray, size: int) 
     start = 0
     # one generator per run of consecutive indices (the whole chunk when iterating in order)
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    bg = np.random.PCG64(0)  # reused: constructing one per run costs more than the draws
+    gen = np.random.Generator(bg)
     for stop in [*breaks.tolist(), rows.size]:
-        bg = np.random.PCG64()
         bg.state = state
         bg.advance(int(rows[start]) * size)
-        out[start:stop] = np.random.Generator(bg).random((stop - start, size))
+        out[start:stop] = gen.random((stop - start, size))
         start = stop
     return out
 
