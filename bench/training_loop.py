@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Protocol
 import torch
 from torch import nn
 
-from bench import checkpoints
+from bench import checkpoints, distributed
 
 CHECKPOINT_FORMAT = "glimpse-train-1"
 
@@ -39,6 +39,7 @@ class LoopConfig:
     max_batches: int | None = None  # per epoch; the dry run uses 1
     max_bad_steps: int = 20  # consecutive non-finite losses or gradients before giving up
     progress: bool | None = None  # tqdm bars; None = only when stderr is a terminal
+    log_every_s: float = 30.0  # plain progress lines when there are no bars
 
 
 class Task(Protocol):
@@ -149,7 +150,10 @@ class _Loop:
 
     # ------------------------------------------------------------ the loop
     def over_budget(self) -> bool:
-        return self.cfg.time_budget_s is not None and self.train_time_s >= self.cfg.time_budget_s
+        if self.cfg.time_budget_s is None:
+            return False
+        # ranks' clocks differ; all must stop at the same batch (no-op in one process)
+        return distributed.any_rank(self.train_time_s >= self.cfg.time_budget_s)
 
     def train_epoch(self) -> None:
         from tqdm import tqdm
@@ -161,6 +165,7 @@ class _Loop:
         bar = tqdm(total=cfg.max_batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not show or self.rank != 0, unit="batch")
         bad = 0
+        last_line, t_epoch, seen_epoch = time.monotonic(), self.train_time_s, 0
         self.epoch_complete = False
         for i, batch in enumerate(batches):
             if i < self.batch_in_epoch:  # done before the interruption
@@ -171,15 +176,20 @@ class _Loop:
             loss = task.loss(model, batch)
             self.opt.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(loss))
-            if finite:
+            if finite or self.world_size > 1:  # under DDP every rank must join the gradient all-reduce
                 loss.backward()
                 norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
-                finite = bool(torch.isfinite(norm))
+                finite = finite and bool(torch.isfinite(norm))
+            # the batch's global loss sum and images, and how many ranks failed (no-op in one process)
+            n_img = task.batch_images(batch)
+            loss_sum, n_all, failed = distributed.all_reduce_sum(torch.tensor(
+                [loss.item() * n_img if finite else 0.0, n_img, 0.0 if finite else 1.0], dtype=torch.float64)).tolist()
+            finite = failed == 0
             if finite:
                 self.opt.step()
                 bad = 0
-                self.epoch_loss_sum += loss.item() * task.batch_images(batch)
-                self.epoch_loss_n += task.batch_images(batch)
+                self.epoch_loss_sum += loss_sum
+                self.epoch_loss_n += int(n_all)
             else:
                 bad += 1
                 self.opt.zero_grad(set_to_none=True)
@@ -193,8 +203,15 @@ class _Loop:
             self.images_seen += task.batch_images(batch) * self.world_size
             self.safe_rng = rng_states()
             bar.update(1)
+            seen_epoch += task.batch_images(batch)
             if finite:
-                bar.set_postfix(loss=f"{float(loss):.4g}", refresh=False)
+                bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
+            if bar.disable and self.rank == 0 and time.monotonic() - last_line >= cfg.log_every_s:
+                last_line = time.monotonic()
+                rate = seen_epoch / max(self.train_time_s - t_epoch, 1e-9)
+                mean = self.epoch_loss_sum / max(self.epoch_loss_n, 1)
+                self.log(f"epoch {self.epoch + 1}: batch {i + 1}, train loss {mean:.4g}, {rate:,.0f} images/s, "
+                         f"{self.train_time_s:.0f} s training")
             if self.on_step is not None:
                 self.on_step(self.step)
             if time.monotonic() - self.last_save >= cfg.checkpoint_every_s:

@@ -1,0 +1,222 @@
+"""`python -m bench run | eval | compare | report`.
+
+Exit status: 0 done, 1 the work failed (or `compare --fail-on-regression` found a regression),
+2 bad command line or unusable input/output (one line saying what is wrong), 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """Bad input from the command line: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, instead of argparse's usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip() != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad {what} list {text!r}: give comma-separated integers, e.g. 1,2,4,8") \
+            from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"empty {what} list: give comma-separated integers, e.g. 1,2,4,8")
+    return values
+
+
+def glimpse_list(text: str) -> tuple[int, ...]:
+    values = int_list(text, "glimpse")
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"bad glimpse list {text!r}: glimpse counts must be >= 1")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"bad glimpse list {text!r}: a glimpse count is repeated")
+    return tuple(sorted(values))
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    values = int_list(text, "seed")
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"bad seed list {text!r}: seeds must be >= 0")
+    return tuple(dict.fromkeys(values))
+
+
+def positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        return v
+
+    return parse
+
+
+def check_writable(path: str, what: str = "--out") -> None:
+    """Fail early, before any training, when ``path`` cannot be written (tries a temporary file)."""
+    import tempfile
+
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{what} {path} is a folder; give a file path such as {p / 'run.json'}")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{what} {path} is not writable ({e.strerror or e}); choose another path") from None
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_run(args) -> int:
+    from bench import runner, suites
+
+    if args.list:
+        print(suites.listing())
+        return 0
+    try:
+        suites.get(args.suite)
+    except suites.SuiteError as e:
+        raise UsageError(str(e)) from None
+    if args.out:
+        check_writable(args.out)
+    if args.resume and args.dry_run:
+        raise UsageError("--resume and --dry-run do not go together: a dry run is one batch and is never resumed")
+    opts = runner.RunOptions(suite=args.suite, glimpses=args.glimpses, seeds=args.seeds, device=args.device,
+                             epochs=args.epochs, time_budget_min=args.time_budget, data_dir=args.data_dir,
+                             out=args.out, resume=args.resume, dry_run=args.dry_run, threads=args.threads,
+                             checkpoint_dir=args.checkpoint_dir,
+                             progress=False if args.no_progress else None)
+    try:
+        record, path = runner.run(opts, log=_log, argv=["python", "-m", "bench", *args.argv])
+    except KeyboardInterrupt:
+        _log(f"interrupted: the record is marked incomplete and checkpoints are kept; continue with "
+             f"python -m bench run --suite {args.suite} --resume" + (f" --out {args.out}" if args.out else ""))
+        return 130
+    print(runner.summary_table(record))
+    print(f"record: {path}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from bench import evaluate
+
+    if args.out:
+        check_writable(args.out)
+    record, path = evaluate.evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_seed=args.seed,
+                                                device=args.device, data_dir=args.data_dir, out=args.out,
+                                                iwae_k=args.k, limit=args.limit, log=_log)
+    from bench.runner import summary_table
+
+    print(summary_table(record))
+    print(f"record: {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from bench import compare
+
+    result = compare.compare_paths(args.a, args.b, speed_factor=args.factor)
+    print(compare.format_result(result))
+    if args.fail_on_regression and result.regressions:
+        _log(f"{len(result.regressions)} regression(s); failing as --fail-on-regression asks")
+        return 1
+    return 0
+
+
+def cmd_report(args) -> int:
+    from bench import report
+
+    out = report.write_report(args.records, args.out, log=_log)
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run a benchmark suite (default: quick) and write its record")
+    r.add_argument("--suite", default="quick", help="quick (default), table1, table2, twodigit, throughput")
+    r.add_argument("--list", action="store_true", help="list the suites with their expected time and targets")
+    r.add_argument("--glimpses", type=glimpse_list, help="glimpse counts for the classifier, e.g. 1,2,4,8")
+    r.add_argument("--seeds", type=seed_list, help="seeds, e.g. 0,1,2 (default: the suite's)")
+    r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    r.add_argument("--epochs", type=positive(int), help="epochs per model (overrides the suite)")
+    r.add_argument("--time-budget", type=positive(float), metavar="MIN",
+                   help="training minutes per model (overrides the suite)")
+    r.add_argument("--data-dir", help="data root (default: $GLIMPSE_DATA, else ./data)")
+    r.add_argument("--out", help="record path (default results/runs/<machine>/<utc>_<sha>.json)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the record at --out (default: this machine's latest unfinished one of the suite)")
+    r.add_argument("--dry-run", action="store_true", help="one batch of everything, tiny evaluations (for CI)")
+    r.add_argument("--threads", type=positive(int), help="torch CPU threads")
+    r.add_argument("--checkpoint-dir", help="where unit checkpoints go (default runs/checkpoints/)")
+    r.add_argument("--no-progress", action="store_true", help="plain log lines only, no progress bars")
+    r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on the test split and write a record")
+    e.add_argument("--checkpoint", required=True, help="a checkpoint written by bench run")
+    e.add_argument("--dataset", help="evaluate on another variant of the same image size")
+    e.add_argument("--seed", type=int, default=0, help="test data seed (0 = the fixed test split)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--data-dir")
+    e.add_argument("--k", type=positive(int), default=1000, help="IWAE samples per image (DRAW)")
+    e.add_argument("--limit", type=positive(int), help="test images (default: all; IWAE: at most 1000)")
+    e.add_argument("--out", help="record path (default results/runs/<machine>/<utc>_<sha>.json)")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("compare", help="compare two records or folders of records")
+    c.add_argument("a", help="baseline record or folder")
+    c.add_argument("b", help="new record or folder")
+    c.add_argument("--factor", type=positive(float), default=1.10,
+                   help="throughput: regression when the median ratio is worse than this factor (default 1.10) "
+                        "and the IQRs do not overlap")
+    c.add_argument("--fail-on-regression", action="store_true", help="exit 1 when any metric regressed")
+    c.set_defaults(func=cmd_compare)
+
+    rp = sub.add_parser("report", help="HTML page and PNG plots from records")
+    rp.add_argument("--records", default="results/runs", help="record file or folder (default results/runs)")
+    rp.add_argument("--out", default="results/report", help="output folder (default results/report)")
+    rp.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    from bench.checkpoints import CheckpointError
+    from bench.records import RecordError
+    from bench.runner import RunError
+    from bench.suites import SuiteError
+    from bench.training_loop import TrainingError
+    from datasets.mnist import DataError
+    from models.training import DeviceError
+
+    try:
+        return args.func(args)
+    except (UsageError, SuiteError, RecordError, DeviceError) as e:
+        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (RunError, CheckpointError, DataError, TrainingError) as e:
+        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,79 @@
+"""`bench eval --checkpoint PATH`: rebuild a trained model from a harness checkpoint, score it on
+the test split (optionally another variant of the same size, or test data of another seed) and
+write a record of suite "eval"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from bench import checkpoints, records, suites
+from bench.records import metric
+from bench.runner import RunError, _inside
+
+
+def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed: int = 0, device: str = "auto",
+                        data_dir=None, out: str | None = None, iwae_k: int = 1000, limit: int | None = None,
+                        log: Callable[[str], None] = print) -> tuple[dict, Path]:
+    from bench.tasks import ClassifierTask, DrawTask
+    from datasets.variants import get_spec
+    from models.training import pick_device
+
+    state = checkpoints.load(path)
+    task_desc = state.get("task")
+    if not isinstance(task_desc, dict) or task_desc.get("task") not in ("classifier", "draw"):
+        raise RunError(f"{path}: not a checkpoint written by bench run (no task description)")
+    dev = str(pick_device(device))
+    model_cfg = task_desc["model"]
+    ds = dataset or task_desc["dataset"]
+    spec = get_spec(ds)
+    if (spec.height, spec.width) != (model_cfg["height"], model_cfg["width"]):
+        raise RunError(f"dataset {ds} has {spec.height}x{spec.width} images but the model was trained on "
+                       f"{model_cfg['height']}x{model_cfg['width']}; choose a variant of that size")
+    kw = dict(device=dev, data_dir=data_dir, data_seed=data_seed)
+    seed = task_desc["seed"]
+    if task_desc["task"] == "classifier":
+        job = suites.ClassifierJob(dataset=ds, read_n=model_cfg["read_n"], hidden=model_cfg["hidden"],
+                                   per_step_loss=model_cfg["per_step_loss"], test_limit=limit)
+        t = model_cfg["glimpses"]
+        task = ClassifierTask(job, t, seed, eval_glimpses=tuple(range(1, t + 1)) if job.per_step_loss else (t,), **kw)
+    else:
+        job = suites.DrawJob(dataset=ds, steps=model_cfg["steps"], read_n=model_cfg["read_n"],
+                             write_n=model_cfg["write_n"], enc_hidden=model_cfg["enc_hidden"],
+                             dec_hidden=model_cfg["dec_hidden"], z_size=model_cfg["z_size"],
+                             attention=model_cfg["attention"], test_limit=limit, iwae_k=iwae_k,
+                             iwae_limit=min(limit or 1000, 1000))
+        task = DrawTask(job, seed, **kw)
+    model = task.build()
+    model.load_state_dict(state.get("best_state") or state["model"])
+    torch.manual_seed(data_seed)
+    machine = records.machine_info(dev)
+    cfg = {"checkpoint": str(path), "task": task_desc, "dataset": ds, "data_seed": data_seed,
+           "epochs_trained": state.get("epoch"), "best": state.get("best", {}).get("epoch")}
+    record = records.new_record("eval", cfg, [seed], machine, ["python", "-m", "bench", "eval", "--checkpoint", str(path)])
+    common = {"dataset": ds, "data_seed": data_seed, "checkpoint": Path(path).name}
+    if task_desc["task"] == "classifier":
+        res = task.evaluate(model, "test")
+        protocol = "per-step" if job.per_step_loss else "separate"
+        record["metrics"] = [metric("test_error", res[f"error@{t}"], "fraction", True, seed, glimpses=t,
+                                    protocol=protocol, test_images=res["images"], **common)
+                             for t in task.eval_glimpses]
+        log(f"test error at T={task.glimpses}: {res['error']:.2%} on {res['images']} images of {ds} (seed {data_seed})")
+    else:
+        res = task.evaluate(model, "test")
+        iw = task.iwae(model, iwae_k, job.iwae_limit)
+        base = dict(attention=job.attention, steps=job.steps, binarization="fixed", **common)
+        record["metrics"] = [
+            metric("nll_elbo", res["nll_elbo"], "nats", True, seed, test_images=res["images"], **base),
+            metric("kl", res["kl"], "nats", None, seed, test_images=res["images"], **base),
+            metric("reconstruction", res["reconstruction"], "nats", None, seed, test_images=res["images"], **base),
+            metric("nll_iwae", iw["nll_iwae"], "nats", True, seed, k=iwae_k, test_images=iw["images"], **base)]
+        log(f"test NLL <= {res['nll_elbo']:.2f} (ELBO), <= {iw['nll_iwae']:.2f} (IWAE k={iwae_k})")
+    record["status"], record["finished_at"] = "complete", records.utc_now()
+    dest = Path(out) if out else records.default_path(record)
+    records.write(record, dest)
+    if _inside(dest, records.RESULTS):
+        records.update_index(dest, record)
+    return record, dest

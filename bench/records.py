@@ -1,0 +1,272 @@
+"""Run records: one JSON file per run, stamped with commit, machine, config and seeds.
+
+    results/runs/<machine-id>/<utc-time>_<short-sha>.json     one record per run (atomic writes)
+    results/index.csv                                          one row per record
+
+``load_all(path)`` is the one documented call: every metric of every record under ``path`` as
+one pandas DataFrame (a row per metric, with the record's suite, status, commit and machine).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from datasets.mnist import atomic_write_bytes, file_lock
+
+SCHEMA_VERSION = 1
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results"
+STATUSES = ("complete", "incomplete", "failed")
+REQUIRED = ("schema_version", "suite", "started_at", "finished_at", "status", "commit", "machine",
+            "config", "seeds", "metrics", "curves")
+METRIC_KEYS = ("name", "value", "unit", "lower_is_better", "seed", "params")
+INDEX_COLUMNS = ("path", "suite", "status", "started_at", "finished_at", "sha", "dirty", "machine_id",
+                 "device", "seeds", "metrics")
+
+
+class RecordError(ValueError):
+    """A record that does not follow the schema; the message names the field."""
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------- provenance
+
+def commit_info(repo: Path = REPO) -> dict:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        return {"sha": sha, "short": sha[:8], "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": None, "short": "nogit", "dirty": None}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "unknown"
+
+
+def machine_info(device: str = "cpu", threads: int | None = None, world_size: int = 1,
+                 backend: str | None = None) -> dict:
+    import torch
+
+    cuda = torch.version.cuda
+    device_name = _cpu_model()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        device_name = torch.cuda.get_device_name(torch.device(device))
+    cores = _cores()
+    info = {
+        "cpu_model": _cpu_model(), "cores": cores, "threads": threads or torch.get_num_threads(),
+        "memory_gb": _memory_gb(), "torch": torch.__version__, "cuda": cuda,
+        "device": device, "device_name": device_name, "python": platform.python_version(),
+        "platform": platform.platform(terse=True), "world_size": world_size, "backend": backend,
+    }
+    kind = slug(device_name) if device.startswith("cuda") else f"{slug(info['cpu_model'])}-{cores}c"
+    info["id"] = f"{device.split(':')[0]}-{kind}"
+    return info
+
+
+# ---------------------------------------------------------------- metrics and records
+
+def metric(name: str, value: float, unit: str, lower_is_better: bool | None, seed: int | None = None,
+           stats: dict | None = None, **params: Any) -> dict:
+    m = {"name": name, "value": float(value), "unit": unit, "lower_is_better": lower_is_better,
+         "seed": seed, "params": params}
+    if stats is not None:
+        m["stats"] = stats
+    return m
+
+
+def new_record(suite: str, config: dict, seeds: list[int], machine: dict, command: list[str] | None = None) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION, "suite": suite, "started_at": utc_now(), "finished_at": None,
+        "status": "incomplete", "commit": commit_info(), "machine": machine, "config": config,
+        "seeds": list(seeds), "metrics": [], "curves": {}, "jobs": {}, "command": command or [],
+        "notes": [], "error": None,
+    }
+
+
+def validate(record: dict, where: str = "record") -> dict:
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise RecordError(f"{where}: missing field(s) {missing}")
+    if record["schema_version"] != SCHEMA_VERSION:
+        raise RecordError(f"{where}: schema_version {record['schema_version']!r}, this harness reads "
+                          f"{SCHEMA_VERSION}; regenerate the record or upgrade the harness")
+    if record["status"] not in STATUSES:
+        raise RecordError(f"{where}: status {record['status']!r} is not one of {STATUSES}")
+    for i, m in enumerate(record["metrics"]):
+        absent = [k for k in METRIC_KEYS if k not in m]
+        if absent:
+            raise RecordError(f"{where}: metrics[{i}] lacks {absent}")
+        if not isinstance(m["params"], dict):
+            raise RecordError(f"{where}: metrics[{i}].params must be an object")
+    return record
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def dumps(record: dict) -> str:
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None  # JSON has no NaN/inf
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(record), indent=1, default=_json_default) + "\n"
+
+
+def default_path(record: dict, root: Path = RESULTS) -> Path:
+    stamp = record["started_at"].replace("-", "").replace(":", "")
+    return root / "runs" / record["machine"]["id"] / f"{stamp}_{record['commit']['short']}.json"
+
+
+def write(record: dict, path: str | Path) -> Path:
+    """Write ``record`` atomically to ``path``."""
+    path = Path(path)
+    validate(record, str(path))
+    atomic_write_bytes(path, dumps(record).encode())
+    return path
+
+
+def read(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecordError(f"{path}: no such record") from None
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}: not valid JSON ({e})") from None
+    return validate(record, str(path))
+
+
+def find(path: str | Path) -> list[Path]:
+    """The record files at ``path`` (a record, or every *.json below a folder), sorted."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*.json") if not p.name.startswith("."))
+    raise RecordError(f"{path}: no such record or folder")
+
+
+# ---------------------------------------------------------------- the index and the DataFrame
+
+def index_row(record: dict, path: Path, root: Path) -> dict:
+    try:
+        rel = str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        rel = str(path)
+    return {"path": rel, "suite": record["suite"], "status": record["status"], "started_at": record["started_at"],
+            "finished_at": record["finished_at"], "sha": record["commit"].get("sha"),
+            "dirty": record["commit"].get("dirty"), "machine_id": record["machine"].get("id"),
+            "device": record["machine"].get("device"), "seeds": " ".join(map(str, record["seeds"])),
+            "metrics": len(record["metrics"])}
+
+
+def update_index(path: Path, record: dict, root: Path = RESULTS) -> Path:
+    """Add or replace ``path``'s row in ``root/index.csv`` (under a lock; atomic rewrite)."""
+    import csv
+    import io
+
+    index = root / "index.csv"
+    row = index_row(record, path, root)
+    with file_lock(root / ".index.lock"):
+        rows = []
+        if index.exists():
+            with open(index, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r["path"] != row["path"]]
+        rows.append(row)
+        rows.sort(key=lambda r: (r["started_at"], r["path"]))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=INDEX_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_bytes(index, buf.getvalue().encode())
+    return index
+
+
+def rebuild_index(root: Path = RESULTS) -> Path:
+    index = root / "index.csv"
+    index.unlink(missing_ok=True)
+    for p in find(root / "runs") if (root / "runs").is_dir() else []:
+        update_index(p, read(p), root)
+    return index
+
+
+def load_all(path: str | Path = RESULTS / "runs"):
+    """Every metric of every record under ``path`` as one pandas DataFrame.
+
+    Columns: record, suite, status, started_at, sha, dirty, machine_id, device, name, value, unit,
+    lower_is_better, seed, one ``p_<key>`` column per metric parameter, and median/q1/q3 where a
+    metric has repeat statistics.
+    """
+    import pandas as pd
+
+    rows = []
+    for p in find(path):
+        r = read(p)
+        base = {"record": str(p), "suite": r["suite"], "status": r["status"], "started_at": r["started_at"],
+                "sha": r["commit"].get("sha"), "dirty": r["commit"].get("dirty"),
+                "machine_id": r["machine"].get("id"), "device": r["machine"].get("device")}
+        for m in r["metrics"]:
+            row = {**base, **{k: m[k] for k in ("name", "value", "unit", "lower_is_better", "seed")}}
+            row.update({f"p_{k}": v for k, v in m["params"].items()})
+            for k in ("median", "q1", "q3"):
+                if k in m.get("stats", {}):
+                    row[k] = m["stats"][k]
+            rows.append(row)
+    cols = ["record", "suite", "status", "started_at", "sha", "dirty", "machine_id", "device", "name", "value",
+            "unit", "lower_is_better", "seed"]
+    return pd.DataFrame(rows, columns=None if rows else cols)

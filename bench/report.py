@@ -1,0 +1,291 @@
+"""`bench report`: one self-contained HTML page (PNGs embedded) plus the PNG files, from records.
+
+Plots: error vs glimpse count (seeds as error bars, published points overlaid), NLL bounds
+beside the paper's Table 2, throughput per commit, learning curves, DRAW generation sequences
+and glimpse paths on test images (from the records' .npz artifacts).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bench import paper, records
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path, name: str, figures: list) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    data = buf.getvalue()
+    from datasets.mnist import atomic_write_bytes
+
+    atomic_write_bytes(out / name, data)
+    figures.append((name, data))
+
+
+def _load(path) -> list[tuple[Path, dict]]:
+    found = []
+    for p in records.find(path):
+        try:
+            found.append((p, records.read(p)))
+        except records.RecordError:
+            continue  # not a record (e.g. a benchmark JSON in the same folder)
+    if not found:
+        raise records.RecordError(f"{path}: holds no run records; run python -m bench run first")
+    return sorted(found, key=lambda x: x[1]["started_at"])
+
+
+def plot_error_vs_glimpses(recs, out, figures) -> None:
+    plt = _plt()
+    series: dict = {}
+    for _, r in recs:
+        for m in r["metrics"]:
+            if m["name"] == "test_error" and m["params"].get("glimpses") is not None:
+                p = m["params"]
+                series.setdefault(p.get("dataset"), {}).setdefault(p.get("protocol"), {}) \
+                    .setdefault(p["glimpses"], []).append(m["value"])
+    if not series:
+        return
+    fig, axes = plt.subplots(1, len(series), figsize=(5.5 * len(series), 4), squeeze=False)
+    for ax, (ds, protos) in zip(axes[0], sorted(series.items())):
+        for proto, by_t in sorted(protos.items()):
+            ts = sorted(by_t)
+            mean = [100 * np.mean(by_t[t]) for t in ts]
+            std = [100 * np.std(by_t[t]) for t in ts]
+            n = max(len(by_t[t]) for t in ts)
+            ax.errorbar(ts, mean, yerr=std, marker="o", capsize=3, label=f"ours, {proto} (up to {n} seeds)")
+        pts = [p for p in paper.error_points(ds) if p["glimpses"] is not None]
+        for model in dict.fromkeys(p["model"] for p in pts):
+            sel = [p for p in pts if p["model"] == model]
+            ax.plot([p["glimpses"] for p in sel], [100 * p["error"] for p in sel], "x--", label=f"paper: {model}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("glimpses T")
+        ax.set_ylabel("test error (%)")
+        ax.set_title(ds)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    _save(fig, out, "error_vs_glimpses.png", figures)
+
+
+def nll_rows(recs) -> list[dict]:
+    rows: dict = {}
+    for p, r in recs:  # later records replace earlier ones for the same model
+        for m in r["metrics"]:
+            if m["name"] in ("nll_elbo", "nll_iwae"):
+                q = m["params"]
+                key = (q.get("dataset"), q.get("attention"), q.get("steps"), m["seed"])
+                row = rows.setdefault(key, {"dataset": key[0], "attention": key[1], "steps": key[2], "seed": key[3]})
+                row[m["name"]] = m["value"]
+                if m["name"] == "nll_iwae":
+                    row["k"] = q.get("k")
+                row["record"] = p.name
+    return list(rows.values())
+
+
+def plot_nll(recs, out, figures) -> None:
+    rows = [r for r in nll_rows(recs) if r["dataset"] == "binarized"]
+    if not rows:
+        return
+    plt = _plt()
+    labels, elbo, iwae = [], [], []
+    for r in rows:
+        labels.append(f"ours: {'attn' if r['attention'] else 'no attn'}, T={r['steps']}, s{r['seed']}")
+        elbo.append(r.get("nll_elbo", np.nan))
+        iwae.append(r.get("nll_iwae", np.nan))
+    ref = [p for p in paper.TABLE2]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * (len(rows) + len(ref)) + 1))
+    y = np.arange(len(rows))
+    ax.barh(y - 0.2, elbo, 0.4, label="ours: ELBO bound")
+    ax.barh(y + 0.2, iwae, 0.4, label="ours: IWAE bound")
+    y2 = np.arange(len(rows), len(rows) + len(ref))
+    ax.barh(y2, [p["nll"] for p in ref], 0.5, color="grey", label="published (Table 2)")
+    ax.set_yticks(list(y) + list(y2), labels + [p["model"] for p in ref], fontsize=7)
+    ax.set_xlabel("test NLL, nats (lower is better)")
+    lo = min([v for v in elbo + iwae if np.isfinite(v)] + [p["nll"] for p in ref])
+    ax.set_xlim(max(0, lo - 10), None)
+    ax.legend(fontsize=7)
+    ax.invert_yaxis()
+    _save(fig, out, "nll_vs_table2.png", figures)
+
+
+def plot_throughput(recs, out, figures) -> None:
+    hist: dict = {}
+    for _, r in recs:
+        for m in r["metrics"]:
+            if m["name"] == "train_images_per_s":
+                q = m["params"]
+                key = f"{q.get('model')} b{q.get('batch')} {q.get('device')}"
+                st = m.get("stats", {})
+                hist.setdefault(key, []).append((r["started_at"], r["commit"].get("short") or "?", m["value"],
+                                                 st.get("q1", m["value"]), st.get("q3", m["value"])))
+    if not hist:
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    commits = list(dict.fromkeys(c for v in sorted(sum(hist.values(), [])) for c in [v[1]]))
+    for key, pts in sorted(hist.items()):
+        pts.sort()
+        x = [commits.index(p[1]) for p in pts]
+        med = np.array([p[2] for p in pts])
+        err = np.array([[p[2] - p[3] for p in pts], [p[4] - p[2] for p in pts]])
+        ax.errorbar(x, med, yerr=np.clip(err, 0, None), marker="o", capsize=3, label=key)
+    ax.set_xticks(range(len(commits)), commits, rotation=45, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("training images/s (median, IQR)")
+    ax.set_xlabel("commit (in run order)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    _save(fig, out, "throughput_history.png", figures)
+
+
+def plot_curves(recs, out, figures) -> None:
+    curves = {}
+    for _, r in recs:
+        for unit, c in r.get("curves", {}).items():
+            if c:
+                curves[unit] = c
+    if not curves:
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for unit, c in curves.items():
+        x = [e["images_seen"] for e in c]
+        if "valid_error" in c[0]:
+            ax[0].plot(x, [100 * e["valid_error"] for e in c], marker=".", label=unit)
+        elif "valid_nll_elbo" in c[0]:
+            ax[1].plot(x, [e["valid_nll_elbo"] for e in c], marker=".", label=unit)
+    ax[0].set_ylabel("valid error (%)")
+    ax[1].set_ylabel("valid NLL, ELBO (nats)")
+    for a in ax:
+        a.set_xlabel("training images seen")
+        a.grid(alpha=0.3)
+        if a.lines:
+            a.legend(fontsize=6)
+    _save(fig, out, "learning_curves.png", figures)
+
+
+def _artifacts(recs) -> dict:
+    arts = {}
+    for p, r in recs:
+        a = p.with_suffix(".npz")
+        if r.get("artifacts") and a.exists():
+            with np.load(a) as z:
+                arts.update({k: z[k] for k in z.files})
+    return arts
+
+
+def plot_samples(arts, out, figures) -> None:
+    plt = _plt()
+    for key in sorted(k for k in arts if k.endswith("/samples")):
+        seq = arts[key]  # (T, n, H, W)
+        t, n = seq.shape[:2]
+        steps = sorted(set(np.linspace(0, t - 1, min(t, 8)).round().astype(int)))
+        fig, axes = plt.subplots(n, len(steps), figsize=(1.1 * len(steps), 1.1 * n), squeeze=False)
+        for i in range(n):
+            for j, s in enumerate(steps):
+                axes[i, j].imshow(seq[s, i], cmap="gray", vmin=0, vmax=255)
+                axes[i, j].axis("off")
+                if i == 0:
+                    axes[i, j].set_title(f"t={s + 1}", fontsize=7)
+        fig.suptitle(f"{key.split('/')[0]}: canvas after each step", fontsize=8)
+        _save(fig, out, f"samples_{key.split('/')[0]}.png", figures)
+
+
+def plot_glimpse_paths(arts, out, figures) -> None:
+    plt = _plt()
+    from matplotlib.patches import Rectangle
+
+    units = sorted({k.split("/")[0] for k in arts if "/paths/" in k})
+    for unit in units:
+        imgs = arts[f"{unit}/paths/images"]
+        if f"{unit}/paths/gx" not in arts:
+            continue
+        gx, gy, delta = (arts[f"{unit}/paths/{k}"] for k in ("gx", "gy", "delta"))
+        labels, preds = arts[f"{unit}/paths/labels"], arts[f"{unit}/paths/predictions"]
+        n, t = gx.shape
+        grid_n = int(arts.get(f"{unit}/paths/read_n", 12))
+        fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.4), squeeze=False)
+        colors = plt.cm.viridis(np.linspace(0, 1, t))
+        for i in range(n):
+            ax = axes[0, i]
+            ax.imshow(imgs[i], cmap="gray", vmin=0, vmax=255)
+            for s in range(t):
+                half = delta[i, s] * grid_n / 2  # the grid spans N strides; 1-based centre -> 0-based pixels
+                ax.add_patch(Rectangle((gx[i, s] - 1 - half, gy[i, s] - 1 - half), 2 * half, 2 * half, fill=False,
+                                       color=colors[s], lw=1))
+            ax.plot(gx[i] - 1, gy[i] - 1, "-", color="red", lw=0.8)
+            ax.set_title(f"label {labels[i]}, said {preds[i, -1]}", fontsize=7)
+            ax.axis("off")
+        fig.suptitle(f"{unit}: glimpse windows, step 1 (dark) to {t} (light)", fontsize=8)
+        _save(fig, out, f"glimpses_{unit}.png", figures)
+
+
+def _records_table(recs) -> str:
+    rows = ["<tr><th>record</th><th>suite</th><th>status</th><th>commit</th><th>machine</th><th>metrics</th></tr>"]
+    for p, r in recs:
+        c = r["commit"]
+        rows.append(f"<tr><td>{html.escape(p.name)}</td><td>{r['suite']}</td><td>{r['status']}</td>"
+                    f"<td>{c.get('short')}{' (dirty)' if c.get('dirty') else ''}</td>"
+                    f"<td>{html.escape(str(r['machine'].get('device_name')))}</td><td>{len(r['metrics'])}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _nll_table(recs) -> str:
+    rows = ["<tr><th>model</th><th>steps</th><th>seed</th><th>ELBO</th><th>IWAE</th><th>k</th><th>record</th></tr>"]
+    for r in nll_rows(recs):
+        rows.append(f"<tr><td>{'DRAW' if r['attention'] else 'DRAW, no attention'} ({r['dataset']})</td>"
+                    f"<td>{r['steps']}</td><td>{r['seed']}</td><td>{r.get('nll_elbo', float('nan')):.2f}</td>"
+                    f"<td>{r.get('nll_iwae', float('nan')):.2f}</td><td>{r.get('k')}</td><td>{html.escape(r['record'])}</td></tr>")
+    for p in paper.TABLE2:
+        rows.append(f"<tr class=paper><td>paper: {html.escape(p['model'])}</td><td></td><td></td>"
+                    f"<td>{'&le; ' if p['bound'] else '&asymp; '}{p['nll']:.2f}</td><td></td><td></td><td></td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def write_report(records_path="results/runs", out="results/report", log: Callable[[str], None] = print) -> Path:
+    """Write ``out/index.html`` (self-contained) and the PNGs; return the HTML path."""
+    out = Path(out)
+    recs = _load(records_path)
+    out.mkdir(parents=True, exist_ok=True)
+    figures: list[tuple[str, bytes]] = []
+    plot_error_vs_glimpses(recs, out, figures)
+    plot_nll(recs, out, figures)
+    plot_throughput(recs, out, figures)
+    plot_curves(recs, out, figures)
+    arts = _artifacts(recs)
+    plot_samples(arts, out, figures)
+    plot_glimpse_paths(arts, out, figures)
+    imgs = "\n".join(f"<figure><img alt='{n}' src='data:image/png;base64,{base64.b64encode(d).decode()}'>"
+                     f"<figcaption>{n}</figcaption></figure>" for n, d in figures)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>glimpse benchmark report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:2px 6px}} tr.paper{{color:#666}} img{{max-width:100%}}</style></head>
+<body><h1>glimpse benchmark report</h1>
+<p>{len(recs)} record(s) from {html.escape(str(records_path))}, generated {records.utc_now()}.</p>
+<h2>Records</h2>{_records_table(recs)}
+<h2>NLL on binarized MNIST</h2>{_nll_table(recs)}
+<h2>Plots</h2>{imgs}
+</body></html>
+"""
+    from datasets.mnist import atomic_write_bytes
+
+    dest = out / "index.html"
+    atomic_write_bytes(dest, page.encode())
+    log(f"report: {dest} ({len(figures)} figures from {len(recs)} records)")
+    return dest

@@ -1,0 +1,432 @@
+"""`bench run`: expand a suite into units (one model x seed, or one throughput job), train and
+evaluate each, and keep the run record up to date after every unit.
+
+The record is written at the start (status incomplete), after each unit, and at the end. Ctrl-C
+or a crash leaves the record (incomplete / failed) and every unit's checkpoint; `--resume` reruns
+the same record: finished units are kept, unfinished ones continue from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bench import records, suites
+from bench.records import metric
+
+CHECKPOINTS = records.REPO / "runs" / "checkpoints"
+DRY_RUNS = records.REPO / "runs" / "dry-run"
+DRY_EVAL_IMAGES = 64
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on; the message says what to do."""
+
+
+@dataclass
+class RunOptions:
+    suite: str = "quick"
+    glimpses: tuple[int, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+    device: str = "auto"
+    epochs: int | None = None
+    time_budget_min: float | None = None
+    data_dir: str | None = None
+    out: str | None = None
+    resume: bool = False
+    dry_run: bool = False
+    threads: int | None = None
+    checkpoint_dir: str | None = None
+    progress: bool | None = None
+    rank: int = 0
+    world_size: int = 1
+    backend: str | None = None
+
+
+@dataclass
+class Unit:
+    id: str
+    job: object
+    seed: int
+    glimpses: int | None = None  # classifier: steps of the trained model
+    eval_glimpses: tuple[int, ...] = ()
+
+
+def units(suite: suites.Suite, seeds: tuple[int, ...] | None) -> list[Unit]:
+    out = []
+    for job in suite.jobs:
+        run_seeds = tuple(seeds) if seeds is not None else suite.seeds
+        if job.kind == "classifier":
+            if job.per_step_loss:
+                t = max(job.glimpses)
+                for s in run_seeds:
+                    out.append(Unit(f"classifier-{job.dataset}-T{t}-perstep-s{s}", job, s, t, tuple(job.glimpses)))
+            else:
+                by_t = dict(job.seeds_by_glimpses)
+                for t in job.glimpses:
+                    for s in (run_seeds if seeds is not None else by_t.get(t, run_seeds)):
+                        out.append(Unit(f"classifier-{job.dataset}-T{t}-s{s}", job, s, t, (t,)))
+        elif job.kind == "draw":
+            att = "attn" if job.attention else "noattn"
+            for s in run_seeds:
+                out.append(Unit(f"draw-{job.dataset}-{att}-T{job.steps}-s{s}", job, s))
+        elif job.kind == "baseline":
+            for s in run_seeds:
+                out.append(Unit(f"baseline-{job.model}-{job.dataset}-s{s}", job, s))
+        elif job.kind == "throughput":
+            out.append(Unit(f"throughput-{job.model}", job, 0))
+    return out
+
+
+def _dry(job):
+    """One batch of everything: one epoch of one batch, tiny evaluation sets, small k."""
+    if job.kind in ("classifier", "draw"):
+        job = replace(job, epochs=1, time_budget_min=None, valid_limit=DRY_EVAL_IMAGES, test_limit=DRY_EVAL_IMAGES)
+    if job.kind == "draw":
+        job = replace(job, iwae_k=4, iwae_limit=8, samples=2)
+    if job.kind == "baseline":
+        job = replace(job, epochs=1, train_limit=256)
+    if job.kind == "throughput":
+        job = replace(job, batch_sizes=job.batch_sizes[:1], repeats=1, min_time_s=0.0)
+    return job
+
+
+class Runner:
+    def __init__(self, opts: RunOptions, log: Callable[[str], None] = print, argv: list[str] | None = None):
+        self.opts, self.log = opts, log
+        self.suite = suites.override(suites.get(opts.suite), opts.glimpses, opts.epochs, opts.time_budget_min)
+        if opts.dry_run:
+            self.suite = replace(self.suite, jobs=tuple(_dry(j) for j in self.suite.jobs))
+        self.units = units(self.suite, opts.seeds)
+        from models.training import pick_device
+
+        self.device = str(pick_device(opts.device))
+        if opts.threads:
+            import torch
+
+            torch.set_num_threads(opts.threads)
+        self.machine = records.machine_info(self.device, opts.threads, opts.world_size, opts.backend)
+        self.argv = argv or []
+        self.peak: float | None = None
+        self.artifacts: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------ record bookkeeping
+    def config(self) -> dict:
+        o = self.opts
+        return {"suite": asdict(self.suite), "options": {k: v for k, v in asdict(o).items()},
+                "dry_run": o.dry_run, "device": self.device}
+
+    def open_record(self) -> tuple[dict, Path]:
+        o = self.opts
+        seeds = sorted({u.seed for u in self.units if u.job.kind != "throughput"}) or [0]
+        if o.resume:
+            path = Path(o.out) if o.out else self._latest_unfinished()
+            record = records.read(path)
+            if record["suite"] != self.suite.name:
+                raise RunError(f"{path} is a record of suite {record['suite']!r}, not {self.suite.name!r}; "
+                               f"resume with --suite {record['suite']}")
+            if record["status"] == "complete":
+                raise RunError(f"{path} is complete; nothing to resume (start a new run without --resume)")
+            record["status"] = "incomplete"
+            record.setdefault("resumed_at", []).append(records.utc_now())
+            record["machine_resumed"] = self.machine
+            self._load_artifacts(path)
+            self.log(f"resuming {path}")
+            return record, path
+        record = records.new_record(self.suite.name, self.config(), seeds, self.machine, self.argv)
+        if o.out:
+            path = Path(o.out)
+        elif o.dry_run:
+            path = DRY_RUNS / records.default_path(record).name
+        else:
+            path = records.default_path(record)
+        return record, path
+
+    def _latest_unfinished(self) -> Path:
+        folder = records.RESULTS / "runs" / self.machine["id"]
+        found = []
+        for p in records.find(folder) if folder.is_dir() else []:
+            r = records.read(p)
+            if r["suite"] == self.suite.name and r["status"] != "complete":
+                found.append((r["started_at"], p))
+        if not found:
+            raise RunError(f"no unfinished record of suite {self.suite.name!r} under {folder}; "
+                           "pass the record to resume with --out PATH")
+        return max(found)[1]
+
+    def _artifact_path(self, path: Path) -> Path:
+        return path.with_suffix(".npz")
+
+    def _load_artifacts(self, path: Path) -> None:
+        a = self._artifact_path(path)
+        if a.exists():
+            with np.load(a) as z:
+                self.artifacts = {k: z[k] for k in z.files}
+
+    def save(self, record: dict, path: Path) -> None:
+        if self.opts.rank != 0:
+            return
+        if self.artifacts:
+            from datasets.mnist import atomic_write_bytes
+
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **self.artifacts)
+            atomic_write_bytes(self._artifact_path(path), buf.getvalue())
+            record["artifacts"] = self._artifact_path(path).name
+        records.write(record, path)
+
+    def checkpoint_path(self, path: Path, unit: Unit) -> Path:
+        root = Path(self.opts.checkpoint_dir) if self.opts.checkpoint_dir else CHECKPOINTS
+        return root / path.stem / f"{unit.id}.pt"
+
+    # ------------------------------------------------------------ running
+    def run(self) -> tuple[dict, Path]:
+        record, path = self.open_record()
+        from datasets import mnist
+
+        mnist.fetch(self.opts.data_dir, log=self.log)
+        self.log(f"suite {self.suite.name}{' (dry run)' if self.opts.dry_run else ''}: {len(self.units)} units on "
+                 f"{self.device} ({self.machine['device_name']}, {self.machine['threads']} threads); "
+                 f"commit {record['commit']['short']}{' (dirty)' if record['commit']['dirty'] else ''}; "
+                 f"record {path}")
+        self.save(record, path)
+        try:
+            for i, unit in enumerate(self.units):
+                done = record["jobs"].get(unit.id, {})
+                if done.get("status") == "complete":
+                    self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: complete in the record, skipped")
+                    continue
+                self.log(f"[{i + 1}/{len(self.units)}] {unit.id}")
+                t0 = time.time()
+                record["jobs"][unit.id] = {"status": "running", "kind": unit.job.kind, "seed": unit.seed}
+                metrics, info = self.run_unit(unit, record, path)
+                record["metrics"] = [m for m in record["metrics"] if m["params"].get("job") != unit.id]
+                for m in metrics:
+                    m["params"]["job"] = unit.id
+                record["metrics"] += metrics
+                record["jobs"][unit.id] = {**record["jobs"][unit.id], **info, "status": "complete",
+                                           "wall_s": round(time.time() - t0, 1)}
+                self.save(record, path)
+        except KeyboardInterrupt:
+            self._stop(record, path, "incomplete", "interrupted (Ctrl-C)")
+            raise
+        except BaseException as e:
+            self._stop(record, path, "failed", f"{type(e).__name__}: {e}")
+            raise
+        record["status"] = "complete"
+        record["finished_at"] = records.utc_now()
+        record["targets"] = check_targets(self.suite, record["metrics"])
+        self.save(record, path)
+        if self.opts.rank == 0 and not self.opts.dry_run and _inside(path, records.RESULTS):
+            records.update_index(path, record)
+        return record, path
+
+    def _stop(self, record: dict, path: Path, status: str, why: str) -> None:
+        for j in record["jobs"].values():
+            if j.get("status") == "running":
+                j["status"] = status
+        record["status"], record["error"] = status, why
+        record["finished_at"] = records.utc_now()
+        self.save(record, path)
+        if self.opts.rank == 0 and not self.opts.dry_run and _inside(path, records.RESULTS):
+            records.update_index(path, record)
+
+    def run_unit(self, unit: Unit, record: dict, path: Path) -> tuple[list[dict], dict]:
+        kind = unit.job.kind
+        if kind == "throughput":
+            return self.run_throughput(unit), {}
+        if kind == "baseline":
+            return self.run_baseline(unit, record)
+        return self.run_training(unit, record, path)
+
+    def _loop_config(self, job):
+        from bench.training_loop import LoopConfig
+
+        budget = None if job.time_budget_min is None else job.time_budget_min * 60
+        return LoopConfig(epochs=job.epochs, time_budget_s=budget, lr=job.lr, clip_norm=job.clip_norm,
+                          max_batches=1 if self.opts.dry_run else None, progress=self.opts.progress)
+
+    def _task(self, unit: Unit):
+        from bench.tasks import ClassifierTask, DrawTask
+
+        kw = dict(device=self.device, data_dir=self.opts.data_dir, rank=self.opts.rank,
+                  world_size=self.opts.world_size)
+        if unit.job.kind == "classifier":
+            return ClassifierTask(unit.job, unit.glimpses, unit.seed, eval_glimpses=unit.eval_glimpses, **kw)
+        return DrawTask(unit.job, unit.seed, **kw)
+
+    def run_training(self, unit: Unit, record: dict, path: Path) -> tuple[list[dict], dict]:
+        from bench.training_loop import train
+
+        job, task = unit.job, self._task(unit)
+        ckpt = self.checkpoint_path(path, unit)
+        record["jobs"][unit.id]["checkpoint"] = _rel(ckpt)
+        self.save(record, path)
+        res = train(task, self._loop_config(job), ckpt, resume=self.opts.resume, rank=self.opts.rank,
+                    world_size=self.opts.world_size, log=lambda m: self.log(f"  {unit.id}: {m}"))
+        record["curves"][unit.id] = res.curve
+        info = {"epochs": res.epochs_done, "steps": res.step, "images_seen": res.images_seen,
+                "train_time_s": round(res.train_time_s, 1), "stopped_by": res.stopped_by,
+                "best_epoch": res.best["epoch"], "resumed": res.resumed}
+        model, seed = res.model, unit.seed
+        t0 = time.time()
+        if job.kind == "classifier":
+            protocol = "per-step" if job.per_step_loss else "separate"
+            test = task.evaluate(model, "test")
+            common = dict(protocol=protocol, dataset=job.dataset, read_n=job.read_n, hidden=job.hidden)
+            out = [metric("test_error", test[f"error@{t}"], "fraction", True, seed, glimpses=t,
+                          test_images=test["images"], data_seed=task.data_seed, **common) for t in unit.eval_glimpses]
+            best = res.best["metrics"]
+            out += [metric("valid_error", best[f"error@{t}"], "fraction", True, seed, glimpses=t,
+                           valid_images=best["images"], **common) for t in unit.eval_glimpses]
+            for k, v in task.glimpse_paths(model).items():
+                self.artifacts[f"{unit.id}/paths/{k}"] = v
+            summary = ", ".join(f"T={t}: {test[f'error@{t}']:.2%}" for t in unit.eval_glimpses)
+            self.log(f"  {unit.id}: test error {summary} ({test['images']} images)")
+        else:
+            common = dict(dataset=job.dataset, attention=job.attention, steps=job.steps, read_n=job.read_n,
+                          write_n=job.write_n, binarization="fixed")
+            test = task.evaluate(model, "test")
+            n = test["images"]
+            out = [metric("nll_elbo", test["nll_elbo"], "nats", True, seed, test_images=n, **common),
+                   metric("kl", test["kl"], "nats", None, seed, test_images=n, **common),
+                   metric("reconstruction", test["reconstruction"], "nats", None, seed, test_images=n, **common)]
+            iw = task.iwae(model, job.iwae_k, job.iwae_limit, progress=_show(self.opts.progress))
+            out.append(metric("nll_iwae", iw["nll_iwae"], "nats", True, seed, k=job.iwae_k, test_images=iw["images"],
+                              **common))
+            self.artifacts[f"{unit.id}/samples"] = task.samples(model, job.samples)
+            self.log(f"  {unit.id}: test NLL <= {test['nll_elbo']:.2f} nats (ELBO, {n} images), "
+                     f"<= {iw['nll_iwae']:.2f} (IWAE k={job.iwae_k}, {iw['images']} images)")
+        info["eval_time_s"] = round(time.time() - t0, 1)
+        return out, info
+
+    def run_throughput(self, unit: Unit) -> list[dict]:
+        from bench import throughput
+
+        if self.peak is None:
+            from models.flops import measure_matmul_peak
+
+            self.peak = measure_matmul_peak(seconds=0.05 if self.opts.dry_run else 1.0, device=self.device,
+                                            size=256 if self.opts.dry_run else 2048)
+            self.log(f"  matmul peak {self.peak:.1f} GFLOP/s on {self.device}")
+        return throughput.measure(unit.job, self.device, self.peak, self.opts.dry_run,
+                                  log=lambda m: self.log(f"  {m}"))
+
+    def run_baseline(self, unit: Unit, record: dict) -> tuple[list[dict], dict]:
+        try:
+            from models import baselines
+        except ImportError as e:
+            raise RunError(f"{unit.id}: models.baselines is not available ({e})") from e
+        job = unit.job
+        fn = getattr(baselines, "run_baseline", None)
+        if fn is None:
+            raise RunError(f"{unit.id}: models.baselines has no run_baseline(); baselines cannot run yet")
+        res = fn(job.model, job.dataset, seed=unit.seed, epochs=job.epochs, train_limit=job.train_limit,
+                 device=self.device, data_dir=self.opts.data_dir,
+                 test_limit=DRY_EVAL_IMAGES if self.opts.dry_run else None)
+        out = [metric("test_error", res["test_error"], "fraction", True, unit.seed, glimpses=None,
+                      protocol=f"baseline-{job.model}", dataset=job.dataset, test_images=res.get("test_images"))]
+        return out, {k: v for k, v in res.items() if k != "test_error"}
+
+
+def _show(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(records.REPO))
+    except ValueError:
+        return str(p)
+
+
+def _inside(p: Path, root: Path) -> bool:
+    try:
+        p.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------- targets and the summary
+
+def _select(metrics: list[dict], name: str, where: tuple) -> list[dict]:
+    return [m for m in metrics if m["name"] == name and all(m["params"].get(k) == v for k, v in where)]
+
+
+def check_targets(suite: suites.Suite, metrics: list[dict]) -> list[dict]:
+    out = []
+    for t in suite.targets:
+        rows = _select(metrics, t.metric, t.where)
+        entry = {"target": t.describe(), "note": t.note, "value": None, "passed": None}
+        if rows and t.op in ("<", ">"):
+            v = float(np.mean([m["value"] for m in rows]))
+            entry["value"] = v
+            entry["passed"] = bool(v < t.value if t.op == "<" else v > t.value)
+        elif rows and t.op == "falling":
+            by_t: dict = {}
+            for m in rows:
+                if m["params"].get("glimpses") is not None:
+                    by_t.setdefault(m["params"]["glimpses"], []).append(m["value"])
+            ts = sorted(by_t)
+            means = [float(np.mean(by_t[k])) for k in ts]
+            entry["value"] = dict(zip(map(str, ts), means))
+            # allow half a point of noise between neighbours, but the last must beat the first
+            entry["passed"] = bool(len(means) > 1 and means[-1] < means[0]
+                                   and all(b <= a + 0.005 for a, b in zip(means, means[1:])))
+        out.append(entry)
+    return out
+
+
+def _fmt(m: dict) -> str:
+    v, unit = m["value"], m["unit"]
+    if unit == "fraction" and m["name"] != "peak_fraction":
+        return f"{v:.2%}"
+    if unit == "images/s":
+        st = m.get("stats", {})
+        return f"{v:,.0f} (IQR {st.get('iqr', math.nan):,.0f})"
+    if m["name"] == "peak_fraction":
+        return f"{v:.1%}"
+    return f"{v:.2f}"
+
+
+SHOWN = ("model", "dataset", "glimpses", "protocol", "attention", "steps", "k", "batch", "device")
+
+
+def summary_table(record: dict) -> str:
+    """A plain-text table of every metric (mean +- std over seeds), then the targets."""
+    groups: dict = {}
+    for m in record["metrics"]:
+        key = (m["name"], tuple((k, m["params"].get(k)) for k in SHOWN if m["params"].get(k) is not None))
+        groups.setdefault(key, []).append(m)
+    rows = [("metric", "params", "seeds", "value")]
+    for (name, params), ms in groups.items():
+        vals = [m["value"] for m in ms]
+        first = {**ms[0], "value": float(np.mean(vals))}
+        val = _fmt(first)
+        if len(vals) > 1:
+            val += f" +- {_fmt({**ms[0], 'value': float(np.std(vals)), 'stats': {}}).split(' ')[0]}"
+        rows.append((name, " ".join(f"{k}={v}" for k, v in params), ",".join(str(m["seed"]) for m in ms), val))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for t in record.get("targets", []):
+        mark = {True: "PASS", False: "MISS", None: "n/a "}[t["passed"]]
+        val = t["value"]
+        val = ", ".join(f"T={k}: {v:.2%}" for k, v in val.items()) if isinstance(val, dict) else \
+            ("-" if val is None else f"{val:.4g}")
+        lines.append(f"[{mark}] {t['target']}: {val}" + (f" ({t['note']})" if t["note"] else ""))
+    return "\n".join(lines)
+
+
+def run(opts: RunOptions, log: Callable[[str], None] = print, argv: list[str] | None = None) -> tuple[dict, Path]:
+    os.environ.setdefault("OMP_NUM_THREADS", str(opts.threads or os.cpu_count() or 1))
+    return Runner(opts, log, argv).run()

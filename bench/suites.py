@@ -1,0 +1,238 @@
+"""The named suites: small declarative configs that say what runs, what it should reach and how long
+it takes. `python -m bench run --list` prints them.
+
+A suite is a tuple of jobs (classifier, DRAW, baseline, throughput) plus targets that the run
+checks at the end. Time budgets are training time per model; the totals in `expected` include
+data generation, evaluation and throughput.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class ClassifierJob:
+    """The glimpse classifier. ``per_step_loss``: one model at max(glimpses) trained with the loss
+    at every step, evaluated at each T ("per-step" protocol); otherwise one model per T ("separate")."""
+
+    dataset: str = "cluttered60"
+    glimpses: tuple[int, ...] = (1, 2, 4, 8)
+    per_step_loss: bool = True
+    read_n: int = 12
+    hidden: int = 256
+    batch_size: int = 64
+    lr: float = 1e-3
+    clip_norm: float = 10.0
+    epochs: int = 100
+    time_budget_min: float | None = None  # training time per model
+    train_limit: int | None = None  # train images per epoch; None = the 50,000 of the split
+    valid_limit: int | None = None  # valid images scored each epoch; None = all 10,000
+    test_limit: int | None = None  # None = the whole fixed test split
+    seeds_by_glimpses: tuple[tuple[int, tuple[int, ...]], ...] = ()  # ((T, seeds), ...) overrides
+    kind: str = "classifier"
+
+
+@dataclass(frozen=True)
+class DrawJob:
+    dataset: str = "binarized"
+    steps: int = 64
+    read_n: int = 2
+    write_n: int = 5
+    enc_hidden: int = 256
+    dec_hidden: int = 256
+    z_size: int = 100
+    attention: bool = True
+    batch_size: int = 64
+    lr: float = 1e-3
+    clip_norm: float = 10.0
+    epochs: int = 100
+    time_budget_min: float | None = None
+    train_limit: int | None = None
+    valid_limit: int | None = 2000
+    test_limit: int | None = None  # ELBO on the whole fixed binarized test split
+    iwae_k: int = 1000
+    iwae_limit: int | None = 1000  # test images for the importance-weighted bound
+    samples: int = 8  # generated images kept (every step) for the report
+    kind: str = "draw"
+
+
+@dataclass(frozen=True)
+class BaselineJob:
+    model: str = "conv"  # "conv" (2-layer conv net) or "sklearn"
+    dataset: str = "cluttered100"
+    epochs: int = 20
+    time_budget_min: float | None = None
+    train_limit: int | None = None
+    kind: str = "baseline"
+
+
+@dataclass(frozen=True)
+class ThroughputJob:
+    model: str = "classifier"  # "classifier" or "draw"
+    height: int = 100
+    width: int = 100
+    glimpses: int = 8  # classifier
+    steps: int = 64  # DRAW
+    hidden: int = 256
+    z_size: int = 100
+    batch_sizes: tuple[int, ...] = (64,)
+    repeats: int = 7
+    min_time_s: float = 0.3  # each repeat runs at least this long
+    kind: str = "throughput"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the suite should reach: metric ``op`` value, on the mean over seeds; ``falling``
+    checks that the metric decreases with the glimpse count."""
+
+    metric: str
+    op: str  # "<", ">", "falling"
+    value: float | None = None
+    where: tuple[tuple[str, object], ...] = ()  # params that select the metric rows
+    note: str = ""
+
+    def describe(self) -> str:
+        sel = ", ".join(f"{k}={v}" for k, v in self.where)
+        sel = f"[{sel}]" if sel else ""
+        if self.op == "falling":
+            return f"{self.metric}{sel} falls with glimpses"
+        return f"{self.metric}{sel} {self.op} {self.value:g}"
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    expected: str  # how long it takes, on what
+    jobs: tuple
+    targets: tuple[Target, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    notes: tuple[str, ...] = field(default=())
+
+
+QUICK = Suite(
+    name="quick",
+    description="Smoke-sized benchmark of everything: classifier on cluttered60 at T = 1, 2, 4, 8 (one "
+                "per-step-loss model), a small DRAW on binarized MNIST with ELBO and IWAE bounds, throughput.",
+    expected="<= 10 min on a 2-core CPU",
+    jobs=(
+        ClassifierJob(dataset="cluttered60", glimpses=(1, 2, 4, 8), per_step_loss=True, hidden=256,
+                      batch_size=64, lr=2e-3, epochs=50, time_budget_min=3.5, valid_limit=1000,
+                      test_limit=None),
+        DrawJob(dataset="binarized", steps=16, read_n=2, write_n=5, enc_hidden=128, dec_hidden=128, z_size=20,
+                batch_size=64, lr=2e-3, epochs=50, time_budget_min=2.5, valid_limit=1000, test_limit=None,
+                iwae_k=50, iwae_limit=500, samples=8),
+        ThroughputJob(model="classifier", height=60, width=60, glimpses=8, batch_sizes=(64,), repeats=5,
+                      min_time_s=0.3),
+        ThroughputJob(model="draw", height=28, width=28, steps=16, hidden=128, z_size=20, batch_sizes=(64,),
+                      repeats=5, min_time_s=0.3),
+    ),
+    targets=(
+        Target("test_error", "<", 0.5, (("glimpses", 8),), "chance is 0.9"),
+        Target("test_error", "falling", None, (), "more glimpses, lower error"),
+        Target("nll_elbo", "<", 200.0, (), "an untrained model scores 543 nats"),
+        Target("nll_iwae", "<", 200.0, ()),
+    ),
+)
+
+TABLE1 = Suite(
+    name="table1",
+    description="Table 1: the glimpse classifier on 100x100 cluttered MNIST, T = 1, 2, 4, 8 trained separately "
+                "(3 seeds at T = 4, 8), the per-step-loss model, the 2-layer conv net and the sklearn baseline.",
+    expected="days on a 2-core CPU; about 2-4 h on one GPU",
+    jobs=(
+        ClassifierJob(dataset="cluttered100", glimpses=(1, 2, 4, 8), per_step_loss=False, batch_size=64,
+                      lr=1e-3, epochs=100, seeds_by_glimpses=((1, (0,)), (2, (0,)), (4, (0, 1, 2)), (8, (0, 1, 2)))),
+        ClassifierJob(dataset="cluttered100", glimpses=(1, 2, 3, 4, 5, 6, 7, 8), per_step_loss=True,
+                      batch_size=64, lr=1e-3, epochs=100),
+        BaselineJob(model="conv", dataset="cluttered100", epochs=20),
+        BaselineJob(model="sklearn", dataset="cluttered100", train_limit=20000),
+    ),
+    targets=(
+        Target("test_error", "<", 0.0336, (("glimpses", 8), ("protocol", "separate")), "paper: 3.36%"),
+        Target("test_error", "<", 0.0418, (("glimpses", 4), ("protocol", "separate")), "paper: 4.18%"),
+        Target("test_error", "falling", None, (("protocol", "separate"),)),
+    ),
+    seeds=(0, 1, 2),
+)
+
+TABLE2 = Suite(
+    name="table2",
+    description="Table 2: DRAW (64 steps, read 2x2, write 5x5, LSTM 256, z 100) with and without attention "
+                "on binarized MNIST (fresh binarization per epoch); ELBO and IWAE (K = 1000) on the test split.",
+    expected="many hours on a 2-core CPU (resumable); about 15-30 min of training per model on one H200 "
+             "gives a first figure",
+    jobs=(
+        DrawJob(dataset="binarized", attention=True, epochs=300, iwae_k=1000, iwae_limit=1000),
+        DrawJob(dataset="binarized", attention=False, epochs=300, iwae_k=1000, iwae_limit=1000),
+    ),
+    targets=(
+        Target("nll_iwae", "<", 80.97, (("attention", True),), "paper: <= 80.97"),
+        Target("nll_iwae", "<", 87.40, (("attention", False),), "paper: <= 87.40"),
+    ),
+)
+
+TWODIGIT = Suite(
+    name="twodigit",
+    description="DRAW with attention on two-digit 60x60 MNIST; samples and drawing sequences for the report.",
+    expected="hours on a 2-core CPU; under an hour on one GPU",
+    jobs=(
+        DrawJob(dataset="twodigit60", steps=64, read_n=12, write_n=12, enc_hidden=256, dec_hidden=256, z_size=100,
+                epochs=100, iwae_k=100, iwae_limit=500, samples=16),
+    ),
+    targets=(),
+)
+
+THROUGHPUT = Suite(
+    name="throughput",
+    description="Training and evaluation images/s of the paper-sized classifier (100x100, T = 8) and DRAW "
+                "(64 steps) at several batch sizes, median and IQR over repeats, fraction of matmul peak.",
+    expected="about 2-3 min on a 2-core CPU",
+    jobs=(
+        ThroughputJob(model="classifier", height=100, width=100, glimpses=8, batch_sizes=(16, 64, 256)),
+        ThroughputJob(model="draw", height=28, width=28, steps=64, batch_sizes=(16, 64, 256)),
+    ),
+)
+
+SUITES = {s.name: s for s in (QUICK, TABLE1, TABLE2, TWODIGIT, THROUGHPUT)}
+
+
+class SuiteError(ValueError):
+    pass
+
+
+def get(name: str) -> Suite:
+    if name not in SUITES:
+        raise SuiteError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)} (see --list)")
+    return SUITES[name]
+
+
+def override(suite: Suite, glimpses: tuple[int, ...] | None = None, epochs: int | None = None,
+             time_budget_min: float | None = None) -> Suite:
+    """The suite with command-line overrides applied to every job they concern."""
+    jobs = []
+    for job in suite.jobs:
+        if job.kind == "classifier" and glimpses is not None:
+            job = replace(job, glimpses=tuple(glimpses), seeds_by_glimpses=tuple(
+                (t, s) for t, s in job.seeds_by_glimpses if t in glimpses))
+        if job.kind in ("classifier", "draw", "baseline"):
+            if epochs is not None:
+                job = replace(job, epochs=epochs)
+            if time_budget_min is not None:
+                job = replace(job, time_budget_min=time_budget_min)
+        jobs.append(job)
+    return replace(suite, jobs=tuple(jobs))
+
+
+def listing() -> str:
+    lines = []
+    for s in SUITES.values():
+        default = " (default)" if s.name == "quick" else ""
+        lines.append(f"{s.name}{default}: {s.description}")
+        lines.append(f"    time: {s.expected}")
+        if s.targets:
+            lines.append("    targets: " + "; ".join(t.describe() + (f" ({t.note})" if t.note else "")
+                                               for t in s.targets))
+    return "\n".join(lines)

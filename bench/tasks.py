@@ -1,0 +1,216 @@
+"""What the training loop trains: the glimpse classifier and DRAW, each as a Task (build, batches,
+loss, evaluate). Evaluation is `no_grad`, streams the split in batches and never changes the
+model's train/eval mode for the caller.
+
+Data seeds: training data of run seed s is epoch e's fresh set of seed s; valid and test are the
+fixed sets of `data_seed` (0 unless `bench eval --seed` asks for other test clutter).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from bench.distributed import all_reduce_sum, example_noise, per_rank_batch, positions
+from datasets.torch_data import iterate_batches
+from datasets.variants import get_spec
+
+EVAL_BATCH = 500
+
+
+class _Eval:
+    """Puts a model in eval mode under no_grad for a block, then restores its mode."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.was = self.model.training
+        self.model.eval()
+        self.ng = torch.no_grad()
+        self.ng.__enter__()
+
+    def __exit__(self, *exc):
+        self.ng.__exit__(*exc)
+        self.model.train(self.was)
+
+
+class _Base:
+    def __init__(self, job, seed: int, device: str = "cpu", data_dir=None, rank: int = 0, world_size: int = 1,
+                 data_seed: int = 0):
+        self.job, self.seed, self.device, self.data_dir = job, seed, device, data_dir
+        self.rank, self.world_size, self.data_seed = rank, world_size, data_seed
+        spec = get_spec(job.dataset)
+        self.height, self.width = spec.height, spec.width
+
+    def batches(self, epoch: int):
+        shard = (self.rank, self.world_size) if self.world_size > 1 else None
+        return iterate_batches(self.job.dataset, "train", per_rank_batch(self.job.batch_size, self.world_size),
+                               seed=self.seed,
+                               epoch=epoch, shuffle=True, device=self.device, data_dir=self.data_dir,
+                               drop_last=True, limit=self.job.train_limit, shard=shard)
+
+    def eval_batches(self, split: str, limit: int | None):
+        shard = (self.rank, self.world_size) if self.world_size > 1 else None  # reduced with all_reduce_sum
+        return iterate_batches(self.job.dataset, split, EVAL_BATCH, seed=self.data_seed, device=self.device,
+                               data_dir=self.data_dir, limit=limit, shard=shard)
+
+    def limit(self, split: str) -> int | None:
+        return self.job.valid_limit if split == "valid" else self.job.test_limit
+
+    @staticmethod
+    def batch_images(batch) -> int:
+        return int(batch[0].shape[0])
+
+
+class ClassifierTask(_Base):
+    """One glimpse classifier with ``glimpses`` steps; evaluate reports the error at every T of
+    ``eval_glimpses`` (each T <= glimpses) as ``error@T`` and the final one as ``error``."""
+
+    select = "error"
+
+    def __init__(self, job, glimpses: int, seed: int, eval_glimpses: tuple[int, ...] | None = None, **kw):
+        super().__init__(job, seed, **kw)
+        self.glimpses = glimpses
+        self.eval_glimpses = tuple(eval_glimpses or (glimpses,))
+
+    def config(self):
+        from models.classifier import ClassifierConfig
+
+        return ClassifierConfig(height=self.height, width=self.width, channels=1, glimpses=self.glimpses,
+                                read_n=self.job.read_n, hidden=self.job.hidden, per_step_loss=self.job.per_step_loss)
+
+    def describe(self) -> dict:
+        j = self.job
+        return {"task": "classifier", "dataset": j.dataset, "seed": self.seed, "model": asdict(self.config()),
+                "batch_size": j.batch_size, "lr": j.lr, "train_limit": j.train_limit, "valid_limit": j.valid_limit}
+
+    def build(self):
+        from models.classifier import GlimpseClassifier
+        from models.training import seed_everything
+
+        seed_everything(self.seed)
+        return GlimpseClassifier(self.config()).to(self.device)
+
+    def loss(self, model, batch):
+        return model.loss(batch[0], batch[1])[0]
+
+    def evaluate(self, model, split: str, limit: int | None = -1) -> dict[str, float]:
+        limit = self.limit(split) if limit == -1 else limit
+        wrong, n = torch.zeros(self.glimpses, dtype=torch.long, device=self.device), 0
+        with _Eval(model):
+            for x, y in self.eval_batches(split, limit):
+                pred = model(x, keep_windows=False).logits.argmax(-1)  # (B, T)
+                w = (pred != y[:, None]).sum(0)
+                wrong = w if wrong is None else wrong + w
+                n += x.shape[0]
+        wrong, n = all_reduce_sum(wrong), int(all_reduce_sum(torch.tensor([n])).item())
+        err = (wrong.double() / n).cpu()
+        out = {f"error@{t}": float(err[t - 1]) for t in self.eval_glimpses}
+        out["error"] = float(err[-1])
+        out["images"] = n
+        return out
+
+    def glimpse_paths(self, model, count: int = 8) -> dict[str, np.ndarray]:
+        """Windows (gx, gy, delta, sigma2 per step) on the first ``count`` test images, for the report."""
+        x, y = next(iter(iterate_batches(self.job.dataset, "test", count, seed=self.data_seed, device=self.device,
+                                         data_dir=self.data_dir, limit=count)))
+        with _Eval(model):
+            out = model(x, keep_windows=True)
+        arrays = {"images": (x[:, 0].cpu().numpy() * 255).round().astype(np.uint8), "labels": y.cpu().numpy(),
+                  "predictions": out.logits.argmax(-1).cpu().numpy(), "read_n": np.array(self.job.read_n)}
+        if out.windows:
+            for k in ("gx", "gy", "delta", "sigma2"):
+                arrays[k] = torch.stack([getattr(w, k) for w in out.windows], 1).cpu().numpy().astype(np.float32)
+        return arrays
+
+
+class DrawTask(_Base):
+    """DRAW on a (binarized) image variant; the loss and the bounds are in nats per image."""
+
+    select = "nll_elbo"
+
+    def config(self):
+        from models.draw import DRAWConfig
+
+        j = self.job
+        return DRAWConfig(height=self.height, width=self.width, channels=1, steps=j.steps, read_n=j.read_n,
+                          write_n=j.write_n, enc_hidden=j.enc_hidden, dec_hidden=j.dec_hidden, z_size=j.z_size,
+                          attention=j.attention)
+
+    def describe(self) -> dict:
+        j = self.job
+        return {"task": "draw", "dataset": j.dataset, "seed": self.seed, "model": asdict(self.config()),
+                "batch_size": j.batch_size, "lr": j.lr, "train_limit": j.train_limit, "valid_limit": j.valid_limit}
+
+    def build(self):
+        from models.draw import DRAW
+        from models.training import seed_everything
+
+        seed_everything(self.seed)
+        return DRAW(self.config()).to(self.device)
+
+    def batches(self, epoch: int):
+        """(x, y, where): ``where`` keys each example's noise by its epoch position, so the noise,
+        like the data, is the same on any world size."""
+        b = per_rank_batch(self.job.batch_size, self.world_size)
+        for k, (x, y) in enumerate(super().batches(epoch)):
+            yield x, y, (("train", self.seed, epoch), positions(k * b, x.shape[0], self._shard()))
+
+    def _shard(self):
+        return (self.rank, self.world_size) if self.world_size > 1 else None
+
+    def noise(self, where, samples: int = 1) -> torch.Tensor:
+        """(T, len(pos) * samples, z) posterior noise, image-major, a function of (key, position)."""
+        key, pos = where
+        j = self.job
+        e = example_noise(key, pos, (samples, j.steps, j.z_size), self.device)
+        return e.flatten(0, 1).transpose(0, 1).contiguous()
+
+    def loss(self, model, batch):
+        return model.loss(batch[0], self.noise(batch[2]) if len(batch) > 2 else None)[0]
+
+    def evaluate(self, model, split: str, limit: int | None = -1) -> dict[str, float]:
+        """The ELBO bound (one posterior sample per image) with its KL and reconstruction parts."""
+        limit = self.limit(split) if limit == -1 else limit
+        sums = torch.zeros(4, dtype=torch.float64)  # nll_elbo, kl, reconstruction, images
+        with _Eval(model):
+            for x, _ in self.eval_batches(split, limit):
+                where = (("eval", self.data_seed, split), positions(int(sums[3]), x.shape[0], self._shard()))
+                out = model(x, self.noise(where), windows=False)
+                kl, rec = out.kl.sum(1).double(), out.reconstruction.double()
+                sums += torch.stack([(kl + rec).sum(), kl.sum(), rec.sum(), torch.tensor(x.shape[0])]).cpu()
+        sums = all_reduce_sum(sums).tolist()
+        n = int(sums[3])
+        return {"nll_elbo": sums[0] / n, "kl": sums[1] / n, "reconstruction": sums[2] / n, "images": n}
+
+    def iwae(self, model, k: int, limit: int | None, progress: bool = False) -> dict[str, float]:
+        """-log p(x) <= -E log (1/k) sum_i p(x, z_i) / q(z_i | x), averaged over the test images."""
+        from tqdm import tqdm
+
+        chunk = max(1, 4096 // k)  # images per forward pass, k samples each
+        total, n = 0.0, 0
+        with _Eval(model):
+            batches = self.eval_batches("test", limit)
+            bar = tqdm(total=limit, desc=f"IWAE k={k}", unit="img", disable=not progress, leave=False)
+            for x, _ in batches:
+                for s in range(0, x.shape[0], chunk):
+                    xs = x[s:s + chunk]
+                    noise = self.noise((("iwae", self.data_seed, k), positions(n, xs.shape[0], self._shard())), k)
+                    lw = model(xs.repeat_interleave(k, 0), noise, windows=False).log_weight.view(-1, k)
+                    total += float(-(torch.logsumexp(lw, 1) - math.log(k)).double().sum())
+                    n += xs.shape[0]
+                    bar.update(xs.shape[0])
+            bar.close()
+        total, n = all_reduce_sum(torch.tensor([total, n], dtype=torch.float64)).tolist()
+        return {"nll_iwae": total / n, "images": int(n)}
+
+    def samples(self, model, count: int) -> np.ndarray:
+        """(T, count, H, W) uint8: the canvas after every step of ``count`` images from the prior."""
+        g = torch.Generator(device=self.device).manual_seed(self.seed)
+        with _Eval(model):
+            seq = model.generate(count, generator=g)
+        return (seq[:, :, 0].cpu().numpy() * 255).round().astype(np.uint8)

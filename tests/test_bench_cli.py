@@ -1,0 +1,93 @@
+"""`python -m bench` command line: parsing, one-line errors with exit status 2, --list."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import suites
+from bench.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_unknown_suite_is_one_line_exit_2():
+    p = run_cli("run", "--suite", "nope")
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown suite 'nope'" in lines[0] and "quick" in lines[0]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("1,x", "bad glimpse list '1,x'"),
+    ("0,2", "glimpse counts must be >= 1"),
+    ("2,2", "is repeated"),
+    (",", "empty glimpse list"),
+])
+def test_bad_glimpse_list(value, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--glimpses", value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_bad_seeds_and_numbers(capsys):
+    for argv in (["run", "--seeds", "-1"], ["run", "--epochs", "0"], ["run", "--time-budget", "abc"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+    assert "seeds must be >= 0" in capsys.readouterr().err
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["run", "--out", str(blocker / "run.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not writable" in err
+    assert main(["run", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_resume_with_dry_run_is_refused(capsys):
+    assert main(["run", "--resume", "--dry-run"]) == 2
+    assert "do not go together" in capsys.readouterr().err
+
+
+def test_bad_device_is_exit_2(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["run", "--device", "cuda", "--dry-run", "--out", str(tmp_path / "r.json")]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_list_shows_every_suite_with_time_and_targets(capsys):
+    assert main(["run", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name, s in suites.SUITES.items():
+        assert out.count(f"{name}") >= 1 and s.expected in out
+    assert "quick (default)" in out and "test_error[glimpses=8] < 0.5" in out
+
+
+def test_parser_defaults_and_lists():
+    a = build_parser().parse_args(["run", "--glimpses", "8,1,4", "--seeds", "2,0,2", "--threads", "1"])
+    assert a.suite == "quick" and a.glimpses == (1, 4, 8) and a.seeds == (2, 0) and a.threads == 1
+    assert a.device == "auto" and not a.dry_run and not a.resume
+
+
+def test_suite_overrides_apply_to_every_job():
+    s = suites.override(suites.get("table1"), glimpses=(4, 8), epochs=3, time_budget_min=1.5)
+    clf = [j for j in s.jobs if j.kind == "classifier"]
+    assert all(j.glimpses == (4, 8) and j.epochs == 3 and j.time_budget_min == 1.5 for j in clf)
+    assert dict(clf[0].seeds_by_glimpses) == {4: (0, 1, 2), 8: (0, 1, 2)}

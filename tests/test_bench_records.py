@@ -1,0 +1,77 @@
+"""Run records: schema round trip, validation errors, the index and load_all."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from bench import records
+from fixtures.bench_records import make_record
+
+
+def test_record_round_trip(tmp_path):
+    r = make_record(seeds=(0, 1))
+    path = records.write(r, tmp_path / "runs" / "m" / "x.json")
+    back = records.read(path)
+    assert back == json.loads(json.dumps(r))
+    assert not list(path.parent.glob(".*.tmp"))  # atomic: no temporary file left behind
+
+
+def test_new_record_has_provenance():
+    machine = records.machine_info("cpu", threads=1)
+    r = records.new_record("quick", {"a": 1}, [0], machine)
+    records.validate(r)
+    assert set(records.REQUIRED) <= set(r)
+    assert r["commit"]["sha"] is None or len(r["commit"]["sha"]) == 40
+    assert isinstance(r["commit"]["dirty"], (bool, type(None)))
+    assert machine["cores"] >= 1 and machine["threads"] == 1 and machine["torch"]
+    assert machine["id"].startswith("cpu-")
+    path = records.default_path(r)
+    assert path.parent.name == machine["id"] and path.name.endswith(f"_{r['commit']['short']}.json")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: r.pop("machine"), "missing field"),
+    (lambda r: r.update(status="done"), "status 'done'"),
+    (lambda r: r.update(schema_version=99), "schema_version 99"),
+    (lambda r: r["metrics"][0].pop("unit"), r"metrics\[0\] lacks \['unit'\]"),
+])
+def test_validation_names_the_problem(damage, message):
+    r = make_record()
+    damage(r)
+    with pytest.raises(records.RecordError, match=message):
+        records.validate(r)
+
+
+def test_nan_is_written_as_null(tmp_path):
+    r = make_record()
+    r["metrics"][0]["value"] = float("nan")
+    path = records.write(r, tmp_path / "n.json")
+    assert json.loads(path.read_text())["metrics"][0]["value"] is None
+
+
+def test_unreadable_record_is_reported(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text("{not json")
+    with pytest.raises(records.RecordError, match="not valid JSON"):
+        records.read(p)
+
+
+def test_index_and_load_all(tmp_path):
+    root = tmp_path / "results"
+    a = records.write(make_record(), root / "runs" / "m" / "a.json")
+    b = records.write(make_record(seeds=(0, 1, 2), started="2026-02-01T00:00:00Z"), root / "runs" / "m" / "b.json")
+    for p in (a, b, a):  # re-indexing a record replaces its row
+        records.update_index(p, records.read(p), root)
+    rows = list(csv.DictReader(open(root / "index.csv")))
+    assert [r["path"] for r in rows] == ["runs/m/a.json", "runs/m/b.json"]
+    assert rows[1]["seeds"] == "0 1 2" and rows[1]["metrics"] == str(len(records.read(b)["metrics"]))
+    df = records.load_all(root / "runs")
+    assert len(df) == sum(len(records.read(p)["metrics"]) for p in (a, b))
+    err8 = df[(df.name == "test_error") & (df.p_glimpses == 8)]
+    assert sorted(err8.seed.tolist()) == [0, 0, 1, 2]
+    speed = df[df.name == "train_images_per_s"]
+    assert (speed["q1"] <= speed["median"]).all() and (speed["median"] <= speed["q3"]).all()
+    assert records.rebuild_index(root).read_text() == (root / "index.csv").read_text()

@@ -1,0 +1,129 @@
+"""`bench run` end to end: the dry run, and a crash then --resume that ends where an
+uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import records, runner, suites
+from bench.suites import ClassifierJob, Suite, Target, ThroughputJob
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY = Suite(
+    name="tiny", description="test suite", expected="seconds",
+    jobs=(ClassifierJob(dataset="cluttered60", glimpses=(1, 2), per_step_loss=True, read_n=4, hidden=16,
+                        batch_size=16, epochs=2, train_limit=64, valid_limit=32, test_limit=32),
+          ThroughputJob(model="classifier", height=60, width=60, glimpses=2, hidden=16, batch_sizes=(8,),
+                        repeats=2, min_time_s=0.0)),
+    targets=(Target("test_error", "<", 2.0, (("glimpses", 2),)),),
+)
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path, mnist_data):
+    monkeypatch.setitem(suites.SUITES, "tiny", TINY)
+
+    def opts(name, **kw):
+        return runner.RunOptions(suite="tiny", out=str(tmp_path / f"{name}.json"), threads=1, progress=False,
+                                 checkpoint_dir=str(tmp_path / "ckpt"), **kw)
+
+    return opts
+
+
+def quiet(msg):
+    pass
+
+
+def test_dry_run_end_to_end(tmp_path, mnist_data):
+    out = tmp_path / "dry.json"
+    p = subprocess.run([sys.executable, "-m", "bench", "run", "--dry-run", "--threads", "1", "--no-progress",
+                        "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = records.read(out)
+    assert r["status"] == "complete" and r["config"]["dry_run"] and r["finished_at"]
+    names = {m["name"] for m in r["metrics"]}
+    assert names >= {"test_error", "valid_error", "nll_elbo", "nll_iwae", "kl", "reconstruction",
+                     "train_images_per_s", "eval_images_per_s", "peak_fraction"}
+    errs = [m for m in r["metrics"] if m["name"] == "test_error"]
+    assert sorted(m["params"]["glimpses"] for m in errs) == [1, 2, 4, 8]
+    assert all(m["params"]["protocol"] == "per-step" and 0 <= m["value"] <= 1 for m in errs)
+    iw = next(m for m in r["metrics"] if m["name"] == "nll_iwae")
+    assert iw["params"]["k"] == 4 and iw["params"]["binarization"] == "fixed"
+    assert all(j["status"] == "complete" for j in r["jobs"].values())
+    assert all(len(c) == 1 for c in r["curves"].values())
+    with np.load(out.with_suffix(".npz")) as z:
+        samples = next(k for k in z.files if k.endswith("/samples"))
+        assert z[samples].shape[0] == 16 and z[samples].dtype == np.uint8
+    assert "test_error" in p.stdout and f"record: {out}" in p.stdout
+
+
+def test_crash_then_resume_matches_uninterrupted(tiny, monkeypatch):
+    ref, _ = runner.run(tiny("ref"), log=quiet)
+    assert ref["status"] == "complete" and ref["targets"][0]["passed"]
+
+    from bench import tasks
+    calls = {"n": 0}
+    orig = tasks.ClassifierTask.loss
+
+    def crashing(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:  # in epoch 2 of 4 batches each
+            raise KeyboardInterrupt
+        return orig(self, model, batch)
+
+    monkeypatch.setattr(tasks.ClassifierTask, "loss", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(tiny("run"), log=quiet)
+    path = Path(tiny("run").out)
+    r = records.read(path)
+    unit = next(iter(r["jobs"]))
+    assert r["status"] == "incomplete" and r["error"] == "interrupted (Ctrl-C)"
+    assert r["jobs"][unit]["status"] == "incomplete"
+    assert (REPO / r["jobs"][unit]["checkpoint"]).exists() or Path(r["jobs"][unit]["checkpoint"]).exists()
+
+    monkeypatch.setattr(tasks.ClassifierTask, "loss", orig)
+    done, _ = runner.run(tiny("run", resume=True), log=quiet)
+    assert done["status"] == "complete" and done["jobs"][unit]["resumed"] and done["resumed_at"]
+    pick = lambda rec: sorted((m["name"], m["params"].get("glimpses"), m["value"])  # noqa: E731
+                              for m in rec["metrics"] if m["name"] in ("test_error", "valid_error"))
+    assert pick(done) == pick(ref)
+    strip = lambda c: [{k: v for k, v in e.items() if not k.endswith("time_s")} for e in c]  # noqa: E731
+    assert strip(done["curves"][unit]) == strip(ref["curves"][unit])
+
+
+def test_resume_skips_finished_units(tiny, monkeypatch):
+    def boom(self, unit):
+        raise RuntimeError("throughput exploded")
+
+    monkeypatch.setattr(runner.Runner, "run_throughput", boom)
+    with pytest.raises(RuntimeError):
+        runner.run(tiny("run"), log=quiet)
+    r = records.read(tiny("run").out)
+    assert r["status"] == "failed" and "throughput exploded" in r["error"]
+    assert [j["status"] for j in r["jobs"].values()] == ["complete", "failed"]
+    monkeypatch.undo()
+    monkeypatch.setitem(suites.SUITES, "tiny", TINY)
+    lines = []
+    done, _ = runner.run(tiny("run", resume=True), log=lines.append)
+    assert any("complete in the record, skipped" in line for line in lines)
+    assert done["status"] == "complete" and {m["name"] for m in done["metrics"]} >= {"test_error", "train_images_per_s"}
+    assert json.loads(Path(tiny("run").out).read_text())["status"] == "complete"
+
+
+def test_resume_refuses_complete_or_other_suite(tiny):
+    runner.run(tiny("run"), log=quiet)
+    with pytest.raises(runner.RunError, match="is complete; nothing to resume"):
+        runner.run(tiny("run", resume=True), log=quiet)
+    r = records.read(tiny("run").out)
+    r["status"] = "incomplete"
+    records.write(r, tiny("run").out)
+    with pytest.raises(runner.RunError, match="resume with --suite tiny"):
+        runner.run(replace(tiny("run", resume=True), suite="quick"), log=quiet)
