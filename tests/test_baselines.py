@@ -1,0 +1,83 @@
+"""Baselines: conv net shapes, overfit, FLOP hand count; the pixel baseline on real MNIST."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.baselines import ConvNet, ConvNetConfig, PixelBaseline, convnet_error
+
+
+@pytest.mark.parametrize("hw,channels", [((100, 100), 1), ((60, 60), 1), ((28, 28), 3), ((40, 64), 2)])
+def test_convnet_shapes(hw, channels):
+    cfg = ConvNetConfig(height=hw[0], width=hw[1], channels=channels, filters1=4, filters2=6, hidden=16)
+    model = ConvNet(cfg)
+    x = torch.rand(3, channels, *hw)
+    assert model(x).shape == (3, 10)
+    loss, _ = model.loss(x, torch.tensor([1, 2, 3]))
+    loss.backward()
+    assert model.predict(x).shape == (3,)
+    with pytest.raises(ValueError, match="expects images"):
+        model(torch.rand(3, *hw))
+
+
+def test_convnet_config_errors():
+    with pytest.raises(ValueError, match="too small"):
+        ConvNetConfig(height=6, width=6)
+    with pytest.raises(ValueError, match="odd"):
+        ConvNetConfig(kernel=4)
+
+
+def test_convnet_overfits_one_batch():
+    torch.manual_seed(0)
+    cfg = ConvNetConfig(height=16, width=16, filters1=8, filters2=8, pool1=2, pool2=2, hidden=32)
+    model = ConvNet(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.rand(16, 1, 16, 16), torch.arange(16) % 10
+    first = None
+    for _ in range(40):
+        loss, _ = model.loss(x, y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first / 20
+    assert convnet_error(model, x, y, batch_size=5) == 0.0
+
+
+def test_convnet_counts_by_hand():
+    cfg = ConvNetConfig(height=8, width=8, channels=1, num_classes=2, filters1=2, filters2=3, kernel=3,
+                        pool1=2, pool2=2, hidden=4)
+    model = ConvNet(cfg)
+    conv1 = (2 * 1 * 9 + 1) * 2 * 64 + 2 * 64 * 2
+    conv2 = (2 * 2 * 9 + 1) * 3 * 16 + 3 * 16 * 2
+    dense = (2 * 12 * 4 + 4) + 4 + (2 * 4 * 2 + 2) + 5 * 2
+    assert model.flops_per_image() == conv1 + conv2 + dense
+    assert model.flops_per_image(train=True) == 3 * (conv1 + conv2 + dense)
+    assert model.param_count() == (9 * 2 + 2) + (2 * 9 * 3 + 3) + (12 * 4 + 4) + (4 * 2 + 2)
+
+
+def test_pixel_baseline_on_mnist(mnist_data):
+    tr_x, tr_y, te_x, te_y = mnist_data
+    base = PixelBaseline(components=30, pca_fit_size=1000, max_train=3000, seed=0).fit(tr_x[:6000], tr_y[:6000])
+    err = base.error(te_x[:1000], te_y[:1000])
+    assert 0.03 < err < 0.2  # linear on 30 PCs of 3000 digits: about 10%, far from chance (90%)
+    assert base.info["train_size"] == 3000 and base.info["pca_fit_size"] == 1000 and base.info["components"] == 30
+    again = PixelBaseline(components=30, pca_fit_size=1000, max_train=3000, seed=0).fit(tr_x[:6000], tr_y[:6000])
+    assert again.error(te_x[:1000], te_y[:1000]) == err
+
+
+def test_pixel_baseline_input_errors():
+    base = PixelBaseline(components=4)
+    with pytest.raises(RuntimeError, match="before fit"):
+        base.predict(np.zeros((2, 5, 5), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        base.fit(np.zeros((10, 5, 5), np.float32), np.zeros(10))
+    with pytest.raises(ValueError, match="labels of shape"):
+        base.fit(np.zeros((10, 5, 5), np.uint8), np.zeros(9))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 5, 5), dtype=np.uint8)
+    base.fit(x, np.arange(40) % 2)
+    with pytest.raises(ValueError, match=r"fitted on images of shape \(5, 5\)"):
+        base.predict(np.zeros((2, 6, 6), np.uint8))
