@@ -49,6 +49,8 @@ class RunOptions:
     rank: int = 0
     world_size: int = 1
     backend: str | None = None
+    sweep_rank: int = 0  # --sweep-parallel: this process runs units sweep_rank, + sweep_world, ... alone
+    sweep_world: int = 1
 
 
 @dataclass
@@ -106,6 +108,10 @@ class Runner:
         if opts.dry_run:
             self.suite = replace(self.suite, jobs=tuple(_dry(j) for j in self.suite.jobs))
         self.units = units(self.suite, opts.seeds)
+        from bench import distributed
+
+        if opts.sweep_world > 1:
+            self.units = distributed.assign(self.units, opts.sweep_rank, opts.sweep_world)
         from models.training import pick_device
 
         self.device = str(pick_device(opts.device))
@@ -114,6 +120,7 @@ class Runner:
 
             torch.set_num_threads(opts.threads)
         self.machine = records.machine_info(self.device, opts.threads, opts.world_size, opts.backend)
+        self.ctx = distributed.DistContext(opts.rank, opts.world_size, 0, opts.backend, self.device)
         self.argv = argv or []
         self.peak: float | None = None
         self.artifacts: dict[str, np.ndarray] = {}
@@ -128,7 +135,7 @@ class Runner:
         o = self.opts
         seeds = sorted({u.seed for u in self.units if u.job.kind != "throughput"}) or [0]
         if o.resume:
-            path = Path(o.out) if o.out else self._latest_unfinished()
+            path = self._sweep_path(Path(o.out)) if o.out else self._latest_unfinished()
             record = records.read(path)
             if record["suite"] != self.suite.name:
                 raise RunError(f"{path} is a record of suite {record['suite']!r}, not {self.suite.name!r}; "
@@ -148,14 +155,23 @@ class Runner:
             path = DRY_RUNS / records.default_path(record).name
         else:
             path = records.default_path(record)
-        return record, path
+        return record, self._sweep_path(path)
+
+    def _sweep_path(self, path: Path) -> Path:
+        """--sweep-parallel: each rank's own record, NAME.rankR-of-W.json."""
+        o = self.opts
+        return path.with_name(f"{path.stem}.rank{o.sweep_rank}-of-{o.sweep_world}{path.suffix}") \
+            if o.sweep_world > 1 else path
 
     def _latest_unfinished(self) -> Path:
         folder = records.RESULTS / "runs" / self.machine["id"]
         found = []
         for p in records.find(folder) if folder.is_dir() else []:
             r = records.read(p)
-            if r["suite"] == self.suite.name and r["status"] != "complete":
+            opts = r["config"].get("options", {})
+            if r["suite"] == self.suite.name and r["status"] != "complete" and \
+                    (opts.get("sweep_rank", 0), opts.get("sweep_world", 1)) == (self.opts.sweep_rank,
+                                                                                 self.opts.sweep_world):
                 found.append((r["started_at"], p))
         if not found:
             raise RunError(f"no unfinished record of suite {self.suite.name!r} under {folder}; "
@@ -190,6 +206,9 @@ class Runner:
     # ------------------------------------------------------------ running
     def run(self) -> tuple[dict, Path]:
         record, path = self.open_record()
+        from bench import distributed
+
+        path = Path(distributed.broadcast_object(str(path)))  # DDP: rank 0's record and checkpoint paths
         from datasets import mnist
 
         mnist.fetch(self.opts.data_dir, log=self.log)
@@ -264,6 +283,7 @@ class Runner:
         return DrawTask(unit.job, unit.seed, **kw)
 
     def run_training(self, unit: Unit, record: dict, path: Path) -> tuple[list[dict], dict]:
+        from bench import distributed
         from bench.training_loop import train
 
         job, task = unit.job, self._task(unit)
@@ -271,12 +291,18 @@ class Runner:
         record["jobs"][unit.id]["checkpoint"] = _rel(ckpt)
         self.save(record, path)
         res = train(task, self._loop_config(job), ckpt, resume=self.opts.resume, rank=self.opts.rank,
-                    world_size=self.opts.world_size, log=lambda m: self.log(f"  {unit.id}: {m}"))
+                    world_size=self.opts.world_size, log=lambda m: self.log(f"  {unit.id}: {m}"),
+                    wrap=lambda m: distributed.wrap_ddp(m, self.ctx))
         record["curves"][unit.id] = res.curve
         info = {"epochs": res.epochs_done, "steps": res.step, "images_seen": res.images_seen,
                 "train_time_s": round(res.train_time_s, 1), "stopped_by": res.stopped_by,
                 "best_epoch": res.best["epoch"], "resumed": res.resumed}
         model, seed = res.model, unit.seed
+        from datasets.variants import split_info
+
+        info["data"] = {"train": {**split_info(job.dataset, "train", seed, 0), "epoch": "fresh per epoch"},
+                        "valid": split_info(job.dataset, "valid", task.data_seed),
+                        "test": split_info(job.dataset, "test", task.data_seed)}
         t0 = time.time()
         if job.kind == "classifier":
             protocol = "per-step" if job.per_step_loss else "separate"
