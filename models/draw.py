@@ -1,0 +1,289 @@
+"""DRAW: a recurrent variational auto-encoder that draws with attention (Gregor et al. 2015, sec. 2).
+
+Per step t = 1..T (equations 3-8 of the paper):
+
+    x^_t    = x - sigmoid(c_{t-1})
+    r_t     = read(x, x^_t, h^dec_{t-1})
+    h^enc_t = LSTM_enc(h^enc_{t-1}, [r_t, h^dec_{t-1}])
+    z_t     ~ Q(z_t | h^enc_t) = N(mu_t, sigma_t),  mu_t = W(h^enc_t), sigma_t = exp(W(h^enc_t))
+    h^dec_t = LSTM_dec(h^dec_{t-1}, z_t)
+    c_t     = c_{t-1} + write(h^dec_t)
+
+Loss L = Lx + Lz in nats per image: Lx = -log Bernoulli(x | sigmoid(c_T)) summed over pixels,
+Lz = sum_t KL(N(mu_t, sigma_t) || N(0, I)) = sum_t 0.5 * sum(mu^2 + sigma^2 - 2 log sigma - 1).
+
+The initial canvas c_0 and the initial LSTM states (h and cell) are zero, not learned.
+
+Parameters are laid out as plain modules (``encoder``/``decoder`` are ``nn.LSTMCell``s,
+``posterior`` an ``nn.Linear``, ``read``/``write`` the shared kernel's modules) so that the
+state dict is readable and shared with ``models.naive_draw``. The forward pass does not call
+them one by one: every product with h^dec_t (decoder recurrence, encoder input, read window,
+write window, write patch) is one fused GEMM, every product with h^enc_t (posterior, encoder
+recurrence) another, and the KL and log densities are computed once over all steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models import flops
+from models.attention import make_read, make_write, read, window_from_params, write
+from models.common import ConfigMixin, param_count
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@dataclass
+class DRAWConfig(ConfigMixin):
+    """DRAW hyper-parameters; the defaults are the paper's MNIST generation row of Table 3."""
+
+    height: int = 28
+    width: int = 28
+    channels: int = 1
+    steps: int = 64
+    read_n: int = 2
+    write_n: int = 5
+    enc_hidden: int = 256
+    dec_hidden: int = 256
+    z_size: int = 100
+    attention: bool = True
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "attention":
+                if not isinstance(v, bool):
+                    raise ValueError(f"DRAWConfig.attention must be True or False, got {v!r}")
+            elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"DRAWConfig.{f.name} must be a positive integer, got {v!r}")
+        if self.attention and (self.read_n < 2 or self.write_n < 2):
+            raise ValueError(f"attention needs read_n and write_n >= 2 (a grid has a stride), "
+                             f"got read_n={self.read_n}, write_n={self.write_n}")
+
+
+class Windows(NamedTuple):
+    """Attention windows of every step, (B, T) each, in pixel units (1-based)."""
+
+    gx: torch.Tensor
+    gy: torch.Tensor
+    sigma2: torch.Tensor
+    delta: torch.Tensor
+    gamma: torch.Tensor
+
+
+class DRAWOutput(NamedTuple):
+    canvas_logits: torch.Tensor  # (B, C, H, W) c_T
+    kl: torch.Tensor  # (B, T) exact KL(Q(z_t|x) || N(0, I)) per step, nats
+    reconstruction: torch.Tensor  # (B,) Lx = -log p(x | z_1..T), nats
+    log_q: torch.Tensor  # (B,) sum_t log N(z_t; mu_t, sigma_t) at the sampled z
+    log_pz: torch.Tensor  # (B,) sum_t log N(z_t; 0, I) at the sampled z
+    read_windows: Windows | None  # None without attention or when not asked for
+    write_windows: Windows | None
+    canvases: torch.Tensor | None  # (T, B, C, H, W) c_t logits after every step, when asked for
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """(B,) Lx + Lz, the negative ELBO with the exact KL, nats per image."""
+        return self.reconstruction + self.kl.sum(dim=1)
+
+    @property
+    def log_weight(self) -> torch.Tensor:
+        """(B,) log p(x, z) - log q(z | x) at the sampled z: one importance weight, for IWAE."""
+        return -self.reconstruction + self.log_pz - self.log_q
+
+
+def _ifog(w: torch.Tensor, hidden: int) -> torch.Tensor:
+    """Reorder LSTMCell gate blocks (i, f, g, o) to (i, f, o, g): one sigmoid covers three blocks."""
+    i, f, g, o = w.split(hidden, dim=0)
+    return torch.cat([i, f, o, g], dim=0)
+
+
+def _lstm(gates: torch.Tensor, cell: torch.Tensor, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LSTM pointwise update from pre-activations in (i, f, o, g) order."""
+    s = torch.sigmoid(gates[:, : 3 * hidden])
+    g = torch.tanh(gates[:, 3 * hidden:])
+    i, f, o = s.chunk(3, dim=1)
+    cell = torch.addcmul(f * cell, i, g)
+    return o * torch.tanh(cell), cell
+
+
+def _stack_windows(ws: list) -> Windows:
+    return Windows(*(torch.stack([getattr(w, k) for w in ws], dim=1) for k in Windows._fields))
+
+
+def kl_standard_normal(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) elementwise, exact: 0.5 (mu^2 + sigma^2 - 2 log sigma - 1)."""
+    return 0.5 * (mu.square() + torch.exp(2 * log_sigma) - 2 * log_sigma - 1)
+
+
+class DRAW(nn.Module):
+    def __init__(self, config: DRAWConfig | None = None):
+        super().__init__()
+        cfg = self.config = config or DRAWConfig()
+        a, c, h, w = cfg.attention, cfg.channels, cfg.height, cfg.width
+        self.read = make_read(a, cfg.dec_hidden, h, w, cfg.read_n, c, num_images=2)
+        self.write = make_write(a, cfg.dec_hidden, h, w, cfg.write_n, c)
+        self.encoder = nn.LSTMCell(self.read.out_features + cfg.dec_hidden, cfg.enc_hidden)
+        self.posterior = nn.Linear(cfg.enc_hidden, 2 * cfg.z_size)
+        self.decoder = nn.LSTMCell(cfg.z_size, cfg.dec_hidden)
+
+    # -- fused weights, rebuilt from the modules on every call (cheap, differentiable) --------
+    def _fused(self):
+        cfg = self.config
+        he, hd, nr = cfg.enc_hidden, cfg.dec_hidden, self.read.out_features
+        enc, dec = self.encoder, self.decoder
+        enc_w = _ifog(enc.weight_ih, he)
+        enc_b = _ifog(enc.bias_ih + enc.bias_hh, he)
+        dec_b = _ifog(dec.bias_ih + dec.bias_hh, hd)
+        # Rows of the h^dec GEMM: decoder recurrence | encoder input | read window | write window | patch.
+        w_dec = [_ifog(dec.weight_hh, hd), enc_w[:, nr:]]
+        b_dec = [dec_b, enc_b]
+        if cfg.attention:
+            w_dec += [self.read.head.linear.weight, self.write.head.linear.weight, self.write.patch.weight]
+            b_dec += [self.read.head.linear.bias, self.write.head.linear.bias, self.write.patch.bias]
+        else:
+            w_dec += [self.write.linear.weight]
+            b_dec += [self.write.linear.bias]
+        # Rows of the h^enc GEMM: posterior (mu, log sigma) | encoder recurrence.
+        w_enc = torch.cat([self.posterior.weight, _ifog(enc.weight_hh, he)], dim=0)
+        b_enc = torch.cat([self.posterior.bias, torch.zeros_like(enc_b)], dim=0)
+        return dict(w_dec=torch.cat(w_dec, 0).t(), b_dec=torch.cat(b_dec, 0), w_enc=w_enc.t(), b_enc=b_enc,
+                    w_read=enc_w[:, :nr].t(), w_z=_ifog(dec.weight_ih, hd).t())
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None, windows: bool = True,
+                canvases: bool = False, generator: torch.Generator | None = None) -> DRAWOutput:
+        """Run the encoder-decoder on images ``x`` (B, C, H, W) with values in [0, 1].
+
+        ``noise`` (T, B, z_size) is the standard normal eps of every step (drawn fresh when None,
+        from ``generator`` if given). Returns a ``DRAWOutput``.
+        """
+        cfg = self.config
+        x = self._check_images(x)
+        b, T, zs, he, hd = x.shape[0], cfg.steps, cfg.z_size, cfg.enc_hidden, cfg.dec_hidden
+        if noise is None:
+            noise = torch.randn(T, b, zs, device=x.device, dtype=x.dtype, generator=generator)
+        elif noise.shape != (T, b, zs):
+            raise ValueError(f"noise must have shape (steps, batch, z_size) = {(T, b, zs)}, got {tuple(noise.shape)}")
+        p = self._fused()
+        nr, ng = self.read.out_features, 4 * he
+        # Column offsets into the h^dec GEMM's output.
+        o_enc, o_rd = 4 * hd, 4 * hd + ng
+        o_wr = o_rd + (5 if cfg.attention else 0)
+        o_patch = o_wr + (5 if cfg.attention else 0)
+
+        canvas = x.new_zeros(x.shape)
+        h_enc = c_enc = x.new_zeros(b, he)
+        c_dec = x.new_zeros(b, hd)
+        dec_out = p["b_dec"].expand(b, -1)  # h^dec_0 = 0
+        enc_rec = x.new_zeros(b, ng)
+        if not cfg.attention:  # the x half of the full read is the same every step
+            w_x, w_xhat = p["w_read"][: nr // 2], p["w_read"][nr // 2:]
+            enc_x = x.flatten(1) @ w_x
+        mus, log_sigmas, zs_, rws, wws, cs = [], [], [], [], [], []
+        for t in range(T):
+            x_hat = x - torch.sigmoid(canvas)
+            enc_in = dec_out[:, o_enc:o_rd] + enc_rec
+            if cfg.attention:
+                win = window_from_params(dec_out[:, o_rd:o_rd + 5], cfg.height, cfg.width, cfg.read_n)
+                r = read(torch.cat([x, x_hat], dim=1), win.fx, win.fy, win.gamma).flatten(1)
+                gates = torch.addmm(enc_in, r, p["w_read"])
+                rws.append(win)
+            else:
+                gates = torch.addmm(enc_in + enc_x, x_hat.flatten(1), w_xhat)
+            h_enc, c_enc = _lstm(gates, c_enc, he)
+            enc_out = torch.addmm(p["b_enc"], h_enc, p["w_enc"])
+            mu, log_sigma = enc_out[:, :zs], enc_out[:, zs:2 * zs]
+            enc_rec = enc_out[:, 2 * zs:]
+            z = torch.addcmul(mu, torch.exp(log_sigma), noise[t])
+            h_dec, c_dec = _lstm(torch.addmm(dec_out[:, :o_enc], z, p["w_z"]), c_dec, hd)
+            dec_out = torch.addmm(p["b_dec"], h_dec, p["w_dec"])
+            if cfg.attention:
+                wwin = window_from_params(dec_out[:, o_wr:o_wr + 5], cfg.height, cfg.width, cfg.write_n)
+                patch = dec_out[:, o_patch:].view(b, cfg.channels, cfg.write_n, cfg.write_n)
+                canvas = canvas + write(patch, wwin.fx, wwin.fy, wwin.gamma)
+                wws.append(wwin)
+            else:
+                canvas = canvas + dec_out[:, o_wr:].view(x.shape)
+            mus.append(mu), log_sigmas.append(log_sigma), zs_.append(z)
+            if canvases:
+                cs.append(canvas)
+        mu, log_sigma, z = torch.stack(mus), torch.stack(log_sigmas), torch.stack(zs_)  # (T, B, z)
+        kl = kl_standard_normal(mu, log_sigma).sum(-1).t()
+        log_q = (-0.5 * noise.square() - log_sigma - HALF_LOG_2PI).sum((0, 2))
+        log_pz = (-0.5 * z.square() - HALF_LOG_2PI).sum((0, 2))
+        recon = F.binary_cross_entropy_with_logits(canvas, x, reduction="none").flatten(1).sum(1)
+        keep = windows and cfg.attention
+        return DRAWOutput(canvas, kl, recon, log_q, log_pz, _stack_windows(rws) if keep else None,
+                          _stack_windows(wws) if keep else None, torch.stack(cs) if canvases else None)
+
+    def loss(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """Mean over the batch of Lx + Lz (nats/image), and its parts as floats."""
+        out = self(x, noise, windows=False)
+        lx, lz = out.reconstruction.mean(), out.kl.sum(1).mean()
+        loss = lx + lz
+        return loss, {"loss": loss.item(), "reconstruction": lx.item(), "kl": lz.item()}
+
+    @torch.no_grad()
+    def generate(self, n: int, steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``n`` images from the prior through the decoder alone.
+
+        Returns the canvas after every step as probabilities sigmoid(c_t), shape (T, n, C, H, W).
+        """
+        cfg = self.config
+        steps = cfg.steps if steps is None else steps
+        if not isinstance(n, int) or n < 1 or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"generate needs n >= 1 and steps >= 1, got n={n!r}, steps={steps!r}")
+        prm = self.decoder.weight_ih
+        h = prm.new_zeros(n, cfg.dec_hidden)
+        cell = prm.new_zeros(n, cfg.dec_hidden)
+        canvas = prm.new_zeros(n, cfg.channels, cfg.height, cfg.width)
+        out = []
+        for _ in range(steps):
+            z = torch.randn(n, cfg.z_size, device=prm.device, dtype=prm.dtype, generator=generator)
+            h, cell = self.decoder(z, (h, cell))
+            canvas = canvas + self.write(h)[0]
+            out.append(torch.sigmoid(canvas))
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reconstructions of ``x``: sigmoid(c_t) after every step, shape (T, B, C, H, W)."""
+        return torch.sigmoid(self(x, windows=False, canvases=True, generator=generator).canvases)
+
+    def _check_images(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        want = (cfg.channels, cfg.height, cfg.width)
+        if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != want:
+            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"DRAW expects images of shape (B, {want[0]}, {want[1]}, {want[2]}), got {got}; "
+                             f"add a channel axis with x.unsqueeze(1) or set DRAWConfig height/width/channels")
+        if not x.is_floating_point():
+            raise ValueError(f"DRAW expects float images in [0, 1], got dtype {x.dtype}; convert with x.float() / 255")
+        return x
+
+    def param_count(self) -> int:
+        return param_count(self)
+
+    def flops_per_image(self, train: bool = False) -> int:
+        """FLOPs of one image's forward pass (or training step), counted from the shapes."""
+        cfg = self.config
+        c, h, w, z = cfg.channels, cfg.height, cfg.width, cfg.z_size
+        pixels = c * h * w
+        step = 3 * pixels  # x^ = x - sigmoid(c), c += write
+        step += flops.lstm_cell(self.read.out_features + cfg.dec_hidden, cfg.enc_hidden)
+        step += flops.linear(cfg.enc_hidden, 2 * z) + 3 * z + 6 * z  # posterior, sample, KL and log densities
+        step += flops.lstm_cell(z, cfg.dec_hidden)
+        if cfg.attention:
+            step += flops.window(cfg.dec_hidden, cfg.read_n, h, w) + flops.read(2 * c, h, w, cfg.read_n)
+            step += flops.window(cfg.dec_hidden, cfg.write_n, h, w) + flops.write(c, h, w, cfg.write_n)
+            step += flops.linear(cfg.dec_hidden, c * cfg.write_n ** 2)
+        else:
+            step += flops.linear(cfg.dec_hidden, pixels)
+        total = cfg.steps * step + 5 * pixels  # + the Bernoulli likelihood of c_T
+        return flops.train_step(total) if train else total

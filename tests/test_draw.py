@@ -1,0 +1,247 @@
+"""DRAW: parity with the straightforward reference, the known bugs of public ports, shapes, training."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.common import ConfigError
+from models.draw import DRAW, DRAWConfig, kl_standard_normal
+from models.naive_draw import NaiveDRAW
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small ops run fastest on one thread, and two threads thrash on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+SMALL = dict(steps=5, enc_hidden=24, dec_hidden=20, z_size=6)
+SHAPES = [  # (height, width, channels, read_n, write_n)
+    (28, 28, 1, 2, 5),
+    (60, 60, 1, 3, 6),
+    (12, 16, 3, 3, 4),
+]
+
+
+def small(attention=True, h=28, w=28, c=1, rn=2, wn=5, **kw):
+    return DRAWConfig(height=h, width=w, channels=c, read_n=rn, write_n=wn, attention=attention, **{**SMALL, **kw})
+
+
+def binary(b, cfg, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(b, cfg.channels, cfg.height, cfg.width, generator=g) < 0.4).float()
+
+
+def test_config_round_trip_and_errors():
+    cfg = DRAWConfig(attention=False, steps=7)
+    assert DRAWConfig.from_dict(cfg.to_dict()) == cfg
+    assert DRAWConfig().to_dict() == dict(height=28, width=28, channels=1, steps=64, read_n=2, write_n=5,
+                                          enc_hidden=256, dec_hidden=256, z_size=100, attention=True)
+    with pytest.raises(ConfigError, match="stepz"):
+        DRAWConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="steps"):
+        DRAWConfig(steps=0)
+    with pytest.raises(ValueError, match="read_n"):
+        DRAWConfig(read_n=1)
+    DRAWConfig(read_n=1, attention=False)  # no grid without attention
+
+
+@pytest.mark.parametrize("attention", [True, False])
+@pytest.mark.parametrize("h,w,c,rn,wn", SHAPES)
+def test_parity_with_naive_values_and_gradients(attention, h, w, c, rn, wn):
+    """Same weights, same noise: the fused DRAW equals the step-by-step reference in float64."""
+    torch.manual_seed(1)
+    cfg = small(attention, h, w, c, rn, wn)
+    fast = DRAW(cfg).double()
+    naive = NaiveDRAW(cfg).double()
+    naive.load_state_dict(fast.state_dict())
+    x = binary(3, cfg).double()
+    noise = torch.randn(cfg.steps, 3, cfg.z_size, dtype=torch.float64)
+    out = fast(x, noise)
+    canvas, recon, kl = naive(x, noise)
+    torch.testing.assert_close(out.canvas_logits, canvas, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.reconstruction, recon, rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(out.kl, kl, rtol=1e-10, atol=1e-10)
+    fast.loss(x, noise)[0].backward()
+    naive.loss(x, noise).backward()
+    gn = dict(naive.named_parameters())
+    for name, p in fast.named_parameters():
+        torch.testing.assert_close(p.grad, gn[name].grad, rtol=1e-8, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("attention", [True, False])
+@pytest.mark.parametrize("h,w,c,rn,wn", SHAPES)
+def test_shapes_and_probabilities(attention, h, w, c, rn, wn):
+    torch.manual_seed(0)
+    cfg = small(attention, h, w, c, rn, wn)
+    m = DRAW(cfg)
+    x = binary(4, cfg)
+    out = m(x)
+    assert out.canvas_logits.shape == (4, c, h, w)
+    assert out.kl.shape == (4, cfg.steps) and (out.kl >= 0).all()
+    for t in (out.reconstruction, out.log_q, out.log_pz, out.loss, out.log_weight):
+        assert t.shape == (4,) and torch.isfinite(t).all()
+    if attention:
+        for win in (out.read_windows, out.write_windows):
+            assert all(v.shape == (4, cfg.steps) for v in win)
+    else:
+        assert out.read_windows is None and out.write_windows is None
+    gen = m.generate(5, steps=3)
+    assert gen.shape == (3, 5, c, h, w)
+    assert ((gen >= 0) & (gen <= 1)).all() and torch.isfinite(gen).all()
+    rec = m.reconstruct(x)
+    assert rec.shape == (cfg.steps, 4, c, h, w) and ((rec >= 0) & (rec <= 1)).all()
+    loss, parts = m.loss(x)
+    assert loss.dim() == 0 and math.isclose(parts["loss"], parts["reconstruction"] + parts["kl"], rel_tol=1e-5)
+    assert m.param_count() > 0 and m.flops_per_image(train=True) == 3 * m.flops_per_image()
+
+
+def test_reconstruct_last_canvas_is_forward_canvas():
+    cfg = small()
+    m = DRAW(cfg)
+    x = binary(2, cfg)
+    noise = torch.randn(cfg.steps, 2, cfg.z_size)
+    out = m(x, noise, canvases=True)
+    torch.testing.assert_close(out.canvases[-1], out.canvas_logits)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 8), st.floats(-3, 3), st.floats(0.1, 4.0), st.integers(0, 2**31 - 1))
+def test_kl_matches_torch_distributions(b, z, mu_scale, sig_scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(b, z, generator=g, dtype=torch.float64) * mu_scale
+    log_sigma = torch.randn(b, z, generator=g, dtype=torch.float64) * math.log1p(sig_scale)
+    want = torch.distributions.kl_divergence(torch.distributions.Normal(mu, log_sigma.exp()),
+                                             torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu)))
+    torch.testing.assert_close(kl_standard_normal(mu, log_sigma), want, rtol=1e-12, atol=1e-12)
+
+
+def test_model_kl_is_expected_log_ratio():
+    """Per image, E_eps[log q(z) - log p(z)] = sum_t KL: ties the sampled densities to the exact KL."""
+    torch.manual_seed(0)
+    cfg = small(steps=3)
+    m = DRAW(cfg).double()
+    with torch.no_grad():
+        m.posterior.weight.mul_(20)  # a posterior far from the prior: a KL of tens of nats
+        x = binary(1, cfg).double().expand(4000, -1, -1, -1)
+        out = m(x, windows=False)
+    ratio = out.log_q - out.log_pz
+    kl = out.kl.sum(1)
+    # The posterior of step t depends on z_<t, so the KL varies between samples: E[ratio - KL] = 0.
+    assert kl.mean() > 5
+    d = ratio - kl
+    assert abs(d.mean()) < 4 * d.std() / math.sqrt(len(d))
+    assert d.std() > 0.5  # a real sampling check, not an identity
+
+
+def test_fresh_noise_per_step_and_per_example():
+    """A public-port bug reuses one eps for every step; here each step and each image has its own."""
+    torch.manual_seed(0)
+    cfg = small(steps=4)
+    m = DRAW(cfg).double()
+    x = binary(3, cfg).double()
+    noise = torch.randn(cfg.steps, 3, cfg.z_size, dtype=torch.float64)
+    base = m(x, noise).canvas_logits
+    changed = []
+    for t in range(cfg.steps):
+        nz = noise.clone()
+        nz[t, 1] += 1.0
+        d = (m(x, nz).canvas_logits - base).abs().flatten(1).amax(1)
+        assert d[1] > 1e-6 and d[0] == 0 and d[2] == 0, (t, d)  # only image 1 moves
+        changed.append(d[1].item())
+    assert len(set(changed)) == cfg.steps  # every step's noise enters on its own
+    # Without explicit noise, the model draws one (T, B, z) tensor: all steps and images independent.
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    drawn = torch.randn(cfg.steps, 3, cfg.z_size, generator=g2, dtype=torch.float64)
+    assert not torch.equal(drawn[0], drawn[1])
+    torch.testing.assert_close(m(x, generator=g1).canvas_logits, m(x, drawn).canvas_logits, rtol=0, atol=0)
+
+
+def test_first_read_window_is_centred_by_a_zero_offset():
+    """With h_dec_0 = 0 and a zero bias, the first glimpse grid sits on the image centre (1-based)."""
+    cfg = small(h=28, w=28)
+    m = DRAW(cfg)
+    with torch.no_grad():
+        m.read.head.linear.bias.zero_()
+    out = m(binary(2, cfg))
+    assert torch.allclose(out.read_windows.gx[:, 0], torch.tensor(14.5))
+    assert torch.allclose(out.read_windows.gy[:, 0], torch.tensor(14.5))
+
+
+def test_bad_input_errors():
+    m = DRAW(small())
+    with pytest.raises(ValueError, match=r"unsqueeze"):
+        m(torch.zeros(2, 28, 28))
+    with pytest.raises(ValueError, match="float"):
+        m(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="noise"):
+        m(torch.zeros(2, 1, 28, 28), noise=torch.zeros(1, 2, 6))
+    with pytest.raises(ValueError, match="n >= 1"):
+        m.generate(0)
+
+
+def test_same_seed_same_numbers():
+    cfg = small()
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        m = DRAW(cfg)
+        outs.append(m(binary(2, cfg)).loss)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def _mnist_binary(test_images, n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 28, 28)) < test_images[:n] / 255.0
+    return torch.from_numpy(x.astype(np.float32)).unsqueeze(1)
+
+
+@pytest.mark.parametrize("attention,cfg_kw,images,factor", [
+    (True, dict(steps=8, read_n=2, write_n=5), 1, 4.0),
+    (False, dict(steps=4), 2, 20.0),
+])
+def test_one_batch_overfit(mnist_data, attention, cfg_kw, images, factor):
+    torch.manual_seed(0)
+    cfg = DRAWConfig(enc_hidden=64, dec_hidden=64, z_size=10, attention=attention, **cfg_kw)
+    m = DRAW(cfg)
+    x = _mnist_binary(mnist_data[2], images)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        loss, parts = m.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(parts["loss"])
+    assert losses[0] > 500  # about 28 * 28 * ln 2 = 543 nats before training
+    assert min(losses[-5:]) < losses[0] / factor, losses[::10]
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = small()
+    m = DRAW(cfg)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    x = binary(3, cfg)
+    m.loss(x)[0].backward()
+    opt.step()
+    path = save_checkpoint(tmp_path / "draw.pt", m, opt, step=1, config=cfg, data_variant="binarized")
+    ck = load_checkpoint(path)
+    m2 = DRAW(DRAWConfig.from_dict(ck.config))
+    load_checkpoint(path, m2, expected_config=cfg)
+    noise = torch.randn(cfg.steps, 3, cfg.z_size)
+    a, b = m(x, noise), m2(x, noise)
+    torch.testing.assert_close(a.canvas_logits, b.canvas_logits, rtol=0, atol=0)
+    torch.testing.assert_close(a.loss, b.loss, rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match="steps"):
+        load_checkpoint(path, DRAW(small(steps=6)), expected_config=small(steps=6))
