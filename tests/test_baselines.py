@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.baselines import ConvNet, ConvNetConfig, PixelBaseline, convnet_error
+from models.baselines import ConvNet, ConvNetConfig, PixelBaseline, convnet_error, run_baseline
 
 
 @pytest.mark.parametrize("hw,channels", [((100, 100), 1), ((60, 60), 1), ((28, 28), 3), ((40, 64), 2)])
@@ -81,3 +81,18 @@ def test_pixel_baseline_input_errors():
     base.fit(x, np.arange(40) % 2)
     with pytest.raises(ValueError, match=r"fitted on images of shape \(5, 5\)"):
         base.predict(np.zeros((2, 6, 6), np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["conv", "sklearn"])
+def test_run_baseline_dry(kind):
+    """The harness entry point, on a few hundred translated60 images: runs and records its sizes."""
+    res = run_baseline(kind, "translated60", seed=0, epochs=1, train_limit=150, test_limit=100)
+    assert 0.0 <= res["test_error"] <= 1.0 and res["test_images"] == 100
+    if kind == "conv":
+        assert res["train_images_seen"] == 150 and res["epochs"] == 1
+    else:
+        assert res["train_size"] == 150
+    with pytest.raises(ValueError, match="single-digit"):
+        run_baseline(kind, "twodigit60", epochs=1, train_limit=10, test_limit=10)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        run_baseline("svm", "translated60")
