@@ -101,15 +101,46 @@ def cmd_run(args) -> int:
                              out=args.out, resume=args.resume, dry_run=args.dry_run, threads=args.threads,
                              checkpoint_dir=args.checkpoint_dir,
                              progress=False if args.no_progress else None)
+    opts, log, main = _distribute(args, opts)
     try:
-        record, path = runner.run(opts, log=_log, argv=["python", "-m", "bench", *args.argv])
+        record, path = runner.run(opts, log=log, argv=["python", "-m", "bench", *args.argv])
     except KeyboardInterrupt:
-        _log(f"interrupted: the record is marked incomplete and checkpoints are kept; continue with "
+        log(f"interrupted: the record is marked incomplete and checkpoints are kept; continue with "
              f"python -m bench run --suite {args.suite} --resume" + (f" --out {args.out}" if args.out else ""))
         return 130
-    print(runner.summary_table(record))
-    print(f"record: {path}")
+    finally:
+        from bench import distributed
+
+        distributed.shutdown()
+    if main:
+        print(runner.summary_table(record))
+        print(f"record: {path}")
     return 0
+
+
+def _distribute(args, opts):
+    """Under torchrun: one data-parallel training over all ranks (DDP), or with --sweep-parallel
+    the suite's units shared round-robin, each trained by one rank alone. Returns the options,
+    this rank's log and whether it prints the summary."""
+    from dataclasses import replace
+
+    from bench import distributed, suites
+
+    try:
+        if args.sweep_parallel:
+            ctx = distributed.sweep_from_env(args.device)
+            opts = replace(opts, device=ctx.device, sweep_rank=ctx.rank, sweep_world=ctx.world_size)
+            prefix = f"[rank {ctx.rank}] " if ctx.world_size > 1 else ""
+            return opts, (lambda m: _log(prefix + m)), True
+        ctx = distributed.init_from_env(args.device)
+        for job in suites.get(args.suite).jobs:
+            if hasattr(job, "batch_size"):
+                distributed.per_rank_batch(job.batch_size, ctx.world_size)
+    except distributed.DistError as e:
+        distributed.shutdown()
+        raise UsageError(str(e)) from None
+    opts = replace(opts, device=ctx.device, rank=ctx.rank, world_size=ctx.world_size, backend=ctx.backend)
+    return opts, (_log if ctx.is_main else (lambda m: None)), ctx.is_main
 
 
 def cmd_eval(args) -> int:
@@ -167,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=positive(int), help="torch CPU threads")
     r.add_argument("--checkpoint-dir", help="where unit checkpoints go (default runs/checkpoints/)")
     r.add_argument("--no-progress", action="store_true", help="plain log lines only, no progress bars")
+    r.add_argument("--sweep-parallel", action="store_true",
+                   help="under torchrun: run the units one per rank (round-robin), each alone with its own "
+                        "record, instead of one data-parallel training")
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on the test split and write a record")

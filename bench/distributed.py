@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import threading
 import time
@@ -214,6 +215,21 @@ def any_rank(flag: bool) -> bool:
     if not _active():
         return bool(flag)
     return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0], dtype=torch.float64)).item() > 0)
+
+
+_COMM_WORDS = re.compile(r"gloo|nccl|connection (reset|closed|refused)|broken pipe|timed out|timeout", re.I)
+
+
+def peer_failure(exc: BaseException, rank: int, step: int) -> str | None:
+    """A clear message when ``exc`` is a failed collective (another rank died or hung), else None."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    if not (isinstance(exc, getattr(dist, "DistError", ())) or _COMM_WORDS.search(str(exc))):
+        return None
+    cause = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return (f"rank {rank} lost the other ranks at step {step}: a collective failed, so another rank probably "
+            f"died or hung (check its log above). Rank 0 kept a checkpoint at its last completed step; "
+            f"continue with --resume, on any number of processes. Cause: {cause}")
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -177,6 +177,7 @@ def write(record: dict, path: str | Path) -> Path:
     path = Path(path)
     validate(record, str(path))
     atomic_write_bytes(path, dumps(record).encode())
+    os.chmod(path, 0o644)  # the temporary file was private; a record is for everyone to read
     return path
 
 

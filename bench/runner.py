@@ -357,7 +357,8 @@ class Runner:
             raise RunError(f"{unit.id}: models.baselines has no run_baseline(); baselines cannot run yet")
         res = fn(job.model, job.dataset, seed=unit.seed, epochs=job.epochs, train_limit=job.train_limit,
                  device=self.device, data_dir=self.opts.data_dir,
-                 test_limit=DRY_EVAL_IMAGES if self.opts.dry_run else None)
+                 test_limit=DRY_EVAL_IMAGES if self.opts.dry_run else None, time_budget_min=job.time_budget_min,
+                 log=lambda m: self.log(f"  {unit.id}: {m}"))
         out = [metric("test_error", res["test_error"], "fraction", True, unit.seed, glimpses=None,
                       protocol=f"baseline-{job.model}", dataset=job.dataset, test_images=res.get("test_images"))]
         return out, {k: v for k, v in res.items() if k != "test_error"}

@@ -278,8 +278,11 @@ def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, res
         log(f"resumed from {path} at epoch {loop.epoch + 1}, batch {loop.batch_in_epoch}, step {loop.step}")
     try:
         loop.run()
-    except BaseException:
+    except BaseException as e:
         loop.save()
+        lost = distributed.peer_failure(e, rank, loop.step) if world_size > 1 else None
+        if lost:
+            raise TrainingError(lost) from e
         raise
     if loop.best_state is not None:
         loop.model.load_state_dict(loop.best_state)

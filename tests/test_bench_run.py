@@ -127,3 +127,26 @@ def test_resume_refuses_complete_or_other_suite(tiny):
     records.write(r, tiny("run").out)
     with pytest.raises(runner.RunError, match="resume with --suite tiny"):
         runner.run(replace(tiny("run", resume=True), suite="quick"), log=quiet)
+
+
+def test_eval_checkpoint_on_other_test_clutter(tiny, tmp_path, capsys):
+    from bench.cli import main
+
+    rec, _ = runner.run(tiny("run"), log=quiet)
+    unit, job = next(iter(rec["jobs"].items()))
+    ckpt = Path(job["checkpoint"]) if Path(job["checkpoint"]).is_absolute() else REPO / job["checkpoint"]
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(ckpt), "--seed", "1", "--limit", "32", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    r = records.read(out)
+    assert r["suite"] == "eval" and r["status"] == "complete" and r["config"]["data_seed"] == 1
+    errs = {m["params"]["glimpses"]: m["value"] for m in r["metrics"] if m["name"] == "test_error"}
+    assert set(errs) == {1, 2} and all(0 <= v <= 1 for v in errs.values())
+    assert all(m["params"]["data_seed"] == 1 and m["params"]["test_images"] == 32 for m in r["metrics"])
+    # the same checkpoint on the fixed test split (seed 0) reproduces the run's own test errors
+    assert main(["eval", "--checkpoint", str(ckpt), "--limit", "32", "--device", "cpu", "--out", str(out)]) == 0
+    again = {m["params"]["glimpses"]: m["value"] for m in records.read(out)["metrics"]}
+    ran = {m["params"]["glimpses"]: m["value"] for m in rec["metrics"] if m["name"] == "test_error"}
+    assert again == ran
+    assert main(["eval", "--checkpoint", str(ckpt), "--dataset", "binarized", "--out", str(out)]) == 1
+    assert "has 28x28 images but the model was trained on 60x60" in capsys.readouterr().err
