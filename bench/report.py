@@ -74,6 +74,8 @@ def plot_error_vs_glimpses(recs, out, figures) -> None:
             sel = [p for p in pts if p["model"] == model]
             ax.plot([p["glimpses"] for p in sel], [100 * p["error"] for p in sel], "x--", label=f"paper: {model}")
         ax.set_xscale("log", base=2)
+        ticks = sorted({t for by_t in protos.values() for t in by_t} | {p["glimpses"] for p in pts})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.set_xlabel("glimpses T")
         ax.set_ylabel("test error (%)")
         ax.set_title(ds)
@@ -229,6 +231,8 @@ def plot_glimpse_paths(arts, out, figures) -> None:
                 ax.add_patch(Rectangle((gx[i, s] - 1 - half, gy[i, s] - 1 - half), 2 * half, 2 * half, fill=False,
                                        color=colors[s], lw=1))
             ax.plot(gx[i] - 1, gy[i] - 1, "-", color="red", lw=0.8)
+            ax.set_xlim(-0.5, imgs.shape[2] - 0.5)
+            ax.set_ylim(imgs.shape[1] - 0.5, -0.5)
             ax.set_title(f"label {labels[i]}, said {preds[i, -1]}", fontsize=7)
             ax.axis("off")
         fig.suptitle(f"{unit}: glimpse windows, step 1 (dark) to {t} (light)", fontsize=8)
