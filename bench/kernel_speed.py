@@ -153,8 +153,16 @@ def _loop_seconds_per_batch(op, b, c, h, w, n) -> float:
 def measure_kernel_speed(repeats: int = 15, threads: int | None = None, loop: bool = True,
                          bf16: bool = True, min_round_s: float = 0.02) -> dict:
     """In-run speed ratios of the attention kernel (see the module docstring for every key)."""
+    before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _measure(repeats, loop, bf16, min_round_s)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(repeats: int, loop: bool, bf16: bool, min_round_s: float) -> dict:
     out: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
                  "cpu": platform.processor() or platform.machine(), "repeats": repeats,
                  "peak_gflops": matmul_peak_gflops()}
@@ -182,7 +190,8 @@ def measure_kernel_speed(repeats: int = 15, threads: int | None = None, loop: bo
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.kernel_speed", description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's own); 1 is the robust choice on a shared machine")
     ap.add_argument("--no-loop", action="store_true", help="skip the loop reference (the slow part)")
     ap.add_argument("--json", default=None, help="also write the dict here (atomically)")
     args = ap.parse_args(argv)

@@ -45,48 +45,47 @@ def _cutoff(dtype: torch.dtype, size: int) -> float:
 
 
 class _GaussianRows(torch.autograd.Function):
-    """F[b, i, a] = exp(-(a - mu[b, i])^2 k[b]) / Z[b, i] for pixels a = 1..size.
+    """F[b, i, a] = softmax_a(-d^2), d = (a - mu[b, i]) r[b], r = 1 / sqrt(2 sigma2), pixels a = 1..size.
 
-    The exponent is shifted by its row maximum (taken at the pixel P nearest to mu), which the
-    normalisation cancels exactly, so Z >= 1: the mass never underflows and no row is ever zero.
-    The shifted exponent is computed as (P - a)(P + a - 2 mu) k, which has no cancellation
-    between large squares. The backward is derived by hand (checked by gradcheck):
-        S = F * (G - sum_a G F)     dmu = 2 k sum_a S (a - mu)     dk = -sum_a S (a - mu)^2
+    That is the paper's exp(-(a - mu)^2 / (2 sigma2)) / Z: a softmax factors the row maximum out, so
+    the mass never underflows and no row is ever zero. Before the softmax the exponent is shifted by
+    the (analytic) row maximum -m, m = ((P - mu) r)^2 at the pixel P nearest mu, and clamped below at
+    `_cutoff`; clamped weights are then set to exactly 0 (exp is slow where it underflows, and so is
+    every matmul fed with denormals). Forward: 5 passes over (B, n, size). The backward is derived
+    by hand (checked by gradcheck); clamped entries get no gradient, as under autograd:
+        S = F * (G - sum_a G F)     dmu = 2 r sum_a S d     dr = -(2 / r) sum_{i,a} S d^2
     """
 
     @staticmethod
-    def forward(ctx, mu, k, size: int):
-        pix = torch.arange(1, size + 1, dtype=mu.dtype, device=mu.device)
-        peak = mu.round().clamp_(1, size).unsqueeze(-1)  # (B, n, 1)
-        u = peak - pix  # (B, n, size), exact small integers
-        v = (peak - 2.0 * mu.unsqueeze(-1)) * k.view(-1, 1, 1) + pix * k.view(-1, 1, 1)
-        t = u.mul_(v)  # shifted exponent, <= 0, == 0 at the peak
-        # exp is many times slower where its result underflows, so clamp first and zero the clamped
-        # weights afterwards (threshold a little above exp(cut), whatever exp's last bit does).
-        cut = _cutoff(mu.dtype, size)
-        e = torch.nn.functional.threshold_(t.clamp_(min=cut).exp_(), 1.01 * math.exp(cut), 0.0)
-        f = e.div_(e.sum(dim=-1, keepdim=True))  # the sum is >= 1: the peak weight is exp(0)
-        ctx.save_for_backward(f, mu, k, peak)
+    def forward(ctx, mu, r, size: int):
+        f, d = _rows_forward(mu, r, size, _cutoff(mu.dtype, size))
+        ctx.save_for_backward(f, d, r)
         return f
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        f, mu, k, peak = ctx.saved_tensors
-        gf = grad * f
-        s = torch.addcmul(gf, f, gf.sum(dim=-1, keepdim=True), value=-1.0)  # (B, n, size)
-        # sums of S (a - mu)^p expanded around the peak, where (a - P) is exact and sum S ~ 0
-        pix = torch.arange(1, f.shape[-1] + 1, dtype=f.dtype, device=f.device)
-        su = s * (pix - peak)
-        s0 = s.sum(dim=-1)
-        s1 = su.sum(dim=-1)
-        s2 = su.mul_(pix - peak).sum(dim=-1)
-        off = (peak.squeeze(-1) - mu)  # P - mu
-        m1 = s1 + off * s0  # sum S (a - mu)
-        m2 = s2 + off * (2.0 * s1 + off * s0)  # sum S (a - mu)^2
-        grad_mu = 2.0 * k.view(-1, 1) * m1 if ctx.needs_input_grad[0] else None
-        grad_k = -m2.sum(dim=-1).view_as(k) if ctx.needs_input_grad[1] else None
-        return grad_mu, grad_k, None
+        f, d, r = ctx.saved_tensors
+        grad_mu, grad_r = _rows_backward(grad.contiguous(), f, d, r)
+        return grad_mu, grad_r, None
+
+
+def _rows_forward(mu, r, size: int, cut: float):
+    pix_r = torch.arange(1, size + 1, dtype=mu.dtype, device=mu.device) * r.view(-1, 1, 1)  # (B, 1, size)
+    mu_r = (mu * r.view(-1, 1)).unsqueeze(-1)  # (B, n, 1)
+    d = pix_r - mu_r  # (B, n, size)
+    peak_d = mu.round().clamp(1, size).unsqueeze(-1) * r.view(-1, 1, 1) - mu_r  # d at the nearest pixel
+    t = torch.addcmul(peak_d.square(), d, d, value=-1.0).clamp_(min=cut)  # -d^2 + m, max ~ 0
+    f = torch.nn.functional.threshold_(torch.softmax(t, dim=-1), 1.01 * math.exp(cut), 0.0)
+    return f, d
+
+
+def _rows_backward(grad, f, d, r):
+    gf = grad * f
+    sd = torch.addcmul(gf, f, gf.sum(dim=-1, keepdim=True), value=-1.0).mul_(d)  # S d, (B, n, size)
+    grad_mu = 2.0 * r.view(-1, 1) * sd.sum(dim=-1)  # 2 r sum_a S d
+    grad_r = -2.0 * sd.mul_(d).sum(dim=(1, 2)) / r  # -(2 / r) sum_{i,a} S d^2
+    return grad_mu, grad_r
 
 
 def filterbank(g: torch.Tensor, delta: torch.Tensor, sigma2: torch.Tensor, n: int, size: int) -> torch.Tensor:
@@ -113,7 +112,7 @@ def filterbank(g: torch.Tensor, delta: torch.Tensor, sigma2: torch.Tensor, n: in
     mu = torch.addcmul(g.unsqueeze(-1), delta.unsqueeze(-1), offsets)  # (B, n)
     margin = (size + 1.0 + _MARGIN * sigma2).unsqueeze(-1)
     mu = torch.minimum(torch.maximum(mu, 1.0 - margin), size + margin)
-    f = _GaussianRows.apply(mu, 0.5 / sigma2, size)
+    f = _GaussianRows.apply(mu, torch.rsqrt(2.0 * sigma2), size)
     return f if f.dtype == out_dtype else f.to(out_dtype)
 
 
