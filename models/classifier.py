@@ -4,11 +4,12 @@ An LSTM takes one n x n glimpse per step through DRAW's selective read; the wind
 comes from the hidden state of step t-1 (h_0 = 0, so the first window is learned but the same
 for every image). A softmax layer on h_t gives logits at every step; the prediction is the
 last step's. With ``per_step_loss`` the loss is the mean cross-entropy over all steps, so one
-model gives the error at every glimse count 1..T; otherwise only the last step is trained.
+model gives the error at every glimpse count 1..T; otherwise only the last step is trained.
 
-Speed: the LSTM's two projections are one ``addmm`` on [glimpse, h] with the weights
-concatenated once per forward, the gate nonlinearities are two calls (sigmoid on i, f, o
-together, tanh on g), and the classifier head runs once on all steps' hidden states.
+Speed (each measured in the README): the first glimpse is read with one shared window (h_0 = 0)
+as two plain matmuls and step 1 skips the hidden projection; without attention the image's
+input projection is computed once for all steps; the LSTM's gate algebra is one fused autograd
+node (models/lstm.py); the classifier head runs once on all steps' hidden states.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.nn import functional as F
 from . import flops
 from .attention import Window, make_read
 from .common import ConfigMixin, param_count
+from .lstm import lstm_pointwise
 
 
 @dataclass
@@ -73,14 +75,17 @@ class GlimpseClassifier(nn.Module):
         """Step 1 reads with h_0 = 0, so one window serves the whole batch: build its filterbanks
         once and read every image with two plain matmuls."""
         win = self.read.head(x.new_zeros(1, self.config.hidden))
-        glimpse = torch.matmul(torch.matmul(win.fy[0], x), win.fx[0].t()) * win.gamma[0]
-        batch = x.shape[0]
-        return glimpse.flatten(1), Window(*(t.expand(batch, *t.shape[1:]) for t in win))
+        batch, ch, height, width = x.shape
+        n = self.config.read_n
+        # x Fx^T as one (B*C*H, W) @ (W, n) matmul, then Fy over the rows: no copy of x.
+        t = torch.mm(x.reshape(-1, width), win.fx[0].t()).view(batch * ch, height, n)
+        glimpse = torch.matmul(win.fy[0], t) * win.gamma[0]
+        return glimpse.reshape(batch, -1), Window(*(t.expand(batch, *t.shape[1:]) for t in win))
 
     def forward(self, x: torch.Tensor, keep_windows: bool = True) -> ClassifierOutput:
         self._check(x)
         c = self.config
-        k = c.hidden
+        k, batch = c.hidden, x.shape[0]
         w_ih, w_hh = self.lstm.weight_ih.t(), self.lstm.weight_hh.t()
         b = self.lstm.bias_ih + self.lstm.bias_hh
         if not c.attention:  # the input never changes: project it once for all steps
@@ -97,12 +102,7 @@ class GlimpseClassifier(nn.Module):
                 gates = x_proj
             if t > 0:  # h_0 = 0 contributes nothing
                 gates = torch.addmm(gates, h, w_hh)
-            # Gate order (i, f, g, o) as in nn.LSTMCell.
-            i, f = torch.sigmoid(gates[:, : 2 * k]).chunk(2, dim=1)
-            g = torch.tanh(gates[:, 2 * k: 3 * k])
-            o = torch.sigmoid(gates[:, 3 * k:])
-            cell = i * g if t == 0 else torch.addcmul(i * g, f, cell)
-            h = o * torch.tanh(cell)
+            h, cell = lstm_pointwise(gates, cell if t > 0 else gates.new_zeros(batch, k))
             hs.append(h)
         logits = self.head(torch.stack(hs, dim=1))
         return ClassifierOutput(logits, windows if c.attention and keep_windows else None)
