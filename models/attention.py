@@ -45,42 +45,49 @@ def _cutoff(dtype: torch.dtype, size: int) -> float:
 
 
 class _GaussianRows(torch.autograd.Function):
-    """F[b, i, a] = softmax_a(-d^2), d = (a - mu[b, i]) r[b], r = 1 / sqrt(2 sigma2), pixels a = 1..size.
+    """F[b, i, a] = exp(-d^2) / Z, d = (a - mu[b, i]) r[b], r = 1 / sqrt(2 sigma2), pixels a = 1..size.
 
-    That is the paper's exp(-(a - mu)^2 / (2 sigma2)) / Z: a softmax factors the row maximum out, so
-    the mass never underflows and no row is ever zero. Before the softmax the exponent is shifted by
-    the (analytic) row maximum -m, m = ((P - mu) r)^2 at the pixel P nearest mu, and clamped below at
-    `_cutoff`; clamped weights are then set to exactly 0 (exp is slow where it underflows, and so is
-    every matmul fed with denormals). Forward: 5 passes over (B, n, size). The backward is derived
-    by hand (checked by gradcheck); clamped entries get no gradient, as under autograd:
+    The exponent is shifted by its row maximum, taken at the pixel P nearest mu, which the
+    normalisation cancels exactly: -d^2 + d_P^2 = (P - a) r * (P + a - 2 mu) r. In this factored form
+    it is exactly 0 at the peak (so Z >= 1: the mass never underflows and no row is ever zero) and
+    accurate elsewhere; the expanded form m - d^2 loses all digits when sigma is tiny and m huge.
+    It is clamped below at `_cutoff` and the clamped weights are set to exactly 0 (exp is many times
+    slower where it underflows, and so is every matmul fed with denormals).
+    The backward is derived by hand (checked by gradcheck); clamped entries get no gradient:
         S = F * (G - sum_a G F)     dmu = 2 r sum_a S d     dr = -(2 / r) sum_{i,a} S d^2
     """
 
     @staticmethod
     def forward(ctx, mu, r, size: int):
-        f, d = _rows_forward(mu, r, size, _cutoff(mu.dtype, size))
-        ctx.save_for_backward(f, d, r)
+        f = _rows_forward(mu, r, size, _cutoff(mu.dtype, size))
+        ctx.save_for_backward(f, mu, r)
         return f
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        f, d, r = ctx.saved_tensors
-        grad_mu, grad_r = _rows_backward(grad.contiguous(), f, d, r)
+        f, mu, r = ctx.saved_tensors
+        grad_mu, grad_r = _rows_backward(grad.contiguous(), f, mu, r)
         return grad_mu, grad_r, None
 
 
+def _pixels_r(r: torch.Tensor, size: int) -> torch.Tensor:
+    """a * r for a = 1..size: (B, 1, size)."""
+    return torch.arange(1, size + 1, dtype=r.dtype, device=r.device) * r.view(-1, 1, 1)
+
+
 def _rows_forward(mu, r, size: int, cut: float):
-    pix_r = torch.arange(1, size + 1, dtype=mu.dtype, device=mu.device) * r.view(-1, 1, 1)  # (B, 1, size)
-    mu_r = (mu * r.view(-1, 1)).unsqueeze(-1)  # (B, n, 1)
-    d = pix_r - mu_r  # (B, n, size)
-    peak_d = mu.round().clamp(1, size).unsqueeze(-1) * r.view(-1, 1, 1) - mu_r  # d at the nearest pixel
-    t = torch.addcmul(peak_d.square(), d, d, value=-1.0).clamp_(min=cut)  # -d^2 + m, max ~ 0
-    f = torch.nn.functional.threshold_(torch.softmax(t, dim=-1), 1.01 * math.exp(cut), 0.0)
-    return f, d
+    rr = r.view(-1, 1, 1)
+    pix_r = _pixels_r(r, size)
+    peak_r = mu.round().clamp_(1, size).unsqueeze(-1) * rr  # P r, (B, n, 1): the same floats as pix_r at P
+    u = peak_r - pix_r  # (P - a) r, (B, n, size)
+    v = pix_r + (peak_r - 2.0 * mu.unsqueeze(-1) * rr)  # (P + a - 2 mu) r
+    e = u.mul_(v).clamp_(min=cut).exp_()
+    return torch.nn.functional.threshold_(e.div_(e.sum(dim=-1, keepdim=True)), 1.01 * math.exp(cut), 0.0)
 
 
-def _rows_backward(grad, f, d, r):
+def _rows_backward(grad, f, mu, r):
+    d = _pixels_r(r, f.shape[-1]) - (mu * r.view(-1, 1)).unsqueeze(-1)  # (a - mu) r
     gf = grad * f
     sd = torch.addcmul(gf, f, gf.sum(dim=-1, keepdim=True), value=-1.0).mul_(d)  # S d, (B, n, size)
     grad_mu = 2.0 * r.view(-1, 1) * sd.sum(dim=-1)  # 2 r sum_a S d

@@ -177,6 +177,21 @@ def test_extreme_inputs_give_finite_values_and_gradients(case, dtype):
         assert torch.isfinite(t.grad).all(), case
 
 
+@pytest.mark.parametrize("sigma2", [1e-6, 1e-8, 1e-10, 1e-12, 1e-20])
+def test_tiny_sigma_picks_the_nearest_pixel(sigma2):
+    # sigma2 -> 0: each row is one-hot on the pixel nearest mu. (Computed as m - d^2 with m the
+    # squared distance to the peak, float32 rounding of m alone exceeds the cutoff for sigma2 < 1e-9
+    # and the rows come out flat.)
+    gen = torch.Generator().manual_seed(14)
+    g = torch.rand(256, generator=gen) * 80 + 10
+    delta = torch.rand(256, generator=gen) * 3
+    f = att.filterbank(g, delta, torch.full((256,), sigma2), 6, 100)
+    mu = g[:, None] + (torch.arange(1, 7) - 3.5) * delta[:, None]
+    away_from_ties = ((mu - mu.floor()) - 0.5).abs() > 1e-3
+    assert (f.argmax(-1) == mu.round().long() - 1)[away_from_ties].all()
+    assert (f.amax(-1)[away_from_ties] > 0.999).all()
+
+
 def test_half_way_between_pixels_with_tiny_sigma_splits_the_weight():
     f = att.filterbank(torch.tensor([4.5]), torch.ones(1), torch.tensor([1e-10]), 1, 8)
     torch.testing.assert_close(f[0, 0, 3:5], torch.tensor([0.5, 0.5]))
