@@ -19,6 +19,7 @@ every finite input; the backward of the filterbank is hand-derived (one pass, no
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -71,9 +72,17 @@ class _GaussianRows(torch.autograd.Function):
         return grad_mu, grad_r, None
 
 
+@functools.lru_cache(maxsize=64)
+def _constant(*values: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant vector, made once per (values, dtype, device); never written to. Made outside
+    inference mode, so that a cache filled during evaluation still serves training afterwards."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+
 def _pixels_r(r: torch.Tensor, size: int) -> torch.Tensor:
     """a * r for a = 1..size: (B, 1, size)."""
-    return torch.arange(1, size + 1, dtype=r.dtype, device=r.device) * r.view(-1, 1, 1)
+    return _constant(*range(1, size + 1), dtype=r.dtype, device=r.device) * r.view(-1, 1, 1)
 
 
 def _rows_forward(mu, r, size: int, cut: float):
@@ -115,10 +124,10 @@ def filterbank(g: torch.Tensor, delta: torch.Tensor, sigma2: torch.Tensor, n: in
     g, delta, sigma2 = g.to(work), delta.to(work), sigma2.to(work)
     sigma2 = sigma2.clamp(_SIGMA2_MIN, _SIGMA2_MAX)
     delta = delta.clamp(-_DELTA_MAX, _DELTA_MAX)
-    offsets = torch.arange(1, n + 1, dtype=work, device=g.device) - (n / 2 + 0.5)  # (n,)
+    offsets = _constant(*(i - n / 2 - 0.5 for i in range(1, n + 1)), dtype=work, device=g.device)  # (n,)
     mu = torch.addcmul(g.unsqueeze(-1), delta.unsqueeze(-1), offsets)  # (B, n)
-    margin = (size + 1.0 + _MARGIN * sigma2).unsqueeze(-1)
-    mu = torch.minimum(torch.maximum(mu, 1.0 - margin), size + margin)
+    far = (_MARGIN * sigma2).unsqueeze(-1)
+    mu = torch.clamp(mu, -size - far, 2.0 * size + 1.0 + far)  # at most size + 1 + far outside
     f = _GaussianRows.apply(mu, torch.rsqrt(2.0 * sigma2), size)
     return f if f.dtype == out_dtype else f.to(out_dtype)
 
@@ -167,14 +176,13 @@ def window_from_params(params: torch.Tensor, height: int, width: int, n: int) ->
     out_dtype = params.dtype
     if out_dtype not in (torch.float32, torch.float64):  # 8-bit mantissas would move g by 0.1 px
         params = params.float()
-    gx_t, gy_t, log_sigma2, log_delta_t, log_gamma = params.unbind(dim=-1)
-    gx = (width + 1) / 2 * (gx_t + 1)
-    gy = (height + 1) / 2 * (gy_t + 1)
+    # Few, whole-row ops: at DRAW's sizes the kernel launches, not the arithmetic, cost the time.
+    scale = _constant((width + 1) / 2, (height + 1) / 2, 1.0, (max(width, height) - 1) / max(n - 1, 1), 1.0,
+                      dtype=params.dtype, device=params.device)
     # The logs are clamped where exp would leave float32's range (an inf there turns the zero
     # gradient of filterbank's clamps into 0 * inf = NaN); sigma2 is clamped further in filterbank.
-    delta = (max(width, height) - 1) / max(n - 1, 1) * torch.exp(log_delta_t.clamp(max=_LOG_MAX))
-    sigma2 = torch.exp(log_sigma2.clamp(-_LOG_MAX, _LOG_MAX))
-    gamma = torch.exp(log_gamma.clamp(-_LOG_MAX, _LOG_MAX))
+    v = torch.cat([params[:, :2] + 1.0, params[:, 2:].clamp(-_LOG_MAX, _LOG_MAX).exp()], dim=1) * scale
+    gx, gy, sigma2, delta, gamma = v.unbind(dim=1)
     if height == width:  # one filterbank call for both axes: half the kernel launches
         f = filterbank(torch.cat([gx, gy]), delta.repeat(2), sigma2.repeat(2), n, width)
         fx, fy = f.split(gx.shape[0])

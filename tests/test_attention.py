@@ -237,6 +237,16 @@ def test_deterministic():
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
 
 
+def test_training_after_inference_mode_uses_cached_constants_safely():
+    params = _params(3, seed=15).float()
+    with torch.inference_mode():
+        att.window_from_params(params, 17, 19, 7)  # fills the constant caches for these sizes
+    p = params.clone().requires_grad_()
+    win = att.window_from_params(p, 17, 19, 7)
+    att.read(torch.rand(3, 1, 17, 19), win.fx, win.fy, win.gamma).sum().backward()
+    assert torch.isfinite(p.grad).all()
+
+
 def test_square_image_shortcut_equals_separate_filterbanks():
     params = _params(5, seed=12)
     win = att.window_from_params(params, 20, 20, 4)
