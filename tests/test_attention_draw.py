@@ -42,7 +42,8 @@ def test_draw_renders_png_with_the_outlines(tmp_path):
     w0 = steps[0]
     expect = window_outline(float(w0.gx[1]), float(w0.gy[1]), float(w0.delta[1]), 5)
     assert outlines[0] == pytest.approx(expect)
-    assert rects[0].get_xy() == pytest.approx(expect[:2]) and rects[0].get_width() == pytest.approx(expect[2] - expect[0])
+    assert rects[0].get_xy() == pytest.approx(expect[:2])
+    assert rects[0].get_width() == pytest.approx(expect[2] - expect[0])
     out = tmp_path / "windows.png"
     fig.savefig(out)
     plt.close(fig)
