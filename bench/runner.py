@@ -25,6 +25,7 @@ from bench.records import metric
 CHECKPOINTS = records.REPO / "runs" / "checkpoints"
 DRY_RUNS = records.REPO / "runs" / "dry-run"
 DRY_EVAL_IMAGES = 64
+_PEAKS: dict = {}
 
 
 class RunError(RuntimeError):
@@ -216,6 +217,10 @@ class Runner:
                  f"{self.device} ({self.machine['device_name']}, {self.machine['threads']} threads); "
                  f"commit {record['commit']['short']}{' (dirty)' if record['commit']['dirty'] else ''}; "
                  f"record {path}")
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        if self.device == "cpu" and not self.opts.threads and load > self.machine["cores"]:
+            self.log(f"note: this CPU is busy (load {load:.1f} on {self.machine['cores']} cores); with other work "
+                     "running, --threads 1 is often several times faster than the default")
         self.save(record, path)
         try:
             for i, unit in enumerate(self.units):
@@ -338,10 +343,13 @@ class Runner:
         from bench import throughput
 
         if self.peak is None:
-            from models.flops import measure_matmul_peak
+            key = (self.device, self.opts.dry_run, self.machine["threads"])
+            if key not in _PEAKS:  # once per process: it takes a second
+                from models.flops import measure_matmul_peak
 
-            self.peak = measure_matmul_peak(seconds=0.05 if self.opts.dry_run else 1.0, device=self.device,
-                                            size=256 if self.opts.dry_run else 2048)
+                _PEAKS[key] = measure_matmul_peak(seconds=0.05 if self.opts.dry_run else 1.0, device=self.device,
+                                                  size=256 if self.opts.dry_run else 2048)
+            self.peak = _PEAKS[key]
             self.log(f"  matmul peak {self.peak:.1f} GFLOP/s on {self.device}")
         return throughput.measure(unit.job, self.device, self.peak, self.opts.dry_run,
                                   log=lambda m: self.log(f"  {m}"))

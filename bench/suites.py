@@ -76,6 +76,7 @@ class ThroughputJob:
     steps: int = 64  # DRAW
     hidden: int = 256
     z_size: int = 100
+    attention: bool = True  # DRAW
     batch_sizes: tuple[int, ...] = (64,)
     repeats: int = 7
     min_time_s: float = 0.3  # each repeat runs at least this long
@@ -115,25 +116,28 @@ class Suite:
 QUICK = Suite(
     name="quick",
     description="Smoke-sized benchmark of everything: classifier on cluttered60 at T = 1, 2, 4, 8 (one "
-                "per-step-loss model), a small DRAW on binarized MNIST with ELBO and IWAE bounds, throughput.",
+                "per-step-loss model), a small DRAW (16 steps, no attention) on binarized MNIST with ELBO and "
+                "IWAE bounds, throughput of both.",
     expected="<= 10 min on a 2-core CPU",
     jobs=(
         ClassifierJob(dataset="cluttered60", glimpses=(1, 2, 4, 8), per_step_loss=True, hidden=256,
                       batch_size=64, lr=2e-3, epochs=50, time_budget_min=3.5, valid_limit=1000,
                       test_limit=None),
+        # Without attention: with a 2x2 read, DRAW sits on the ~200-nat "mean digit" plateau for its
+        # first tens of thousands of images (measured), longer than this suite's budget.
         DrawJob(dataset="binarized", steps=16, read_n=2, write_n=5, enc_hidden=128, dec_hidden=128, z_size=20,
-                batch_size=64, lr=2e-3, epochs=50, time_budget_min=2.5, valid_limit=1000, test_limit=None,
-                iwae_k=50, iwae_limit=500, samples=8),
+                attention=False, batch_size=64, lr=3e-3, epochs=50, time_budget_min=2.5, valid_limit=1000,
+                test_limit=None, iwae_k=50, iwae_limit=500, samples=8),
         ThroughputJob(model="classifier", height=60, width=60, glimpses=8, batch_sizes=(64,), repeats=5,
                       min_time_s=0.3),
         ThroughputJob(model="draw", height=28, width=28, steps=16, hidden=128, z_size=20, batch_sizes=(64,),
-                      repeats=5, min_time_s=0.3),
+                      repeats=5, min_time_s=0.3, attention=True),
     ),
     targets=(
         Target("test_error", "<", 0.5, (("glimpses", 8),), "chance is 0.9"),
         Target("test_error", "falling", None, (), "more glimpses, lower error"),
-        Target("nll_elbo", "<", 200.0, (), "an untrained model scores 543 nats"),
-        Target("nll_iwae", "<", 200.0, ()),
+        Target("nll_elbo", "<", 160.0, (), "an untrained model scores 543 nats"),
+        Target("nll_iwae", "<", 160.0, ()),
     ),
 )
 

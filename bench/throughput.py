@@ -57,8 +57,8 @@ def build_model(job, device: torch.device):
         from models.draw import DRAW, DRAWConfig
 
         cfg = DRAWConfig(height=job.height, width=job.width, steps=job.steps, enc_hidden=job.hidden,
-                         dec_hidden=job.hidden, z_size=job.z_size)
-        return DRAW(cfg).to(device), {"steps": job.steps, "hidden": job.hidden}
+                         dec_hidden=job.hidden, z_size=job.z_size, attention=job.attention)
+        return DRAW(cfg).to(device), {"steps": job.steps, "hidden": job.hidden, "attention": job.attention}
     raise ValueError(f"throughput job model must be 'classifier' or 'draw', got {job.model!r}")
 
 
