@@ -146,3 +146,9 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
         wrong = w if wrong is None else wrong + w
     model.train(was_training)
     return wrong.double() / images.shape[0]
+
+
+def compiled_loss(model: GlimpseClassifier, **compile_kwargs):
+    """``torch.compile(model.loss)``: optional. On this project's 2-core CPU the first call compiles
+    for about 2 minutes, after which a training step is about 1.5x faster (README, Models)."""
+    return torch.compile(model.loss, **compile_kwargs)
