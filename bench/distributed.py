@@ -126,6 +126,7 @@ def _sigterm_to_interrupt() -> None:
         return
 
     def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun may signal again: let the checkpoint finish
         raise KeyboardInterrupt(f"terminated by signal {signum} (torchrun stops all ranks when one fails)")
 
     signal.signal(signal.SIGTERM, handler)
