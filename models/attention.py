@@ -72,17 +72,26 @@ class _GaussianRows(torch.autograd.Function):
         return grad_mu, grad_r, None
 
 
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant vector, made once per (values, dtype, device); never written to.
+
+    Under torch.compile the cache is bypassed (dynamo does not trace through lru_cache) and the
+    values come as one tuple: dynamo 2.14 mis-traces `f(*range(k))` varargs (wrong length)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _cached_constant(values, dtype, device)
+
+
 @functools.lru_cache(maxsize=64)
-def _constant(*values: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small constant vector, made once per (values, dtype, device); never written to. Made outside
-    inference mode, so that a cache filled during evaluation still serves training afterwards."""
+def _cached_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # Made outside inference mode, so that a cache filled during evaluation still serves training.
     with torch.inference_mode(False):
         return torch.tensor(values, dtype=dtype, device=device)
 
 
 def _pixels_r(r: torch.Tensor, size: int) -> torch.Tensor:
     """a * r for a = 1..size: (B, 1, size)."""
-    return _constant(*range(1, size + 1), dtype=r.dtype, device=r.device) * r.view(-1, 1, 1)
+    return _constant(tuple(range(1, size + 1)), dtype=r.dtype, device=r.device) * r.view(-1, 1, 1)
 
 
 def _rows_forward(mu, r, size: int, cut: float):
@@ -124,7 +133,7 @@ def filterbank(g: torch.Tensor, delta: torch.Tensor, sigma2: torch.Tensor, n: in
     g, delta, sigma2 = g.to(work), delta.to(work), sigma2.to(work)
     sigma2 = sigma2.clamp(_SIGMA2_MIN, _SIGMA2_MAX)
     delta = delta.clamp(-_DELTA_MAX, _DELTA_MAX)
-    offsets = _constant(*(i - n / 2 - 0.5 for i in range(1, n + 1)), dtype=work, device=g.device)  # (n,)
+    offsets = _constant(tuple(i - n / 2 - 0.5 for i in range(1, n + 1)), dtype=work, device=g.device)  # (n,)
     mu = torch.addcmul(g.unsqueeze(-1), delta.unsqueeze(-1), offsets)  # (B, n)
     far = (_MARGIN * sigma2).unsqueeze(-1)
     mu = torch.clamp(mu, -size - far, 2.0 * size + 1.0 + far)  # at most size + 1 + far outside
@@ -177,7 +186,7 @@ def window_from_params(params: torch.Tensor, height: int, width: int, n: int) ->
     if out_dtype not in (torch.float32, torch.float64):  # 8-bit mantissas would move g by 0.1 px
         params = params.float()
     # Few, whole-row ops: at DRAW's sizes the kernel launches, not the arithmetic, cost the time.
-    scale = _constant((width + 1) / 2, (height + 1) / 2, 1.0, (max(width, height) - 1) / max(n - 1, 1), 1.0,
+    scale = _constant(((width + 1) / 2, (height + 1) / 2, 1.0, (max(width, height) - 1) / max(n - 1, 1), 1.0),
                       dtype=params.dtype, device=params.device)
     # The logs are clamped where exp would leave float32's range (an inf there turns the zero
     # gradient of filterbank's clamps into 0 * inf = NaN); sigma2 is clamped further in filterbank.

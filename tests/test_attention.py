@@ -281,3 +281,12 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(gpu.fx.cpu(), cpu.fx, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(att.read(x.cuda(), gpu.fx, gpu.fy, gpu.gamma).cpu(),
                                att.read(x, cpu.fx, cpu.fy, cpu.gamma), atol=1e-5, rtol=1e-4)
+
+
+def test_filterbank_under_torch_compile_matches_eager():
+    """torch.compile once traced the cached constants with the wrong length (F came out (B, n, n))."""
+    g, delta, sigma2 = torch.rand(4) * 10, torch.rand(4) + 0.5, torch.rand(4) + 0.5
+    compiled = torch.compile(lambda g, d, s: filterbank(g, d, s, 3, 17))
+    out = compiled(g, delta, sigma2)
+    assert out.shape == (4, 3, 17)
+    torch.testing.assert_close(out, filterbank(g, delta, sigma2, 3, 17))
