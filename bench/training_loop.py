@@ -167,12 +167,13 @@ class _Loop:
         bad = 0
         last_line, t_epoch, seen_epoch = time.monotonic(), self.train_time_s, 0
         self.epoch_complete = False
+        t_last = time.perf_counter()  # training time includes making the batch
         for i, batch in enumerate(batches):
             if i < self.batch_in_epoch:  # done before the interruption
+                t_last = time.perf_counter()
                 continue
             if (cfg.max_batches is not None and i >= cfg.max_batches) or self.over_budget():
                 break
-            t0 = time.perf_counter()
             loss = task.loss(model, batch)
             self.opt.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(loss))
@@ -197,7 +198,9 @@ class _Loop:
                     raise TrainingError(f"{bad} consecutive non-finite losses or gradients at step {self.step}: "
                                         f"training diverged; lower the learning rate (now {cfg.lr}) "
                                         f"or the clipping norm (now {cfg.clip_norm})")
-            self.train_time_s += time.perf_counter() - t0
+            now = time.perf_counter()
+            self.train_time_s += now - t_last
+            t_last = now
             self.step += 1
             self.batch_in_epoch = i + 1
             self.images_seen += task.batch_images(batch) * self.world_size
