@@ -286,7 +286,7 @@ def test_cuda_matches_cpu():
 def test_filterbank_under_torch_compile_matches_eager():
     """torch.compile once traced the cached constants with the wrong length (F came out (B, n, n))."""
     g, delta, sigma2 = torch.rand(4) * 10, torch.rand(4) + 0.5, torch.rand(4) + 0.5
-    compiled = torch.compile(lambda g, d, s: filterbank(g, d, s, 3, 17))
+    compiled = torch.compile(lambda g, d, s: att.filterbank(g, d, s, 3, 17))
     out = compiled(g, delta, sigma2)
     assert out.shape == (4, 3, 17)
-    torch.testing.assert_close(out, filterbank(g, delta, sigma2, 3, 17))
+    torch.testing.assert_close(out, att.filterbank(g, delta, sigma2, 3, 17))
