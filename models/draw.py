@@ -113,6 +113,72 @@ def _lstm(gates: torch.Tensor, cell: torch.Tensor, hidden: int) -> tuple[torch.T
     return o * torch.tanh(cell), cell
 
 
+class _Collect(torch.autograd.Function):
+    """Identity on a weight (and bias) whose backward returns their whole gradient at once.
+
+    The per-step products (``_DeferredAddmm``) record their inputs and output gradients in
+    ``store`` instead of each forming a small weight gradient; autograd runs this node after all
+    of them, and it forms dW = H^T G as one GEMM over every step's rows (measured about 2x faster
+    than 64 per-step GEMMs and their accumulation).
+    """
+
+    @staticmethod
+    def forward(ctx, w, b, store):
+        ctx.store = store
+        return w.view_as(w), (None if b is None else b.view_as(b))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gw, gb):
+        hs, gs = ctx.store["h"], ctx.store["g"]
+        if not gs:
+            return None, None, None
+        h, g = torch.cat(hs), torch.cat(gs)
+        hs.clear(), gs.clear()
+        return h.t() @ g, (g.sum(0) if ctx.needs_input_grad[1] else None), None
+
+
+class _DeferredAddmm(torch.autograd.Function):
+    """b + h @ w whose weight gradient is left to ``_Collect`` (see there)."""
+
+    @staticmethod
+    def forward(ctx, b, h, w, store):
+        ctx.save_for_backward(h, w)
+        ctx.store = store
+        return h @ w if b is None else torch.addmm(b, h, w)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        h, w = ctx.saved_tensors
+        ctx.store["h"].append(h)
+        ctx.store["g"].append(g)
+        return None, (g @ w.t() if ctx.needs_input_grad[1] else None), None, None
+
+
+_PRODUCTS = ("w_dec", "b_dec", "w_enc", "b_enc", "w_read", "w_z")
+
+
+def _plain_products(p: dict) -> dict:
+    def plain(wk, bk):
+        w, b = p[wk], p.get(bk)
+        return (lambda h: h @ w) if b is None else (lambda h: torch.addmm(b, h, w))
+
+    return {k: plain("w_" + k, "b_" + k) for k in ("dec", "enc", "read", "z")}
+
+
+def _products(p: dict) -> dict:
+    """Per-step product functions for the fused weights: deferred weight gradients when training."""
+    def deferred(wk, bk):
+        store = {"h": [], "g": []}
+        w, b = _Collect.apply(p[wk], p.get(bk), store)
+        return lambda h: _DeferredAddmm.apply(b, h, w, store)
+
+    if not (torch.is_grad_enabled() and p["w_dec"].requires_grad):
+        return _plain_products(p)
+    return {k: deferred("w_" + k, "b_" + k) for k in ("dec", "enc", "read", "z")}
+
+
 def _stack_windows(ws: list) -> Windows:
     return Windows(*(torch.stack([getattr(w, k) for w in ws], dim=1) for k in Windows._fields))
 
@@ -132,6 +198,7 @@ class DRAW(nn.Module):
         self.encoder = nn.LSTMCell(self.read.out_features + cfg.dec_hidden, cfg.enc_hidden)
         self.posterior = nn.Linear(cfg.enc_hidden, 2 * cfg.z_size)
         self.decoder = nn.LSTMCell(cfg.z_size, cfg.dec_hidden)
+        self._compiled = None
 
     # -- fused weights, rebuilt from the modules on every call (cheap, differentiable) --------
     def _fused(self):
@@ -171,48 +238,30 @@ class DRAW(nn.Module):
         elif noise.shape != (T, b, zs):
             raise ValueError(f"noise must have shape (steps, batch, z_size) = {(T, b, zs)}, got {tuple(noise.shape)}")
         p = self._fused()
-        nr, ng = self.read.out_features, 4 * he
-        # Column offsets into the h^dec GEMM's output.
-        o_enc, o_rd = 4 * hd, 4 * hd + ng
-        o_wr = o_rd + (5 if cfg.attention else 0)
-        o_patch = o_wr + (5 if cfg.attention else 0)
-
+        ng = 4 * he
         canvas = x.new_zeros(x.shape)
-        h_enc = c_enc = x.new_zeros(b, he)
-        c_dec = x.new_zeros(b, hd)
-        dec_out = p["b_dec"].expand(b, -1)  # h^dec_0 = 0
-        enc_rec = x.new_zeros(b, ng)
-        if not cfg.attention:  # the x half of the full read is the same every step
-            w_x, w_xhat = p["w_read"][: nr // 2], p["w_read"][nr // 2:]
-            enc_x = x.flatten(1) @ w_x
+        state = (canvas, p["b_dec"].expand(b, -1), x.new_zeros(b, ng), x.new_zeros(b, he), x.new_zeros(b, hd))
+        if not cfg.attention:  # the x half of the full read is the same every step: one product
+            nr = self.read.out_features
+            enc_x = x.flatten(1) @ p["w_read"][: nr // 2]
+            p["w_read"] = p["w_read"][nr // 2:]
+        else:
+            enc_x = None
+        weights = tuple(p[k] for k in _PRODUCTS)
+        if self._compiled is not None and torch.is_grad_enabled():
+            step = self._compiled
+        else:
+            prod = _products(p)
+            step = lambda x, enc_x, state, eps, weights: self._step(prod, x, enc_x, state, eps)  # noqa: E731
         mus, log_sigmas, zs_, rws, wws, cs = [], [], [], [], [], []
         for t in range(T):
-            x_hat = x - torch.sigmoid(canvas)
-            enc_in = dec_out[:, o_enc:o_rd] + enc_rec
-            if cfg.attention:
-                win = window_from_params(dec_out[:, o_rd:o_rd + 5], cfg.height, cfg.width, cfg.read_n)
-                r = read(torch.cat([x, x_hat], dim=1), win.fx, win.fy, win.gamma).flatten(1)
-                gates = torch.addmm(enc_in, r, p["w_read"])
-                rws.append(win)
-            else:
-                gates = torch.addmm(enc_in + enc_x, x_hat.flatten(1), w_xhat)
-            h_enc, c_enc = _lstm(gates, c_enc, he)
-            enc_out = torch.addmm(p["b_enc"], h_enc, p["w_enc"])
-            mu, log_sigma = enc_out[:, :zs], enc_out[:, zs:2 * zs]
-            enc_rec = enc_out[:, 2 * zs:]
-            z = torch.addcmul(mu, torch.exp(log_sigma), noise[t])
-            h_dec, c_dec = _lstm(torch.addmm(dec_out[:, :o_enc], z, p["w_z"]), c_dec, hd)
-            dec_out = torch.addmm(p["b_dec"], h_dec, p["w_dec"])
-            if cfg.attention:
-                wwin = window_from_params(dec_out[:, o_wr:o_wr + 5], cfg.height, cfg.width, cfg.write_n)
-                patch = dec_out[:, o_patch:].view(b, cfg.channels, cfg.write_n, cfg.write_n)
-                canvas = canvas + write(patch, wwin.fx, wwin.fy, wwin.gamma)
-                wws.append(wwin)
-            else:
-                canvas = canvas + dec_out[:, o_wr:].view(x.shape)
+            state, mu, log_sigma, z, rwin, wwin = step(x, enc_x, state, noise[t], weights)
             mus.append(mu), log_sigmas.append(log_sigma), zs_.append(z)
+            if windows and cfg.attention:
+                rws.append(rwin), wws.append(wwin)
             if canvases:
-                cs.append(canvas)
+                cs.append(state[0])
+        canvas = state[0]
         mu, log_sigma, z = torch.stack(mus), torch.stack(log_sigmas), torch.stack(zs_)  # (T, B, z)
         kl = kl_standard_normal(mu, log_sigma).sum(-1).t()
         log_q = (-0.5 * noise.square() - log_sigma - HALF_LOG_2PI).sum((0, 2))
@@ -221,6 +270,48 @@ class DRAW(nn.Module):
         keep = windows and cfg.attention
         return DRAWOutput(canvas, kl, recon, log_q, log_pz, _stack_windows(rws) if keep else None,
                           _stack_windows(wws) if keep else None, torch.stack(cs) if canvases else None)
+
+    def _step(self, prod, x, enc_x, state, eps):
+        """One DRAW step. ``state`` = (canvas c_{t-1}, h^dec GEMM output of t-1, encoder recurrence
+        term of t-1, encoder cell, decoder cell); ``prod[k](h)`` are the fused products."""
+        cfg = self.config
+        canvas, dec_out, enc_rec, c_enc, c_dec = state
+        b, zs, he, hd = x.shape[0], cfg.z_size, cfg.enc_hidden, cfg.dec_hidden
+        # Column offsets into the h^dec GEMM's output (see _fused).
+        o_enc, o_rd = 4 * hd, 4 * hd + 4 * he
+        o_wr = o_rd + (5 if cfg.attention else 0)
+        o_patch = o_wr + (5 if cfg.attention else 0)
+        x_hat = x - torch.sigmoid(canvas)
+        enc_in = dec_out[:, o_enc:o_rd] + enc_rec
+        rwin = wwin = None
+        if cfg.attention:
+            rwin = window_from_params(dec_out[:, o_rd:o_rd + 5], cfg.height, cfg.width, cfg.read_n)
+            r = read(torch.cat([x, x_hat], dim=1), rwin.fx, rwin.fy, rwin.gamma).flatten(1)
+            gates = enc_in + prod["read"](r)
+        else:
+            gates = enc_in + enc_x + prod["read"](x_hat.flatten(1))
+        h_enc, c_enc = _lstm(gates, c_enc, he)
+        enc_out = prod["enc"](h_enc)
+        mu, log_sigma = enc_out[:, :zs], enc_out[:, zs:2 * zs]
+        z = torch.addcmul(mu, torch.exp(log_sigma), eps)
+        h_dec, c_dec = _lstm(dec_out[:, :o_enc] + prod["z"](z), c_dec, hd)
+        dec_out = prod["dec"](h_dec)
+        if cfg.attention:
+            wwin = window_from_params(dec_out[:, o_wr:o_wr + 5], cfg.height, cfg.width, cfg.write_n)
+            patch = dec_out[:, o_patch:].view(b, cfg.channels, cfg.write_n, cfg.write_n)
+            canvas = canvas + write(patch, wwin.fx, wwin.fy, wwin.gamma)
+        else:
+            canvas = canvas + dec_out[:, o_wr:].view(x.shape)
+        return (canvas, dec_out, enc_out[:, 2 * zs:], c_enc, c_dec), mu, log_sigma, z, rwin, wwin
+
+    def _plain_step(self, x, enc_x, state, eps, weights):
+        return self._step(_plain_products(dict(zip(_PRODUCTS, weights))), x, enc_x, state, eps)
+
+    def compile_step(self, enable: bool = True, **compile_kwargs) -> "DRAW":
+        """Train with the step compiled by ``torch.compile`` (fused pointwise work; the first call
+        compiles, about 30 s of CPU). Evaluation under no_grad keeps the eager step."""
+        self._compiled = torch.compile(self._plain_step, dynamic=False, **compile_kwargs) if enable else None
+        return self
 
     def loss(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """Mean over the batch of Lx + Lz (nats/image), and its parts as floats."""
