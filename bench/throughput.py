@@ -100,8 +100,8 @@ def measure(job, device: str | torch.device = "cpu", peak_gflops: float | None =
         flops_fn = getattr(model, "flops_per_image", None)
         if peak_gflops and flops_fn is not None:
             achieved = flops_fn(train=True) * tr["median"] / 1e9
-            out.append(metric("peak_fraction", achieved / peak_gflops, "fraction", False, peak_gflops=peak_gflops,
-                              achieved_gflops=achieved, step="train", **params))
+            out.append(metric("peak_fraction", achieved / peak_gflops, "fraction", False, step="train",
+                              stats={"achieved_gflops": achieved, "peak_gflops": peak_gflops}, **params))
         noisy = " (noisy: IQR > 10% of median)" if tr["noisy"] or ev["noisy"] else ""
         log(f"throughput {job.model} batch {bs} on {device}: train {tr['median']:.0f} img/s "
             f"(IQR {tr['iqr']:.0f}), eval {ev['median']:.0f} img/s (IQR {ev['iqr']:.0f}){noisy}")

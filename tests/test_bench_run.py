@@ -97,6 +97,11 @@ def test_crash_then_resume_matches_uninterrupted(tiny, monkeypatch):
     assert pick(done) == pick(ref)
     strip = lambda c: [{k: v for k, v in e.items() if not k.endswith("time_s")} for e in c]  # noqa: E731
     assert strip(done["curves"][unit]) == strip(ref["curves"][unit])
+    # two runs of one suite name the same metrics: compare pairs every one of them
+    from bench import compare
+    res = compare.compare_paths(tiny("ref").out, tiny("run").out)
+    assert not res.only_a and not res.only_b and len(res.rows) == len(ref["metrics"])
+    assert {r.verdict for r in res.rows if r.name.endswith("error")} == {"same"}
 
 
 def test_resume_skips_finished_units(tiny, monkeypatch):
