@@ -66,7 +66,8 @@ class Unit:
 def units(suite: suites.Suite, seeds: tuple[int, ...] | None) -> list[Unit]:
     out = []
     for job in suite.jobs:
-        run_seeds = tuple(seeds) if seeds is not None else suite.seeds
+        job_seeds = getattr(job, "seeds", None)
+        run_seeds = tuple(seeds) if seeds is not None else (job_seeds or suite.seeds)
         if job.kind == "classifier":
             if job.per_step_loss:
                 t = max(job.glimpses)
