@@ -235,6 +235,7 @@ def update_index(path: Path, record: dict, root: Path = RESULTS) -> Path:
         w.writeheader()
         w.writerows(rows)
         atomic_write_bytes(index, buf.getvalue().encode())
+        os.chmod(index, 0o644)
     return index
 
 

@@ -198,6 +198,7 @@ class Runner:
             buf = io.BytesIO()
             np.savez_compressed(buf, **self.artifacts)
             atomic_write_bytes(self._artifact_path(path), buf.getvalue())
+            os.chmod(self._artifact_path(path), 0o644)
             record["artifacts"] = self._artifact_path(path).name
         records.write(record, path)
 
