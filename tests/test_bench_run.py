@@ -63,6 +63,7 @@ def test_dry_run_end_to_end(tmp_path, mnist_data):
         samples = next(k for k in z.files if k.endswith("/samples"))
         assert z[samples].shape[0] == 16 and z[samples].dtype == np.uint8
     assert "test_error" in p.stdout and f"record: {out}" in p.stdout
+    assert r["targets"] == [] and "targets are not checked" in p.stdout
 
 
 def test_crash_then_resume_matches_uninterrupted(tiny, monkeypatch):
