@@ -1,0 +1,51 @@
+"""The suites as declarative configs: every one expands into units, names metrics its jobs
+produce, and the throughput suite runs (dry) end to end."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import records, runner, suites
+
+PRODUCED = {"classifier": {"test_error", "valid_error"}, "baseline": {"test_error"},
+            "draw": {"nll_elbo", "nll_iwae", "kl", "reconstruction"},
+            "throughput": {"train_images_per_s", "eval_images_per_s", "peak_fraction"}}
+
+
+@pytest.mark.parametrize("name", list(suites.SUITES))
+def test_suite_expands_and_targets_what_it_measures(name):
+    s = suites.get(name)
+    units = runner.units(s, None)
+    ids = [u.id for u in units]
+    assert units and len(ids) == len(set(ids)), "unit ids must be unique (they name checkpoints)"
+    made = set().union(*(PRODUCED[u.job.kind] for u in units))
+    assert {t.metric for t in s.targets} <= made
+    assert s.expected and s.description
+
+
+def test_table1_protocol_and_seeds():
+    units = runner.units(suites.get("table1"), None)
+    separate = {}
+    for u in units:
+        if u.job.kind == "classifier" and not u.job.per_step_loss:
+            separate.setdefault(u.glimpses, []).append(u.seed)
+    assert separate == {1: [0], 2: [0], 4: [0, 1, 2], 8: [0, 1, 2]}
+    per_step = [u for u in units if u.job.kind == "classifier" and u.job.per_step_loss]
+    assert per_step and per_step[0].eval_glimpses == tuple(range(1, 9))
+    assert runner.units(suites.get("table1"), (5,))[0].seed == 5  # --seeds overrides every job
+
+
+def test_quick_fits_its_time_budget():
+    budget = sum((getattr(j, "time_budget_min", None) or 0) for j in suites.QUICK.jobs)
+    assert budget <= 7, "training budgets must leave room for data, evaluation and throughput within 10 min"
+    assert all(j.time_budget_min for j in suites.QUICK.jobs if j.kind in ("classifier", "draw"))
+
+
+def test_throughput_suite_dry_run(tmp_path, mnist_data):
+    opts = runner.RunOptions(suite="throughput", dry_run=True, threads=1, progress=False,
+                             out=str(tmp_path / "t.json"))
+    record, path = runner.run(opts, log=lambda m: None)
+    r = records.read(path)
+    speeds = [m for m in r["metrics"] if m["name"] == "train_images_per_s"]
+    assert {m["params"]["model"] for m in speeds} == {"classifier", "draw"}
+    assert all(m["value"] > 0 and m["stats"]["q1"] <= m["value"] <= m["stats"]["q3"] for m in speeds)
