@@ -167,7 +167,8 @@ def dumps(record: dict) -> str:
     return json.dumps(clean(record), indent=1, default=_json_default) + "\n"
 
 
-def default_path(record: dict, root: Path = RESULTS) -> Path:
+def default_path(record: dict, root: Path | None = None) -> Path:
+    root = RESULTS if root is None else root
     stamp = record["started_at"].replace("-", "").replace(":", "")
     return root / "runs" / record["machine"]["id"] / f"{stamp}_{record['commit']['short']}.json"
 
@@ -216,11 +217,12 @@ def index_row(record: dict, path: Path, root: Path) -> dict:
             "metrics": len(record["metrics"])}
 
 
-def update_index(path: Path, record: dict, root: Path = RESULTS) -> Path:
+def update_index(path: Path, record: dict, root: Path | None = None) -> Path:
     """Add or replace ``path``'s row in ``root/index.csv`` (under a lock; atomic rewrite)."""
     import csv
     import io
 
+    root = RESULTS if root is None else root
     index = root / "index.csv"
     row = index_row(record, path, root)
     with file_lock(root / ".index.lock"):
@@ -239,7 +241,8 @@ def update_index(path: Path, record: dict, root: Path = RESULTS) -> Path:
     return index
 
 
-def rebuild_index(root: Path = RESULTS) -> Path:
+def rebuild_index(root: Path | None = None) -> Path:
+    root = RESULTS if root is None else root
     index = root / "index.csv"
     index.unlink(missing_ok=True)
     for p in find(root / "runs") if (root / "runs").is_dir() else []:

@@ -156,3 +156,23 @@ def test_eval_checkpoint_on_other_test_clutter(tiny, tmp_path, capsys):
     assert again == ran
     assert main(["eval", "--checkpoint", str(ckpt), "--dataset", "binarized", "--out", str(out)]) == 1
     assert "has 28x28 images but the model was trained on 60x60" in capsys.readouterr().err
+
+
+def test_resume_finds_the_latest_unfinished_record(tiny, monkeypatch, tmp_path):
+    monkeypatch.setattr(records, "RESULTS", tmp_path / "results")
+
+    def boom(self, unit):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runner.Runner, "run_throughput", boom)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(replace(tiny("x"), out=None), log=quiet)
+    [path] = (tmp_path / "results" / "runs").rglob("*.json")
+    index = (tmp_path / "results" / "index.csv").read_text()
+    assert path.parent.name == records.machine_info("cpu")["id"] and ",incomplete," in index
+    done, again = runner.run(replace(tiny("x"), out=None, resume=True), log=quiet)
+    assert again == path and done["status"] == "complete"
+    assert ",complete," in (tmp_path / "results" / "index.csv").read_text()
+    with pytest.raises(runner.RunError, match="no unfinished record of suite 'tiny'"):
+        runner.run(replace(tiny("x"), out=None, resume=True), log=quiet)
