@@ -7,7 +7,6 @@ Exit status: 0 done, 1 the work failed (or `compare --fail-on-regression` found 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 

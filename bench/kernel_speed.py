@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import time
@@ -33,6 +32,7 @@ from typing import Callable
 
 import torch
 
+from datasets.fileio import atomic_write_bytes
 from models import attention as att
 from models import attention_reference as ref
 
@@ -199,10 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     text = json.dumps(res, indent=2, sort_keys=True)
     print(text)
     if args.json:
-        tmp = f"{args.json}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.json)
+        atomic_write_bytes(args.json, (text + "\n").encode())
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from datasets.mnist import atomic_write_bytes, file_lock
+from datasets.fileio import atomic_write_bytes, file_lock
 
 SCHEMA_VERSION = 1
 REPO = Path(__file__).resolve().parent.parent

@@ -32,7 +32,7 @@ def _save(fig, out: Path, name: str, figures: list) -> None:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
     data = buf.getvalue()
-    from datasets.mnist import atomic_write_bytes
+    from datasets.fileio import atomic_write_bytes
 
     atomic_write_bytes(out / name, data)
     figures.append((name, data))
@@ -287,7 +287,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px}} tr.paper{{color:#666}} img{{max-w
 <h2>Plots</h2>{imgs}
 </body></html>
 """
-    from datasets.mnist import atomic_write_bytes
+    from datasets.fileio import atomic_write_bytes
 
     dest = out / "index.html"
     atomic_write_bytes(dest, page.encode())

@@ -193,7 +193,7 @@ class Runner:
         if self.opts.rank != 0:
             return
         if self.artifacts:
-            from datasets.mnist import atomic_write_bytes
+            from datasets.fileio import atomic_write_bytes
 
             buf = io.BytesIO()
             np.savez_compressed(buf, **self.artifacts)

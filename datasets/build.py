@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets import mnist
+from datasets.fileio import atomic_write, file_lock
 from datasets.generator import GENERATOR_VERSION, NPZ_KEYS, Plan, Spec
 from datasets.variants import SPLITS, generate_split, get_spec, is_fixed, plan_split, variant_name
 
@@ -52,24 +52,6 @@ def expected_header(spec: Spec, seed: int, limit: int | None, epoch: int | None,
         "train_epoch": None if epoch is None else int(epoch),
         "mnist_sha256": mnist.checksums(),
     }
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(file)`` into a temporary file beside ``path``, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; builds are shared read-only data
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def read_manifest(folder: str | os.PathLike) -> dict | None:
@@ -122,7 +104,7 @@ def build(name: str | Spec, seed: int, out: str | os.PathLike, data_dir: str | o
     out = Path(out)
     header = expected_header(spec, seed, limit, epoch, variant_name(name))
     out.mkdir(parents=True, exist_ok=True)
-    with mnist.file_lock(out / ".lock"):
+    with file_lock(out / ".lock"):
         old = read_manifest(out)
         if old is not None and not force and {k: old.get(k) for k in header} == header:
             problems = verify(out)
@@ -142,7 +124,7 @@ def build(name: str | Spec, seed: int, out: str | os.PathLike, data_dir: str | o
             if limit is not None:
                 plan = _head(plan, limit)
             arrays = generate_split(spec_, plan, images)
-            _atomic_write(out / f"{split}.npz", lambda f: np.savez(f, **arrays))
+            atomic_write(out / f"{split}.npz", lambda f, a=arrays: np.savez(f, **a))
             mnist_split, lo, hi = SPLITS[split]
             splits[split] = {
                 "file": f"{split}.npz",
@@ -157,7 +139,7 @@ def build(name: str | Spec, seed: int, out: str | os.PathLike, data_dir: str | o
             del arrays
         manifest = {**header, "splits": splits}
         text = (json.dumps(manifest, indent=1) + "\n").encode()
-        _atomic_write(out / MANIFEST, lambda f: f.write(text))
+        atomic_write(out / MANIFEST, lambda f: f.write(text))
     return out
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets import mnist
+from datasets.fileio import atomic_write_bytes
 from datasets.generator import DIGIT, Spec, render
 from datasets.variants import plan_split, variant_name
 
@@ -57,5 +57,5 @@ def draw_grid(name: str | Spec, n: int = 64, out: str | os.PathLike = "grid.png"
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     out = Path(out)
-    mnist.atomic_write_bytes(out, buf.getvalue())
+    atomic_write_bytes(out, buf.getvalue())
     return out

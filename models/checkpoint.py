@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from datasets.fileio import atomic_write
 
 from .common import ConfigMixin, dict_diff
 
@@ -95,19 +96,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
         "rng": get_rng_state(),
         "extra": extra,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
     return path
 
 

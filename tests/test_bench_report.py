@@ -6,7 +6,6 @@ import io
 from html.parser import HTMLParser
 
 import numpy as np
-import pytest
 
 from bench import records
 from bench.cli import main

@@ -3,7 +3,6 @@ sweep assignment. The multi-process checks are in test_distributed_ranks.py."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist

@@ -82,7 +82,7 @@ def test_binarized_train_noise_fresh_per_epoch_and_fixed_otherwise(mnist_data):
         spec, plan, images = V.plan_split("binarized", split, seed=0, epoch=epoch)
         return V.render(spec, plan, images, slice(0, 200)), plan.digit_source[:200]
 
-    (a, sa), (b, sb) = first("train", 0), first("train", 1)
+    (a, _), (b, _) = first("train", 0), first("train", 1)
     assert set(np.unique(a)) == {0, 255} and not np.array_equal(a, b)
     (c, sc), (d, sd) = first("train", None), first("train", None)
     assert np.array_equal(c, d) and np.array_equal(sc, sd)

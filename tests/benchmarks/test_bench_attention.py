@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from bench import kernel_speed as ks
-from models import attention as att
 
 SLACK = 2.0  # shared 2-core CI machine: allow a factor 2 against each target
 
