@@ -29,3 +29,21 @@ def load(path: str | Path) -> dict:
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); "
                               "it is damaged or not a glimpse checkpoint") from e
+
+
+# What a reference checkpoint keeps: enough to rebuild the model and evaluate it, no optimiser.
+_REFERENCE_KEYS = ("format", "task", "epoch", "step", "images_seen", "train_time_s", "best", "curve", "stopped_by")
+
+
+def export_reference(src: str | Path, dst: str | Path) -> Path:
+    """Write a small evaluation-only copy of a training checkpoint: the best-`valid` weights (or the
+    last ones), the task description and the curve, without the optimiser or RNG states. `bench eval`
+    reads it like the full checkpoint; `--resume` needs the full one."""
+    state = load(src)
+    if not isinstance(state.get("task"), dict):
+        raise CheckpointError(f"{src}: not a checkpoint written by bench run (no task description)")
+    slim = {k: state[k] for k in _REFERENCE_KEYS if k in state}
+    slim["model"] = state.get("best_state") or state["model"]
+    slim["reference_of"] = Path(src).name
+    atomic_write(dst, lambda f: torch.save(slim, f))
+    return Path(dst)

@@ -157,6 +157,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from bench import checkpoints
+
+    check_writable(args.out)
+    out = checkpoints.export_reference(args.checkpoint, args.out)
+    print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from bench import compare
 
@@ -212,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=positive(int), help="test images (default: all; IWAE: at most 1000)")
     e.add_argument("--out", help="record path (default results/runs/<machine>/<utc>_<sha>.json)")
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="write a small evaluation-only copy of a training checkpoint")
+    x.add_argument("checkpoint", help="a checkpoint written by bench run")
+    x.add_argument("out", help="where the reference checkpoint goes (e.g. results/checkpoints/NAME.pt)")
+    x.set_defaults(func=cmd_export)
 
     c = sub.add_parser("compare", help="compare two records or folders of records")
     c.add_argument("a", help="baseline record or folder")

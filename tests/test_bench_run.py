@@ -158,6 +158,28 @@ def test_eval_checkpoint_on_other_test_clutter(tiny, tmp_path, capsys):
     assert "has 28x28 images but the model was trained on 60x60" in capsys.readouterr().err
 
 
+def test_exported_reference_checkpoint_evaluates_like_the_full_one(tiny, tmp_path, capsys):
+    import torch
+
+    from bench.cli import main
+
+    rec, _ = runner.run(tiny("run"), log=quiet)
+    job = next(iter(rec["jobs"].values()))
+    ckpt = Path(job["checkpoint"]) if Path(job["checkpoint"]).is_absolute() else REPO / job["checkpoint"]
+    ref = tmp_path / "ref" / "model.pt"
+    assert main(["export", str(ckpt), str(ref)]) == 0
+    slim = torch.load(ref, weights_only=False)
+    assert "optimizer" not in slim and "rng" not in slim and ref.stat().st_size < ckpt.stat().st_size
+    outs = {}
+    for name, path in (("full", ckpt), ("ref", ref)):
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", "--checkpoint", str(path), "--limit", "32", "--device", "cpu", "--out", str(out)]) == 0
+        outs[name] = [(m["params"]["glimpses"], m["value"]) for m in records.read(out)["metrics"]]
+    assert outs["full"] == outs["ref"]
+    assert main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
 def test_resume_finds_the_latest_unfinished_record(tiny, monkeypatch, tmp_path):
     monkeypatch.setattr(records, "RESULTS", tmp_path / "results")
 
