@@ -166,6 +166,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_tables(args) -> int:
+    from bench import tables
+
+    print(tables.markdown(args.records, args.link_root))
+    return 0
+
+
 def cmd_compare(args) -> int:
     from bench import compare
 
@@ -226,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("checkpoint", help="a checkpoint written by bench run")
     x.add_argument("out", help="where the reference checkpoint goes (e.g. results/checkpoints/NAME.pt)")
     x.set_defaults(func=cmd_export)
+
+    t = sub.add_parser("tables", help="Table 1 and Table 2 as markdown from the records, beside the paper")
+    t.add_argument("--records", default="results/runs", help="a folder of records (default results/runs)")
+    t.add_argument("--link-root", default=".", help="prefix for the record links (default: repository root)")
+    t.set_defaults(func=cmd_tables)
 
     c = sub.add_parser("compare", help="compare two records or folders of records")
     c.add_argument("a", help="baseline record or folder")

@@ -1,0 +1,50 @@
+"""`bench tables`: every seed listed with mean and spread, linked to its record, paper beside."""
+
+from __future__ import annotations
+
+import copy
+
+from bench import records, tables
+from bench.records import metric
+from tests.fixtures.bench_records import make_record
+
+
+def table_records(tmp_path):
+    base = make_record()
+    clf = copy.deepcopy(base)
+    clf["suite"] = "table1"
+    clf["metrics"] = [metric("test_error", e, "fraction", True, s, glimpses=8, protocol="separate",
+                             dataset="cluttered100", test_images=10000) for s, e in ((0, 0.05), (1, 0.07), (2, 0.06))]
+    clf["metrics"].append(metric("test_error", 0.30, "fraction", True, 0, protocol="baseline-conv",
+                                 dataset="cluttered100"))
+    draw = copy.deepcopy(base)
+    draw["suite"], draw["status"] = "table2", "incomplete"
+    common = dict(dataset="binarized", attention=True, steps=64, binarization="fixed")
+    draw["metrics"] = [metric("nll_elbo", 120.0, "nats", True, 0, test_images=10000, **common),
+                       metric("nll_iwae", 115.5, "nats", True, 0, k=1000, test_images=200, **common)]
+    failed = copy.deepcopy(clf)
+    failed["status"] = "failed"
+    failed["metrics"] = [metric("test_error", 0.9, "fraction", True, 0, glimpses=8, protocol="separate",
+                                dataset="cluttered100")]
+    for name, rec in (("a", clf), ("b", draw), ("c", failed)):
+        records.write(rec, tmp_path / "runs" / f"{name}.json")
+    return tmp_path / "runs"
+
+
+def test_tables_list_every_seed_with_spread_and_paper(tmp_path):
+    text = tables.markdown(table_records(tmp_path))
+    row = next(line for line in text.splitlines() if "| separate | 8 |" in line)
+    assert "6.00% +- 1.00% (5.00%, 7.00%, 6.00%)" in row  # mean, std, every seed in seed order
+    assert "| 0, 1, 2 |" in row and "3.36%" in row and "a.json" in row
+    assert "90.00%" not in text, "a failed run's numbers are not tabled"
+    conv = next(line for line in text.splitlines() if "conv net" in line)
+    assert "30.00%" in conv and "14.35%" in conv
+    draw = next(line for line in text.splitlines() if line.startswith("| DRAW, 64 steps, attention"))
+    assert "120.00" in draw and "115.50 (k=1000, 200 images)" in draw and "<= 80.97" in draw
+
+
+def test_tables_cli(tmp_path, capsys):
+    from bench.cli import main
+
+    assert main(["tables", "--records", str(table_records(tmp_path))]) == 0
+    assert "### Table 1" in capsys.readouterr().out
