@@ -31,6 +31,7 @@ class ClassifierJob:
     test_limit: int | None = None  # None = the whole fixed test split
     seeds_by_glimpses: tuple[tuple[int, tuple[int, ...]], ...] = ()  # ((T, seeds), ...) overrides
     seeds: tuple[int, ...] | None = None  # None = the suite's seeds; --seeds overrides both
+    window_init: str = "cover"  # "cover" or "default" (models/attention.py WindowHead)
     kind: str = "classifier"
 
 
@@ -55,6 +56,7 @@ class DrawJob:
     iwae_k: int = 1000
     iwae_limit: int | None = 1000  # test images for the importance-weighted bound
     samples: int = 8  # generated images kept (every step) for the report
+    window_init: str = "cover"  # "cover" or "default" (models/attention.py WindowHead)
     kind: str = "draw"
 
 

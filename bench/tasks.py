@@ -81,7 +81,8 @@ class ClassifierTask(_Base):
         from models.classifier import ClassifierConfig
 
         return ClassifierConfig(height=self.height, width=self.width, channels=1, glimpses=self.glimpses,
-                                read_n=self.job.read_n, hidden=self.job.hidden, per_step_loss=self.job.per_step_loss)
+                                read_n=self.job.read_n, hidden=self.job.hidden, per_step_loss=self.job.per_step_loss,
+                                window_init=self.job.window_init)
 
     def describe(self) -> dict:
         j = self.job
@@ -139,7 +140,7 @@ class DrawTask(_Base):
         j = self.job
         return DRAWConfig(height=self.height, width=self.width, channels=1, steps=j.steps, read_n=j.read_n,
                           write_n=j.write_n, enc_hidden=j.enc_hidden, dec_hidden=j.dec_hidden, z_size=j.z_size,
-                          attention=j.attention)
+                          attention=j.attention, window_init=j.window_init)
 
     def describe(self) -> dict:
         j = self.job

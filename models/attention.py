@@ -203,13 +203,32 @@ def window_from_params(params: torch.Tensor, height: int, width: int, n: int) ->
     return Window(gx, gy, sigma2, delta, gamma, fx, fy)
 
 
-class WindowHead(nn.Module):
-    """Linear map from a hidden state to the five window numbers, then the paper's transforms."""
+WINDOW_INITS = ("cover", "default")
 
-    def __init__(self, hidden_size: int, height: int, width: int, n: int):
+
+class WindowHead(nn.Module):
+    """Linear map from a hidden state to the five window numbers, then the paper's transforms.
+
+    ``init`` sets the bias of log sigma^2 (the paper gives no initialisation):
+    - "cover" (default): sigma = half the initial grid stride, so the first windows are smooth,
+      low-resolution views of the whole image. With "default", sigma is about 1 pixel against a stride of
+      9 (classifier) or 27 (DRAW's 2x2 read) pixels: the grid samples isolated pixels, and the
+      models sat on a loss plateau for minutes (measured: classifier T = 8 on cluttered100 stayed
+      at loss 2.2 for 2,000 steps with "default", fell to 0.58 with "cover").
+    - "default": PyTorch's default linear init (small random biases, sigma about 1), as in public DRAW ports.
+    """
+
+    def __init__(self, hidden_size: int, height: int, width: int, n: int, init: str = "cover"):
         super().__init__()
+        if init not in WINDOW_INITS:
+            raise ValueError(f"window init must be one of {WINDOW_INITS}, got {init!r}")
         self.height, self.width, self.n = height, width, n
         self.linear = nn.Linear(hidden_size, 5)
+        if init == "cover":
+            stride = (max(height, width) - 1) / max(n - 1, 1)
+            with torch.no_grad():
+                self.linear.bias.zero_()
+                self.linear.bias[2] = 2.0 * math.log(max(stride / 2.0, 0.5))
 
     def forward(self, h: torch.Tensor) -> Window:
         return window_from_params(self.linear(h), self.height, self.width, self.n)
@@ -221,9 +240,10 @@ class AttentionRead(nn.Module):
     Returns (features (B, k*C*n*n), window).
     """
 
-    def __init__(self, hidden_size: int, height: int, width: int, n: int, channels: int = 1, num_images: int = 1):
+    def __init__(self, hidden_size: int, height: int, width: int, n: int, channels: int = 1, num_images: int = 1,
+                 window_init: str = "cover"):
         super().__init__()
-        self.head = WindowHead(hidden_size, height, width, n)
+        self.head = WindowHead(hidden_size, height, width, n, window_init)
         self.out_features = num_images * channels * n * n
 
     def forward(self, images: list[torch.Tensor], h: torch.Tensor) -> tuple[torch.Tensor, Window]:
@@ -248,10 +268,11 @@ class FullRead(nn.Module):
 class AttentionWrite(nn.Module):
     """Write an n x n patch, emitted from ``h``, through a window also emitted from ``h``."""
 
-    def __init__(self, hidden_size: int, height: int, width: int, n: int, channels: int = 1):
+    def __init__(self, hidden_size: int, height: int, width: int, n: int, channels: int = 1,
+                 window_init: str = "cover"):
         super().__init__()
         self.channels, self.n = channels, n
-        self.head = WindowHead(hidden_size, height, width, n)
+        self.head = WindowHead(hidden_size, height, width, n, window_init)
         self.patch = nn.Linear(hidden_size, channels * n * n)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, Window]:
@@ -273,11 +294,14 @@ class FullWrite(nn.Module):
 
 
 def make_read(attention: bool, hidden_size: int, height: int, width: int, n: int,
-              channels: int = 1, num_images: int = 1) -> nn.Module:
-    cls = AttentionRead if attention else FullRead
-    return cls(hidden_size, height, width, n, channels, num_images)
+              channels: int = 1, num_images: int = 1, window_init: str = "cover") -> nn.Module:
+    if attention:
+        return AttentionRead(hidden_size, height, width, n, channels, num_images, window_init)
+    return FullRead(hidden_size, height, width, n, channels, num_images)
 
 
-def make_write(attention: bool, hidden_size: int, height: int, width: int, n: int, channels: int = 1) -> nn.Module:
-    cls = AttentionWrite if attention else FullWrite
-    return cls(hidden_size, height, width, n, channels)
+def make_write(attention: bool, hidden_size: int, height: int, width: int, n: int, channels: int = 1,
+               window_init: str = "cover") -> nn.Module:
+    if attention:
+        return AttentionWrite(hidden_size, height, width, n, channels, window_init)
+    return FullWrite(hidden_size, height, width, n, channels)

@@ -40,6 +40,7 @@ class ClassifierConfig(ConfigMixin):
     num_classes: int = 10
     attention: bool = True
     per_step_loss: bool = False
+    window_init: str = "cover"  # models/attention.py WindowHead: "cover" or "default" (public ports)
 
     def __post_init__(self):
         for name in ("height", "width", "channels", "glimpses", "hidden", "num_classes"):
@@ -58,7 +59,8 @@ class GlimpseClassifier(nn.Module):
     def __init__(self, config: ClassifierConfig | None = None):
         super().__init__()
         self.config = c = config or ClassifierConfig()
-        self.read = make_read(c.attention, c.hidden, c.height, c.width, c.read_n, c.channels)
+        self.read = make_read(c.attention, c.hidden, c.height, c.width, c.read_n, c.channels,
+                              window_init=c.window_init)
         self.lstm = nn.LSTMCell(self.read.out_features, c.hidden)
         self.head = nn.Linear(c.hidden, c.num_classes)
 

@@ -53,11 +53,15 @@ class DRAWConfig(ConfigMixin):
     dec_hidden: int = 256
     z_size: int = 100
     attention: bool = True
+    window_init: str = "cover"  # models/attention.py WindowHead: "cover" or "default" (public ports)
 
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "attention":
+            if f.name == "window_init":
+                if v not in ("cover", "default"):
+                    raise ValueError(f"DRAWConfig.window_init must be 'cover' or 'default', got {v!r}")
+            elif f.name == "attention":
                 if not isinstance(v, bool):
                     raise ValueError(f"DRAWConfig.attention must be True or False, got {v!r}")
             elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -193,8 +197,8 @@ class DRAW(nn.Module):
         super().__init__()
         cfg = self.config = config or DRAWConfig()
         a, c, h, w = cfg.attention, cfg.channels, cfg.height, cfg.width
-        self.read = make_read(a, cfg.dec_hidden, h, w, cfg.read_n, c, num_images=2)
-        self.write = make_write(a, cfg.dec_hidden, h, w, cfg.write_n, c)
+        self.read = make_read(a, cfg.dec_hidden, h, w, cfg.read_n, c, num_images=2, window_init=cfg.window_init)
+        self.write = make_write(a, cfg.dec_hidden, h, w, cfg.write_n, c, window_init=cfg.window_init)
         self.encoder = nn.LSTMCell(self.read.out_features + cfg.dec_hidden, cfg.enc_hidden)
         self.posterior = nn.Linear(cfg.enc_hidden, 2 * cfg.z_size)
         self.decoder = nn.LSTMCell(cfg.z_size, cfg.dec_hidden)

@@ -290,3 +290,17 @@ def test_filterbank_under_torch_compile_matches_eager():
     out = compiled(g, delta, sigma2)
     assert out.shape == (4, 3, 17)
     torch.testing.assert_close(out, att.filterbank(g, delta, sigma2, 3, 17))
+
+
+def test_window_init_cover_starts_with_smooth_whole_image_windows():
+    """'cover': sigma = stride / 2 at h = 0, grid centred and spanning the image; 'default': sigma ~ 1."""
+    h = torch.zeros(1, 8)
+    for size, n in ((100, 12), (28, 2), (28, 5)):
+        win = att.WindowHead(8, size, size, n)(h)
+        stride = (size - 1) / (n - 1)
+        assert win.delta.item() == pytest.approx(stride)
+        assert math.sqrt(win.sigma2.item()) == pytest.approx(stride / 2)
+        assert win.gx.item() == pytest.approx((size + 1) / 2) and win.gamma.item() == pytest.approx(1.0)
+        assert 0.3 < att.WindowHead(8, size, size, n, init="default")(h).sigma2.item() < 3.0
+    with pytest.raises(ValueError, match="window init"):
+        att.WindowHead(8, 10, 10, 3, init="wide")

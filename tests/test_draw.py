@@ -44,7 +44,7 @@ def test_config_round_trip_and_errors():
     cfg = DRAWConfig(attention=False, steps=7)
     assert DRAWConfig.from_dict(cfg.to_dict()) == cfg
     assert DRAWConfig().to_dict() == dict(height=28, width=28, channels=1, steps=64, read_n=2, write_n=5,
-                                          enc_hidden=256, dec_hidden=256, z_size=100, attention=True)
+                                          enc_hidden=256, dec_hidden=256, z_size=100, attention=True, window_init="cover")
     with pytest.raises(ConfigError, match="stepz"):
         DRAWConfig.from_dict({"stepz": 3})
     with pytest.raises(ValueError, match="steps"):
