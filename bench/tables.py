@@ -3,6 +3,7 @@ linked to its record) beside the paper's, so the README's results come from reco
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -33,24 +34,43 @@ def _complete_units(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].isin(["complete", "incomplete"])]
 
 
-def table1(df: pd.DataFrame, root: Path = Path(".")) -> str:
-    rows = ["| model | protocol | glimpses | test error (ours: mean +- std (seeds)) | seeds | record | paper |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+def _job_settings(record_path: str, records_dir: Path, protocol: str) -> str:
+    """'window init, minutes of training per model' of the record's classifier job of this protocol
+    (records made before the window_init option existed used the 'default' init)."""
+    try:
+        rec = json.loads((records_dir / record_path).read_text()) if not Path(record_path).is_absolute() \
+            else json.loads(Path(record_path).read_text())
+    except (OSError, ValueError):
+        return ""
+    for job in rec.get("config", {}).get("suite", {}).get("jobs", []):
+        if job.get("kind") == "classifier" and job.get("per_step_loss") == (protocol == "per-step"):
+            budget = job.get("time_budget_min")
+            return f"{job.get('window_init', 'default')}, {f'{budget:g} min' if budget else 'epochs'}"
+    return ""
+
+
+def table1(df: pd.DataFrame, root: Path = Path("."), records_dir: Path = Path(".")) -> str:
+    rows = ["| model | protocol | glimpses | window init, training per model | test error: mean +- std (every seed) "
+            "| seeds | record | paper |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     paper_by_t = {p["glimpses"]: p["error"] for p in paper.TABLE1 if p["model"].startswith("Differentiable")}
     err = df[(df["name"] == "test_error") & (df.get("p_dataset") == "cluttered100")]
     clf = err[err["p_protocol"].isin(["separate", "per-step"])]
-    for (protocol, t), g in sorted(clf.groupby(["p_protocol", "p_glimpses"]), key=lambda kv: (kv[0][0] != "separate", kv[0][1])):
+    groups = sorted(clf.groupby(["record", "p_protocol", "p_glimpses"]),
+                    key=lambda kv: (kv[0][0], kv[0][1] != "separate", kv[0][2]))
+    for (record, protocol, t), g in groups:  # one row per run and glimpse count: runs are not pooled
         g = g.sort_values("seed")
         ref = paper_by_t.get(int(t))
-        rows.append(f"| differentiable RAM, 12x12 | {protocol} | {int(t)} | {_spread(list(g['value']), _pct)} | "
-                    f"{', '.join(str(int(s)) for s in g['seed'])} | {_link(list(g['record']), root)} | "
+        rows.append(f"| differentiable RAM, 12x12 | {protocol} | {int(t)} | "
+                    f"{_job_settings(record, records_dir, protocol)} | {_spread(list(g['value']), _pct)} | "
+                    f"{', '.join(str(int(s)) for s in g['seed'])} | {_link([record], root)} | "
                     f"{_pct(ref) if ref is not None and protocol == 'separate' else ''} |")
     conv_paper = next(p["error"] for p in paper.TABLE1 if p["model"].startswith("Convolutional"))
     for protocol, label, ref in (("baseline-conv", "2-layer conv net", _pct(conv_paper)),
                                  ("baseline-sklearn", "PCA + logistic regression (pixels)", "")):
         g = err[err["p_protocol"] == protocol].sort_values("seed")
         if len(g):
-            rows.append(f"| {label} | baseline | - | {_spread(list(g['value']), _pct)} | "
+            rows.append(f"| {label} | baseline | - | | {_spread(list(g['value']), _pct)} | "
                         f"{', '.join(str(int(s)) for s in g['seed'])} | {_link(list(g['record']), root)} | {ref} |")
     return "\n".join(rows)
 
@@ -85,5 +105,5 @@ def markdown(records: str | Path = "results/runs", link_root: str | Path = ".") 
         return "(no records)"
     df = _complete_units(df)
     root = Path(link_root)
-    return ("### Table 1: test error, 100x100 cluttered translated MNIST\n\n" + table1(df, root)
+    return ("### Table 1: test error, 100x100 cluttered translated MNIST\n\n" + table1(df, root, Path("."))
             + "\n\n### Table 2: test NLL bounds, binarized MNIST (fixed test binarization)\n\n" + table2(df, root) + "\n")
