@@ -26,3 +26,14 @@ def mnist_data():
     tr = mnist.load("train")
     te = mnist.load("test")
     return tr[0], tr[1], te[0], te[1]
+
+
+@pytest.fixture
+def one_thread():
+    """Small ops run fastest on one thread, and two threads thrash on a shared 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

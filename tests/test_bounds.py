@@ -14,12 +14,7 @@ from models.draw import DRAW, DRAWConfig
 CFG = DRAWConfig(steps=4, enc_hidden=24, dec_hidden=20, z_size=6)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model(seed=0, spread=1.0):

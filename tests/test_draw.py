@@ -14,13 +14,7 @@ from models.common import ConfigError
 from models.draw import DRAW, DRAWConfig, kl_standard_normal
 from models.naive_draw import NaiveDRAW
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small ops run fastest on one thread, and two threads thrash on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = dict(steps=5, enc_hidden=24, dec_hidden=20, z_size=6)

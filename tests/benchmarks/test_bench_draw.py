@@ -25,12 +25,7 @@ MIN_SPEEDUP = 1.15  # gate on the eager fused DRAW over the naive one (measured 
 ELBO_COST_BOUND = 0.5  # issue 5: the ELBO over N images costs at most half a training pass over N
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n, seed=0):
