@@ -53,11 +53,12 @@ def _load(path) -> list[tuple[Path, dict]]:
 def plot_error_vs_glimpses(recs, out, figures) -> None:
     plt = _plt()
     series: dict = {}
-    for _, r in recs:
+    for path, r in recs:  # one line per record and protocol: runs with other settings are not pooled
+        run = Path(path).stem.split("_")[-1]
         for m in r["metrics"]:
             if m["name"] == "test_error" and m["params"].get("glimpses") is not None:
                 p = m["params"]
-                series.setdefault(p.get("dataset"), {}).setdefault(p.get("protocol"), {}) \
+                series.setdefault(p.get("dataset"), {}).setdefault(f"{p.get('protocol')}, run {run}", {}) \
                     .setdefault(p["glimpses"], []).append(m["value"])
     if not series:
         return
