@@ -46,17 +46,30 @@ class _Base:
         spec = get_spec(job.dataset)
         self.height, self.width = spec.height, spec.width
 
+    def _shard(self):
+        return (self.rank, self.world_size) if self.world_size > 1 else None
+
+    def describe(self) -> dict:
+        j = self.job
+        return {"task": j.kind, "dataset": j.dataset, "seed": self.seed, "model": asdict(self.config()),
+                "batch_size": j.batch_size, "lr": j.lr, "train_limit": j.train_limit, "valid_limit": j.valid_limit}
+
+    def build(self):
+        from models.training import seed_everything
+
+        seed_everything(self.seed)
+        return self.model_class()(self.config()).to(self.device)
+
     def batches(self, epoch: int):
-        shard = (self.rank, self.world_size) if self.world_size > 1 else None
         return iterate_batches(self.job.dataset, "train", per_rank_batch(self.job.batch_size, self.world_size),
                                seed=self.seed,
                                epoch=epoch, shuffle=True, device=self.device, data_dir=self.data_dir,
-                               drop_last=True, limit=self.job.train_limit, shard=shard)
+                               drop_last=True, limit=self.job.train_limit, shard=self._shard())
 
     def eval_batches(self, split: str, limit: int | None):
-        shard = (self.rank, self.world_size) if self.world_size > 1 else None  # reduced with all_reduce_sum
+        # sharded under DDP; callers reduce the sums with all_reduce_sum
         return iterate_batches(self.job.dataset, split, EVAL_BATCH, seed=self.data_seed, device=self.device,
-                               data_dir=self.data_dir, limit=limit, shard=shard)
+                               data_dir=self.data_dir, limit=limit, shard=self._shard())
 
     def limit(self, split: str) -> int | None:
         return self.job.valid_limit if split == "valid" else self.job.test_limit
@@ -84,17 +97,10 @@ class ClassifierTask(_Base):
                                 read_n=self.job.read_n, hidden=self.job.hidden, per_step_loss=self.job.per_step_loss,
                                 window_init=self.job.window_init)
 
-    def describe(self) -> dict:
-        j = self.job
-        return {"task": "classifier", "dataset": j.dataset, "seed": self.seed, "model": asdict(self.config()),
-                "batch_size": j.batch_size, "lr": j.lr, "train_limit": j.train_limit, "valid_limit": j.valid_limit}
-
-    def build(self):
+    def model_class(self):
         from models.classifier import GlimpseClassifier
-        from models.training import seed_everything
 
-        seed_everything(self.seed)
-        return GlimpseClassifier(self.config()).to(self.device)
+        return GlimpseClassifier
 
     def loss(self, model, batch):
         return model.loss(batch[0], batch[1])[0]
@@ -142,17 +148,10 @@ class DrawTask(_Base):
                           write_n=j.write_n, enc_hidden=j.enc_hidden, dec_hidden=j.dec_hidden, z_size=j.z_size,
                           attention=j.attention, window_init=j.window_init)
 
-    def describe(self) -> dict:
-        j = self.job
-        return {"task": "draw", "dataset": j.dataset, "seed": self.seed, "model": asdict(self.config()),
-                "batch_size": j.batch_size, "lr": j.lr, "train_limit": j.train_limit, "valid_limit": j.valid_limit}
-
-    def build(self):
+    def model_class(self):
         from models.draw import DRAW
-        from models.training import seed_everything
 
-        seed_everything(self.seed)
-        return DRAW(self.config()).to(self.device)
+        return DRAW
 
     def batches(self, epoch: int):
         """(x, y, where): ``where`` keys each example's noise by its epoch position, so the noise,
@@ -160,9 +159,6 @@ class DrawTask(_Base):
         b = per_rank_batch(self.job.batch_size, self.world_size)
         for k, (x, y) in enumerate(super().batches(epoch)):
             yield x, y, (("train", self.seed, epoch), positions(k * b, x.shape[0], self._shard()))
-
-    def _shard(self):
-        return (self.rank, self.world_size) if self.world_size > 1 else None
 
     def noise(self, where, samples: int = 1) -> torch.Tensor:
         """(T, len(pos) * samples, z) posterior noise, image-major, a function of (key, position)."""
