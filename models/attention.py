@@ -26,6 +26,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from models import native
+
 
 # sigma^2 and delta are clamped to ranges whose ends are already the limiting behaviour (nearest
 # pixel / flat row / grid spread far past the image), so every intermediate below stays finite in
@@ -60,7 +62,11 @@ class _GaussianRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu, r, size: int):
-        f = _rows_forward(mu, r, size, _cutoff(mu.dtype, size))
+        cut = _cutoff(mu.dtype, size)
+        if native.usable(mu, r):
+            f = native.rows_forward(mu, r, size, cut, _threshold(cut))
+        else:
+            f = _rows_forward(mu, r, size, cut)
         ctx.save_for_backward(f, mu, r)
         return f
 
@@ -68,7 +74,8 @@ class _GaussianRows(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         f, mu, r = ctx.saved_tensors
-        grad_mu, grad_r = _rows_backward(grad.contiguous(), f, mu, r)
+        rows_backward = native.rows_backward if native.usable(grad, f, mu, r) else _rows_backward
+        grad_mu, grad_r = rows_backward(grad.contiguous(), f, mu, r)
         return grad_mu, grad_r, None
 
 
@@ -101,7 +108,13 @@ def _rows_forward(mu, r, size: int, cut: float):
     u = peak_r - pix_r  # (P - a) r, (B, n, size)
     v = pix_r + (peak_r - 2.0 * mu.unsqueeze(-1) * rr)  # (P + a - 2 mu) r
     e = u.mul_(v).clamp_(min=cut).exp_()
-    return torch.nn.functional.threshold_(e.div_(e.sum(dim=-1, keepdim=True)), 1.01 * math.exp(cut), 0.0)
+    return torch.nn.functional.threshold_(e.div_(e.sum(dim=-1, keepdim=True)), _threshold(cut), 0.0)
+
+
+def _threshold(cut: float) -> float:
+    """Normalised weights at or below this were clamped at `cut` (a row sums to at least 1 before
+    normalising, so a clamped weight is at most exp(cut)); they are set to exactly 0."""
+    return 1.01 * math.exp(cut)
 
 
 def _rows_backward(grad, f, mu, r):

@@ -16,10 +16,16 @@ from __future__ import annotations
 
 import torch
 
+from models import native
+
 
 class _LSTMPointwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates: torch.Tensor, c_prev: torch.Tensor):
+        if native.usable(gates, c_prev):
+            act, c, tc, h = native.lstm_forward(gates, c_prev)
+            ctx.save_for_backward(act, c_prev, tc)
+            return h, c
         k = c_prev.shape[1]
         act = torch.empty_like(gates)
         torch.sigmoid(gates, out=act)
@@ -35,6 +41,8 @@ class _LSTMPointwise(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dh, dc):
         act, c_prev, tc = ctx.saved_tensors
+        if native.usable(act, c_prev, tc, *(t for t in (dh, dc) if t is not None)):
+            return native.lstm_backward(dh, dc, act, c_prev, tc, ctx.needs_input_grad[1])
         k = c_prev.shape[1]
         i, f, g, o = act[:, :k], act[:, k: 2 * k], act[:, 2 * k: 3 * k], act[:, 3 * k:]
         if dh is None:

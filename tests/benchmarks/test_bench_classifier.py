@@ -16,11 +16,14 @@ import pytest
 import torch
 
 from models import classifier as clf
+from models import native
 from models.classifier import ClassifierConfig, GlimpseClassifier
 from models.flops import measure_matmul_peak
 from models.naive_classifier import NaiveGlimpseClassifier
 
-GATE = 2.0  # in-run speed-up floor that CI gates on (target 3x; measured values in the README)
+# In-run speed-up floor that CI gates on (target 3x; measured values in the README): measured 3.0-3.4x
+# with the native loops and 2.5-2.7x on the PyTorch path (no C compiler), on a noisy 2-core machine.
+GATE = 2.5 if native.library() is not None else 2.0
 BATCH, ROUNDS = 128, 5
 
 
@@ -113,14 +116,20 @@ def test_classifier_ablation(one_thread, monkeypatch):
             m.setattr(clf, "lstm_pointwise", _unfused_lstm)
             return fast.loss(a, b)
 
+    def torch_kernels_loss(a, b):
+        with monkeypatch.context() as m:
+            m.setattr(native, "usable", lambda *tensors: False)
+            return fast.loss(a, b)
+
     def bf16_loss(a, b):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return fast.loss(a, b)
 
-    for name, fn in (("unfused", unfused_loss), ("no_shared", no_shared.loss)):
+    for name, fn in (("unfused", unfused_loss), ("no_shared", no_shared.loss), ("torch kernels", torch_kernels_loss)):
         torch.testing.assert_close(fn(x, y)[0], ref, rtol=1e-5, atol=1e-6, msg=name)
     bf16_diff = float((bf16_loss(x, y)[0].detach().float() - ref.detach()).abs())
-    t = cpu_times({"all on": stepper(fast, x, y), "unfused LSTM": stepper(fast, x, y, unfused_loss),
+    t = cpu_times({"all on": stepper(fast, x, y), "torch, not native, loops": stepper(fast, x, y, torch_kernels_loss),
+                   "unfused LSTM": stepper(fast, x, y, unfused_loss),
                    "no shared first window": stepper(no_shared, x, y), "bf16 autocast": stepper(fast, x, y, bf16_loss),
                    "naive": stepper(naive, x, y)}, rounds=3)
     print("\n" + "\n".join(f"  {k:24s} {1e3 * v:7.1f} ms/step  {t['naive'] / v:5.2f}x naive" for k, v in t.items()))

@@ -1,0 +1,171 @@
+"""Native CPU loops for the two hot spots of both models: the Gaussian filterbank rows (forward and
+backward) and the LSTM gate algebra (forward and backward). Optional: compiled on first use, used
+when available, and the PyTorch path in models/attention.py and models/lstm.py is the fallback.
+
+On CPU, at the models' sizes, each of those blocks runs as eight to twelve whole-tensor PyTorch
+ops, each one a pass over memory plus dispatch; models/native_kernels.c does each block in one or
+two passes. The source is plain C (no PyTorch headers), built with the system C compiler in about
+a second into a cache keyed by the source, the flags, the compiler and this CPU (the build uses
+-march=native), and called through ctypes on the tensors' buffers. Results agree with the PyTorch
+path to a few ulp (tests/test_native.py), so either path trains the same model.
+
+Used for float32/float64 CPU tensors outside torch.compile tracing; everything else (CUDA, other
+dtypes, compiling) takes the PyTorch path. Environment:
+  GLIMPSE_NATIVE=0        never build or use the native loops
+  GLIMPSE_NATIVE_CACHE    where the built library is kept (default ~/.cache/glimpse/native)
+  CC                      the C compiler (default: cc, then gcc)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("native_kernels.c")
+# No -ffast-math and no FMA contraction (see the source: the exponent is exact at the peak only as
+# written); -fno-math-errno lets GCC call glibc's vector exp/tanh (libmvec),
+# and -fopenmp-simd honours `omp simd` (reductions) without linking an OpenMP runtime beside PyTorch's.
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd",
+         "-shared", "-fPIC")
+COMPILE_TIMEOUT_S = 120
+
+_DTYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+
+
+def _cpu_identity() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))][:2]
+    return "\n".join(keep) or platform.machine()
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("GLIMPSE_NATIVE_CACHE") or Path.home() / ".cache" / "glimpse" / "native")
+
+
+def _build(cc: str) -> Path:
+    """Compile SOURCE into the cache (atomically: a temporary name, then rename); return its path."""
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), cc.encode(), _cpu_identity().encode()]))
+    out_dir = _cache_dir()
+    target = out_dir / f"glimpse_native_{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".build-", suffix=".so")
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+                              timeout=COMPILE_TIMEOUT_S)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cc} exited with {proc.returncode}: {proc.stderr.strip()[-500:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    for sfx, scalar in _DTYPES.values():
+        getattr(lib, f"rows_forward_{sfx}").argtypes = [_P, _P, _P, _I, _I, _I, scalar, scalar]
+        getattr(lib, f"rows_backward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I]
+        getattr(lib, f"lstm_forward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _I, _I]
+        getattr(lib, f"lstm_backward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I]
+        for kind in ("rows_forward", "rows_backward", "lstm_forward", "lstm_backward"):
+            getattr(lib, f"{kind}_{sfx}").restype = None
+    return lib
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The loaded native library, or None (disabled, no compiler, or the build failed: warned once)."""
+    if os.environ.get("GLIMPSE_NATIVE", "1") == "0":
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        warnings.warn("glimpse: no C compiler found (set CC); using the PyTorch kernels (slower on CPU)",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    try:
+        return _declare(ctypes.CDLL(str(_build(cc))))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        warnings.warn(f"glimpse: building the native CPU kernels failed ({err}); using the PyTorch kernels. "
+                      f"Set GLIMPSE_NATIVE=0 to silence this.", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the native loops can take these tensors: CPU, one float32/float64 dtype, not tracing."""
+    t0 = tensors[0]
+    if t0.dtype not in _DTYPES or t0.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    if any(t.dtype != t0.dtype or t.device.type != "cpu" for t in tensors[1:]):
+        return False
+    return library() is not None
+
+
+def _fn(kind: str, dtype: torch.dtype):
+    sfx, scalar = _DTYPES[dtype]
+    return getattr(library(), f"{kind}_{sfx}"), scalar
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def rows_forward(mu: torch.Tensor, r: torch.Tensor, size: int, cut: float, threshold: float) -> torch.Tensor:
+    """models.attention._rows_forward: F (B, n, size) for centres ``mu`` (B, n) and r = 1/sqrt(2 sigma2) (B,)."""
+    mu, r = mu.contiguous(), r.contiguous()
+    batch, n = mu.shape
+    f = mu.new_empty(batch, n, size)
+    fn, scalar = _fn("rows_forward", mu.dtype)
+    fn(_ptr(mu), _ptr(r), _ptr(f), batch, n, size, scalar(cut), scalar(threshold))
+    return f
+
+
+def rows_backward(grad: torch.Tensor, f: torch.Tensor, mu: torch.Tensor, r: torch.Tensor):
+    """models.attention._rows_backward: (grad_mu (B, n), grad_r (B,))."""
+    grad, f, mu, r = (t.contiguous() for t in (grad, f, mu, r))
+    batch, n, size = f.shape
+    grad_mu, grad_r = mu.new_empty(batch, n), r.new_empty(batch)
+    fn, _ = _fn("rows_backward", f.dtype)
+    fn(_ptr(grad), _ptr(f), _ptr(mu), _ptr(r), _ptr(grad_mu), _ptr(grad_r), batch, n, size)
+    return grad_mu, grad_r
+
+
+def lstm_forward(gates: torch.Tensor, c_prev: torch.Tensor):
+    """LSTM gate algebra, gates (B, 4k) in (i, f, g, o) order: (activated gates, c, tanh(c), h)."""
+    gates, c_prev = gates.contiguous(), c_prev.contiguous()
+    batch, k = c_prev.shape
+    act = torch.empty_like(gates)
+    c, tc, h = (torch.empty_like(c_prev) for _ in range(3))
+    fn, _ = _fn("lstm_forward", gates.dtype)
+    fn(_ptr(gates), _ptr(c_prev), _ptr(act), _ptr(c), _ptr(tc), _ptr(h), batch, k)
+    return act, c, tc, h
+
+
+def lstm_backward(dh: torch.Tensor | None, dc: torch.Tensor | None, act: torch.Tensor, c_prev: torch.Tensor,
+                  tc: torch.Tensor, need_dc_prev: bool):
+    """(d gates (B, 4k), d c_prev (B, k) or None); ``dh``/``dc`` None mean zero gradients."""
+    dh, dc = (None if t is None else t.contiguous() for t in (dh, dc))
+    act, c_prev, tc = act.contiguous(), c_prev.contiguous(), tc.contiguous()
+    batch, k = c_prev.shape
+    da = torch.empty_like(act)
+    dc_prev = torch.empty_like(c_prev) if need_dc_prev else None
+    fn, _ = _fn("lstm_backward", act.dtype)
+    fn(_ptr(dh), _ptr(dc), _ptr(act), _ptr(c_prev), _ptr(tc), _ptr(da), _ptr(dc_prev), batch, k)
+    return da, dc_prev

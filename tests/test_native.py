@@ -1,0 +1,150 @@
+"""The native CPU loops (models/native.py) against the PyTorch path they replace, and their build."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models import attention as att
+from models import lstm, native
+
+needs_native = pytest.mark.skipif(native.library() is None, reason="no C compiler: the native loops are not built")
+
+
+@pytest.fixture()
+def torch_path(monkeypatch):
+    """Force the PyTorch path everywhere (models call native.usable before every native call)."""
+    monkeypatch.setattr(native, "usable", lambda *tensors: False)
+
+
+@pytest.fixture()
+def fresh_build(monkeypatch, tmp_path):
+    """An empty build cache and a fresh library() lookup; restored afterwards."""
+    monkeypatch.setenv("GLIMPSE_NATIVE_CACHE", str(tmp_path))
+    native.library.cache_clear()
+    yield tmp_path
+    native.library.cache_clear()
+
+
+def _rows_inputs(batch, n, size, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    # centres from far left to far right of the image, r from very wide to sub-pixel filters
+    mu = (torch.rand(batch, n, generator=g, dtype=dtype) * 3 - 1) * size
+    r = torch.exp(torch.empty(batch, dtype=dtype).uniform_(-6, 4, generator=g))
+    return mu, r
+
+
+@needs_native
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.float64, 1e-13)])
+@pytest.mark.parametrize("shape", [(256, 12, 100), (200, 2, 28), (7, 5, 300), (3, 1, 1), (5, 3, 17)])
+def test_filterbank_rows_match_the_torch_path(shape, dtype, tol):
+    batch, n, size = shape
+    mu, r = _rows_inputs(batch, n, size, dtype, seed=sum(shape))
+    cut = att._cutoff(dtype, size)
+    want = att._rows_forward(mu, r, size, cut)
+    got = native.rows_forward(mu, r, size, cut, att._threshold(cut))
+    torch.testing.assert_close(got, want, atol=tol, rtol=0)
+    torch.testing.assert_close(got.sum(-1), torch.ones(batch, n, dtype=dtype), atol=tol * size, rtol=0)
+    grad = torch.randn(want.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    for g_native, g_torch in zip(native.rows_backward(grad, want, mu, r), att._rows_backward(grad, want, mu, r)):
+        scale = g_torch.abs().max().clamp(min=1)
+        torch.testing.assert_close(g_native / scale, g_torch / scale, atol=50 * tol, rtol=0)
+
+
+@needs_native
+@settings(max_examples=30, deadline=None)
+@given(gx=st.floats(-2e3, 2e3), log_sigma2=st.floats(-30, 30), log_delta=st.floats(-10, 10),
+       n=st.integers(1, 13), size=st.integers(1, 120))
+def test_filterbank_rows_agree_for_any_window(gx, log_sigma2, log_delta, n, size):
+    """Same zero pattern and values (float64) whatever the window: the factored exponent and the cutoff
+    are computed the same way in both paths."""
+    g, d, s2 = (torch.tensor([v], dtype=torch.float64) for v in (gx, math.exp(log_delta), math.exp(log_sigma2)))
+    with_native = att.filterbank(g, d, s2, n, size)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "usable", lambda *tensors: False)
+        with_torch = att.filterbank(g, d, s2, n, size)
+    torch.testing.assert_close(with_native, with_torch, atol=1e-12, rtol=0)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float64, 1e-14)])
+@pytest.mark.parametrize("missing", [None, "dh", "dc"])
+def test_lstm_pointwise_matches_the_torch_path(dtype, tol, missing, monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    gates0 = torch.randn(33, 4 * 19, generator=g, dtype=dtype) * 4
+    c0 = torch.randn(33, 19, generator=g, dtype=dtype)
+    w_h, w_c = (torch.randn(33, 19, generator=g, dtype=dtype) for _ in range(2))
+
+    def run():
+        gates, c_prev = gates0.clone().requires_grad_(), c0.clone().requires_grad_()
+        h, c = lstm.lstm_pointwise(gates, c_prev)
+        loss = (0 if missing == "dh" else (h * w_h).sum()) + (0 if missing == "dc" else (c * w_c).sum())
+        loss.backward()
+        return h, c, gates.grad, c_prev.grad
+
+    got = run()
+    monkeypatch.setattr(native, "usable", lambda *tensors: False)
+    want = run()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+@needs_native
+def test_gradcheck_through_the_native_loops():
+    """Float64 gradcheck of filterbank and LSTM with the native loops on (the default on CPU)."""
+    g = torch.Generator().manual_seed(5)
+    params = (torch.randn(3, 5, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    torch.autograd.gradcheck(lambda p: att.window_from_params(p, 9, 7, 3)[5:], (params,))
+    gates = torch.randn(4, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    c_prev = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lstm.lstm_pointwise, (gates, c_prev))
+
+
+def test_gradcheck_through_the_torch_path(torch_path):
+    g = torch.Generator().manual_seed(6)
+    params = (torch.randn(3, 5, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    torch.autograd.gradcheck(lambda p: att.window_from_params(p, 9, 7, 3)[5:], (params,))
+    gates = torch.randn(4, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    c_prev = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lstm.lstm_pointwise, (gates, c_prev))
+
+
+def test_not_used_for_other_dtypes_or_mixed_dtypes():
+    assert not native.usable(torch.zeros(2, dtype=torch.bfloat16))
+    assert not native.usable(torch.zeros(2), torch.zeros(2, dtype=torch.float64))
+
+
+def test_disabled_by_environment(monkeypatch, fresh_build):
+    monkeypatch.setenv("GLIMPSE_NATIVE", "0")
+    assert native.library() is None
+    assert not native.usable(torch.zeros(2))
+    assert not list(fresh_build.iterdir())
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch, fresh_build):
+    monkeypatch.setenv("CC", "false")
+    with pytest.warns(RuntimeWarning, match="building the native CPU kernels failed"):
+        assert native.library() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.library() is None  # cached: no second warning, no second build
+    assert not list(fresh_build.iterdir())  # the failed build left nothing behind
+    mu, r = _rows_inputs(4, 3, 10, torch.float32, seed=0)
+    f = att.filterbank(mu[:, 0], torch.ones(4), 1 / (2 * r ** 2), 3, 10)  # still works, on the torch path
+    torch.testing.assert_close(f.sum(-1), torch.ones(4, 3))
+
+
+@needs_native
+def test_build_is_cached_and_atomic(fresh_build):
+    lib = native.library()
+    assert lib is not None
+    built = [p.name for p in fresh_build.iterdir()]
+    assert len(built) == 1 and built[0].startswith("glimpse_native_") and built[0].endswith(".so")
+    native.library.cache_clear()
+    assert native.library() is not None
+    assert [p.name for p in fresh_build.iterdir()] == built
