@@ -198,6 +198,17 @@ def window_from_params(params: torch.Tensor, height: int, width: int, n: int) ->
     out_dtype = params.dtype
     if out_dtype not in (torch.float32, torch.float64):  # 8-bit mantissas would move g by 0.1 px
         params = params.float()
+    if native.usable(params):  # the same arithmetic in one native call each way
+        v, fx, fy = _NativeWindow.apply(params, height, width, n)
+        gx, gy, sigma2, delta, gamma = v.unbind(dim=1)
+    else:
+        gx, gy, sigma2, delta, gamma, fx, fy = _window_torch(params, height, width, n)
+    if out_dtype != params.dtype:
+        gx, gy, sigma2, delta, gamma, fx, fy = (t.to(out_dtype) for t in (gx, gy, sigma2, delta, gamma, fx, fy))
+    return Window(gx, gy, sigma2, delta, gamma, fx, fy)
+
+
+def _window_torch(params: torch.Tensor, height: int, width: int, n: int) -> tuple:
     # Few, whole-row ops: at DRAW's sizes the kernel launches, not the arithmetic, cost the time.
     scale = _constant(((width + 1) / 2, (height + 1) / 2, 1.0, (max(width, height) - 1) / max(n - 1, 1), 1.0),
                       dtype=params.dtype, device=params.device)
@@ -211,9 +222,37 @@ def window_from_params(params: torch.Tensor, height: int, width: int, n: int) ->
     else:
         fx = filterbank(gx, delta, sigma2, n, width)
         fy = filterbank(gy, delta, sigma2, n, height)
-    if out_dtype != params.dtype:
-        gx, gy, sigma2, delta, gamma, fx, fy = (t.to(out_dtype) for t in (gx, gy, sigma2, delta, gamma, fx, fy))
-    return Window(gx, gy, sigma2, delta, gamma, fx, fy)
+    return gx, gy, sigma2, delta, gamma, fx, fy
+
+
+class _NativeWindow(torch.autograd.Function):
+    """window_from_params (the five raw numbers to v = (gX, gY, sigma2, delta, gamma), Fx, Fy) as one
+    native loop forward and one backward (models/native.py), with the clamps of the PyTorch path."""
+
+    @staticmethod
+    def forward(ctx, params, height: int, width: int, n: int):
+        params = params.contiguous()  # callers pass column slices of a fused GEMM's output
+        consts = _window_consts(params.dtype, height, width, n)
+        v, fx, fy = native.window_forward(params, height, width, n, consts)
+        ctx.save_for_backward(params, v, fx, fy)
+        ctx.shape = (height, width, n, consts)
+        ctx.set_materialize_grads(False)
+        return v, fx, fy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dv, dfx, dfy):
+        params, v, fx, fy = ctx.saved_tensors
+        return native.window_backward(params, v, fx, fy, dv, dfx, dfy, *ctx.shape), None, None, None
+
+
+@functools.lru_cache(maxsize=64)
+def _window_consts(dtype: torch.dtype, height: int, width: int, n: int):
+    cut_x, cut_y = _cutoff(dtype, width), _cutoff(dtype, height)
+    return native.window_consts(
+        dtype, sx=(width + 1) / 2, sy=(height + 1) / 2, sd=(max(width, height) - 1) / max(n - 1, 1),
+        log_max=_LOG_MAX, s2_min=_SIGMA2_MIN, s2_max=_SIGMA2_MAX, delta_max=_DELTA_MAX, margin=_MARGIN,
+        cut_x=cut_x, thr_x=_threshold(cut_x), cut_y=cut_y, thr_y=_threshold(cut_y))
 
 
 WINDOW_INITS = ("cover", "default")

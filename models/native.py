@@ -32,10 +32,11 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
+SOURCES = (SOURCE, SOURCE.with_name("native_kernels_body.h"))  # the .c includes the loops from the .h
 # No -ffast-math and no FMA contraction (see the source: the exponent is exact at the peak only as
 # written); -fno-math-errno lets GCC call glibc's vector exp/tanh (libmvec),
 # and -fopenmp-simd honours `omp simd` (reductions) without linking an OpenMP runtime beside PyTorch's.
-FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd",
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd",
          "-shared", "-fPIC")
 COMPILE_TIMEOUT_S = 120
 
@@ -58,7 +59,7 @@ def _cache_dir() -> Path:
 
 def _build(cc: str) -> Path:
     """Compile SOURCE into the cache (atomically: a temporary name, then rename); return its path."""
-    src = SOURCE.read_bytes()
+    src = b"".join(p.read_bytes() for p in SOURCES)
     key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), cc.encode(), _cpu_identity().encode()]))
     out_dir = _cache_dir()
     target = out_dir / f"glimpse_native_{key.hexdigest()[:16]}.so"
@@ -79,13 +80,23 @@ def _build(cc: str) -> Path:
     return target
 
 
+_CONST_FIELDS = ("sx", "sy", "sd", "log_max", "s2_min", "s2_max", "delta_max", "margin", "cut_x", "thr_x", "cut_y",
+                 "thr_y")
+_CONSTS = {sfx: type(f"WindowConsts_{sfx}", (ctypes.Structure,), {"_fields_": [(k, c) for k in _CONST_FIELDS]})
+           for sfx, c in _DTYPES.values()}
+
+
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     for sfx, scalar in _DTYPES.values():
+        consts = ctypes.POINTER(_CONSTS[sfx])
+        getattr(lib, f"window_forward_{sfx}").argtypes = [_P, _P, _P, _P, _I, _I, _I, _I, consts]
+        getattr(lib, f"window_backward_{sfx}").argtypes = [_P] * 8 + [_I, _I, _I, _I, consts]
         getattr(lib, f"rows_forward_{sfx}").argtypes = [_P, _P, _P, _I, _I, _I, scalar, scalar]
         getattr(lib, f"rows_backward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I]
         getattr(lib, f"lstm_forward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _I, _I]
         getattr(lib, f"lstm_backward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I]
-        for kind in ("rows_forward", "rows_backward", "lstm_forward", "lstm_backward"):
+        for kind in ("rows_forward", "rows_backward", "window_forward", "window_backward", "lstm_forward",
+                     "lstm_backward"):
             getattr(lib, f"{kind}_{sfx}").restype = None
     return lib
 
@@ -145,6 +156,32 @@ def rows_backward(grad: torch.Tensor, f: torch.Tensor, mu: torch.Tensor, r: torc
     fn, _ = _fn("rows_backward", f.dtype)
     fn(_ptr(grad), _ptr(f), _ptr(mu), _ptr(r), _ptr(grad_mu), _ptr(grad_r), batch, n, size)
     return grad_mu, grad_r
+
+
+def window_consts(dtype: torch.dtype, **values: float):
+    """The constants of window_forward/backward (models.attention passes its clamps and cutoffs)."""
+    return _CONSTS[_DTYPES[dtype][0]](**values)
+
+
+def window_forward(params: torch.Tensor, height: int, width: int, n: int, consts):
+    """models.attention.window_from_params in one pass: (v (B, 5) = gX, gY, sigma2, delta, gamma; fx; fy)."""
+    params = params.contiguous()
+    batch = params.shape[0]
+    v, fx, fy = params.new_empty(batch, 5), params.new_empty(batch, n, width), params.new_empty(batch, n, height)
+    fn, _ = _fn("window_forward", params.dtype)
+    fn(_ptr(params), _ptr(v), _ptr(fx), _ptr(fy), batch, n, height, width, ctypes.byref(consts))
+    return v, fx, fy
+
+
+def window_backward(params, v, fx, fy, dv, dfx, dfy, height: int, width: int, n: int, consts) -> torch.Tensor:
+    """Gradient of window_forward with respect to ``params``; dv, dfx, dfy may be None (zero)."""
+    params, v, fx, fy = (t.contiguous() for t in (params, v, fx, fy))
+    dv, dfx, dfy = (None if t is None else t.contiguous() for t in (dv, dfx, dfy))
+    dparams = params.new_empty(params.shape)
+    fn, _ = _fn("window_backward", params.dtype)
+    fn(_ptr(params), _ptr(v), _ptr(fx), _ptr(fy), _ptr(dv), _ptr(dfx), _ptr(dfy), _ptr(dparams),
+       params.shape[0], n, height, width, ctypes.byref(consts))
+    return dparams
 
 
 def lstm_forward(gates: torch.Tensor, c_prev: torch.Tensor):

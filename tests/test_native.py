@@ -94,6 +94,69 @@ def test_lstm_pointwise_matches_the_torch_path(dtype, tol, missing, monkeypatch)
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 
 
+def _window_outputs_and_grads(params, height, width, n, seed=0):
+    """The Window and d(loss)/d(params) for a loss that uses every output of window_from_params;
+    ``params`` is passed with its strides (models pass column slices of a larger output)."""
+    p = params.detach().requires_grad_()  # detach keeps the strides
+    win = att.window_from_params(p, height, width, n)
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in win)
+    return win, torch.autograd.grad(loss, p)[0]
+
+
+def _extreme_params(batch, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    params = torch.randn(batch, 5, generator=g, dtype=dtype) * torch.tensor([1.5, 1.5, 3, 1, 1], dtype=dtype)
+    params[0, 2:5] = torch.tensor([-200.0, 300.0, 0.0])  # past the log clamps
+    params[1, :2] = 1e6  # centre far outside: clamped grid
+    params[2, 2] = math.log(1e-8)  # sub-pixel filters
+    params[3, 3] = math.log(1e10)  # stride far past the image
+    params[4, 0] = 150.0  # centre clamped to the margin, which depends on sigma2
+    return params
+
+
+@needs_native
+@pytest.mark.parametrize("hwn", [(100, 100, 12), (28, 28, 2), (28, 28, 5), (9, 11, 3), (13, 7, 1)])
+def test_window_matches_the_torch_path(hwn, monkeypatch):
+    """Every output and the gradient, in float64 to 1e-12 including the clamped extremes, and in
+    float32 on ordinary windows. In float32 the two paths round the grid centres differently by an
+    ulp (torch's addcmul may fuse the multiply-add), about 4e-6 px at g = 50, and a filter of
+    sigma2 = 0.1 turns that into relative changes of ~4e-5 in F: hence the float32 tolerance."""
+    h, w, n = hwn
+    # Ordinary windows as a column slice of a wider output whose other columns are past the log
+    # clamps: reading the slice as if it were contiguous would zero gradients.
+    wide = torch.full((64, 7), 1e3)
+    wide[:, 1:6] = torch.randn(64, 5, generator=torch.Generator().manual_seed(n)) * 0.7
+    ordinary = wide[:, 1:6]
+    cases = [(_extreme_params(64, torch.float64, seed=h + n), 1e-12), (ordinary, 1e-4)]
+    for params, tol in cases:
+        win_native, grad_native = _window_outputs_and_grads(params, h, w, n)
+        with monkeypatch.context() as m:
+            m.setattr(native, "usable", lambda *tensors: False)
+            win_torch, grad_torch = _window_outputs_and_grads(params, h, w, n)
+        for name, a, b in zip(att.Window._fields, win_native, win_torch):
+            torch.testing.assert_close(a, b, atol=tol * float(b.detach().abs().max().clamp(min=1)), rtol=tol,
+                                       msg=lambda m, name=name: f"{name}: {m}")
+        assert torch.isfinite(grad_native).all()
+        scale = grad_torch.abs().max().clamp(min=1)
+        torch.testing.assert_close(grad_native / scale, grad_torch / scale, atol=10 * tol, rtol=0)
+
+
+@needs_native
+@pytest.mark.parametrize("hwn", [(9, 7, 3), (6, 6, 2), (5, 8, 1)])
+def test_gradcheck_native_window(hwn):
+    """Float64 gradcheck of the hand-written window backward, including a grid whose centre is
+    clamped to the margin (its gradient goes to sigma2) and gradients reaching only some outputs."""
+    h, w, n = hwn
+    g = torch.Generator().manual_seed(h * w)
+    params = torch.randn(4, 5, generator=g, dtype=torch.float64) * 0.5
+    params[1, 0] = 150.0
+    params.requires_grad_()
+    torch.autograd.gradcheck(lambda p: att.window_from_params(p, h, w, n), (params,))
+    torch.autograd.gradcheck(lambda p: att.window_from_params(p, h, w, n).fx, (params,))
+    torch.autograd.gradcheck(lambda p: att.window_from_params(p, h, w, n).gamma, (params,))
+
+
 @needs_native
 def test_gradcheck_through_the_native_loops():
     """Float64 gradcheck of filterbank and LSTM with the native loops on (the default on CPU)."""

@@ -1,0 +1,213 @@
+/* The loops of native_kernels.c for one floating type T (that file defines T, FN, EXP, TANH, RINT,
+ * SQRT and includes this once per type). Filterbank notation as in models/attention.py: a row is
+ * F[a] = exp(-d^2) / Z with d = (a - mu) r, r = 1 / sqrt(2 sigma2), pixels a = 1..size. */
+
+/* One filterbank row. The exponent is shifted by its maximum (at the pixel P nearest mu) in the
+ * factored form (P - a) r (P + a - 2 mu) r, exactly 0 at the peak; clamped below at `cut`, and
+ * weights that were clamped are set to 0 after normalising (see models/attention.py). Rows of up
+ * to CHUNK pixels are done in a buffer padded to whole vectors (no scalar remainder loops: the
+ * models' rows are 28 to 100 pixels); longer rows in CHUNK-sized pieces. */
+static void FN(row_forward)(T mu, T r, T *out, int64_t size, T cut, T threshold) {
+    T buf[CHUNK];
+    T p = RINT(mu);
+    p = CLAMP(p, (T)1, (T)size);
+    const T peak_r = p * r, shift = peak_r - (T)2 * mu * r;
+    T sum = 0;
+    for (int64_t a0 = 0; a0 < size; a0 += CHUNK) {
+        const int len = size - a0 < CHUNK ? (int)(size - a0) : CHUNK;
+        const int padded = (len + 15) & ~15;
+        _Pragma("omp simd")
+        for (int a = 0; a < padded; a++) {
+            const T pix_r = (T)(a0 + a + 1) * r;
+            buf[a] = EXP(MAX((peak_r - pix_r) * (pix_r + shift), cut));
+        }
+        _Pragma("omp simd reduction(+:sum)")
+        for (int a = 0; a < padded; a++) sum += a < len ? buf[a] : (T)0;
+        if (size <= CHUNK) { /* one piece: normalise in the buffer, then copy the row out */
+            const T inv = (T)1 / sum;
+            _Pragma("omp simd")
+            for (int a = 0; a < padded; a++) {
+                const T v = buf[a] * inv;
+                buf[a] = v > threshold ? v : (T)0;
+            }
+            memcpy(out, buf, (size_t)len * sizeof(T));
+            return;
+        }
+        memcpy(out + a0, buf, (size_t)len * sizeof(T));
+    }
+    const T inv = (T)1 / sum;
+    _Pragma("omp simd")
+    for (int64_t a = 0; a < size; a++) {
+        const T v = out[a] * inv;
+        out[a] = v > threshold ? v : (T)0;
+    }
+}
+
+/* Gradient of one row: S = F (G - sum_a G F); returns dL/dmu = 2 r sum_a S d and adds
+ * sum_a S d^2 to *sdd (dL/dr = -(2 / r) sum over the rows of a window of that). */
+static T FN(row_backward)(const T *grad, const T *f, T mu, T r, int64_t size, T *sdd) {
+    const T mr = mu * r;
+    T s = 0, sd = 0, sdd_row = 0;
+    _Pragma("omp simd reduction(+:s)")
+    for (int64_t a = 0; a < size; a++) s += grad[a] * f[a];
+    _Pragma("omp simd reduction(+:sd, sdd_row)")
+    for (int64_t a = 0; a < size; a++) {
+        const T d = (T)(a + 1) * r - mr;
+        const T sdv = (grad[a] * f[a] - f[a] * s) * d;
+        sd += sdv;
+        sdd_row += sdv * d;
+    }
+    *sdd += sdd_row;
+    return (T)2 * r * sd;
+}
+
+void FN(rows_forward)(const T *mu, const T *r, T *f, int64_t batch, int64_t n, int64_t size, T cut, T threshold) {
+    for (int64_t row = 0; row < batch * n; row++)
+        FN(row_forward)(mu[row], r[row / n], f + row * size, size, cut, threshold);
+}
+
+void FN(rows_backward)(const T *grad, const T *f, const T *mu, const T *r, T *grad_mu, T *grad_r,
+                       int64_t batch, int64_t n, int64_t size) {
+    for (int64_t b = 0; b < batch; b++) {
+        T sdd = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t row = b * n + i;
+            grad_mu[row] = FN(row_backward)(grad + row * size, f + row * size, mu[row], r[b], size, &sdd);
+        }
+        grad_r[b] = (T)-2 * sdd / r[b];
+    }
+}
+
+/* Window constants, in the order models/native.py passes them. */
+typedef struct {
+    T sx, sy, sd;           /* (W + 1) / 2, (H + 1) / 2, (max(W, H) - 1) / max(n - 1, 1) */
+    T log_max;              /* raw log-parameters are clamped to [-log_max, log_max] */
+    T s2_min, s2_max;       /* sigma2 clamp */
+    T delta_max;            /* |delta| clamp */
+    T margin;               /* grid centres at most size + 1 + margin * sigma2 outside the image */
+    T cut_x, thr_x, cut_y, thr_y;
+} FN(window_consts);
+
+/* Grid centre i (0-based) of one axis, before (raw) and after the clamp to the image's surroundings. */
+static inline T FN(grid_centre)(T g, T delta, int64_t i, int64_t n) {
+    return g + delta * (T)((double)(i + 1) - (double)n / 2.0 - 0.5);
+}
+
+/* params (B, 5) raw (g~X, g~Y, log sigma2, log delta~, log gamma) -> v (B, 5) = (gX, gY, sigma2,
+ * delta, gamma) and the filterbanks fx (B, n, W), fy (B, n, H). */
+void FN(window_forward)(const T *params, T *v, T *fx, T *fy, int64_t batch, int64_t n, int64_t h, int64_t w,
+                        const FN(window_consts) *k) {
+    for (int64_t b = 0; b < batch; b++) {
+        const T *p = params + 5 * b;
+        T *vb = v + 5 * b;
+        vb[0] = (p[0] + (T)1) * k->sx;
+        vb[1] = (p[1] + (T)1) * k->sy;
+        vb[2] = EXP(CLAMP(p[2], -k->log_max, k->log_max));
+        vb[3] = EXP(CLAMP(p[3], -k->log_max, k->log_max)) * k->sd;
+        vb[4] = EXP(CLAMP(p[4], -k->log_max, k->log_max));
+        const T s2 = CLAMP(vb[2], k->s2_min, k->s2_max), delta = CLAMP(vb[3], -k->delta_max, k->delta_max);
+        const T r = (T)1 / SQRT((T)2 * s2), far = k->margin * s2;
+        for (int axis = 0; axis < 2; axis++) {
+            const int64_t size = axis ? h : w;
+            const T g = vb[axis], lo = -(T)size - far, hi = (T)2 * (T)size + (T)1 + far;
+            T *f = (axis ? fy : fx) + b * n * size;
+            for (int64_t i = 0; i < n; i++) {
+                const T mu = CLAMP(FN(grid_centre)(g, delta, i, n), lo, hi);
+                FN(row_forward)(mu, r, f + i * size, size, axis ? k->cut_y : k->cut_x, axis ? k->thr_y : k->thr_x);
+            }
+        }
+    }
+}
+
+/* Gradient of window_forward. dv, dfx, dfy may be NULL (no gradient reached that output). Each
+ * clamp passes the gradient where its input is inside [lo, hi] (bounds included), as torch.clamp
+ * does; the centres' clamp bounds depend on sigma2 (through `far`), so a clamped centre's gradient
+ * goes to sigma2. */
+void FN(window_backward)(const T *params, const T *v, const T *fx, const T *fy, const T *dv, const T *dfx,
+                         const T *dfy, T *dparams, int64_t batch, int64_t n, int64_t h, int64_t w,
+                         const FN(window_consts) *k) {
+    for (int64_t b = 0; b < batch; b++) {
+        const T *p = params + 5 * b, *vb = v + 5 * b;
+        T dvb[5] = {0, 0, 0, 0, 0};
+        if (dv)
+            for (int j = 0; j < 5; j++) dvb[j] = dv[5 * b + j];
+        const T s2 = CLAMP(vb[2], k->s2_min, k->s2_max), delta = CLAMP(vb[3], -k->delta_max, k->delta_max);
+        const T r = (T)1 / SQRT((T)2 * s2), far = k->margin * s2;
+        T ds2 = 0, ddelta = 0, sdd = 0;
+        for (int axis = 0; axis < 2; axis++) {
+            const T *df = axis ? dfy : dfx;
+            if (!df) continue;
+            const int64_t size = axis ? h : w;
+            const T g = vb[axis], lo = -(T)size - far, hi = (T)2 * (T)size + (T)1 + far;
+            const T *f = (axis ? fy : fx) + b * n * size;
+            df += b * n * size;
+            for (int64_t i = 0; i < n; i++) {
+                const T raw = FN(grid_centre)(g, delta, i, n), mu = CLAMP(raw, lo, hi);
+                const T dmu = FN(row_backward)(df + i * size, f + i * size, mu, r, size, &sdd);
+                const T offset = (T)((double)(i + 1) - (double)n / 2.0 - 0.5);
+                if (raw < lo) {
+                    ds2 -= k->margin * dmu;
+                } else if (raw > hi) {
+                    ds2 += k->margin * dmu;
+                } else {
+                    dvb[axis] += dmu;
+                    ddelta += offset * dmu;
+                }
+            }
+        }
+        ds2 += ((T)-2 * sdd / r) * (-r * r * r); /* dL/dr dr/ds2, r = (2 s2)^(-1/2) */
+        if (vb[2] >= k->s2_min && vb[2] <= k->s2_max) dvb[2] += ds2;
+        if (vb[3] >= -k->delta_max && vb[3] <= k->delta_max) dvb[3] += ddelta;
+        T *dp = dparams + 5 * b;
+        dp[0] = dvb[0] * k->sx;
+        dp[1] = dvb[1] * k->sy;
+        for (int j = 2; j < 5; j++)
+            dp[j] = (p[j] >= -k->log_max && p[j] <= k->log_max) ? dvb[j] * vb[j] : (T)0;
+    }
+}
+
+/* gates (B, 4k) in (i, f, g, o) order -> act (B, 4k) = the activated gates, c, tanh(c), h (B, k). */
+void FN(lstm_forward)(const T *gates, const T *c_prev, T *act, T *c, T *tc, T *h, int64_t batch, int64_t k) {
+    for (int64_t b = 0; b < batch; b++) {
+        const T *a = gates + b * 4 * k, *cp = c_prev + b * k;
+        T *ac = act + b * 4 * k, *cr = c + b * k, *tr = tc + b * k, *hr = h + b * k;
+        _Pragma("omp simd")
+        for (int64_t j = 0; j < k; j++) {
+            const T i = (T)1 / ((T)1 + EXP(-a[j]));
+            const T fg = (T)1 / ((T)1 + EXP(-a[k + j]));
+            const T g = TANH(a[2 * k + j]);
+            const T o = (T)1 / ((T)1 + EXP(-a[3 * k + j]));
+            const T cn = i * g + fg * cp[j];
+            const T t = TANH(cn);
+            ac[j] = i;
+            ac[k + j] = fg;
+            ac[2 * k + j] = g;
+            ac[3 * k + j] = o;
+            cr[j] = cn;
+            tr[j] = t;
+            hr[j] = o * t;
+        }
+    }
+}
+
+/* dh or dc may be NULL (no gradient reached that output); dc_prev may be NULL (not needed). */
+void FN(lstm_backward)(const T *dh, const T *dc, const T *act, const T *c_prev, const T *tc, T *da, T *dc_prev,
+                       int64_t batch, int64_t k) {
+    for (int64_t b = 0; b < batch; b++) {
+        const T *ac = act + b * 4 * k, *cp = c_prev + b * k, *tr = tc + b * k;
+        const T *dhr = dh ? dh + b * k : 0, *dcr = dc ? dc + b * k : 0;
+        T *d = da + b * 4 * k, *dcp = dc_prev ? dc_prev + b * k : 0;
+        _Pragma("omp simd")
+        for (int64_t j = 0; j < k; j++) {
+            const T i = ac[j], fg = ac[k + j], g = ac[2 * k + j], o = ac[3 * k + j], t = tr[j];
+            const T dhv = dhr ? dhr[j] : (T)0;
+            T dct = dhv * o * ((T)1 - t * t);
+            if (dcr) dct += dcr[j];
+            d[j] = dct * g * (i * ((T)1 - i));
+            d[k + j] = dct * cp[j] * (fg * ((T)1 - fg));
+            d[2 * k + j] = dct * i * ((T)1 - g * g);
+            d[3 * k + j] = dhv * t * (o * ((T)1 - o));
+            if (dcp) dcp[j] = dct * fg;
+        }
+    }
+}
