@@ -13,10 +13,12 @@ Per shape (times in ms, median):
   batched_*     the straightforward version (exp of the full grid, normalise, bmm; autograd)
   loop          the float64 loop reference, timed on ONE example and multiplied by B (it is
                 linear in B; a whole batch at the classifier shape takes minutes)
+  fb_torch, fwdbwd_torch   fb and fwdbwd on the PyTorch path (models/native.py disabled)
 and ratios: fb_over_mm (target <= 1), mm_over_fwd = throughput of fb+op as a fraction of the bare
 matmuls' (target >= 0.4 at the classifier shape), speedup_vs_batched_*, speedup_vs_loop,
-bf16_over_f32 (fwd time in bfloat16 / float32), gflops_* (matmul FLOPs / time) beside peak_gflops
-(a large float32 sgemm in the same run).
+bf16_over_f32 (fwd time in bfloat16 / float32), native_speedup_fb / _fwdbwd (what the native loops
+buy: the PyTorch path's time over theirs; absent when they are not built), gflops_* (matmul FLOPs /
+time) beside peak_gflops (a large float32 sgemm in the same run).
 
 Run: `python -m bench.kernel_speed [--repeats 15] [--threads 2] [--no-loop] [--json out.json]`.
 """
@@ -35,6 +37,7 @@ import torch
 from datasets.fileio import atomic_write_bytes
 from models import attention as att
 from models import attention_reference as ref
+from models import native
 
 SHAPES = {
     # name: (op, B, C, H, W, n)
@@ -119,7 +122,14 @@ def _kernel_fns(op, b, c, h, w, n, dtype):
         wn = att.window_from_params(p_g, h, w, n)
         fn(d_g, wn.fx, wn.fy, wn.gamma).sum().backward()
 
-    return {"fb": fb, "mm": mm, "fwd": fwd, "fwdbwd": fwdbwd}
+    def on_torch_path(f):
+        def run():
+            with native.disabled():
+                return f()
+        return run
+
+    return {"fb": fb, "mm": mm, "fwd": fwd, "fwdbwd": fwdbwd, "fb_torch": on_torch_path(fb),
+            "fwdbwd_torch": on_torch_path(fwdbwd)}
 
 
 def _batched_fns(op, b, c, h, w, n):
@@ -164,6 +174,7 @@ def measure_kernel_speed(repeats: int = 15, threads: int | None = None, loop: bo
 
 def _measure(repeats: int, loop: bool, bf16: bool, min_round_s: float) -> dict:
     out: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
+                 "native": native.library() is not None,
                  "cpu": platform.processor() or platform.machine(), "repeats": repeats,
                  "peak_gflops": matmul_peak_gflops()}
     for name, (op, b, c, h, w, n) in SHAPES.items():
@@ -171,6 +182,8 @@ def _measure(repeats: int, loop: bool, bf16: bool, min_round_s: float) -> dict:
         fns.update(_batched_fns(op, b, c, h, w, n))
         if bf16:
             fns["bf16_fwd"] = _kernel_fns(op, b, c, h, w, n, torch.bfloat16)["fwd"]
+        if native.library() is None:  # nothing to compare: the "torch" timings would repeat fb/fwdbwd
+            del fns["fb_torch"], fns["fwdbwd_torch"]
         t = _interleaved(fns, repeats, min_round_s)
         flops = _matmul_flops(op, b, c, h, w, n)
         r = {f"{k}_ms": v * 1e3 for k, v in t.items()}
@@ -180,6 +193,8 @@ def _measure(repeats: int, loop: bool, bf16: bool, min_round_s: float) -> dict:
                  gflops_mm=flops / t["mm"] / 1e9, gflops_fwd=flops / t["fwd"] / 1e9)
         if bf16:
             r["bf16_over_f32"] = t["bf16_fwd"] / t["fwd"]
+        if "fb_torch" in t:
+            r.update(native_speedup_fb=t["fb_torch"] / t["fb"], native_speedup_fwdbwd=t["fwdbwd_torch"] / t["fwdbwd"])
         if loop:
             r["loop_ms"] = _loop_seconds_per_batch(op, b, c, h, w, n) * 1e3
             r["speedup_vs_loop"] = r["loop_ms"] / r["fwd_ms"]

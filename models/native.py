@@ -10,7 +10,8 @@ a second into a cache keyed by the source, the flags, the compiler and this CPU 
 path to a few ulp (tests/test_native.py), so either path trains the same model.
 
 Used for float32/float64 CPU tensors outside torch.compile tracing; everything else (CUDA, other
-dtypes, compiling) takes the PyTorch path. Environment:
+dtypes, compiling) takes the PyTorch path, and so does everything inside `with native.disabled():`.
+Environment:
   GLIMPSE_NATIVE=0        never build or use the native loops
   GLIMPSE_NATIVE_CACHE    where the built library is kept (default ~/.cache/glimpse/native)
   CC                      the C compiler (default: cc, then gcc)
@@ -18,6 +19,7 @@ dtypes, compiling) takes the PyTorch path. Environment:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -119,8 +121,24 @@ def library() -> ctypes.CDLL | None:
         return None
 
 
+_enabled = True
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this block every model takes the PyTorch path (for side-by-side timings and tests)."""
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the native loops can take these tensors: CPU, one float32/float64 dtype, not tracing."""
+    if not _enabled:
+        return False
     t0 = tensors[0]
     if t0.dtype not in _DTYPES or t0.device.type != "cpu" or torch.compiler.is_compiling():
         return False

@@ -17,9 +17,9 @@ needs_native = pytest.mark.skipif(native.library() is None, reason="no C compile
 
 
 @pytest.fixture()
-def torch_path(monkeypatch):
-    """Force the PyTorch path everywhere (models call native.usable before every native call)."""
-    monkeypatch.setattr(native, "usable", lambda *tensors: False)
+def torch_path():
+    with native.disabled():
+        yield
 
 
 @pytest.fixture()
@@ -65,8 +65,7 @@ def test_filterbank_rows_agree_for_any_window(gx, log_sigma2, log_delta, n, size
     are computed the same way in both paths."""
     g, d, s2 = (torch.tensor([v], dtype=torch.float64) for v in (gx, math.exp(log_delta), math.exp(log_sigma2)))
     with_native = att.filterbank(g, d, s2, n, size)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(native, "usable", lambda *tensors: False)
+    with native.disabled():
         with_torch = att.filterbank(g, d, s2, n, size)
     torch.testing.assert_close(with_native, with_torch, atol=1e-12, rtol=0)
 
@@ -74,7 +73,7 @@ def test_filterbank_rows_agree_for_any_window(gx, log_sigma2, log_delta, n, size
 @needs_native
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float64, 1e-14)])
 @pytest.mark.parametrize("missing", [None, "dh", "dc"])
-def test_lstm_pointwise_matches_the_torch_path(dtype, tol, missing, monkeypatch):
+def test_lstm_pointwise_matches_the_torch_path(dtype, tol, missing):
     g = torch.Generator().manual_seed(3)
     gates0 = torch.randn(33, 4 * 19, generator=g, dtype=dtype) * 4
     c0 = torch.randn(33, 19, generator=g, dtype=dtype)
@@ -88,8 +87,8 @@ def test_lstm_pointwise_matches_the_torch_path(dtype, tol, missing, monkeypatch)
         return h, c, gates.grad, c_prev.grad
 
     got = run()
-    monkeypatch.setattr(native, "usable", lambda *tensors: False)
-    want = run()
+    with native.disabled():
+        want = run()
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 
@@ -117,7 +116,7 @@ def _extreme_params(batch, dtype, seed):
 
 @needs_native
 @pytest.mark.parametrize("hwn", [(100, 100, 12), (28, 28, 2), (28, 28, 5), (9, 11, 3), (13, 7, 1)])
-def test_window_matches_the_torch_path(hwn, monkeypatch):
+def test_window_matches_the_torch_path(hwn):
     """Every output and the gradient, in float64 to 1e-12 including the clamped extremes, and in
     float32 on ordinary windows. In float32 the two paths round the grid centres differently by an
     ulp (torch's addcmul may fuse the multiply-add), about 4e-6 px at g = 50, and a filter of
@@ -131,8 +130,7 @@ def test_window_matches_the_torch_path(hwn, monkeypatch):
     cases = [(_extreme_params(64, torch.float64, seed=h + n), 1e-12), (ordinary, 1e-4)]
     for params, tol in cases:
         win_native, grad_native = _window_outputs_and_grads(params, h, w, n)
-        with monkeypatch.context() as m:
-            m.setattr(native, "usable", lambda *tensors: False)
+        with native.disabled():
             win_torch, grad_torch = _window_outputs_and_grads(params, h, w, n)
         for name, a, b in zip(att.Window._fields, win_native, win_torch):
             torch.testing.assert_close(a, b, atol=tol * float(b.detach().abs().max().clamp(min=1)), rtol=tol,
@@ -177,9 +175,12 @@ def test_gradcheck_through_the_torch_path(torch_path):
     torch.autograd.gradcheck(lstm.lstm_pointwise, (gates, c_prev))
 
 
-def test_not_used_for_other_dtypes_or_mixed_dtypes():
+def test_not_used_for_other_dtypes_mixed_dtypes_or_when_disabled():
     assert not native.usable(torch.zeros(2, dtype=torch.bfloat16))
     assert not native.usable(torch.zeros(2), torch.zeros(2, dtype=torch.float64))
+    with native.disabled():
+        assert not native.usable(torch.zeros(2))
+    assert native.usable(torch.zeros(2)) == (native.library() is not None)
 
 
 def test_disabled_by_environment(monkeypatch, fresh_build):

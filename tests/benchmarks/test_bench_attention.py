@@ -41,6 +41,12 @@ def test_kernel_speed_ratios_gate():
     r = ks.measure_kernel_speed(repeats=9, threads=1, loop=False, bf16=False)
     cls = r["classifier_read"]
     print({k: round(v, 3) for k, v in cls.items()})
+    if r["native"]:  # measured fb / mm 0.45-0.78, mm / fwd 0.46-0.58, native 1.8-7x on fb (README)
+        assert cls["fb_over_mm"] <= 1.0 * 1.3, cls
+        assert cls["mm_over_fwd"] >= 0.4 / 1.3, cls
+        assert r["draw_read"]["fb_over_mm"] <= 1.0 * SLACK, r["draw_read"]
+        for shape in ks.SHAPES:
+            assert r[shape]["native_speedup_fb"] >= 1.2, (shape, r[shape])
     assert cls["fb_over_mm"] <= 1.0 * SLACK, cls
     assert cls["mm_over_fwd"] >= 0.4 / SLACK, cls
     # measured 3-6x at the classifier shape, 1.1-2x at the DRAW shapes (where launches dominate)
@@ -53,8 +59,9 @@ def test_kernel_speed_ratios_gate():
 
 def test_kernel_speed_dict_has_every_key_quickly():
     r = ks.measure_kernel_speed(repeats=1, threads=1, loop=False, bf16=True, min_round_s=0.0)
+    native_keys = ("native_speedup_fb", "native_speedup_fwdbwd") if r["native"] else ()
     for shape in ks.SHAPES:
         for key in ("fb_ms", "mm_ms", "fwd_ms", "fwdbwd_ms", "batched_fwd_ms", "fb_over_mm", "mm_over_fwd",
-                    "speedup_vs_batched_fwd", "bf16_over_f32", "gflops_mm"):
+                    "speedup_vs_batched_fwd", "bf16_over_f32", "gflops_mm", *native_keys):
             assert r[shape][key] > 0, (shape, key)
 
