@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -34,6 +35,7 @@ from typing import Callable
 
 import torch
 
+from bench import records
 from datasets.fileio import atomic_write_bytes
 from models import attention as att
 from models import attention_reference as ref
@@ -174,7 +176,9 @@ def measure_kernel_speed(repeats: int = 15, threads: int | None = None, loop: bo
 
 def _measure(repeats: int, loop: bool, bf16: bool, min_round_s: float) -> dict:
     out: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
-                 "native": native.library() is not None,
+                 "native": native.library() is not None, "started": records.utc_now(),
+                 "commit": records.commit_info(), "machine_info": records.machine_info(),
+                 "load_average_1min": os.getloadavg()[0],
                  "cpu": platform.processor() or platform.machine(), "repeats": repeats,
                  "peak_gflops": matmul_peak_gflops()}
     for name, (op, b, c, h, w, n) in SHAPES.items():
