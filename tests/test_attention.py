@@ -13,6 +13,19 @@ from models import attention_reference as ref
 from models import native
 
 
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def kernel_path(request):
+    """Every test here runs on both paths: the native CPU loops (the default where built) and the
+    PyTorch code (CUDA, other dtypes, torch.compile, no compiler)."""
+    if request.param == "torch":
+        with native.disabled():
+            yield
+    elif native.library() is None:
+        pytest.skip("the native loops are not built here")
+    else:
+        yield
+
+
 def _params(b: int, seed: int, spread: float = 1.6) -> torch.Tensor:
     """Random raw window numbers; |g~| up to `spread` puts windows partly or wholly outside."""
     gen = torch.Generator().manual_seed(seed)
