@@ -17,14 +17,29 @@ The initial canvas c_0 and the initial LSTM states (h and cell) are zero, not le
 Parameters are laid out as plain modules (``encoder``/``decoder`` are ``nn.LSTMCell``s,
 ``posterior`` an ``nn.Linear``, ``read``/``write`` the shared kernel's modules) so that the
 state dict is readable and shared with ``models.naive_draw``. The forward pass does not call
-them one by one: every product with h^dec_t (decoder recurrence, encoder input, read window,
-write window, write patch) is one fused GEMM, every product with h^enc_t (posterior, encoder
-recurrence) another, and the KL and log densities are computed once over all steps.
+them one by one (speed, issue 5):
+
+- every product with h^dec_t (decoder recurrence, encoder input, read window, write window,
+  write patch) is one fused GEMM, every product with h^enc_t (posterior, encoder recurrence)
+  another; each step splits a product's output into its column blocks in the same autograd node,
+  whose backward writes the blocks' gradients side by side once (no zero-filled full-width
+  gradient per block);
+- weight gradients are deferred: every step's product input and output gradient go into
+  preallocated (T*B, K) and (T*B, N) buffers, and each fused weight gets its gradient as one
+  GEMM over all steps' rows. The buffers are pooled between training steps (up to two sets for
+  each of at most two shapes, about 150 MB a set for the paper's model at batch 100) so the
+  next step does not page in fresh memory;
+- the LSTM gate algebra is ``models.lstm.lstm_pointwise`` (one autograd node, native kernel
+  where available), the KL and log densities are computed once over all steps.
+
+At the paper's size the bare GEMMs are about 40% of a training step's CPU time (measured on one
+thread; tests/benchmarks/test_bench_draw.py times them as the "GEMM floor").
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -35,6 +50,7 @@ from torch.nn import functional as F
 from models import flops
 from models.attention import make_read, make_write, read, window_from_params, write
 from models.common import ConfigMixin, param_count
+from models.lstm import lstm_pointwise
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -102,85 +118,120 @@ class DRAWOutput(NamedTuple):
         return -self.reconstruction + self.log_pz - self.log_q
 
 
-def _ifog(w: torch.Tensor, hidden: int) -> torch.Tensor:
-    """Reorder LSTMCell gate blocks (i, f, g, o) to (i, f, o, g): one sigmoid covers three blocks."""
-    i, f, g, o = w.split(hidden, dim=0)
-    return torch.cat([i, f, o, g], dim=0)
+class _Rows:
+    """Every step's product input h_t and output gradient g_t, in preallocated (T*B, K) and (T*B, N)
+    buffers: step t owns rows t*B..(t+1)*B, so the weight gradient H^T G is one GEMM over all steps
+    with nothing to concatenate. The buffers go back to a small pool when the graph holding them
+    is freed, so the next training step reuses memory whose pages are already mapped."""
 
+    _pool: dict = {}
+    _POOL_SIZE = 2
 
-def _lstm(gates: torch.Tensor, cell: torch.Tensor, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """LSTM pointwise update from pre-activations in (i, f, o, g) order."""
-    s = torch.sigmoid(gates[:, : 3 * hidden])
-    g = torch.tanh(gates[:, 3 * hidden:])
-    i, f, o = s.chunk(3, dim=1)
-    cell = torch.addcmul(f * cell, i, g)
-    return o * torch.tanh(cell), cell
+    def __init__(self, steps: int, batch: int, w: torch.Tensor):
+        self.batch = batch
+        key = (steps * batch, tuple(w.shape), w.dtype, w.device)
+        if key not in _Rows._pool and len(_Rows._pool) >= 8:
+            _Rows._pool.clear()
+        free = _Rows._pool.setdefault(key, [])
+        if free:
+            self.h, self.g = free.pop()
+        else:
+            self.h = w.new_empty(steps * batch, w.shape[0])
+            self.g = w.new_empty(steps * batch, w.shape[1])
+        self.filled = [False] * steps
+        weakref.finalize(self, _Rows._release, free, self.h, self.g)
+
+    @staticmethod
+    def _release(free, h, g):
+        if len(free) < _Rows._POOL_SIZE:
+            free.append((h, g))
+
+    def slot(self, buf: torch.Tensor, t: int) -> torch.Tensor:
+        return buf[t * self.batch:(t + 1) * self.batch]
+
+    def weight_grads(self, need_b: bool):
+        if not any(self.filled):
+            return None, None
+        for t, done in enumerate(self.filled):
+            if not done:  # a step the loss does not reach contributes nothing
+                self.slot(self.g, t).zero_()
+        self.filled = [False] * len(self.filled)
+        return self.h.t() @ self.g, (self.g.sum(0) if need_b else None)
 
 
 class _Collect(torch.autograd.Function):
     """Identity on a weight (and bias) whose backward returns their whole gradient at once.
 
     The per-step products (``_DeferredAddmm``) record their inputs and output gradients in
-    ``store`` instead of each forming a small weight gradient; autograd runs this node after all
-    of them, and it forms dW = H^T G as one GEMM over every step's rows (measured about 2x faster
-    than 64 per-step GEMMs and their accumulation).
+    ``rows`` instead of each forming a small weight gradient; autograd runs this node after all
+    of them, and it forms dW = H^T G as one GEMM over every step's rows.
     """
 
     @staticmethod
-    def forward(ctx, w, b, store):
-        ctx.store = store
+    def forward(ctx, w, b, rows):
+        ctx.rows = rows
         return w.view_as(w), (None if b is None else b.view_as(b))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gw, gb):
-        hs, gs = ctx.store["h"], ctx.store["g"]
-        if not gs:
-            return None, None, None
-        h, g = torch.cat(hs), torch.cat(gs)
-        hs.clear(), gs.clear()
-        return h.t() @ g, (g.sum(0) if ctx.needs_input_grad[1] else None), None
+        return (*ctx.rows.weight_grads(ctx.needs_input_grad[1]), None)
 
 
 class _DeferredAddmm(torch.autograd.Function):
-    """b + h @ w whose weight gradient is left to ``_Collect`` (see there)."""
+    """(b + h @ w).split(blocks, 1) at step t, whose weight gradient is left to ``_Collect``.
+
+    The backward writes the blocks' gradients straight into step t's rows of the gradient buffer
+    (no zero-filled full-width gradient per block), which is also the input of h's gradient GEMM.
+    """
 
     @staticmethod
-    def forward(ctx, b, h, w, store):
-        ctx.save_for_backward(h, w)
-        ctx.store = store
-        return h @ w if b is None else torch.addmm(b, h, w)
+    def forward(ctx, b, h, w, rows, t, blocks):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(w)
+        ctx.rows, ctx.t, ctx.blocks = rows, t, blocks
+        rows.slot(rows.h, t).copy_(h)
+        out = h @ w if b is None else torch.addmm(b, h, w)
+        return out.split(blocks, 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        h, w = ctx.saved_tensors
-        ctx.store["h"].append(h)
-        ctx.store["g"].append(g)
-        return None, (g @ w.t() if ctx.needs_input_grad[1] else None), None, None
+    def backward(ctx, *grads):
+        (w,), rows, t = ctx.saved_tensors, ctx.rows, ctx.t
+        g = rows.slot(rows.g, t)
+        if len(grads) == 1 and grads[0] is not None:
+            g.copy_(grads[0])
+        else:
+            torch.cat([w.new_zeros(len(g), n) if gb is None else gb for gb, n in zip(grads, ctx.blocks)], 1, out=g)
+        rows.filled[t] = True
+        return None, (g @ w.t() if ctx.needs_input_grad[1] else None), None, None, None, None
 
 
 _PRODUCTS = ("w_dec", "b_dec", "w_enc", "b_enc", "w_read", "w_z")
 
 
-def _plain_products(p: dict) -> dict:
-    def plain(wk, bk):
-        w, b = p[wk], p.get(bk)
-        return (lambda h: h @ w) if b is None else (lambda h: torch.addmm(b, h, w))
+def _plain_products(p: dict, blocks: dict) -> dict:
+    def plain(k):
+        w, b, bl = p["w_" + k], p.get("b_" + k), blocks[k]
+        if b is None:
+            return lambda h, t: (h @ w).split(bl, 1)
+        return lambda h, t: torch.addmm(b, h, w).split(bl, 1)
 
-    return {k: plain("w_" + k, "b_" + k) for k in ("dec", "enc", "read", "z")}
+    return {k: plain(k) for k in blocks}
 
 
-def _products(p: dict) -> dict:
-    """Per-step product functions for the fused weights: deferred weight gradients when training."""
-    def deferred(wk, bk):
-        store = {"h": [], "g": []}
-        w, b = _Collect.apply(p[wk], p.get(bk), store)
-        return lambda h: _DeferredAddmm.apply(b, h, w, store)
+def _products(p: dict, blocks: dict, steps: int, batch: int) -> dict:
+    """Per-step product functions ``prod[k](h_t, t)`` for the fused weights, each returning its
+    output's column blocks: deferred weight gradients when training."""
+    def deferred(k):
+        rows = _Rows(steps, batch, p["w_" + k])
+        w, b = _Collect.apply(p["w_" + k], p.get("b_" + k), rows)
+        bl = blocks[k]
+        return lambda h, t: _DeferredAddmm.apply(b, h, w, rows, t, bl)
 
     if not (torch.is_grad_enabled() and p["w_dec"].requires_grad):
-        return _plain_products(p)
-    return {k: deferred("w_" + k, "b_" + k) for k in ("dec", "enc", "read", "z")}
+        return _plain_products(p, blocks)
+    return {k: deferred(k) for k in blocks}
 
 
 def _stack_windows(ws: list) -> Windows:
@@ -207,13 +258,13 @@ class DRAW(nn.Module):
     # -- fused weights, rebuilt from the modules on every call (cheap, differentiable) --------
     def _fused(self):
         cfg = self.config
-        he, hd, nr = cfg.enc_hidden, cfg.dec_hidden, self.read.out_features
+        nr = self.read.out_features
         enc, dec = self.encoder, self.decoder
-        enc_w = _ifog(enc.weight_ih, he)
-        enc_b = _ifog(enc.bias_ih + enc.bias_hh, he)
-        dec_b = _ifog(dec.bias_ih + dec.bias_hh, hd)
+        enc_w = enc.weight_ih
+        enc_b = enc.bias_ih + enc.bias_hh
+        dec_b = dec.bias_ih + dec.bias_hh
         # Rows of the h^dec GEMM: decoder recurrence | encoder input | read window | write window | patch.
-        w_dec = [_ifog(dec.weight_hh, hd), enc_w[:, nr:]]
+        w_dec = [dec.weight_hh, enc_w[:, nr:]]
         b_dec = [dec_b, enc_b]
         if cfg.attention:
             w_dec += [self.read.head.linear.weight, self.write.head.linear.weight, self.write.patch.weight]
@@ -222,10 +273,10 @@ class DRAW(nn.Module):
             w_dec += [self.write.linear.weight]
             b_dec += [self.write.linear.bias]
         # Rows of the h^enc GEMM: posterior (mu, log sigma) | encoder recurrence.
-        w_enc = torch.cat([self.posterior.weight, _ifog(enc.weight_hh, he)], dim=0)
+        w_enc = torch.cat([self.posterior.weight, enc.weight_hh], dim=0)
         b_enc = torch.cat([self.posterior.bias, torch.zeros_like(enc_b)], dim=0)
         return dict(w_dec=torch.cat(w_dec, 0).t(), b_dec=torch.cat(b_dec, 0), w_enc=w_enc.t(), b_enc=b_enc,
-                    w_read=enc_w[:, :nr].t(), w_z=_ifog(dec.weight_ih, hd).t())
+                    w_read=enc_w[:, :nr].t(), w_z=dec.weight_ih.t())
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None, windows: bool = True,
                 canvases: bool = False, generator: torch.Generator | None = None) -> DRAWOutput:
@@ -244,7 +295,8 @@ class DRAW(nn.Module):
         p = self._fused()
         ng = 4 * he
         canvas = x.new_zeros(x.shape)
-        state = (canvas, p["b_dec"].expand(b, -1), x.new_zeros(b, ng), x.new_zeros(b, he), x.new_zeros(b, hd))
+        dec_out = p["b_dec"].expand(b, -1).split(self._blocks()["dec"], dim=1)
+        state = (canvas, dec_out, x.new_zeros(b, ng), x.new_zeros(b, he), x.new_zeros(b, hd))
         if not cfg.attention:  # the x half of the full read is the same every step: one product
             nr = self.read.out_features
             enc_x = x.flatten(1) @ p["w_read"][: nr // 2]
@@ -253,13 +305,13 @@ class DRAW(nn.Module):
             enc_x = None
         weights = tuple(p[k] for k in _PRODUCTS)
         if self._compiled is not None and torch.is_grad_enabled():
-            step = self._compiled
+            step = lambda t, *args: self._compiled(*args)  # noqa: E731
         else:
-            prod = _products(p)
-            step = lambda x, enc_x, state, eps, weights: self._step(prod, x, enc_x, state, eps)  # noqa: E731
+            prod = _products(p, self._blocks(), T, b)
+            step = lambda t, x, enc_x, state, eps, weights: self._step(prod, t, x, enc_x, state, eps)  # noqa: E731
         mus, log_sigmas, zs_, rws, wws, cs = [], [], [], [], [], []
         for t in range(T):
-            state, mu, log_sigma, z, rwin, wwin = step(x, enc_x, state, noise[t], weights)
+            state, mu, log_sigma, z, rwin, wwin = step(t, x, enc_x, state, noise[t], weights)
             mus.append(mu), log_sigmas.append(log_sigma), zs_.append(z)
             if windows and cfg.attention:
                 rws.append(rwin), wws.append(wwin)
@@ -275,41 +327,47 @@ class DRAW(nn.Module):
         return DRAWOutput(canvas, kl, recon, log_q, log_pz, _stack_windows(rws) if keep else None,
                           _stack_windows(wws) if keep else None, torch.stack(cs) if canvases else None)
 
-    def _step(self, prod, x, enc_x, state, eps):
-        """One DRAW step. ``state`` = (canvas c_{t-1}, h^dec GEMM output of t-1, encoder recurrence
-        term of t-1, encoder cell, decoder cell); ``prod[k](h)`` are the fused products."""
+    def _step(self, prod, t, x, enc_x, state, eps):
+        """One DRAW step. ``state`` = (canvas c_{t-1}, column blocks of the h^dec GEMM output of
+        t-1, encoder recurrence term of t-1, encoder cell, decoder cell); ``prod[k](h, t)`` are the
+        fused products, split into their column blocks (see _blocks)."""
         cfg = self.config
         canvas, dec_out, enc_rec, c_enc, c_dec = state
-        b, zs, he, hd = x.shape[0], cfg.z_size, cfg.enc_hidden, cfg.dec_hidden
-        # Column offsets into the h^dec GEMM's output (see _fused).
-        o_enc, o_rd = 4 * hd, 4 * hd + 4 * he
-        o_wr = o_rd + (5 if cfg.attention else 0)
-        o_patch = o_wr + (5 if cfg.attention else 0)
+        b = x.shape[0]
         x_hat = x - torch.sigmoid(canvas)
-        enc_in = dec_out[:, o_enc:o_rd] + enc_rec
+        enc_in = dec_out[1] + enc_rec
         rwin = wwin = None
         if cfg.attention:
-            rwin = window_from_params(dec_out[:, o_rd:o_rd + 5], cfg.height, cfg.width, cfg.read_n)
+            rwin = window_from_params(dec_out[2], cfg.height, cfg.width, cfg.read_n)
             r = read(torch.cat([x, x_hat], dim=1), rwin.fx, rwin.fy, rwin.gamma).flatten(1)
-            gates = enc_in + prod["read"](r)
+            gates = enc_in + prod["read"](r, t)[0]
         else:
-            gates = enc_in + enc_x + prod["read"](x_hat.flatten(1))
-        h_enc, c_enc = _lstm(gates, c_enc, he)
-        enc_out = prod["enc"](h_enc)
-        mu, log_sigma = enc_out[:, :zs], enc_out[:, zs:2 * zs]
+            gates = enc_in + enc_x + prod["read"](x_hat.flatten(1), t)[0]
+        h_enc, c_enc = lstm_pointwise(gates, c_enc)
+        mu, log_sigma, enc_rec = prod["enc"](h_enc, t)
         z = torch.addcmul(mu, torch.exp(log_sigma), eps)
-        h_dec, c_dec = _lstm(dec_out[:, :o_enc] + prod["z"](z), c_dec, hd)
-        dec_out = prod["dec"](h_dec)
+        h_dec, c_dec = lstm_pointwise(dec_out[0] + prod["z"](z, t)[0], c_dec)
+        dec_out = prod["dec"](h_dec, t)
         if cfg.attention:
-            wwin = window_from_params(dec_out[:, o_wr:o_wr + 5], cfg.height, cfg.width, cfg.write_n)
-            patch = dec_out[:, o_patch:].view(b, cfg.channels, cfg.write_n, cfg.write_n)
+            wwin = window_from_params(dec_out[3], cfg.height, cfg.width, cfg.write_n)
+            patch = dec_out[4].view(b, cfg.channels, cfg.write_n, cfg.write_n)
             canvas = canvas + write(patch, wwin.fx, wwin.fy, wwin.gamma)
         else:
-            canvas = canvas + dec_out[:, o_wr:].view(x.shape)
-        return (canvas, dec_out, enc_out[:, 2 * zs:], c_enc, c_dec), mu, log_sigma, z, rwin, wwin
+            canvas = canvas + dec_out[2].view(x.shape)
+        return (canvas, dec_out, enc_rec, c_enc, c_dec), mu, log_sigma, z, rwin, wwin
+
+    def _blocks(self) -> dict:
+        """Column widths of each fused product's output (see _fused)."""
+        cfg = self.config
+        he, hd = 4 * cfg.enc_hidden, 4 * cfg.dec_hidden
+        if cfg.attention:
+            dec = (hd, he, 5, 5, cfg.channels * cfg.write_n ** 2)
+        else:
+            dec = (hd, he, cfg.channels * cfg.height * cfg.width)
+        return dict(dec=dec, enc=(cfg.z_size, cfg.z_size, he), read=(he,), z=(hd,))
 
     def _plain_step(self, x, enc_x, state, eps, weights):
-        return self._step(_plain_products(dict(zip(_PRODUCTS, weights))), x, enc_x, state, eps)
+        return self._step(_plain_products(dict(zip(_PRODUCTS, weights)), self._blocks()), None, x, enc_x, state, eps)
 
     def compile_step(self, enable: bool = True, **compile_kwargs) -> "DRAW":
         """Train with the step compiled by ``torch.compile`` (fused pointwise work; the first call

@@ -72,6 +72,36 @@ def test_parity_with_naive_values_and_gradients(attention, h, w, c, rn, wn):
 
 
 @pytest.mark.parametrize("attention", [True, False])
+def test_gradients_when_the_loss_reaches_only_some_steps(attention):
+    """The deferred weight gradients: steps the loss does not reach add nothing, a retained graph
+    gives the same gradients again, and a later forward does not disturb a graph not yet run."""
+    torch.manual_seed(2)
+    cfg = small(attention)
+    fast = DRAW(cfg).double()
+    naive = NaiveDRAW(cfg).double()
+    naive.load_state_dict(fast.state_dict())
+    x = binary(3, cfg).double()
+    noise = torch.randn(cfg.steps, 3, cfg.z_size, dtype=torch.float64)
+    fast.loss(x, noise)[0].backward()  # leaves gradients of every step in reusable buffers
+    fast.zero_grad(set_to_none=True)
+    out = fast(x, noise, windows=False)
+    fast(x, noise).loss.sum()  # another graph, dropped without a backward
+    out.kl[:, :2].sum().backward(retain_graph=True)
+    naive(x, noise)[2][:, :2].sum().backward()
+    gn = dict(naive.named_parameters())
+    for name, p in fast.named_parameters():
+        want = gn[name].grad if gn[name].grad is not None else torch.zeros_like(p)
+        got = p.grad if p.grad is not None else torch.zeros_like(p)
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10, msg=name)
+    first = {name: p.grad.clone() for name, p in fast.named_parameters() if p.grad is not None}
+    out.kl[:, :2].sum().backward()
+    for name, g in first.items():
+        torch.testing.assert_close(dict(fast.named_parameters())[name].grad, 2 * g, rtol=1e-10, atol=1e-12, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x, noise).kl, out.kl.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("attention", [True, False])
 @pytest.mark.parametrize("h,w,c,rn,wn", SHAPES)
 def test_shapes_and_probabilities(attention, h, w, c, rn, wn):
     torch.manual_seed(0)

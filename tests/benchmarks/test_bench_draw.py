@@ -5,6 +5,11 @@ thread. Both implementations run side by side in one process, interleaved, and t
 the process's CPU time (time.process_time), so they hold on a CPU shared with other jobs; wall
 times are printed beside them. Run ``pytest tests/benchmarks/test_bench_draw.py -s`` to see the
 numbers; ``GLIMPSE_BENCH_COMPILE=1`` adds the torch.compile'd step (about 30 s of compiling).
+
+The same run times the GEMM floor: the bare float32 matrix products of one fused training step
+(every step's forward products, their input-gradient products, and the four weight-gradient
+products over all steps' rows), as torch.mm on random tensors of the same shapes. naive time /
+floor time is the ceiling on the speed-up of any implementation that keeps those GEMMs.
 """
 
 from __future__ import annotations
@@ -58,6 +63,26 @@ def _interleaved(fns: dict, rounds: int) -> dict:
     return {k: (statistics.median(cpu[k]), statistics.median(wall[k])) for k in fns}
 
 
+def _gemm_floor(model: DRAW, batch: int):
+    """A function doing the bare matrix products of one training step of ``model`` (see the module doc)."""
+    steps = model.config.steps
+    with torch.no_grad():
+        shapes = [tuple(model._fused()["w_" + k].shape) for k in ("dec", "enc", "read", "z")]
+    g = torch.Generator().manual_seed(0)
+    mats = [(torch.randn(batch, k, generator=g), torch.randn(k, n, generator=g), torch.randn(batch, n, generator=g),
+             torch.randn(steps * batch, k, generator=g), torch.randn(steps * batch, n, generator=g)) for k, n in shapes]
+
+    def run():
+        for _ in range(steps):
+            for h, w, dy, _, _ in mats:
+                torch.mm(h, w)  # forward product
+                torch.mm(dy, w.t())  # gradient of the product's input
+        for _, _, _, hs, dys in mats:
+            torch.mm(hs.t(), dys)  # weight gradient, every step's rows at once
+
+    return run
+
+
 def _models(compile_step=False):
     torch.manual_seed(0)
     cfg = DRAWConfig()
@@ -91,13 +116,17 @@ def test_draw_training_throughput_vs_naive(benchmark):
         assert (p.grad - gn[k].grad).norm() <= 1e-4 * gn[k].grad.norm() + 1e-6, k
     opt_f = torch.optim.Adam(fast.parameters(), lr=1e-4)
     opt_n = torch.optim.Adam(naive.parameters(), lr=1e-4)
-    t = _interleaved({"fast": lambda: _train_step(fast, opt_f, x), "naive": lambda: _train_step(naive, opt_n, x)},
-                     rounds=3)
+    t = _interleaved({"fast": lambda: _train_step(fast, opt_f, x), "naive": lambda: _train_step(naive, opt_n, x),
+                      "gemm": _gemm_floor(fast, BATCH)}, rounds=3)
     speedup = t["naive"][0] / t["fast"][0]
+    ceiling = t["naive"][0] / t["gemm"][0]
     _report("naive DRAW training (T=64, B=100, 28x28, attention)", t["naive"])
     _report("fused DRAW training", t["fast"], speedup)
+    print(f"GEMM floor (bare float32 products of one fused step): {1000 * t['gemm'][0]:.0f} ms CPU, "
+          f"{t['gemm'][0] / t['fast'][0]:.0%} of the fused step; ceiling {ceiling:.2f}x the naive DRAW")
     benchmark.extra_info.update(speedup_cpu=speedup, fast_images_per_cpu_s=BATCH / t["fast"][0],
-                                naive_images_per_cpu_s=BATCH / t["naive"][0])
+                                naive_images_per_cpu_s=BATCH / t["naive"][0], gemm_floor_cpu_s=t["gemm"][0],
+                                gemm_ceiling_speedup=ceiling)
     benchmark.pedantic(_train_step, args=(fast, opt_f, x), rounds=1, iterations=1)
     assert speedup >= MIN_SPEEDUP
 
