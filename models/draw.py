@@ -26,13 +26,15 @@ them one by one (speed, issue 5):
   gradient per block);
 - weight gradients are deferred: every step's product input and output gradient go into
   preallocated (T*B, K) and (T*B, N) buffers, and each fused weight gets its gradient as one
-  GEMM over all steps' rows. The buffers are pooled between training steps (up to two sets for
-  each of at most two shapes, about 150 MB a set for the paper's model at batch 100) so the
-  next step does not page in fresh memory;
+  GEMM over all steps' rows. A bias rides along as an extra weight row against a column of ones
+  in the input buffer (no bias pass in the forward, no separate bias reduction). The buffers are
+  pooled between training steps (up to two sets for each of at most two shapes, about 160 MB a
+  set for the paper's model at batch 100) so the next step does not page in fresh memory;
+- the sums feeding the LSTM gates are the beta term of the read and z products (addmm);
 - the LSTM gate algebra is ``models.lstm.lstm_pointwise`` (one autograd node, native kernel
   where available), the KL and log densities are computed once over all steps.
 
-At the paper's size the bare GEMMs are about 40% of a training step's CPU time (measured on one
+At the paper's size the bare GEMMs are 40-45% of a training step's CPU time (measured on one
 thread; tests/benchmarks/test_bench_draw.py times them as the "GEMM floor").
 """
 
@@ -121,15 +123,17 @@ class DRAWOutput(NamedTuple):
 class _Rows:
     """Every step's product input h_t and output gradient g_t, in preallocated (T*B, K) and (T*B, N)
     buffers: step t owns rows t*B..(t+1)*B, so the weight gradient H^T G is one GEMM over all steps
-    with nothing to concatenate. The buffers go back to a small pool when the graph holding them
-    is freed, so the next training step reuses memory whose pages are already mapped."""
+    with nothing to concatenate. For a product with a bias, H has a last column of ones and the
+    weight a last row holding the bias: the forward product needs no bias pass and the same GEMM
+    gives the bias gradient. The buffers go back to a small pool when the graph holding them is
+    freed, so the next training step reuses memory whose pages are already mapped."""
 
     _pool: dict = {}
     _POOL_SIZE = 2
 
-    def __init__(self, steps: int, batch: int, w: torch.Tensor):
-        self.batch = batch
-        key = (steps * batch, tuple(w.shape), w.dtype, w.device)
+    def __init__(self, steps: int, batch: int, w: torch.Tensor, ones: bool):
+        self.batch, self.ones = batch, ones
+        key = (steps * batch, tuple(w.shape), ones, w.dtype, w.device)
         if key not in _Rows._pool and len(_Rows._pool) >= 8:
             _Rows._pool.clear()
         free = _Rows._pool.setdefault(key, [])
@@ -138,6 +142,8 @@ class _Rows:
         else:
             self.h = w.new_empty(steps * batch, w.shape[0])
             self.g = w.new_empty(steps * batch, w.shape[1])
+            if ones:
+                self.h[:, -1] = 1
         self.filled = [False] * steps
         weakref.finalize(self, _Rows._release, free, self.h, self.g)
 
@@ -149,18 +155,18 @@ class _Rows:
     def slot(self, buf: torch.Tensor, t: int) -> torch.Tensor:
         return buf[t * self.batch:(t + 1) * self.batch]
 
-    def weight_grads(self, need_b: bool):
+    def weight_grad(self):
         if not any(self.filled):
-            return None, None
+            return None
         for t, done in enumerate(self.filled):
             if not done:  # a step the loss does not reach contributes nothing
                 self.slot(self.g, t).zero_()
         self.filled = [False] * len(self.filled)
-        return self.h.t() @ self.g, (self.g.sum(0) if need_b else None)
+        return self.h.t() @ self.g
 
 
 class _Collect(torch.autograd.Function):
-    """Identity on a weight (and bias) whose backward returns their whole gradient at once.
+    """Identity on a weight whose backward returns its whole gradient at once.
 
     The per-step products (``_DeferredAddmm``) record their inputs and output gradients in
     ``rows`` instead of each forming a small weight gradient; autograd runs this node after all
@@ -168,43 +174,53 @@ class _Collect(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w, b, rows):
+    def forward(ctx, w, rows):
         ctx.rows = rows
-        return w.view_as(w), (None if b is None else b.view_as(b))
+        return w.view_as(w)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, gw, gb):
-        return (*ctx.rows.weight_grads(ctx.needs_input_grad[1]), None)
+    def backward(ctx, gw):
+        return ctx.rows.weight_grad(), None
 
 
 class _DeferredAddmm(torch.autograd.Function):
-    """(b + h @ w).split(blocks, 1) at step t, whose weight gradient is left to ``_Collect``.
+    """(c + h @ w).split(blocks, 1) at step t, whose weight gradient is left to ``_Collect``.
+
+    ``w`` is (K, N), or (K + 1, N) with the bias as its last row (see ``_Rows``); ``w_t`` is the
+    (N, K) weight, contiguous, for h's gradient. ``c`` is None or a per-step (B, N) term that the
+    product adds in place of a separate addition (its gradient is the output's).
 
     The backward writes the blocks' gradients straight into step t's rows of the gradient buffer
     (no zero-filled full-width gradient per block), which is also the input of h's gradient GEMM.
     """
 
     @staticmethod
-    def forward(ctx, b, h, w, rows, t, blocks):
+    def forward(ctx, c, h, w, w_t, rows, t, blocks):
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(w)
+        ctx.save_for_backward(w_t)
         ctx.rows, ctx.t, ctx.blocks = rows, t, blocks
-        rows.slot(rows.h, t).copy_(h)
-        out = h @ w if b is None else torch.addmm(b, h, w)
+        hs = rows.slot(rows.h, t)
+        if rows.ones:
+            hs[:, :-1].copy_(h)
+        else:
+            hs.copy_(h)
+            hs = h
+        out = hs @ w if c is None else torch.addmm(c, hs, w)
         return out.split(blocks, 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
-        (w,), rows, t = ctx.saved_tensors, ctx.rows, ctx.t
+        (w_t,), rows, t = ctx.saved_tensors, ctx.rows, ctx.t
         g = rows.slot(rows.g, t)
         if len(grads) == 1 and grads[0] is not None:
             g.copy_(grads[0])
         else:
-            torch.cat([w.new_zeros(len(g), n) if gb is None else gb for gb, n in zip(grads, ctx.blocks)], 1, out=g)
+            torch.cat([g.new_zeros(len(g), n) if gb is None else gb for gb, n in zip(grads, ctx.blocks)], 1, out=g)
         rows.filled[t] = True
-        return None, (g @ w.t() if ctx.needs_input_grad[1] else None), None, None, None, None
+        gc = (grads[0] if len(grads) == 1 else g) if ctx.needs_input_grad[0] else None
+        return gc, (g @ w_t if ctx.needs_input_grad[1] else None), None, None, None, None, None
 
 
 _PRODUCTS = ("w_dec", "b_dec", "w_enc", "b_enc", "w_read", "w_z")
@@ -214,7 +230,7 @@ def _plain_products(p: dict, blocks: dict) -> dict:
     def plain(k):
         w, b, bl = p["w_" + k], p.get("b_" + k), blocks[k]
         if b is None:
-            return lambda h, t: (h @ w).split(bl, 1)
+            return lambda h, t, c=None: (h @ w if c is None else torch.addmm(c, h, w)).split(bl, 1)
         return lambda h, t: torch.addmm(b, h, w).split(bl, 1)
 
     return {k: plain(k) for k in blocks}
@@ -224,10 +240,16 @@ def _products(p: dict, blocks: dict, steps: int, batch: int) -> dict:
     """Per-step product functions ``prod[k](h_t, t)`` for the fused weights, each returning its
     output's column blocks: deferred weight gradients when training."""
     def deferred(k):
-        rows = _Rows(steps, batch, p["w_" + k])
-        w, b = _Collect.apply(p["w_" + k], p.get("b_" + k), rows)
+        w, b = p["w_" + k], p.get("b_" + k)
+        w_t = w.t().detach()
+        if b is not None:
+            w = torch.cat([w.t(), b[:, None]], 1).t()
+        rows = _Rows(steps, batch, w, ones=b is not None)
+        w = _Collect.apply(w, rows)
         bl = blocks[k]
-        return lambda h, t: _DeferredAddmm.apply(b, h, w, rows, t, bl)
+        if b is None:
+            return lambda h, t, c=None: _DeferredAddmm.apply(c, h, w, w_t, rows, t, bl)
+        return lambda h, t: _DeferredAddmm.apply(None, h, w, w_t, rows, t, bl)
 
     if not (torch.is_grad_enabled() and p["w_dec"].requires_grad):
         return _plain_products(p, blocks)
@@ -340,13 +362,13 @@ class DRAW(nn.Module):
         if cfg.attention:
             rwin = window_from_params(dec_out[2], cfg.height, cfg.width, cfg.read_n)
             r = read(torch.cat([x, x_hat], dim=1), rwin.fx, rwin.fy, rwin.gamma).flatten(1)
-            gates = enc_in + prod["read"](r, t)[0]
+            gates = prod["read"](r, t, enc_in)[0]
         else:
-            gates = enc_in + enc_x + prod["read"](x_hat.flatten(1), t)[0]
+            gates = prod["read"](x_hat.flatten(1), t, enc_in + enc_x)[0]
         h_enc, c_enc = lstm_pointwise(gates, c_enc)
         mu, log_sigma, enc_rec = prod["enc"](h_enc, t)
         z = torch.addcmul(mu, torch.exp(log_sigma), eps)
-        h_dec, c_dec = lstm_pointwise(dec_out[0] + prod["z"](z, t)[0], c_dec)
+        h_dec, c_dec = lstm_pointwise(prod["z"](z, t, dec_out[0])[0], c_dec)
         dec_out = prod["dec"](h_dec, t)
         if cfg.attention:
             wwin = window_from_params(dec_out[3], cfg.height, cfg.width, cfg.write_n)

@@ -21,14 +21,18 @@ import time
 import pytest
 import torch
 
+from models import native
 from models.bounds import elbo_bound
 from models.draw import DRAW, DRAWConfig
 from models.naive_draw import NaiveDRAW
 
 BATCH = 100
-# Gate: the eager fused DRAW is not slower than the naive one. Measured 1.2-1.3x with the "default"
-# window init, where the naive filterbank hits denormals, and 1.00x with the "cover" init (see README).
-MIN_SPEEDUP = 0.8  # slack for noisy CI machines
+# Gate: the eager fused DRAW is not slower than the naive one. With the "cover" window init and the
+# native CPU loops (models/native.py) measured 1.35-1.39x on a shared 2-core box (4 runs); with the
+# PyTorch kernels only (no C compiler, GLIMPSE_NATIVE=0) 0.97-1.20x, compiled step 1.17x. The native
+# gate keeps >= 30% slack against the lowest run; the others stay at the old 0.8.
+MIN_SPEEDUP_NATIVE = 1.0
+MIN_SPEEDUP = 0.8
 ELBO_COST_BOUND = 0.5  # issue 5: the ELBO over N images costs at most half a training pass over N
 
 
@@ -128,7 +132,7 @@ def test_draw_training_throughput_vs_naive(benchmark):
                                 naive_images_per_cpu_s=BATCH / t["naive"][0], gemm_floor_cpu_s=t["gemm"][0],
                                 gemm_ceiling_speedup=ceiling)
     benchmark.pedantic(_train_step, args=(fast, opt_f, x), rounds=1, iterations=1)
-    assert speedup >= MIN_SPEEDUP
+    assert speedup >= (MIN_SPEEDUP_NATIVE if native.usable(x) else MIN_SPEEDUP)
 
 
 @pytest.mark.slow
