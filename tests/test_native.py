@@ -212,3 +212,13 @@ def test_build_is_cached_and_atomic(fresh_build):
     native.library.cache_clear()
     assert native.library() is not None
     assert [p.name for p in fresh_build.iterdir()] == built
+
+
+@needs_native
+def test_loading_leaves_denormals_alone():
+    """A shared library linked with -ffast-math sets flush-to-zero for the whole process on load
+    (GCC's crtfastmath); the build must not, or every model's float semantics would change."""
+    assert "-ffast-math" not in native.FLAGS
+    native.library()
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    assert (tiny * 1.5).item() > 0
