@@ -23,6 +23,8 @@ double tanh(double) __attribute__((simd("notinbranch")));
 #endif
 
 #define CHUNK 256 /* pixels per vector-exp batch; a multiple of 16 */
+#define LANES 16 /* short rows done side by side, one per vector lane */
+#define LANES_MAX_SIZE 64 /* rows up to this many pixels go through the lanes */
 #define MAX(x, y) ((x) > (y) ? (x) : (y)) /* not fmax: that stays a libm call without -ffast-math */
 #define CLAMP(x, lo, hi) ((x) < (lo) ? (lo) : ((x) > (hi) ? (hi) : (x)))
 
