@@ -8,34 +8,17 @@ fixed sets of `data_seed` (0 unless `bench eval --seed` asks for other test clut
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 
 import numpy as np
 import torch
 
 from bench.distributed import all_reduce_sum, example_noise, per_rank_batch, positions
+from models.bounds import elbo_bound, eval_mode, iwae_bound
 from datasets.torch_data import iterate_batches
 from datasets.variants import get_spec
 
 EVAL_BATCH = 500
-
-
-class _Eval:
-    """Puts a model in eval mode under no_grad for a block, then restores its mode."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.was = self.model.training
-        self.model.eval()
-        self.ng = torch.no_grad()
-        self.ng.__enter__()
-
-    def __exit__(self, *exc):
-        self.ng.__exit__(*exc)
-        self.model.train(self.was)
 
 
 class _Base:
@@ -108,7 +91,7 @@ class ClassifierTask(_Base):
     def evaluate(self, model, split: str, limit: int | None = -1) -> dict[str, float]:
         limit = self.limit(split) if limit == -1 else limit
         wrong, n = torch.zeros(self.glimpses, dtype=torch.long, device=self.device), 0
-        with _Eval(model):
+        with eval_mode(model):
             for x, y in self.eval_batches(split, limit):
                 pred = model(x, keep_windows=False).logits.argmax(-1)  # (B, T)
                 w = (pred != y[:, None]).sum(0)
@@ -125,7 +108,7 @@ class ClassifierTask(_Base):
         """Windows (gx, gy, delta, sigma2 per step) on the first ``count`` test images, for the report."""
         x, y = next(iter(iterate_batches(self.job.dataset, "test", count, seed=self.data_seed, device=self.device,
                                          data_dir=self.data_dir, limit=count)))
-        with _Eval(model):
+        with eval_mode(model):
             out = model(x, keep_windows=True)
         arrays = {"images": (x[:, 0].cpu().numpy() * 255).round().astype(np.uint8), "labels": y.cpu().numpy(),
                   "predictions": out.logits.argmax(-1).cpu().numpy(), "read_n": np.array(self.job.read_n)}
@@ -170,44 +153,28 @@ class DrawTask(_Base):
     def loss(self, model, batch):
         return model.loss(batch[0], self.noise(batch[2]) if len(batch) > 2 else None)[0]
 
+    def _keyed_noise(self, key: tuple):
+        """models.bounds NoiseFn: the noise of each image is a function of (key, its position in the
+        whole split), so the bounds are the same on any number of processes."""
+        return lambda start, count, samples: self.noise((key, positions(start, count, self._shard())), samples)
+
     def evaluate(self, model, split: str, limit: int | None = -1) -> dict[str, float]:
         """The ELBO bound (one posterior sample per image) with its KL and reconstruction parts."""
         limit = self.limit(split) if limit == -1 else limit
-        sums = torch.zeros(4, dtype=torch.float64)  # nll_elbo, kl, reconstruction, images
-        with _Eval(model):
-            for x, _ in self.eval_batches(split, limit):
-                where = (("eval", self.data_seed, split), positions(int(sums[3]), x.shape[0], self._shard()))
-                out = model(x, self.noise(where), windows=False)
-                kl, rec = out.kl.sum(1).double(), out.reconstruction.double()
-                sums += torch.stack([(kl + rec).sum(), kl.sum(), rec.sum(), torch.tensor(x.shape[0])]).cpu()
-        sums = all_reduce_sum(sums).tolist()
-        n = int(sums[3])
-        return {"nll_elbo": sums[0] / n, "kl": sums[1] / n, "reconstruction": sums[2] / n, "images": n}
+        r = elbo_bound(model, self.eval_batches(split, limit), device=self.device,
+                       noise=self._keyed_noise(("eval", self.data_seed, split)), reduce=all_reduce_sum)
+        return {"nll_elbo": r["nll_elbo"], "kl": r["kl"], "reconstruction": r["reconstruction"],
+                "images": r["n_images"]}
 
     def iwae(self, model, k: int, limit: int | None, progress: bool = False) -> dict[str, float]:
         """-log p(x) <= -E log (1/k) sum_i p(x, z_i) / q(z_i | x), averaged over the test images."""
-        from tqdm import tqdm
-
-        chunk = max(1, 4096 // k)  # images per forward pass, k samples each
-        total, n = 0.0, 0
-        with _Eval(model):
-            batches = self.eval_batches("test", limit)
-            bar = tqdm(total=limit, desc=f"IWAE k={k}", unit="img", disable=not progress, leave=False)
-            for x, _ in batches:
-                for s in range(0, x.shape[0], chunk):
-                    xs = x[s:s + chunk]
-                    noise = self.noise((("iwae", self.data_seed, k), positions(n, xs.shape[0], self._shard())), k)
-                    lw = model(xs.repeat_interleave(k, 0), noise, windows=False).log_weight.view(-1, k)
-                    total += float(-(torch.logsumexp(lw, 1) - math.log(k)).double().sum())
-                    n += xs.shape[0]
-                    bar.update(xs.shape[0])
-            bar.close()
-        total, n = all_reduce_sum(torch.tensor([total, n], dtype=torch.float64)).tolist()
-        return {"nll_iwae": total / n, "images": int(n)}
+        r = iwae_bound(model, self.eval_batches("test", limit), k=k, device=self.device, progress=progress,
+                       total=limit, noise=self._keyed_noise(("iwae", self.data_seed, k)), reduce=all_reduce_sum)
+        return {"nll_iwae": r["nll_iwae"], "images": r["n_images"]}
 
     def samples(self, model, count: int) -> np.ndarray:
         """(T, count, H, W) uint8: the canvas after every step of ``count`` images from the prior."""
         g = torch.Generator(device=self.device).manual_seed(self.seed)
-        with _Eval(model):
+        with eval_mode(model):
             seq = model.generate(count, generator=g)
         return (seq[:, :, 0].cpu().numpy() * 255).round().astype(np.uint8)

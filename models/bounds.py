@@ -72,7 +72,17 @@ def _take(batches: Iterable, limit: int | None, device) -> Iterable[torch.Tensor
             return
 
 
-class _Eval:
+NoiseFn = Callable[[int, int, int], torch.Tensor]
+"""``noise(start, count, samples)``: the posterior noise eps, shape (T, count * samples, z), for the
+images at positions start .. start + count - 1 of the evaluation order, image-major (the samples
+of one image are adjacent, as ``repeat_interleave`` lays them out). Callers that need the noise to
+be a function of the data (the harness: the same number on any number of processes) pass one."""
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+"""Applied to the float64 sums before they are divided (the harness passes a distributed all-reduce)."""
+
+
+class eval_mode:
     """Eval mode and no_grad for the duration; the previous mode is restored."""
 
     def __init__(self, model):
@@ -88,29 +98,35 @@ class _Eval:
         self.model.train(self.was_training)
 
 
-def elbo_bound(model, batches: Iterable, device=None, limit: int | None = None, seed: int = 0) -> dict:
+def elbo_bound(model, batches: Iterable, device=None, limit: int | None = None, seed: int = 0,
+               noise: NoiseFn | None = None, reduce: Reduce | None = None) -> dict:
     """Negative ELBO averaged over all images: dict(nll_elbo, kl, reconstruction, kl_per_step, n_images).
 
     Runs under no_grad in whatever batch size ``batches`` has (large ones are faster). ``seed``
-    fixes the posterior noise, so the same model and data give the same number.
+    fixes the posterior noise, so the same model and data give the same number; ``noise`` (see
+    NoiseFn) supplies it instead, and ``reduce`` combines the sums of several processes.
     """
     device = _device(model, device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    kl_steps, rec, n = None, 0.0, 0
-    with _Eval(model):
+    steps = model.config.steps
+    sums = torch.zeros(steps + 2, dtype=torch.float64)  # KL of every step, reconstruction, images
+    with eval_mode(model):
         model.to(device)
         for x in _take(batches, limit, device):
-            out = model(x, windows=False, generator=gen)
-            k = out.kl.double().sum(0)
-            kl_steps = k if kl_steps is None else kl_steps + k
-            rec += float(out.reconstruction.double().sum())
-            n += x.shape[0]
+            n = int(sums[-1])
+            eps = None if noise is None else noise(n, x.shape[0], 1)
+            out = model(x, eps, windows=False, generator=gen)
+            sums[:steps] += out.kl.double().sum(0).cpu()
+            sums[steps] += float(out.reconstruction.double().sum())
+            sums[-1] += x.shape[0]
+    if reduce is not None:
+        sums = reduce(sums)
+    n = int(sums[-1])
     if n == 0:
         raise ValueError("elbo_bound got no images: the batches iterable was empty")
-    kl_per_step = (kl_steps / n).tolist()
-    kl = float(kl_steps.sum()) / n
-    return {"nll_elbo": rec / n + kl, "kl": kl, "reconstruction": rec / n, "kl_per_step": kl_per_step,
-            "n_images": n}
+    kl_steps, rec = sums[:steps] / n, float(sums[steps]) / n
+    kl = float(kl_steps.sum())
+    return {"nll_elbo": rec + kl, "kl": kl, "reconstruction": rec, "kl_per_step": kl_steps.tolist(), "n_images": n}
 
 
 class _Progress:
@@ -152,13 +168,15 @@ class _Progress:
 
 def iwae_bound(model, batches: Iterable, k: int = 100, device=None, progress: bool = True, chunk: int = 4096,
                limit: int | None = None, seed: int = 0, total: int | None = None,
-               log: Callable[[str], None] | None = None) -> dict:
+               log: Callable[[str], None] | None = None, noise: NoiseFn | None = None,
+               reduce: Reduce | None = None) -> dict:
     """Importance-weighted bound with ``k`` samples per image: dict(nll_iwae, k, n_images).
 
     Each image is repeated ``k`` times; about ``chunk`` rows (images x samples) go through the
     model at once. ``limit`` evaluates only the first ``limit`` images (record it). Progress is a
     tqdm bar on a terminal, else log lines through ``log`` (default stderr); ``total`` is the
-    number of images expected, for the bar (``limit`` when given).
+    number of images expected, for the bar (``limit`` when given). ``noise`` and ``reduce`` as in
+    ``elbo_bound``.
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k (samples per image) must be an integer >= 1, got {k!r}")
@@ -170,18 +188,22 @@ def iwae_bound(model, batches: Iterable, k: int = 100, device=None, progress: bo
     bar = _Progress(progress, limit if limit is not None else total, f"IWAE k={k}", log)
     nll, n = 0.0, 0
     try:
-        with _Eval(model):
+        with eval_mode(model):
             model.to(device)
             for x in _take(batches, limit, device):
                 for s in range(0, x.shape[0], per):
                     xs = x[s:s + per]
-                    lw = model(xs.repeat_interleave(k, 0), windows=False, generator=gen).log_weight
+                    eps = None if noise is None else noise(n, xs.shape[0], k)
+                    lw = model(xs.repeat_interleave(k, 0), eps, windows=False, generator=gen).log_weight
                     lw = lw.double().view(xs.shape[0], k)
                     nll += float(-(torch.logsumexp(lw, dim=1) - math.log(k)).sum())
                     n += xs.shape[0]
                     bar.update(xs.shape[0], nll / n)
     finally:
         bar.close()
+    if reduce is not None:
+        nll, n = reduce(torch.tensor([nll, n], dtype=torch.float64)).tolist()
+        n = int(n)
     if n == 0:
         raise ValueError("iwae_bound got no images: the batches iterable was empty")
     return {"nll_iwae": nll / n, "k": k, "n_images": n}

@@ -57,6 +57,37 @@ def test_iwae_k1_equals_the_one_sample_elbo_for_the_same_noise():
     assert got["nll_iwae"] == pytest.approx(-lw.double().mean().item(), rel=1e-6)
 
 
+def test_noise_and_reduce_hooks():
+    """A NoiseFn gets (start, count, samples) in evaluation order and its eps are the ones used;
+    reduce sees the float64 sums (images last) before they are divided."""
+    m = model(spread=3.0)
+    x = data(7)
+    eps = torch.randn(CFG.steps, 7 * 3, CFG.z_size, generator=torch.Generator().manual_seed(3))
+    calls, seen = [], []
+
+    def noise(start, count, samples):
+        calls.append((start, count, samples))
+        rows = slice(start * samples, (start + count) * samples)
+        return eps[:, rows]
+
+    def reduce(sums):
+        seen.append(sums.clone())
+        return sums * 2  # e.g. two processes with the same numbers: the averages do not change
+
+    one = eps[:, :7]  # one sample per image
+    r = elbo_bound(m, [x[:3], x[3:]], noise=lambda a, c, s: one[:, a:a + c], reduce=reduce)
+    with torch.no_grad():
+        want = m(x, noise=one).loss.double().mean().item()
+    assert r["nll_elbo"] == pytest.approx(want, rel=1e-6) and r["n_images"] == 14
+    assert seen[0].dtype == torch.float64 and seen[0][-1] == 7
+    got = iwae_bound(m, [x], k=3, chunk=6, noise=noise, progress=False)
+    assert calls == [(0, 2, 3), (2, 2, 3), (4, 2, 3), (6, 1, 3)]  # chunk 6 rows = 2 images of 3 samples
+    with torch.no_grad():
+        lw = m(x.repeat_interleave(3, 0), noise=eps).log_weight.double().view(7, 3)
+    want = -(torch.logsumexp(lw, 1) - math.log(3)).mean().item()
+    assert got["nll_iwae"] == pytest.approx(want, rel=1e-6)
+
+
 def test_one_sample_elbo_is_unbiased_for_the_analytic_elbo():
     """mean over samples of -log w = -ELBO (the analytic-KL estimate), to within sampling error."""
     m = model(spread=10.0)
