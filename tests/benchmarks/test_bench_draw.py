@@ -24,6 +24,7 @@ import torch
 from models import native
 from models.bounds import elbo_bound
 from models.draw import DRAW, DRAWConfig
+from models.flops import measure_matmul_peak
 from models.naive_draw import NaiveDRAW
 
 BATCH = 100
@@ -128,9 +129,13 @@ def test_draw_training_throughput_vs_naive(benchmark):
     _report("fused DRAW training", t["fast"], speedup)
     print(f"GEMM floor (bare float32 products of one fused step): {1000 * t['gemm'][0]:.0f} ms CPU, "
           f"{t['gemm'][0] / t['fast'][0]:.0%} of the fused step; ceiling {ceiling:.2f}x the naive DRAW")
+    peak = measure_matmul_peak(seconds=0.5, clock=time.process_time)
+    achieved = fast.flops_per_image(train=True) * BATCH / t["fast"][0] / 1e9
+    print(f"fused DRAW: {achieved:.1f} GFLOP/s = {achieved / peak:.3f} of the {peak:.0f} GFLOP/s one-thread "
+          f"matmul peak measured in the same run ({fast.flops_per_image(train=True) / 1e6:.0f} MFLOP per image)")
     benchmark.extra_info.update(speedup_cpu=speedup, fast_images_per_cpu_s=BATCH / t["fast"][0],
                                 naive_images_per_cpu_s=BATCH / t["naive"][0], gemm_floor_cpu_s=t["gemm"][0],
-                                gemm_ceiling_speedup=ceiling)
+                                gemm_ceiling_speedup=ceiling, matmul_peak_gflops=peak, peak_fraction=achieved / peak)
     benchmark.pedantic(_train_step, args=(fast, opt_f, x), rounds=1, iterations=1)
     assert speedup >= (MIN_SPEEDUP_NATIVE if native.usable(x) else MIN_SPEEDUP)
 
