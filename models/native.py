@@ -13,7 +13,8 @@ Used for float32/float64 CPU tensors outside torch.compile tracing; everything e
 dtypes, compiling) takes the PyTorch path, and so does everything inside `with native.disabled():`.
 Environment:
   GLIMPSE_NATIVE=0        never build or use the native loops
-  GLIMPSE_NATIVE_CACHE    where the built library is kept (default ~/.cache/glimpse/native)
+  GLIMPSE_NATIVE_CACHE    where the built library is kept (default ~/.cache/glimpse/native; if that
+                          cannot be written, a private per-user folder in the temporary directory)
   CC                      the C compiler (default: cc, then gcc)
 """
 
@@ -39,8 +40,8 @@ SOURCES = (SOURCE, SOURCE.with_name("native_kernels_body.h"))  # the .c includes
 # written); -fno-math-errno lets GCC call glibc's vector exp/tanh (libmvec), and -fopenmp-simd
 # honours `omp simd` (reductions) without linking an OpenMP runtime beside PyTorch's. 512-bit
 # vectors where the CPU has them: the window loops ran 15-25% faster than with GCC's default 256.
-FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-ffp-contract=off",
-         "-fopenmp-simd", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd", "-shared", "-fPIC") + (
+    ("-mprefer-vector-width=512",) if platform.machine() in ("x86_64", "AMD64") else ())
 COMPILE_TIMEOUT_S = 120
 
 _DTYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
@@ -56,19 +57,45 @@ def _cpu_identity() -> str:
     return "\n".join(keep) or platform.machine()
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("GLIMPSE_NATIVE_CACHE") or Path.home() / ".cache" / "glimpse" / "native")
+def _cache_dirs() -> list[Path]:
+    """Where the library may be kept, in order: $GLIMPSE_NATIVE_CACHE, else ~/.cache/glimpse/native,
+    then a private per-user folder in the temporary directory (for a read-only or missing home)."""
+    first = Path(os.environ.get("GLIMPSE_NATIVE_CACHE") or Path.home() / ".cache" / "glimpse" / "native")
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return [first, Path(tempfile.gettempdir()) / f"glimpse-native-{user}"]
+
+
+def _private(folder: Path) -> bool:
+    """A shared temporary folder is trusted only when it is ours and nobody else can write to it
+    (someone else's library there would be loaded into this process)."""
+    if not hasattr(os, "getuid") or not folder.exists():
+        return True
+    st = folder.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 def _build(cc: str) -> Path:
-    """Compile SOURCE into the cache (atomically: a temporary name, then rename); return its path."""
+    """Compile SOURCE into the first writable cache folder (atomically: a temporary name, then
+    rename) unless it is there already; return its path."""
     src = b"".join(p.read_bytes() for p in SOURCES)
     key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), cc.encode(), _cpu_identity().encode()]))
-    out_dir = _cache_dir()
-    target = out_dir / f"glimpse_native_{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"glimpse_native_{key.hexdigest()[:16]}.so"
+    home, tmp = _cache_dirs()
+    dirs = [home] + ([tmp] if _private(tmp) else [])
+    for out_dir in dirs:
+        if (out_dir / name).exists():
+            return out_dir / name
+    errors = []
+    for out_dir in dirs:
+        try:
+            out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return _compile(cc, out_dir, out_dir / name)
+        except OSError as err:
+            errors.append(f"{out_dir}: {err.strerror or err}")
+    raise RuntimeError(f"no writable folder for the native library ({'; '.join(errors)}); set GLIMPSE_NATIVE_CACHE")
+
+
+def _compile(cc: str, out_dir: Path, target: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".build-", suffix=".so")
     os.close(fd)
     try:

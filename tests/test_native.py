@@ -24,10 +24,11 @@ def torch_path():
 
 @pytest.fixture()
 def fresh_build(monkeypatch, tmp_path):
-    """An empty build cache and a fresh library() lookup; restored afterwards."""
-    monkeypatch.setenv("GLIMPSE_NATIVE_CACHE", str(tmp_path))
+    """An empty build cache (and an empty temporary-directory fallback) and a fresh library() lookup."""
+    monkeypatch.setenv("GLIMPSE_NATIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
     native.library.cache_clear()
-    yield tmp_path
+    yield tmp_path / "cache"
     native.library.cache_clear()
 
 
@@ -187,7 +188,7 @@ def test_disabled_by_environment(monkeypatch, fresh_build):
     monkeypatch.setenv("GLIMPSE_NATIVE", "0")
     assert native.library() is None
     assert not native.usable(torch.zeros(2))
-    assert not list(fresh_build.iterdir())
+    assert not fresh_build.exists()
 
 
 def test_a_failed_build_warns_once_and_falls_back(monkeypatch, fresh_build):
@@ -201,6 +202,26 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch, fresh_build):
     mu, r = _rows_inputs(4, 3, 10, torch.float32, seed=0)
     f = att.filterbank(mu[:, 0], torch.ones(4), 1 / (2 * r ** 2), 3, 10)  # still works, on the torch path
     torch.testing.assert_close(f.sum(-1), torch.ones(4, 3))
+
+
+@needs_native
+def test_unwritable_cache_falls_back_to_a_private_temporary_folder(fresh_build):
+    fresh_build.parent.joinpath("cache").write_text("a file where the cache folder should be")
+    assert native.library() is not None
+    tmp = fresh_build.parent / "tmp"
+    built = list(tmp.glob("glimpse-native-*/glimpse_native_*.so"))
+    assert len(built) == 1 and not built[0].parent.stat().st_mode & 0o077
+
+
+@needs_native
+def test_a_temporary_folder_others_can_write_is_not_trusted(fresh_build):
+    fresh_build.parent.joinpath("cache").write_text("not a folder")
+    shared = fresh_build.parent / "tmp" / f"glimpse-native-{native.os.getuid()}"
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)
+    with pytest.warns(RuntimeWarning, match="no writable folder"):
+        assert native.library() is None
+    assert not list(shared.iterdir())
 
 
 @needs_native
