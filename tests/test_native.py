@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -14,12 +15,6 @@ from models import attention as att
 from models import lstm, native
 
 needs_native = pytest.mark.skipif(native.library() is None, reason="no C compiler: the native loops are not built")
-
-
-@pytest.fixture()
-def torch_path():
-    with native.disabled():
-        yield
 
 
 @pytest.fixture()
@@ -156,24 +151,18 @@ def test_gradcheck_native_window(hwn):
     torch.autograd.gradcheck(lambda p: att.window_from_params(p, h, w, n).gamma, (params,))
 
 
-@needs_native
-def test_gradcheck_through_the_native_loops():
-    """Float64 gradcheck of filterbank and LSTM with the native loops on (the default on CPU)."""
+@pytest.mark.parametrize("path", ["native", "torch"])
+def test_gradcheck_window_and_lstm(path):
+    """Float64 gradcheck of the window's filterbanks and of the LSTM gate algebra on both paths."""
+    if path == "native" and native.library() is None:
+        pytest.skip("the native loops are not built here")
     g = torch.Generator().manual_seed(5)
     params = (torch.randn(3, 5, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
-    torch.autograd.gradcheck(lambda p: att.window_from_params(p, 9, 7, 3)[5:], (params,))
     gates = torch.randn(4, 12, generator=g, dtype=torch.float64, requires_grad=True)
     c_prev = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    torch.autograd.gradcheck(lstm.lstm_pointwise, (gates, c_prev))
-
-
-def test_gradcheck_through_the_torch_path(torch_path):
-    g = torch.Generator().manual_seed(6)
-    params = (torch.randn(3, 5, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
-    torch.autograd.gradcheck(lambda p: att.window_from_params(p, 9, 7, 3)[5:], (params,))
-    gates = torch.randn(4, 12, generator=g, dtype=torch.float64, requires_grad=True)
-    c_prev = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    torch.autograd.gradcheck(lstm.lstm_pointwise, (gates, c_prev))
+    with native.disabled() if path == "torch" else contextlib.nullcontext():
+        torch.autograd.gradcheck(lambda p: att.window_from_params(p, 9, 7, 3)[5:], (params,))
+        torch.autograd.gradcheck(lstm.lstm_pointwise, (gates, c_prev))
 
 
 def test_not_used_for_other_dtypes_mixed_dtypes_or_when_disabled():
