@@ -29,7 +29,8 @@ them one by one (speed, issue 5):
   GEMM over all steps' rows. A bias rides along as an extra weight row against a column of ones
   in the input buffer (no bias pass in the forward, no separate bias reduction). The buffers are
   pooled between training steps (up to two sets for each of at most two shapes, about 160 MB a
-  set for the paper's model at batch 100) so the next step does not page in fresh memory;
+  set for the paper's model at batch 100) so the next step does not page in fresh memory; the
+  pool belongs to the model and is freed with it;
 - the sums feeding the LSTM gates are the beta term of the read and z products (addmm);
 - the LSTM gate algebra is ``models.lstm.lstm_pointwise`` (one autograd node, native kernel
   where available), the KL and log densities are computed once over all steps.
@@ -125,18 +126,18 @@ class _Rows:
     buffers: step t owns rows t*B..(t+1)*B, so the weight gradient H^T G is one GEMM over all steps
     with nothing to concatenate. For a product with a bias, H has a last column of ones and the
     weight a last row holding the bias: the forward product needs no bias pass and the same GEMM
-    gives the bias gradient. The buffers go back to a small pool when the graph holding them is
-    freed, so the next training step reuses memory whose pages are already mapped."""
+    gives the bias gradient. The buffers go back to the model's pool (``_POOLS``) when the graph
+    holding them is freed, so the next training step reuses memory whose pages are already mapped;
+    the pool goes when the model does."""
 
-    _pool: dict = {}
     _POOL_SIZE = 2
 
-    def __init__(self, steps: int, batch: int, w: torch.Tensor, ones: bool):
+    def __init__(self, steps: int, batch: int, w: torch.Tensor, ones: bool, pool: dict):
         self.batch, self.ones = batch, ones
         key = (steps * batch, tuple(w.shape), ones, w.dtype, w.device)
-        if key not in _Rows._pool and len(_Rows._pool) >= 8:
-            _Rows._pool.clear()
-        free = _Rows._pool.setdefault(key, [])
+        if key not in pool and len(pool) >= 8:
+            pool.clear()
+        free = pool.setdefault(key, [])
         if free:
             self.h, self.g = free.pop()
         else:
@@ -236,7 +237,10 @@ def _plain_products(p: dict, blocks: dict) -> dict:
     return {k: plain(k) for k in blocks}
 
 
-def _products(p: dict, blocks: dict, steps: int, batch: int) -> dict:
+_POOLS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()  # model -> its _Rows buffers
+
+
+def _products(p: dict, blocks: dict, steps: int, batch: int, pool: dict) -> dict:
     """Per-step product functions ``prod[k](h_t, t)`` for the fused weights, each returning its
     output's column blocks: deferred weight gradients when training."""
     def deferred(k):
@@ -244,7 +248,7 @@ def _products(p: dict, blocks: dict, steps: int, batch: int) -> dict:
         w_t = w.t().detach()
         if b is not None:
             w = torch.cat([w.t(), b[:, None]], 1).t()
-        rows = _Rows(steps, batch, w, ones=b is not None)
+        rows = _Rows(steps, batch, w, ones=b is not None, pool=pool)
         w = _Collect.apply(w, rows)
         bl = blocks[k]
         if b is None:
@@ -329,7 +333,7 @@ class DRAW(nn.Module):
         if self._compiled is not None and torch.is_grad_enabled():
             step = lambda t, *args: self._compiled(*args)  # noqa: E731
         else:
-            prod = _products(p, self._blocks(), T, b)
+            prod = _products(p, self._blocks(), T, b, _POOLS.setdefault(self, {}))
             step = lambda t, x, enc_x, state, eps, weights: self._step(prod, t, x, enc_x, state, eps)  # noqa: E731
         mus, log_sigmas, zs_, rws, wws, cs = [], [], [], [], [], []
         for t in range(T):

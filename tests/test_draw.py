@@ -269,3 +269,25 @@ def test_checkpoint_round_trip(tmp_path):
     torch.testing.assert_close(a.loss, b.loss, rtol=0, atol=0)
     with pytest.raises(CheckpointError, match="steps"):
         load_checkpoint(path, DRAW(small(steps=6)), expected_config=small(steps=6))
+
+
+def test_deferred_gradient_buffers_are_freed_with_the_model():
+    """The pooled (T*B, K) buffers of the deferred weight gradients belong to one model: they are
+    reused by its next training step and released when the model is."""
+    import gc
+    import weakref
+
+    from models import draw as draw_module
+
+    m = DRAW(small(steps=3))
+    x = binary(4, m.config)
+    m.loss(x)[0].backward()
+    pool = draw_module._POOLS[m]
+    assert pool and all(len(free) == 1 for free in pool.values())  # one set per product, back in the pool
+    first = {k: free[0][0].data_ptr() for k, free in pool.items()}
+    m.loss(x)[0].backward()
+    assert {k: free[0][0].data_ptr() for k, free in pool.items()} == first  # the next step reused them
+    buffer, model = weakref.ref(next(iter(pool.values()))[0][0]), weakref.ref(m)
+    del m, pool
+    gc.collect()
+    assert model() is None and buffer() is None
