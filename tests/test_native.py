@@ -181,6 +181,7 @@ def test_disabled_by_environment(monkeypatch, fresh_build):
 
 
 def test_a_failed_build_warns_once_and_falls_back(monkeypatch, fresh_build):
+    monkeypatch.delenv("GLIMPSE_NATIVE", raising=False)
     monkeypatch.setenv("CC", "false")
     with pytest.warns(RuntimeWarning, match="building the native CPU kernels failed"):
         assert native.library() is None
