@@ -1,8 +1,9 @@
-"""Native CPU loops for the two hot spots of both models: the Gaussian filterbank rows (forward and
-backward) and the LSTM gate algebra (forward and backward). Optional: compiled on first use, used
-when available, and the PyTorch path in models/attention.py and models/lstm.py is the fallback.
+"""Native CPU loops for the hot spots of both models, forward and backward: the attention window
+(the five raw numbers to the window and both Gaussian filterbanks), the filterbank rows alone, and
+the LSTM gate algebra. Optional: compiled on first use, used when available, and the PyTorch path
+in models/attention.py and models/lstm.py is the fallback.
 
-On CPU, at the models' sizes, each of those blocks runs as eight to twelve whole-tensor PyTorch
+On CPU, at the models' sizes, each of those blocks runs as eight to twenty whole-tensor PyTorch
 ops, each one a pass over memory plus dispatch; models/native_kernels.c does each block in one or
 two passes. The source is plain C (no PyTorch headers), built with the system C compiler in about
 a second into a cache keyed by the source, the flags, the compiler and this CPU (the build uses
