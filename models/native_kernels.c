@@ -25,6 +25,39 @@ double tanh(double) __attribute__((simd("notinbranch")));
 #define CHUNK 256 /* pixels per vector-exp batch; a multiple of 16 */
 #define LANES 16 /* short rows done side by side, one per vector lane */
 #define LANES_MAX_SIZE 64 /* rows up to this many pixels go through the lanes */
+#if defined(__AVX512F__) && LANES == 16 && LANES_MAX_SIZE % 16 == 0
+#include <immintrin.h>
+#define LANES_TRANSPOSE 1 /* float rows leave the lanes buffer through 16 x 16 register transposes */
+
+/* r[i] = row i of a 16 x 16 block -> r[i] = column i (unpack pairs of rows, then pairs of pairs,
+ * then 128- and 256-bit quarters across registers). */
+static inline void transpose16_f32(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) {
+            t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
+            t[8 * i + j + 4] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0xdd);
+        }
+    for (int j = 0; j < 8; j++) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+        r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
+    }
+}
+#else
+#define LANES_TRANSPOSE 0
+#endif
 #define MAX(x, y) ((x) > (y) ? (x) : (y)) /* not fmax: that stays a libm call without -ffast-math */
 #define CLAMP(x, lo, hi) ((x) < (lo) ? (lo) : ((x) > (hi) ? (hi) : (x)))
 

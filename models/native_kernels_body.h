@@ -53,6 +53,25 @@ typedef struct {
     T *out[LANES];
 } FN(lanes_t);
 
+/* The transpose out of the lanes buffer: row l of the output is column l of tmp. */
+static void FN(lanes_copy_out)(T tmp[][LANES], T *const *out, int count, int64_t size) {
+#if LANES_TRANSPOSE
+    if (sizeof(T) == 4) { /* AVX-512: 16 x 16 blocks transposed in registers, masked stores at the end */
+        for (int64_t a0 = 0; a0 < size; a0 += 16) { /* tmp has LANES_MAX_SIZE rows: a0 + 15 stays inside */
+            __m512 r[16];
+            for (int a = 0; a < 16; a++) r[a] = _mm512_loadu_ps((const float *)tmp[a0 + a]);
+            transpose16_f32(r);
+            const int64_t left = size - a0;
+            const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            for (int l = 0; l < count; l++) _mm512_mask_storeu_ps((float *)out[l] + a0, m, r[l]);
+        }
+        return;
+    }
+#endif
+    for (int l = 0; l < count; l++) /* plain copies, no data-dependent branch */
+        for (int64_t a = 0; a < size; a++) out[l][a] = tmp[a][l];
+}
+
 static void FN(lanes_flush)(FN(lanes_t) *q, int64_t size, T cut, T threshold) {
     T peak_r[LANES], shift[LANES], rr[LANES], sum[LANES], inv[LANES];
     T tmp[LANES_MAX_SIZE][LANES];
@@ -83,8 +102,7 @@ static void FN(lanes_flush)(FN(lanes_t) *q, int64_t size, T cut, T threshold) {
             tmp[a][l] = v > threshold ? v : (T)0;
         }
     }
-    for (int l = 0; l < q->count; l++) /* the transpose out: plain copies, no data-dependent branch */
-        for (int64_t a = 0; a < size; a++) q->out[l][a] = tmp[a][l];
+    FN(lanes_copy_out)(tmp, q->out, q->count, size);
     q->count = 0;
 }
 

@@ -41,10 +41,12 @@ def test_kernel_speed_ratios_gate():
     r = ks.measure_kernel_speed(repeats=9, threads=1, loop=False, bf16=False)
     cls = r["classifier_read"]
     print({k: round(v, 3) for k, v in cls.items()})
-    if r["native"]:  # measured fb / mm 0.45-0.78, mm / fwd 0.46-0.58, native 1.8-7x on fb (README)
+    if r["native"]:  # measured fb / mm 0.46-0.64 (classifier), 0.49-0.55 (DRAW read), 0.72-1.07 (DRAW
+        # write); mm / fwd 0.52-0.58 at the classifier shape; native 2-12x on fb (README)
         assert cls["fb_over_mm"] <= 1.0 * 1.3, cls
         assert cls["mm_over_fwd"] >= 0.4 / 1.3, cls
-        assert r["draw_read"]["fb_over_mm"] <= 1.0 * SLACK, r["draw_read"]
+        assert r["draw_read"]["fb_over_mm"] <= 1.0 * 1.5, r["draw_read"]
+        assert r["draw_write"]["fb_over_mm"] <= 1.0 * SLACK, r["draw_write"]
         for shape in ks.SHAPES:
             assert r[shape]["native_speedup_fb"] >= 1.2, (shape, r[shape])
     assert cls["fb_over_mm"] <= 1.0 * SLACK, cls
