@@ -13,6 +13,7 @@ adds both up. Shapes are the issue's: classifier T = 8, B = 128, 100 x 100; DRAW
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -53,13 +54,10 @@ def _pair(model: str):
 def _stepper(model, loss, disable_native: bool = False):
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
+    path = native.disabled if disable_native else contextlib.nullcontext
+
     def step():
-        if disable_native:
-            with native.disabled():
-                value = loss(model)
-                opt.zero_grad(set_to_none=True)
-                value.backward()
-        else:
+        with path():
             value = loss(model)
             opt.zero_grad(set_to_none=True)
             value.backward()

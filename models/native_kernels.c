@@ -27,7 +27,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
 #define LANES_MAX_SIZE 64 /* rows up to this many pixels go through the lanes */
 #if defined(__AVX512F__) && LANES == 16 && LANES_MAX_SIZE % 16 == 0
 #include <immintrin.h>
-#define LANES_TRANSPOSE 1 /* float rows leave the lanes buffer through 16 x 16 register transposes */
+#define HAVE_TRANSPOSE16_F32 1 /* float rows leave the lanes buffer through 16 x 16 register transposes */
 
 /* r[i] = row i of a 16 x 16 block -> r[i] = column i (unpack pairs of rows, then pairs of pairs,
  * then 128- and 256-bit quarters across registers). */
@@ -55,8 +55,6 @@ static inline void transpose16_f32(__m512 r[16]) {
         r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
     }
 }
-#else
-#define LANES_TRANSPOSE 0
 #endif
 #define MAX(x, y) ((x) > (y) ? (x) : (y)) /* not fmax: that stays a libm call without -ffast-math */
 #define CLAMP(x, lo, hi) ((x) < (lo) ? (lo) : ((x) > (hi) ? (hi) : (x)))
@@ -67,7 +65,11 @@ static inline void transpose16_f32(__m512 r[16]) {
 #define TANH tanhf
 #define RINT rintf
 #define SQRT sqrtf
+#ifdef HAVE_TRANSPOSE16_F32
+#define TRANSPOSE16 transpose16_f32
+#endif
 #include "native_kernels_body.h"
+#undef TRANSPOSE16
 #undef T
 #undef FN
 #undef EXP

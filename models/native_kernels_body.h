@@ -1,6 +1,7 @@
 /* The loops of native_kernels.c for one floating type T (that file defines T, FN, EXP, TANH, RINT,
- * SQRT and includes this once per type). Filterbank notation as in models/attention.py: a row is
- * F[a] = exp(-d^2) / Z with d = (a - mu) r, r = 1 / sqrt(2 sigma2), pixels a = 1..size. */
+ * SQRT, and TRANSPOSE16 where a register transpose for T exists, and includes this once per type).
+ * Filterbank notation as in models/attention.py: a row is F[a] = exp(-d^2) / Z with d = (a - mu) r,
+ * r = 1 / sqrt(2 sigma2), pixels a = 1..size. */
 
 /* One filterbank row. The exponent is shifted by its maximum (at the pixel P nearest mu) in the
  * factored form (P - a) r (P + a - 2 mu) r, exactly 0 at the peak; clamped below at `cut`, and
@@ -55,21 +56,19 @@ typedef struct {
 
 /* The transpose out of the lanes buffer: row l of the output is column l of tmp. */
 static void FN(lanes_copy_out)(T tmp[][LANES], T *const *out, int count, int64_t size) {
-#if LANES_TRANSPOSE
-    if (sizeof(T) == 4) { /* AVX-512: 16 x 16 blocks transposed in registers, masked stores at the end */
-        for (int64_t a0 = 0; a0 < size; a0 += 16) { /* tmp has LANES_MAX_SIZE rows: a0 + 15 stays inside */
-            __m512 r[16];
-            for (int a = 0; a < 16; a++) r[a] = _mm512_loadu_ps((const float *)tmp[a0 + a]);
-            transpose16_f32(r);
-            const int64_t left = size - a0;
-            const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-            for (int l = 0; l < count; l++) _mm512_mask_storeu_ps((float *)out[l] + a0, m, r[l]);
-        }
-        return;
+#ifdef TRANSPOSE16 /* AVX-512, float: 16 x 16 blocks transposed in registers, masked stores at the end */
+    for (int64_t a0 = 0; a0 < size; a0 += 16) { /* tmp has LANES_MAX_SIZE rows: a0 + 15 stays inside */
+        __m512 r[16];
+        for (int a = 0; a < 16; a++) r[a] = _mm512_loadu_ps(tmp[a0 + a]);
+        TRANSPOSE16(r);
+        const int64_t left = size - a0;
+        const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        for (int l = 0; l < count; l++) _mm512_mask_storeu_ps(out[l] + a0, m, r[l]);
     }
-#endif
+#else
     for (int l = 0; l < count; l++) /* plain copies, no data-dependent branch */
         for (int64_t a = 0; a < size; a++) out[l][a] = tmp[a][l];
+#endif
 }
 
 static void FN(lanes_flush)(FN(lanes_t) *q, int64_t size, T cut, T threshold) {
