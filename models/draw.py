@@ -17,7 +17,13 @@ The initial canvas c_0 and the initial LSTM states (h and cell) are zero, not le
 Parameters are laid out as plain modules (``encoder``/``decoder`` are ``nn.LSTMCell``s,
 ``posterior`` an ``nn.Linear``, ``read``/``write`` the shared kernel's modules) so that the
 state dict is readable and shared with ``models.naive_draw``. The forward pass does not call
-them one by one (speed, issue 5):
+them one by one (speed, issue 5).
+
+A training pass on CPU with attention (gradients on, the native loops available, no windows or
+canvases asked for: ``loss()``) runs as one autograd node with a hand-written backward through
+time, ``models.draw_sequence``: four GEMMs and four native calls per step each way. Everything
+else (evaluation, CUDA, no attention, windows for drawing, ``compile_step``) takes the per-step
+path, built as follows:
 
 - every product with h^dec_t (decoder recurrence, encoder input, read window, write window,
   write patch) is one fused GEMM, every product with h^enc_t (posterior, encoder recurrence)
@@ -35,8 +41,9 @@ them one by one (speed, issue 5):
 - the LSTM gate algebra is ``models.lstm.lstm_pointwise`` (one autograd node, native kernel
   where available), the KL and log densities are computed once over all steps.
 
-At the paper's size the bare GEMMs are 40-45% of a training step's CPU time (measured on one
-thread; tests/benchmarks/test_bench_draw.py times them as the "GEMM floor").
+At the paper's size the bare GEMMs are 40-45% of a per-step-path training step's CPU time and
+about 68% of a sequence-path step's (measured on one thread; tests/benchmarks/test_bench_draw.py
+times them as the "GEMM floor").
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models import flops
+from models import draw_sequence, flops
 from models.attention import make_read, make_write, read, window_from_params, write
 from models.common import ConfigMixin, param_count
 from models.lstm import lstm_pointwise
@@ -319,6 +326,9 @@ class DRAW(nn.Module):
         elif noise.shape != (T, b, zs):
             raise ValueError(f"noise must have shape (steps, batch, z_size) = {(T, b, zs)}, got {tuple(noise.shape)}")
         p = self._fused()
+        if not (windows or canvases) and self._compiled is None and draw_sequence.usable(self, x, noise):
+            canvas, mu, log_sigma, z = draw_sequence.run(self, x, noise, p)  # training: one node, native BPTT
+            return self._output(x, noise, canvas, mu, log_sigma, z)
         ng = 4 * he
         canvas = x.new_zeros(x.shape)
         dec_out = p["b_dec"].expand(b, -1).split(self._blocks()["dec"], dim=1)
@@ -343,15 +353,19 @@ class DRAW(nn.Module):
                 rws.append(rwin), wws.append(wwin)
             if canvases:
                 cs.append(state[0])
-        canvas = state[0]
         mu, log_sigma, z = torch.stack(mus), torch.stack(log_sigmas), torch.stack(zs_)  # (T, B, z)
+        keep = windows and cfg.attention
+        return self._output(x, noise, state[0], mu, log_sigma, z, _stack_windows(rws) if keep else None,
+                            _stack_windows(wws) if keep else None, torch.stack(cs) if canvases else None)
+
+    @staticmethod
+    def _output(x, noise, canvas, mu, log_sigma, z, read_windows=None, write_windows=None, canvases=None):
+        """The DRAWOutput for c_T and every step's mu, log sigma, z (T, B, z_size)."""
         kl = kl_standard_normal(mu, log_sigma).sum(-1).t()
         log_q = (-0.5 * noise.square() - log_sigma - HALF_LOG_2PI).sum((0, 2))
         log_pz = (-0.5 * z.square() - HALF_LOG_2PI).sum((0, 2))
         recon = F.binary_cross_entropy_with_logits(canvas, x, reduction="none").flatten(1).sum(1)
-        keep = windows and cfg.attention
-        return DRAWOutput(canvas, kl, recon, log_q, log_pz, _stack_windows(rws) if keep else None,
-                          _stack_windows(wws) if keep else None, torch.stack(cs) if canvases else None)
+        return DRAWOutput(canvas, kl, recon, log_q, log_pz, read_windows, write_windows, canvases)
 
     def _step(self, prod, t, x, enc_x, state, eps):
         """One DRAW step. ``state`` = (canvas c_{t-1}, column blocks of the h^dec GEMM output of

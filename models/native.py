@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
-SOURCES = (SOURCE, SOURCE.with_name("native_kernels_body.h"))  # the .c includes the loops from the .h
+SOURCES = (SOURCE, SOURCE.with_name("native_kernels_body.h"), SOURCE.with_name("native_draw_body.h"))  # .c includes .h
 # No -ffast-math and no FMA contraction (see the source: the exponent is exact at the peak only as
 # written); -fno-math-errno lets GCC call glibc's vector exp/tanh (libmvec), and -fopenmp-simd
 # honours `omp simd` (reductions) without linking an OpenMP runtime beside PyTorch's. 512-bit
@@ -126,8 +126,17 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         getattr(lib, f"rows_backward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I]
         getattr(lib, f"lstm_forward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _I, _I]
         getattr(lib, f"lstm_backward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I]
+        getattr(lib, f"lstm_forward_strided_{sfx}").argtypes = [_P, _I, _P, _I, _P, _P, _P, _P, _P, _I, _I, _I]
+        getattr(lib, f"lstm_backward_strided_{sfx}").argtypes = [_P] * 6 + [_I, _P, _I, _P, _I, _I]
+        getattr(lib, f"draw_canvas_forward_{sfx}").argtypes = (
+            [_P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int, ctypes.c_int] + [_P] * 10 + [_I] * 6 + [consts] * 2)
+        getattr(lib, f"draw_canvas_backward_{sfx}").argtypes = (
+            [_P] * 6 + [_I] * 4 + [ctypes.c_int] * 2 + [_P] * 10 + [_I] * 6 + [consts] * 2)
+        getattr(lib, f"draw_latent_forward_{sfx}").argtypes = [_P, _I, _P, _P, _P, _P, _I, _I]
+        getattr(lib, f"draw_latent_backward_{sfx}").argtypes = [_P] * 6 + [_I, _I, _I]
         for kind in ("rows_forward", "rows_backward", "window_forward", "window_backward", "lstm_forward",
-                     "lstm_backward"):
+                     "lstm_backward", "lstm_forward_strided", "lstm_backward_strided", "draw_canvas_forward",
+                     "draw_canvas_backward", "draw_latent_forward", "draw_latent_backward"):
             getattr(lib, f"{kind}_{sfx}").restype = None
     return lib
 
@@ -179,6 +188,11 @@ def usable(*tensors: torch.Tensor) -> bool:
 def _fn(kind: str, dtype: torch.dtype):
     sfx, scalar = _DTYPES[dtype]
     return getattr(library(), f"{kind}_{sfx}"), scalar
+
+
+def function(kind: str, dtype: torch.dtype):
+    """The raw ctypes function ``kind`` for ``dtype`` (callers pass pointers: see the C source)."""
+    return _fn(kind, dtype)[0]
 
 
 def _ptr(t: torch.Tensor | None):

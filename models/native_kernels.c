@@ -55,6 +55,31 @@ static inline void transpose16_f32(__m512 r[16]) {
         r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
     }
 }
+
+/* u . v for float rows, in one vector accumulator (masked loads at the end) and a tree sum. */
+static inline float dot_avx512_f32(const float *u, const float *v, int64_t len) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t a = 0; a < len; a += 16) {
+        const int64_t left = len - a;
+        const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, u + a), _mm512_maskz_loadu_ps(m, v + a)));
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* dst (cols, rows) = src (rows, cols) transposed, in 16 x 16 register blocks. */
+static void transpose_avx512_f32(const float *src, float *dst, int64_t rows, int64_t cols) {
+    for (int64_t y0 = 0; y0 < rows; y0 += 16)
+        for (int64_t a0 = 0; a0 < cols; a0 += 16) {
+            const int64_t ny = rows - y0 < 16 ? rows - y0 : 16, na = cols - a0 < 16 ? cols - a0 : 16;
+            const __mmask16 ma = (__mmask16)((1u << na) - 1), my = (__mmask16)((1u << ny) - 1);
+            __m512 r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = i < ny ? _mm512_maskz_loadu_ps(ma, src + (y0 + i) * cols + a0) : _mm512_setzero_ps();
+            transpose16_f32(r);
+            for (int j = 0; j < na; j++) _mm512_mask_storeu_ps(dst + (a0 + j) * rows + y0, my, r[j]);
+        }
+}
 #endif
 #define MAX(x, y) ((x) > (y) ? (x) : (y)) /* not fmax: that stays a libm call without -ffast-math */
 #define CLAMP(x, lo, hi) ((x) < (lo) ? (lo) : ((x) > (hi) ? (hi) : (x)))
@@ -67,9 +92,14 @@ static inline void transpose16_f32(__m512 r[16]) {
 #define SQRT sqrtf
 #ifdef HAVE_TRANSPOSE16_F32
 #define TRANSPOSE16 transpose16_f32
+#define DOT dot_avx512_f32
+#define TRANSPOSE_IMAGE transpose_avx512_f32
 #endif
 #include "native_kernels_body.h"
+#include "native_draw_body.h"
 #undef TRANSPOSE16
+#undef DOT
+#undef TRANSPOSE_IMAGE
 #undef T
 #undef FN
 #undef EXP
@@ -84,3 +114,4 @@ static inline void transpose16_f32(__m512 r[16]) {
 #define RINT rint
 #define SQRT sqrt
 #include "native_kernels_body.h"
+#include "native_draw_body.h"

@@ -248,11 +248,18 @@ void FN(window_backward)(const T *params, const T *v, const T *fx, const T *fy, 
     }
 }
 
-/* gates (B, 4k) in (i, f, g, o) order -> act (B, 4k) = the activated gates, c, tanh(c), h (B, k). */
-void FN(lstm_forward)(const T *gates, const T *c_prev, T *act, T *c, T *tc, T *h, int64_t batch, int64_t k) {
+/* gates = a + b (B, 4k) in (i, f, g, o) order, b may be NULL -> act (B, 4k) = the activated
+ * gates, c, tanh(c) (B, k) and h (B, k) with row stride ldh. */
+void FN(lstm_forward_strided)(const T *ga, int64_t lda, const T *gb, int64_t ldb, const T *c_prev, T *act, T *c,
+                              T *tc, T *h, int64_t ldh, int64_t batch, int64_t k) {
     for (int64_t b = 0; b < batch; b++) {
-        const T *a = gates + b * 4 * k, *cp = c_prev + b * k;
-        T *ac = act + b * 4 * k, *cr = c + b * k, *tr = tc + b * k, *hr = h + b * k;
+        const T *a = ga + b * lda, *a2 = gb ? gb + b * ldb : 0, *cp = c_prev + b * k;
+        T *ac = act + b * 4 * k, *cr = c + b * k, *tr = tc + b * k, *hr = h + b * ldh;
+        if (a2) { /* the summed gates go through act, which the loop below overwrites in place */
+            _Pragma("omp simd")
+            for (int64_t j = 0; j < 4 * k; j++) ac[j] = a[j] + a2[j];
+            a = ac;
+        }
         _Pragma("omp simd")
         for (int64_t j = 0; j < k; j++) {
             const T i = (T)1 / ((T)1 + EXP(-a[j]));
@@ -272,24 +279,42 @@ void FN(lstm_forward)(const T *gates, const T *c_prev, T *act, T *c, T *tc, T *h
     }
 }
 
-/* dh or dc may be NULL (no gradient reached that output); dc_prev may be NULL (not needed). */
-void FN(lstm_backward)(const T *dh, const T *dc, const T *act, const T *c_prev, const T *tc, T *da, T *dc_prev,
-                       int64_t batch, int64_t k) {
+void FN(lstm_forward)(const T *gates, const T *c_prev, T *act, T *c, T *tc, T *h, int64_t batch, int64_t k) {
+    FN(lstm_forward_strided)(gates, 4 * k, 0, 0, c_prev, act, c, tc, h, k, batch, k);
+}
+
+/* dh or dc may be NULL (no gradient reached that output); dc_prev may be NULL (not needed) and may
+ * be dc itself. d gates go to da (row stride ld1) and, unless NULL, also to da2 (stride ld2). */
+void FN(lstm_backward_strided)(const T *dh, const T *dc, const T *act, const T *c_prev, const T *tc, T *da,
+                               int64_t ld1, T *da2, int64_t ld2, T *dc_prev, int64_t batch, int64_t k) {
     for (int64_t b = 0; b < batch; b++) {
         const T *ac = act + b * 4 * k, *cp = c_prev + b * k, *tr = tc + b * k;
         const T *dhr = dh ? dh + b * k : 0, *dcr = dc ? dc + b * k : 0;
-        T *d = da + b * 4 * k, *dcp = dc_prev ? dc_prev + b * k : 0;
+        T *d = da + b * ld1, *d2 = da2 ? da2 + b * ld2 : 0, *dcp = dc_prev ? dc_prev + b * k : 0;
         _Pragma("omp simd")
         for (int64_t j = 0; j < k; j++) {
             const T i = ac[j], fg = ac[k + j], g = ac[2 * k + j], o = ac[3 * k + j], t = tr[j];
             const T dhv = dhr ? dhr[j] : (T)0;
             T dct = dhv * o * ((T)1 - t * t);
             if (dcr) dct += dcr[j];
-            d[j] = dct * g * (i * ((T)1 - i));
-            d[k + j] = dct * cp[j] * (fg * ((T)1 - fg));
-            d[2 * k + j] = dct * i * ((T)1 - g * g);
-            d[3 * k + j] = dhv * t * (o * ((T)1 - o));
+            const T di = dct * g * (i * ((T)1 - i)), df = dct * cp[j] * (fg * ((T)1 - fg));
+            const T dg = dct * i * ((T)1 - g * g), dout = dhv * t * (o * ((T)1 - o));
+            d[j] = di;
+            d[k + j] = df;
+            d[2 * k + j] = dg;
+            d[3 * k + j] = dout;
+            if (d2) {
+                d2[j] = di;
+                d2[k + j] = df;
+                d2[2 * k + j] = dg;
+                d2[3 * k + j] = dout;
+            }
             if (dcp) dcp[j] = dct * fg;
         }
     }
+}
+
+void FN(lstm_backward)(const T *dh, const T *dc, const T *act, const T *c_prev, const T *tc, T *da, T *dc_prev,
+                       int64_t batch, int64_t k) {
+    FN(lstm_backward_strided)(dh, dc, act, c_prev, tc, da, 4 * k, 0, 0, dc_prev, batch, k);
 }

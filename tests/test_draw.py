@@ -271,23 +271,37 @@ def test_checkpoint_round_trip(tmp_path):
         load_checkpoint(path, DRAW(small(steps=6)), expected_config=small(steps=6))
 
 
-def test_deferred_gradient_buffers_are_freed_with_the_model():
-    """The pooled (T*B, K) buffers of the deferred weight gradients belong to one model: they are
-    reused by its next training step and released when the model is."""
+@pytest.mark.parametrize("path", ["step", "sequence"])
+def test_pooled_buffers_are_reused_and_freed_with_the_model(path):
+    """The pooled buffers of a training pass belong to one model: the step path's (T*B, K) deferred
+    weight-gradient buffers (taken when windows are asked for) and the sequence path's workspace
+    (models/draw_sequence.py, taken by loss()) are reused by the next pass and released when the
+    model is."""
     import gc
     import weakref
 
     from models import draw as draw_module
+    from models import draw_sequence, native
 
+    if path == "sequence" and not native.usable(torch.zeros(1)):
+        pytest.skip("the sequence path needs the native loops")
     m = DRAW(small(steps=3))
     x = binary(4, m.config)
-    m.loss(x)[0].backward()
-    pool = draw_module._POOLS[m]
-    assert pool and all(len(free) == 1 for free in pool.values())  # one set per product, back in the pool
-    first = {k: free[0][0].data_ptr() for k, free in pool.items()}
-    m.loss(x)[0].backward()
-    assert {k: free[0][0].data_ptr() for k, free in pool.items()} == first  # the next step reused them
-    buffer, model = weakref.ref(next(iter(pool.values()))[0][0]), weakref.ref(m)
-    del m, pool
+
+    def train_pass(model):
+        (model.loss(x)[0] if path == "sequence" else model(x).loss.mean()).backward()
+
+    def buffers(pool):
+        return {k: [(free[0][0] if path == "step" else free[0].g_dec).data_ptr()] for k, free in pool.items()}
+
+    train_pass(m)
+    pool = (draw_sequence._POOLS if path == "sequence" else draw_module._POOLS)[m]
+    assert pool and all(len(free) == 1 for free in pool.values())  # back in the pool after the backward
+    first = buffers(pool)
+    train_pass(m)
+    assert buffers(pool) == first  # the next pass reused them
+    held = next(iter(pool.values()))[0]
+    buffer, model = weakref.ref(held[0] if path == "step" else held.g_dec), weakref.ref(m)
+    del m, pool, held
     gc.collect()
     assert model() is None and buffer() is None

@@ -28,11 +28,12 @@ from models.flops import measure_matmul_peak
 from models.naive_draw import NaiveDRAW
 
 BATCH = 100
-# Gate: the eager fused DRAW is not slower than the naive one. With the "cover" window init and the
-# native CPU loops (models/native.py) measured 1.35-1.39x on a shared 2-core box (4 runs); with the
-# PyTorch kernels only (no C compiler, GLIMPSE_NATIVE=0) 0.97-1.20x, compiled step 1.17x. The native
-# gate keeps >= 30% slack against the lowest run; the others stay at the old 0.8.
-MIN_SPEEDUP_NATIVE = 1.0
+# Gate: the eager fused DRAW against the naive one. With the native CPU loops the training pass
+# takes the sequence path (models/draw_sequence.py), measured 2.02-2.12x on a shared 2-core box;
+# before it, the per-step path measured 1.35-1.64x. With the PyTorch kernels only (no C compiler,
+# GLIMPSE_NATIVE=0) 0.97-1.20x, compiled step 1.17x. The native gate keeps >= 25% slack against
+# the lowest run; the others stay at the old 0.8.
+MIN_SPEEDUP_NATIVE = 1.5
 MIN_SPEEDUP = 0.8
 ELBO_COST_BOUND = 0.5  # issue 5: the ELBO over N images costs at most half a training pass over N
 

@@ -1,0 +1,150 @@
+"""DRAW's sequence path (models/draw_sequence.py: the whole pass as one node, native BPTT) against
+the step-by-step autograd path of the same model, and when each path is taken.
+
+The parity with the independent reference (models/naive_draw.py) is in tests/test_draw.py, whose
+training-loss tests go through this path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import draw_sequence, native
+from models.draw import DRAW, DRAWConfig
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(not native.usable(torch.zeros(1)), reason="needs the native CPU loops")]
+
+CONFIGS = [  # odd sizes on purpose: non-square images, several channels, read_n > write_n
+    dict(steps=4, height=9, width=7, enc_hidden=6, dec_hidden=5, z_size=3, read_n=2, write_n=3),
+    dict(steps=5, height=8, width=11, channels=3, enc_hidden=7, dec_hidden=6, z_size=4, read_n=3, write_n=2),
+    dict(steps=3, height=30, width=30, enc_hidden=12, dec_hidden=10, z_size=5, read_n=2, write_n=5),
+]
+
+
+def _data(cfg, b, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(b, cfg.channels, cfg.height, cfg.width, generator=g) < 0.4).to(dtype)
+    return x, torch.randn(cfg.steps, b, cfg.z_size, generator=g, dtype=dtype)
+
+
+def _objective(out):
+    """Every output of the pass reaches it: canvas (reconstruction), mu and log sigma (KL, log q), z."""
+    return (out.loss + 0.3 * out.log_pz - 0.2 * out.log_q + 0.1 * out.kl[:, -1]).mean()
+
+
+def _grads(model, fn):
+    model.zero_grad(set_to_none=True)
+    value = fn()
+    value.backward()
+    return value.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+def _uses_sequence(model, fn) -> bool:
+    seen = []
+    real = draw_sequence.DRAWSequence.apply
+
+    def spy(*args):
+        seen.append(1)
+        return real(*args)
+
+    draw_sequence.DRAWSequence.apply = spy
+    try:
+        fn()
+    finally:
+        draw_sequence.DRAWSequence.apply = real
+    return bool(seen)
+
+
+@pytest.mark.parametrize("kw", CONFIGS)
+def test_float64_parity_with_the_autograd_path(kw):
+    """Values and every parameter's gradient equal those of the PyTorch-only step path (autograd
+    through every op, native loops off) to float64 rounding."""
+    torch.manual_seed(0)
+    cfg = DRAWConfig(**kw)
+    model = DRAW(cfg).double()
+    x, noise = _data(cfg, 5, torch.float64)
+    assert _uses_sequence(model, lambda: model(x, noise, windows=False))
+    got, got_g = _grads(model, lambda: _objective(model(x, noise, windows=False)))
+    with native.disabled():
+        want, want_g = _grads(model, lambda: _objective(model(x, noise, windows=False)))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for k in want_g:
+        torch.testing.assert_close(got_g[k], want_g[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+def test_float32_paper_size_matches_the_step_path():
+    """The paper's model at batch 10 in float32: loss and gradients agree with the step path (native
+    window and LSTM loops, autograd elsewhere) to float32 tolerance."""
+    torch.manual_seed(0)
+    cfg = DRAWConfig()
+    model = DRAW(cfg)
+    x, noise = _data(cfg, 10, torch.float32)
+    got, got_g = _grads(model, lambda: _objective(model(x, noise, windows=False)))
+    want, want_g = _grads(model, lambda: _objective(model(x, noise, windows=True)))  # windows: the step path
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
+    for k in want_g:
+        assert (got_g[k] - want_g[k]).norm() <= 1e-5 * want_g[k].norm() + 1e-7, k
+
+
+def test_gradcheck_of_the_sequence_node():
+    """Float64 gradcheck of DRAWSequence itself with respect to all four fused weights."""
+    torch.manual_seed(0)
+    cfg = DRAWConfig(steps=3, height=6, width=5, enc_hidden=3, dec_hidden=3, z_size=2, read_n=2, write_n=2)
+    model = DRAW(cfg).double()
+    x, noise = _data(cfg, 2, torch.float64)
+    g = draw_sequence.Geometry(cfg.steps, 2, cfg.channels, cfg.height, cfg.width, cfg.read_n, cfg.write_n,
+                               cfg.enc_hidden, cfg.dec_hidden, cfg.z_size)
+    with torch.no_grad():
+        p = model._fused()
+        weights = [torch.cat([p["w_dec"].t(), p["b_dec"][:, None]], 1).t(),
+                   torch.cat([p["w_enc"].t(), p["b_enc"][:, None]], 1).t(), p["w_read"], p["w_z"]]
+    weights = [w.detach().clone().requires_grad_() for w in weights]
+
+    def f(*ws):
+        canvas, mu, log_sigma, z = draw_sequence.DRAWSequence.apply(x, noise, *ws, g, model)
+        return canvas, mu, log_sigma, z
+
+    assert torch.autograd.gradcheck(f, weights, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_when_the_sequence_path_is_taken():
+    torch.manual_seed(0)
+    cfg = DRAWConfig(**CONFIGS[0])
+    model = DRAW(cfg)
+    x, noise = _data(cfg, 3, torch.float32)
+    assert _uses_sequence(model, lambda: model.loss(x, noise))  # training
+    assert not _uses_sequence(model, lambda: model(x, noise))  # windows asked for
+    assert not _uses_sequence(model, lambda: model(x, noise, windows=False, canvases=True))
+    with torch.no_grad():
+        assert not _uses_sequence(model, lambda: model.loss(x, noise))  # evaluation: the step path
+    with native.disabled():
+        assert not _uses_sequence(model, lambda: model.loss(x, noise))
+    assert not _uses_sequence(model, lambda: model.loss(x.clone().requires_grad_(), noise))  # gradient for x
+    plain = DRAW(DRAWConfig(**{**CONFIGS[0], "attention": False}))
+    assert not _uses_sequence(plain, lambda: plain.loss(x, noise))  # without attention: the step path
+
+
+def test_two_graphs_alive_at_once_keep_their_own_buffers():
+    """A second forward before the first graph's backward takes another workspace from the pool:
+    the gradients of both together equal their sum taken one by one."""
+    torch.manual_seed(0)
+    cfg = DRAWConfig(**CONFIGS[1])
+    model = DRAW(cfg).double()
+    x, noise = _data(cfg, 4, torch.float64)
+    x2, noise2 = _data(cfg, 4, torch.float64, seed=1)
+    _, g1 = _grads(model, lambda: model.loss(x, noise)[0])
+    _, g2 = _grads(model, lambda: model.loss(x2, noise2)[0])
+    _, both = _grads(model, lambda: model.loss(x, noise)[0] + model.loss(x2, noise2)[0])
+    for k in both:
+        torch.testing.assert_close(both[k], g1[k] + g2[k], rtol=1e-12, atol=1e-14, msg=k)
+
+
+def test_same_inputs_same_numbers():
+    torch.manual_seed(0)
+    cfg = DRAWConfig(**CONFIGS[2])
+    model = DRAW(cfg)
+    x, noise = _data(cfg, 6, torch.float32)
+    a, ga = _grads(model, lambda: model.loss(x, noise)[0])
+    b, gb = _grads(model, lambda: model.loss(x, noise)[0])
+    assert torch.equal(a, b) and all(torch.equal(ga[k], gb[k]) for k in ga)
