@@ -83,29 +83,35 @@ class Geometry:
 
 
 class _Workspace:
-    """Every buffer of one forward and backward, allocated once per geometry and reused (pooled)."""
+    """Every buffer of one forward and backward, allocated once per geometry and reused (pooled).
 
-    def __init__(self, g: Geometry, dtype: torch.dtype):
+    ``keep``: the forward keeps every step's intermediates for the backward. Without it (evaluation)
+    the per-step buffers have two slots, used in turn (``slot``), and no backward buffers exist."""
+
+    def __init__(self, g: Geometry, dtype: torch.dtype, keep: bool):
         T, B, hd, he, zs = g.steps, g.batch, g.dec_hidden, g.enc_hidden, g.z_size
+        S = T if keep else 2
+        self.slot = (lambda i: i) if keep else (lambda i: i % 2)
         e = lambda *shape: torch.empty(*shape, dtype=dtype)  # noqa: E731
-        self.h_dec = e(T + 1, B, hd + 1)  # [h^dec_t, 1] for t = 0..T (h^dec_0 = 0)
+        self.h_dec = e(S + 1, B, hd + 1)  # [h^dec_t, 1] for t = 0..T (h^dec_0 = 0)
         self.h_dec[:, :, -1] = 1
         self.h_dec[0, :, :-1] = 0
-        self.h_enc = e(T, B, he + 1)  # [h^enc_t, 1] for t = 1..T
+        self.h_enc = e(S, B, he + 1)  # [h^enc_t, 1] for t = 1..T
         self.h_enc[:, :, -1] = 1
-        self.r = e(T, B, g.read_size)  # glimpse of step t + 1 at t
-        self.g_dec, self.g_enc = e(T + 1, B, g.n_dec), e(T, B, g.n_enc)
+        self.r = e(S, B, g.read_size)  # glimpse of step t + 1 at t
         self.d, self.e = [e(B, g.n_dec), e(B, g.n_dec)], [e(B, g.n_enc), e(B, g.n_enc)]
         self.gates_enc, self.gates_dec = e(B, 4 * he), e(B, 4 * hd)
-        self.act_enc, self.act_dec = e(T, B, 4 * he), e(T, B, 4 * hd)
-        self.c_enc, self.c_dec = e(T + 1, B, he), e(T + 1, B, hd)
-        self.c_enc[0], self.c_dec[0] = 0, 0
-        self.tc_enc, self.tc_dec = e(T, B, he), e(T, B, hd)
-        self.sig = e(T, B, g.pixels)  # sigmoid(c_t), t = 0..T-1
+        self.act_enc, self.act_dec = e(S, B, 4 * he), e(S, B, 4 * hd)
+        self.c_enc, self.c_dec = e(S + 1, B, he), e(S + 1, B, hd)
+        self.tc_enc, self.tc_dec = e(S, B, he), e(S, B, hd)
+        self.sig = e(S, B, g.pixels)  # sigmoid(c_t), t = 0..T-1
         rn, wn, H, W = g.read_n, g.write_n, g.height, g.width
-        self.rparams, self.rv, self.rfx, self.rfy = e(T, B, 5), e(T, B, 5), e(T, B, rn, W), e(T, B, rn, H)
-        self.wparams, self.wv, self.wfx, self.wfy = e(T, B, 5), e(T, B, 5), e(T, B, wn, W), e(T, B, wn, H)
-        self.patch = e(T, B, g.channels * wn * wn)
+        self.rparams, self.rv, self.rfx, self.rfy = e(S, B, 5), e(S, B, 5), e(S, B, rn, W), e(S, B, rn, H)
+        self.wparams, self.wv, self.wfx, self.wfy = e(S, B, 5), e(S, B, 5), e(S, B, wn, W), e(S, B, wn, H)
+        self.patch = e(S, B, g.channels * wn * wn)
+        if not keep:
+            return
+        self.g_dec, self.g_enc = e(T + 1, B, g.n_dec), e(T, B, g.n_enc)
         self.dcanvas, self.dr = e(B, g.pixels), e(B, g.read_size)
         self.dc_enc, self.dc_dec, self.dh_enc, self.dh_dec, self.dz = e(B, he), e(B, hd), e(B, he), e(B, hd), e(B, zs)
         self.scratch = e(10 * B + 2 * B * max(rn, wn) * (H + W))
@@ -118,13 +124,13 @@ _POOL_SIZE = 2
 class _Lease:
     """A workspace taken from the owner's pool; it goes back when the lease (held by the graph) dies."""
 
-    def __init__(self, owner, g: Geometry, dtype: torch.dtype):
+    def __init__(self, owner, g: Geometry, dtype: torch.dtype, keep: bool = True):
         pool = _POOLS.setdefault(owner, {})
-        key = (g, dtype)
+        key = (g, dtype, keep)
         if key not in pool and len(pool) >= 4:
             pool.clear()
         free = pool.setdefault(key, [])
-        self.ws = free.pop() if free else _Workspace(g, dtype)
+        self.ws = free.pop() if free else _Workspace(g, dtype, keep)
         weakref.finalize(self, _Lease._release, free, self.ws)
 
     @staticmethod
@@ -144,51 +150,58 @@ class _Kernels:
             setattr(self, kind, native.function(kind, dtype))
 
 
+def _forward(ws: _Workspace, k: _Kernels, x, eps, w_dec, w_enc, w_read, w_z, g: Geometry):
+    """The T steps with no graph, x (B, P): (c_T (B, P), mu, log sigma, z (T, B, z_size)); the
+    intermediates stay in ``ws`` (every step's when it keeps them)."""
+    T, B, he, hd, zs = g.steps, g.batch, g.enc_hidden, g.dec_hidden, g.z_size
+    H, W, C, rn, wn = g.height, g.width, g.channels, g.read_n, g.write_n
+    rk, wk = _window_consts(x.dtype, H, W, rn), _window_consts(x.dtype, H, W, wn)
+    canvas = x.new_zeros(B, g.pixels)
+    mu, log_sigma, z = (x.new_empty(T, B, zs) for _ in range(3))
+    enc_in, nd, ne, sl = slice(g.col_enc_in, g.col_read), g.n_dec, g.n_enc, ws.slot
+    cols = (g.col_read, g.col_write, g.col_patch)
+    dims = (B, C, H, W, rn, wn, rk, wk)
+
+    def canvas_step(t, d, do_write, do_read):
+        s, r = sl(t - 1), sl(min(t, T - 1))  # write of step t (slot t - 1), read of step t + 1 (slot t)
+        k.draw_canvas_forward(
+            _p(x), _p(canvas), _p(ws.sig[r]), _p(d), nd, *cols, do_write, do_read,
+            _p(ws.wparams[s]), _p(ws.wv[s]), _p(ws.wfx[s]), _p(ws.wfy[s]), _p(ws.patch[s]),
+            _p(ws.rparams[r]), _p(ws.rv[r]), _p(ws.rfx[r]), _p(ws.rfy[r]), _p(ws.r[r]), *dims)
+
+    d_prev, e_prev = ws.d[0], None
+    d_prev.copy_(w_dec[-1].expand(B, -1))  # D_0: h^dec_0 = 0, only the bias row
+    ws.c_enc[0], ws.c_dec[0] = 0, 0
+    canvas_step(0, d_prev, 0, 1)
+    for t in range(1, T + 1):
+        s, n = sl(t - 1), sl(t)  # slots of step t's own buffers and of the state after it
+        torch.addmm(d_prev[:, enc_in], ws.r[s], w_read, out=ws.gates_enc)
+        rec = None if e_prev is None else _p(e_prev) + 2 * zs * e_prev.element_size()
+        k.lstm_forward_strided(_p(ws.gates_enc), 4 * he, rec, ne, _p(ws.c_enc[s]), _p(ws.act_enc[s]),
+                               _p(ws.c_enc[n]), _p(ws.tc_enc[s]), _p(ws.h_enc[s]), he + 1, B, he)
+        e_cur = ws.e[t % 2]
+        torch.mm(ws.h_enc[s], w_enc, out=e_cur)
+        k.draw_latent_forward(_p(e_cur), ne, _p(eps[t - 1]), _p(mu[t - 1]), _p(log_sigma[t - 1]), _p(z[t - 1]), B, zs)
+        torch.addmm(d_prev[:, :4 * hd], z[t - 1], w_z, out=ws.gates_dec)
+        k.lstm_forward_strided(_p(ws.gates_dec), 4 * hd, None, 0, _p(ws.c_dec[s]), _p(ws.act_dec[s]),
+                               _p(ws.c_dec[n]), _p(ws.tc_dec[s]), _p(ws.h_dec[n]), hd + 1, B, hd)
+        d_cur = ws.d[t % 2]
+        torch.mm(ws.h_dec[n], w_dec, out=d_cur)
+        canvas_step(t, d_cur, 1, int(t < T))
+        d_prev, e_prev = d_cur, e_cur
+    return canvas, mu, log_sigma, z
+
+
 class DRAWSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, eps, w_dec, w_enc, w_read, w_z, g: Geometry, owner):
         lease = _Lease(owner, g, x.dtype)
-        ws, k = lease.ws, _Kernels(x.dtype)
-        T, B, he, hd, zs = g.steps, g.batch, g.enc_hidden, g.dec_hidden, g.z_size
-        H, W, C, rn, wn = g.height, g.width, g.channels, g.read_n, g.write_n
-        rk, wk = _window_consts(x.dtype, H, W, rn), _window_consts(x.dtype, H, W, wn)
-        x = x.reshape(B, g.pixels).contiguous()
-        eps = eps.contiguous()
-        canvas = x.new_zeros(B, g.pixels)
-        mu, log_sigma, z = (x.new_empty(T, B, zs) for _ in range(3))
-        enc_in, nd, ne = slice(g.col_enc_in, g.col_read), g.n_dec, g.n_enc
-        cols = (g.col_read, g.col_write, g.col_patch)
-        dims = (B, C, H, W, rn, wn, rk, wk)
-
-        def canvas_step(t, d, do_write, do_read):
-            s, r = t - 1, min(t, T - 1)  # write of step t (slot s), read of step t + 1 (slot t)
-            k.draw_canvas_forward(
-                _p(x), _p(canvas), _p(ws.sig[r]), _p(d), nd, *cols, do_write, do_read,
-                _p(ws.wparams[s]), _p(ws.wv[s]), _p(ws.wfx[s]), _p(ws.wfy[s]), _p(ws.patch[s]),
-                _p(ws.rparams[r]), _p(ws.rv[r]), _p(ws.rfx[r]), _p(ws.rfy[r]), _p(ws.r[r]), *dims)
-
-        d_prev, e_prev = ws.d[0], None
-        d_prev.copy_(w_dec[-1].expand(B, -1))  # D_0: h^dec_0 = 0, only the bias row
-        canvas_step(0, d_prev, 0, 1)
-        for t in range(1, T + 1):
-            s = t - 1
-            torch.addmm(d_prev[:, enc_in], ws.r[s], w_read, out=ws.gates_enc)
-            k.lstm_forward_strided(_p(ws.gates_enc), 4 * he, None if e_prev is None else _p(e_prev) + 2 * zs *
-                                   e_prev.element_size(), ne, _p(ws.c_enc[s]), _p(ws.act_enc[s]), _p(ws.c_enc[t]),
-                                   _p(ws.tc_enc[s]), _p(ws.h_enc[s]), he + 1, B, he)
-            e_cur = ws.e[t % 2]
-            torch.mm(ws.h_enc[s], w_enc, out=e_cur)
-            k.draw_latent_forward(_p(e_cur), ne, _p(eps[s]), _p(mu[s]), _p(log_sigma[s]), _p(z[s]), B, zs)
-            torch.addmm(d_prev[:, :4 * hd], z[s], w_z, out=ws.gates_dec)
-            k.lstm_forward_strided(_p(ws.gates_dec), 4 * hd, None, 0, _p(ws.c_dec[s]), _p(ws.act_dec[s]),
-                                   _p(ws.c_dec[t]), _p(ws.tc_dec[s]), _p(ws.h_dec[t]), hd + 1, B, hd)
-            d_cur = ws.d[t % 2]
-            torch.mm(ws.h_dec[t], w_dec, out=d_cur)
-            canvas_step(t, d_cur, 1, int(t < T))
-            d_prev, e_prev = d_cur, e_cur
+        k = _Kernels(x.dtype)
+        x, eps = x.reshape(g.batch, g.pixels).contiguous(), eps.contiguous()
+        canvas, mu, log_sigma, z = _forward(lease.ws, k, x, eps, w_dec, w_enc, w_read, w_z, g)
         ctx.lease, ctx.g, ctx.k = lease, g, k
         ctx.save_for_backward(x, eps, w_dec, w_enc, w_read, w_z, log_sigma, z)
-        return canvas.view(B, C, H, W), mu, log_sigma, z
+        return canvas.view(g.batch, g.channels, g.height, g.width), mu, log_sigma, z
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -244,15 +257,17 @@ class DRAWSequence(torch.autograd.Function):
 
 
 def usable(model, x: torch.Tensor, noise: torch.Tensor) -> bool:
-    """Whether a training pass of ``model`` on ``x`` can take the sequence path."""
-    cfg = model.config
+    """Whether a pass of ``model`` on ``x`` can take the sequence path: attention, the native loops,
+    and, with gradients on, none wanted for x or the noise."""
     w = model.decoder.weight_ih
-    return (cfg.attention and torch.is_grad_enabled() and w.requires_grad and not x.requires_grad
-            and not noise.requires_grad and x.dtype == w.dtype == noise.dtype and native.usable(x, w, noise))
+    if torch.is_grad_enabled() and (x.requires_grad or noise.requires_grad):
+        return False
+    return model.config.attention and x.dtype == w.dtype == noise.dtype and native.usable(x, w, noise)
 
 
 def run(model, x: torch.Tensor, noise: torch.Tensor, fused: dict):
-    """(c_T (B, C, H, W), mu, log sigma, z (T, B, z_size)) of ``model`` on ``x`` with noise eps."""
+    """(c_T (B, C, H, W), mu, log sigma, z (T, B, z_size)) of ``model`` on ``x`` with noise eps: one
+    autograd node when the weights need gradients, else a forward that keeps no intermediates."""
     cfg = model.config
     g = Geometry(cfg.steps, x.shape[0], cfg.channels, cfg.height, cfg.width, cfg.read_n, cfg.write_n,
                  cfg.enc_hidden, cfg.dec_hidden, cfg.z_size)
@@ -260,5 +275,11 @@ def run(model, x: torch.Tensor, noise: torch.Tensor, fused: dict):
     def with_bias(w, b):
         return torch.cat([w.t(), b[:, None]], 1).t()
 
-    return DRAWSequence.apply(x, noise, with_bias(fused["w_dec"], fused["b_dec"]),
-                              with_bias(fused["w_enc"], fused["b_enc"]), fused["w_read"], fused["w_z"], g, model)
+    weights = (with_bias(fused["w_dec"], fused["b_dec"]), with_bias(fused["w_enc"], fused["b_enc"]),
+               fused["w_read"], fused["w_z"])
+    if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+        return DRAWSequence.apply(x, noise, *weights, g, model)
+    lease = _Lease(model, g, x.dtype, keep=False)
+    x2 = x.reshape(g.batch, g.pixels).contiguous()
+    canvas, mu, log_sigma, z = _forward(lease.ws, _Kernels(x.dtype), x2, noise.contiguous(), *weights, g)
+    return canvas.view(x.shape), mu, log_sigma, z

@@ -40,20 +40,27 @@ def _grads(model, fn):
     return value.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
-def _uses_sequence(model, fn) -> bool:
+def _calls(fn, name="_forward") -> int:
+    """How many times ``fn()`` calls draw_sequence.<name> (_forward: the sequence path at all;
+    DRAWSequence.apply: as an autograd node)."""
     seen = []
-    real = draw_sequence.DRAWSequence.apply
+    owner = draw_sequence.DRAWSequence if name == "apply" else draw_sequence
+    real = getattr(owner, name)
 
     def spy(*args):
         seen.append(1)
         return real(*args)
 
-    draw_sequence.DRAWSequence.apply = spy
+    setattr(owner, name, spy)
     try:
         fn()
     finally:
-        draw_sequence.DRAWSequence.apply = real
-    return bool(seen)
+        setattr(owner, name, real)
+    return len(seen)
+
+
+def _uses_sequence(model, fn) -> bool:
+    return _calls(fn) > 0
 
 
 @pytest.mark.parametrize("kw", CONFIGS)
@@ -87,6 +94,19 @@ def test_float32_paper_size_matches_the_step_path():
         assert (got_g[k] - want_g[k]).norm() <= 1e-5 * want_g[k].norm() + 1e-7, k
 
 
+@pytest.mark.parametrize("kw", CONFIGS)
+def test_evaluation_forward_matches_the_step_path(kw):
+    """Under no_grad the forward keeps two slots of intermediates, not T: same outputs (float64)."""
+    torch.manual_seed(0)
+    cfg = DRAWConfig(**kw)
+    model = DRAW(cfg).double()
+    x, noise = _data(cfg, 4, torch.float64)
+    with torch.no_grad():
+        got, want = model(x, noise, windows=False), model(x, noise, windows=True)
+    for name in ("canvas_logits", "kl", "reconstruction", "log_q", "log_pz"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-12, atol=1e-12, msg=name)
+
+
 def test_gradcheck_of_the_sequence_node():
     """Float64 gradcheck of DRAWSequence itself with respect to all four fused weights."""
     torch.manual_seed(0)
@@ -116,8 +136,10 @@ def test_when_the_sequence_path_is_taken():
     assert _uses_sequence(model, lambda: model.loss(x, noise))  # training
     assert not _uses_sequence(model, lambda: model(x, noise))  # windows asked for
     assert not _uses_sequence(model, lambda: model(x, noise, windows=False, canvases=True))
-    with torch.no_grad():
-        assert not _uses_sequence(model, lambda: model.loss(x, noise))  # evaluation: the step path
+    assert _calls(lambda: model.loss(x, noise), "apply") == 1  # training: one autograd node
+    with torch.no_grad():  # evaluation: the forward alone, keeping no intermediates
+        assert _uses_sequence(model, lambda: model.loss(x, noise))
+        assert _calls(lambda: model.loss(x, noise), "apply") == 0
     with native.disabled():
         assert not _uses_sequence(model, lambda: model.loss(x, noise))
     assert not _uses_sequence(model, lambda: model.loss(x.clone().requires_grad_(), noise))  # gradient for x
