@@ -19,11 +19,11 @@ Parameters are laid out as plain modules (``encoder``/``decoder`` are ``nn.LSTMC
 state dict is readable and shared with ``models.naive_draw``. The forward pass does not call
 them one by one (speed, issue 5).
 
-A training pass on CPU with attention (gradients on, the native loops available, no windows or
-canvases asked for: ``loss()``) runs as one autograd node with a hand-written backward through
-time, ``models.draw_sequence``: four GEMMs and four native calls per step each way. Everything
-else (evaluation, CUDA, no attention, windows for drawing, ``compile_step``) takes the per-step
-path, built as follows:
+A pass on CPU with attention (the native loops available, no windows or canvases asked for:
+``loss()``, the bounds) takes ``models.draw_sequence``: four GEMMs and four native calls per step,
+as one autograd node with a hand-written backward through time when training, keeping no
+intermediates under no_grad. Everything else (CUDA, no attention, windows or canvases for drawing,
+training with ``compile_step``) takes the per-step path, built as follows:
 
 - every product with h^dec_t (decoder recurrence, encoder input, read window, write window,
   write patch) is one fused GEMM, every product with h^enc_t (posterior, encoder recurrence)
@@ -326,8 +326,9 @@ class DRAW(nn.Module):
         elif noise.shape != (T, b, zs):
             raise ValueError(f"noise must have shape (steps, batch, z_size) = {(T, b, zs)}, got {tuple(noise.shape)}")
         p = self._fused()
-        if not (windows or canvases) and self._compiled is None and draw_sequence.usable(self, x, noise):
-            canvas, mu, log_sigma, z = draw_sequence.run(self, x, noise, p)  # training: one node, native BPTT
+        if (not (windows or canvases) and (self._compiled is None or not torch.is_grad_enabled())
+                and draw_sequence.usable(self, x, noise)):
+            canvas, mu, log_sigma, z = draw_sequence.run(self, x, noise, p)  # native per-step loops
             return self._output(x, noise, canvas, mu, log_sigma, z)
         ng = 4 * he
         canvas = x.new_zeros(x.shape)

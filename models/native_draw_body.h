@@ -15,42 +15,7 @@ static void FN(gather5)(const T *rows, int64_t ld, T *out, int64_t batch) {
         for (int j = 0; j < 5; j++) out[5 * b + j] = rows[b * ld + j];
 }
 
-/* Write: canvas (C, H, W) += Fy^T P Fx / gamma for one example, P (C, n, n). */
-static void FN(write_one)(T *canvas, const T *p, const T *fx, const T *fy, T gamma, int64_t c, int64_t n,
-                          int64_t h, int64_t w) {
-    T pf[n * w];
-    for (int64_t ch = 0; ch < c; ch++) {
-        const T *pc = p + ch * n * n;
-        T *cv = canvas + ch * h * w;
-        for (int64_t i = 0; i < n; i++) { /* pf = P Fx */
-            T *row = pf + i * w;
-            _Pragma("omp simd")
-            for (int64_t a = 0; a < w; a++) row[a] = 0;
-            for (int64_t j = 0; j < n; j++) {
-                const T pij = pc[i * n + j];
-                const T *fr = fx + j * w;
-                _Pragma("omp simd")
-                for (int64_t a = 0; a < w; a++) row[a] += pij * fr[a];
-            }
-        }
-        for (int64_t y = 0; y < h; y++) { /* canvas row y += sum_i Fy[i, y] pf[i] / gamma */
-            T acc[w];
-            _Pragma("omp simd")
-            for (int64_t a = 0; a < w; a++) acc[a] = 0;
-            for (int64_t i = 0; i < n; i++) {
-                const T fyi = fy[i * h + y];
-                const T *row = pf + i * w;
-                _Pragma("omp simd")
-                for (int64_t a = 0; a < w; a++) acc[a] += fyi * row[a];
-            }
-            T *cr = cv + y * w;
-            _Pragma("omp simd")
-            for (int64_t a = 0; a < w; a++) cr[a] += acc[a] / gamma;
-        }
-    }
-}
-
-/* t (n, W) = Fy X for one image channel X (H, W). */
+/* t (n, W) = Fy X for one image channel X (H, W): rows of X summed with weights, no reduction. */
 static void FN(fy_times)(const T *fy, const T *x, T *t, int64_t n, int64_t h, int64_t w) {
     for (int64_t i = 0; i < n; i++) {
         T *row = t + i * w;
@@ -61,6 +26,36 @@ static void FN(fy_times)(const T *fy, const T *x, T *t, int64_t n, int64_t h, in
             const T *xr = x + y * w;
             _Pragma("omp simd")
             for (int64_t a = 0; a < w; a++) row[a] += f * xr[a];
+        }
+    }
+}
+
+/* acc (W) = row y of Fy^T M = sum_i Fy[i, y] M[i] for M (n, W). */
+static inline void FN(fyt_row)(const T *fy, const T *m, T *acc, int64_t n, int64_t h, int64_t w, int64_t y) {
+    _Pragma("omp simd")
+    for (int64_t a = 0; a < w; a++) acc[a] = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const T f = fy[i * h + y];
+        const T *mr = m + i * w;
+        _Pragma("omp simd")
+        for (int64_t a = 0; a < w; a++) acc[a] += f * mr[a];
+    }
+}
+
+/* Write: canvas (C, H, W) += Fy^T P Fx / gamma for one example, P (C, n, n). */
+static void FN(write_one)(T *canvas, const T *p, const T *fx, const T *fy, T gamma, int64_t c, int64_t n,
+                          int64_t h, int64_t w) {
+    T pf[n * w];
+    for (int64_t ch = 0; ch < c; ch++) {
+        const T *pc = p + ch * n * n;
+        T *cv = canvas + ch * h * w;
+        FN(fy_times)(pc, fx, pf, n, n, w); /* pf = P Fx: the same row sums as Fy X */
+        for (int64_t y = 0; y < h; y++) { /* canvas row y += sum_i Fy[i, y] pf[i] / gamma */
+            T acc[w];
+            FN(fyt_row)(fy, pf, acc, n, h, w, y);
+            T *cr = cv + y * w;
+            _Pragma("omp simd")
+            for (int64_t a = 0; a < w; a++) cr[a] += acc[a] / gamma;
         }
     }
 }
@@ -214,14 +209,7 @@ void FN(draw_canvas_backward)(const T *x, const T *x_t, const T *sig, T *dcanvas
                 const T *sk = sb + (k - c) * h * w;
                 for (int64_t y = 0; y < h; y++) {
                     T acc[w];
-                    _Pragma("omp simd")
-                    for (int64_t a = 0; a < w; a++) acc[a] = 0;
-                    for (int64_t i = 0; i < rn; i++) {
-                        const T f = fy[i * h + y];
-                        const T *dti = dt + i * w;
-                        _Pragma("omp simd")
-                        for (int64_t a = 0; a < w; a++) acc[a] += f * dti[a];
-                    }
+                    FN(fyt_row)(fy, dt, acc, rn, h, w, y);
                     const T *sr = sk + y * w;
                     T *dcr = dck + y * w;
                     _Pragma("omp simd")
