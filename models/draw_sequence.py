@@ -81,6 +81,12 @@ class Geometry:
     def n_enc(self) -> int:
         return 2 * self.z_size + 4 * self.enc_hidden
 
+    def canvas_args(self, dtype: torch.dtype) -> tuple[tuple, tuple]:
+        """The column offsets and the sizes-and-window-constants that both canvas kernels take."""
+        H, W, rn, wn = self.height, self.width, self.read_n, self.write_n
+        rk, wk = _window_consts(dtype, H, W, rn), _window_consts(dtype, H, W, wn)
+        return (self.col_read, self.col_write, self.col_patch), (self.batch, self.channels, H, W, rn, wn, rk, wk)
+
 
 class _Workspace:
     """Every buffer of one forward and backward, allocated once per geometry and reused (pooled).
@@ -154,13 +160,10 @@ def _forward(ws: _Workspace, k: _Kernels, x, eps, w_dec, w_enc, w_read, w_z, g: 
     """The T steps with no graph, x (B, P): (c_T (B, P), mu, log sigma, z (T, B, z_size)); the
     intermediates stay in ``ws`` (every step's when it keeps them)."""
     T, B, he, hd, zs = g.steps, g.batch, g.enc_hidden, g.dec_hidden, g.z_size
-    H, W, C, rn, wn = g.height, g.width, g.channels, g.read_n, g.write_n
-    rk, wk = _window_consts(x.dtype, H, W, rn), _window_consts(x.dtype, H, W, wn)
     canvas = x.new_zeros(B, g.pixels)
     mu, log_sigma, z = (x.new_empty(T, B, zs) for _ in range(3))
     enc_in, nd, ne, sl = slice(g.col_enc_in, g.col_read), g.n_dec, g.n_enc, ws.slot
-    cols = (g.col_read, g.col_write, g.col_patch)
-    dims = (B, C, H, W, rn, wn, rk, wk)
+    cols, dims = g.canvas_args(x.dtype)
 
     def canvas_step(t, d, do_write, do_read):
         s, r = sl(t - 1), sl(min(t, T - 1))  # write of step t (slot t - 1), read of step t + 1 (slot t)
@@ -209,16 +212,13 @@ class DRAWSequence(torch.autograd.Function):
         x, eps, w_dec, w_enc, w_read, w_z, log_sigma, z = ctx.saved_tensors
         ws, g, k = ctx.lease.ws, ctx.g, ctx.k
         T, B, he, hd, zs = g.steps, g.batch, g.enc_hidden, g.dec_hidden, g.z_size
-        H, W, C, rn, wn = g.height, g.width, g.channels, g.read_n, g.write_n
-        rk, wk = _window_consts(x.dtype, H, W, rn), _window_consts(x.dtype, H, W, wn)
         d_mu, d_log_sigma, d_z = d_mu.contiguous(), d_log_sigma.contiguous(), d_z.contiguous()
         nd, ne, item = g.n_dec, g.n_enc, x.element_size()
         enc_in = slice(g.col_enc_in, g.col_read)
-        cols = (g.col_read, g.col_write, g.col_patch)
-        dims = (B, C, H, W, rn, wn, rk, wk)
+        cols, dims = g.canvas_args(x.dtype)
         dcanvas = ws.dcanvas
         dcanvas.copy_(d_canvas.reshape(B, g.pixels))
-        x_t = x.view(B, C, H, W).transpose(2, 3).contiguous()
+        x_t = x.view(B, g.channels, g.height, g.width).transpose(2, 3).contiguous()
         ws.dc_enc.zero_(), ws.dc_dec.zero_()
         ws.g_dec[T, :, :g.col_write] = 0  # no step T + 1
         ws.g_dec[0, :, g.col_write:] = 0  # no write at step 0
