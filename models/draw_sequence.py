@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
@@ -82,10 +83,11 @@ class Geometry:
         return 2 * self.z_size + 4 * self.enc_hidden
 
     def canvas_args(self, dtype: torch.dtype) -> tuple[tuple, tuple]:
-        """The column offsets and the sizes-and-window-constants that both canvas kernels take."""
+        """The column offsets and the sizes-and-window-constants that both canvas kernels take (after
+        their rows b0, b1)."""
         H, W, rn, wn = self.height, self.width, self.read_n, self.write_n
         rk, wk = _window_consts(dtype, H, W, rn), _window_consts(dtype, H, W, wn)
-        return (self.col_read, self.col_write, self.col_patch), (self.batch, self.channels, H, W, rn, wn, rk, wk)
+        return (self.col_read, self.col_write, self.col_patch), (self.channels, H, W, rn, wn, rk, wk)
 
 
 class _Workspace:
@@ -105,7 +107,7 @@ class _Workspace:
         self.h_enc = e(S, B, he + 1)  # [h^enc_t, 1] for t = 1..T
         self.h_enc[:, :, -1] = 1
         self.r = e(S, B, g.read_size)  # glimpse of step t + 1 at t
-        self.d, self.e = [e(B, g.n_dec), e(B, g.n_dec)], [e(B, g.n_enc), e(B, g.n_enc)]
+        self.d, self.e = e(2, B, g.n_dec), e(2, B, g.n_enc)  # D and E of the previous and current step
         self.gates_enc, self.gates_dec = e(B, 4 * he), e(B, 4 * hd)
         self.act_enc, self.act_dec = e(S, B, 4 * he), e(S, B, 4 * hd)
         self.c_enc, self.c_dec = e(S + 1, B, he), e(S + 1, B, hd)
@@ -115,12 +117,28 @@ class _Workspace:
         self.rparams, self.rv, self.rfx, self.rfy = e(S, B, 5), e(S, B, 5), e(S, B, rn, W), e(S, B, rn, H)
         self.wparams, self.wv, self.wfx, self.wfy = e(S, B, 5), e(S, B, 5), e(S, B, wn, W), e(S, B, wn, H)
         self.patch = e(S, B, g.channels * wn * wn)
-        if not keep:
-            return
-        self.g_dec, self.g_enc = e(T + 1, B, g.n_dec), e(T, B, g.n_enc)
-        self.dcanvas, self.dr = e(B, g.pixels), e(B, g.read_size)
-        self.dc_enc, self.dc_dec, self.dh_enc, self.dh_dec, self.dz = e(B, he), e(B, hd), e(B, he), e(B, hd), e(B, zs)
-        self.scratch = e(10 * B + 2 * B * max(rn, wn) * (H + W))
+        if keep:
+            self.g_dec, self.g_enc = e(T + 1, B, g.n_dec), e(T, B, g.n_enc)
+            self.dcanvas, self.dr = e(B, g.pixels), e(B, g.read_size)
+            self.dc_enc, self.dc_dec, self.dh_enc, self.dh_dec = e(B, he), e(B, hd), e(B, he), e(B, hd)
+            self.dz, self.scratch = e(B, zs), e(B * (10 + max(rn, wn) * (H + W)))
+        # Per-slot addresses and views, made once: the step loops then index lists (building a view
+        # and asking its address costs microseconds, and a pass makes thousands).
+        self.p = SimpleNamespace(**{k: slot_pointers(v) for k, v in vars(self).items() if torch.is_tensor(v)})
+        self.v = SimpleNamespace(**{k: list(getattr(self, k).unbind(0)) for k in ("h_dec", "h_enc", "r", "d", "e")})
+        enc_in = slice(g.col_enc_in, g.col_read)
+        self.d_rec, self.d_enc_in = [d[:, :4 * hd] for d in self.v.d], [d[:, enc_in] for d in self.v.d]
+        if keep:
+            self.v.g_dec, self.v.g_enc = list(self.g_dec.unbind(0)), list(self.g_enc.unbind(0))
+            self.g_dec_rec, self.g_dec_enc_in = [t[:, :4 * hd] for t in self.v.g_dec], [t[:, enc_in] for t in self.v.g_dec]
+
+
+def slot_pointers(t: torch.Tensor) -> list[int]:
+    """The address of every t[i] (a 1-D tensor: its own address)."""
+    if t.dim() < 2:
+        return [t.data_ptr()]
+    step = t.stride(0) * t.element_size()
+    return [t.data_ptr() + i * step for i in range(t.shape[0])]
 
 
 _POOLS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()  # model -> {key: [free workspaces]}
@@ -145,10 +163,6 @@ class _Lease:
             free.append(ws)
 
 
-def _p(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
 class _Kernels:
     def __init__(self, dtype: torch.dtype):
         for kind in ("lstm_forward_strided", "lstm_backward_strided", "draw_canvas_forward", "draw_canvas_backward",
@@ -162,36 +176,38 @@ def _forward(ws: _Workspace, k: _Kernels, x, eps, w_dec, w_enc, w_read, w_z, g: 
     T, B, he, hd, zs = g.steps, g.batch, g.enc_hidden, g.dec_hidden, g.z_size
     canvas = x.new_zeros(B, g.pixels)
     mu, log_sigma, z = (x.new_empty(T, B, zs) for _ in range(3))
-    enc_in, nd, ne, sl = slice(g.col_enc_in, g.col_read), g.n_dec, g.n_enc, ws.slot
+    nd, ne, sl, P, V = g.n_dec, g.n_enc, ws.slot, ws.p, ws.v
     cols, dims = g.canvas_args(x.dtype)
+    x_p, canvas_p, rec_offset = x.data_ptr(), canvas.data_ptr(), 2 * zs * x.element_size()
+    eps_p, mu_p, ls_p, z_p = (slot_pointers(t) for t in (eps, mu, log_sigma, z))
+    ga, gd = ws.gates_enc, ws.gates_dec
+    ga_p, gd_p = ga.data_ptr(), gd.data_ptr()
+
+    threads = torch.get_num_threads()  # the native loops split the batch over torch's threads (OpenMP)
+    tail = (0, B, *dims, threads)
 
     def canvas_step(t, d, do_write, do_read):
         s, r = sl(t - 1), sl(min(t, T - 1))  # write of step t (slot t - 1), read of step t + 1 (slot t)
         k.draw_canvas_forward(
-            _p(x), _p(canvas), _p(ws.sig[r]), _p(d), nd, *cols, do_write, do_read,
-            _p(ws.wparams[s]), _p(ws.wv[s]), _p(ws.wfx[s]), _p(ws.wfy[s]), _p(ws.patch[s]),
-            _p(ws.rparams[r]), _p(ws.rv[r]), _p(ws.rfx[r]), _p(ws.rfy[r]), _p(ws.r[r]), *dims)
+            x_p, canvas_p, P.sig[r], P.d[d], nd, *cols, do_write, do_read, P.wparams[s], P.wv[s], P.wfx[s],
+            P.wfy[s], P.patch[s], P.rparams[r], P.rv[r], P.rfx[r], P.rfy[r], P.r[r], *tail)
 
-    d_prev, e_prev = ws.d[0], None
-    d_prev.copy_(w_dec[-1].expand(B, -1))  # D_0: h^dec_0 = 0, only the bias row
+    V.d[0].copy_(w_dec[-1].expand(B, -1))  # D_0: h^dec_0 = 0, only the bias row
     ws.c_enc[0], ws.c_dec[0] = 0, 0
-    canvas_step(0, d_prev, 0, 1)
+    canvas_step(0, 0, 0, 1)
     for t in range(1, T + 1):
         s, n = sl(t - 1), sl(t)  # slots of step t's own buffers and of the state after it
-        torch.addmm(d_prev[:, enc_in], ws.r[s], w_read, out=ws.gates_enc)
-        rec = None if e_prev is None else _p(e_prev) + 2 * zs * e_prev.element_size()
-        k.lstm_forward_strided(_p(ws.gates_enc), 4 * he, rec, ne, _p(ws.c_enc[s]), _p(ws.act_enc[s]),
-                               _p(ws.c_enc[n]), _p(ws.tc_enc[s]), _p(ws.h_enc[s]), he + 1, B, he)
-        e_cur = ws.e[t % 2]
-        torch.mm(ws.h_enc[s], w_enc, out=e_cur)
-        k.draw_latent_forward(_p(e_cur), ne, _p(eps[t - 1]), _p(mu[t - 1]), _p(log_sigma[t - 1]), _p(z[t - 1]), B, zs)
-        torch.addmm(d_prev[:, :4 * hd], z[t - 1], w_z, out=ws.gates_dec)
-        k.lstm_forward_strided(_p(ws.gates_dec), 4 * hd, None, 0, _p(ws.c_dec[s]), _p(ws.act_dec[s]),
-                               _p(ws.c_dec[n]), _p(ws.tc_dec[s]), _p(ws.h_dec[n]), hd + 1, B, hd)
-        d_cur = ws.d[t % 2]
-        torch.mm(ws.h_dec[n], w_dec, out=d_cur)
-        canvas_step(t, d_cur, 1, int(t < T))
-        d_prev, e_prev = d_cur, e_cur
+        prev, cur = (t - 1) % 2, t % 2  # D and E of step t - 1, and of step t
+        torch.addmm(ws.d_enc_in[prev], V.r[s], w_read, out=ga)
+        k.lstm_forward_strided(ga_p, 4 * he, P.e[prev] + rec_offset if t > 1 else None, ne, P.c_enc[s],
+                               P.act_enc[s], P.c_enc[n], P.tc_enc[s], P.h_enc[s], he + 1, B, he, threads)
+        torch.mm(V.h_enc[s], w_enc, out=V.e[cur])
+        k.draw_latent_forward(P.e[cur], ne, eps_p[t - 1], mu_p[t - 1], ls_p[t - 1], z_p[t - 1], B, zs)
+        torch.addmm(ws.d_rec[prev], z[t - 1], w_z, out=gd)
+        k.lstm_forward_strided(gd_p, 4 * hd, None, 0, P.c_dec[s], P.act_dec[s], P.c_dec[n], P.tc_dec[s],
+                               P.h_dec[n], hd + 1, B, hd, threads)
+        torch.mm(V.h_dec[n], w_dec, out=V.d[cur])
+        canvas_step(t, cur, 1, int(t < T))
     return canvas, mu, log_sigma, z
 
 
@@ -223,29 +239,37 @@ class DRAWSequence(torch.autograd.Function):
         ws.g_dec[T, :, :g.col_write] = 0  # no step T + 1
         ws.g_dec[0, :, g.col_write:] = 0  # no write at step 0
         ws.g_enc[T - 1, :, 2 * zs:] = 0
-        w_dec_h, w_enc_h = w_dec[:hd].t(), w_enc[:he].t()
+        w_dec_h, w_enc_h, w_z_t, w_read_t = w_dec[:hd].t(), w_enc[:he].t(), w_z.t(), w_read.t()
+        P, V = ws.p, ws.v
+        fixed = (x.data_ptr(), x_t.data_ptr())
+        dcanvas_p, dr_p, scratch_p = dcanvas.data_ptr(), ws.dr.data_ptr(), ws.scratch.data_ptr()
+        dh_dec_p, dc_dec_p, dh_enc_p, dc_enc_p, dz_p = (t.data_ptr() for t in (ws.dh_dec, ws.dc_dec, ws.dh_enc,
+                                                                                 ws.dc_enc, ws.dz))
+        dmu_p, dls_p, ls_p, eps_p = (slot_pointers(t) for t in (d_mu, d_log_sigma, log_sigma, eps))
+        enc_in_offset, rec_offset = g.col_enc_in * item, 2 * zs * item
+
+        threads = torch.get_num_threads()
+        tail = (0, B, *dims, threads)
 
         def canvas_step(t, do_write, do_read):
             s, r = t - 1, min(t, T - 1)
             k.draw_canvas_backward(
-                _p(x), _p(x_t), _p(ws.sig[r]), _p(dcanvas), _p(ws.dr), _p(ws.g_dec[t]), nd, *cols, do_write, do_read,
-                _p(ws.wparams[s]), _p(ws.wv[s]), _p(ws.wfx[s]), _p(ws.wfy[s]), _p(ws.patch[s]),
-                _p(ws.rparams[r]), _p(ws.rv[r]), _p(ws.rfx[r]), _p(ws.rfy[r]), _p(ws.scratch), *dims)
+                *fixed, P.sig[r], dcanvas_p, dr_p, P.g_dec[t], nd, *cols, do_write, do_read, P.wparams[s],
+                P.wv[s], P.wfx[s], P.wfy[s], P.patch[s], P.rparams[r], P.rv[r], P.rfx[r], P.rfy[r], scratch_p, *tail)
 
         for t in range(T, 0, -1):
             s = t - 1
             canvas_step(t, 1, int(t < T))
-            torch.mm(ws.g_dec[t], w_dec_h, out=ws.dh_dec)
-            k.lstm_backward_strided(_p(ws.dh_dec), _p(ws.dc_dec), _p(ws.act_dec[s]), _p(ws.c_dec[s]),
-                                    _p(ws.tc_dec[s]), _p(ws.g_dec[s]), nd, None, 0, _p(ws.dc_dec), B, hd)
-            torch.addmm(d_z[s], ws.g_dec[s, :, :4 * hd], w_z.t(), out=ws.dz)
-            k.draw_latent_backward(_p(ws.dz), _p(d_mu[s]), _p(d_log_sigma[s]), _p(log_sigma[s]), _p(eps[s]),
-                                   _p(ws.g_enc[s]), ne, B, zs)
-            torch.mm(ws.g_enc[s], w_enc_h, out=ws.dh_enc)
-            k.lstm_backward_strided(_p(ws.dh_enc), _p(ws.dc_enc), _p(ws.act_enc[s]), _p(ws.c_enc[s]),
-                                    _p(ws.tc_enc[s]), _p(ws.g_dec[s]) + g.col_enc_in * item, nd,
-                                    _p(ws.g_enc[s - 1]) + 2 * zs * item if s else None, ne, _p(ws.dc_enc), B, he)
-            torch.mm(ws.g_dec[s, :, enc_in], w_read.t(), out=ws.dr)
+            torch.mm(V.g_dec[t], w_dec_h, out=ws.dh_dec)
+            k.lstm_backward_strided(dh_dec_p, dc_dec_p, P.act_dec[s], P.c_dec[s], P.tc_dec[s], P.g_dec[s], nd, None, 0,
+                                    dc_dec_p, B, hd, threads)
+            torch.addmm(d_z[s], ws.g_dec_rec[s], w_z_t, out=ws.dz)
+            k.draw_latent_backward(dz_p, dmu_p[s], dls_p[s], ls_p[s], eps_p[s], P.g_enc[s], ne, B, zs)
+            torch.mm(V.g_enc[s], w_enc_h, out=ws.dh_enc)
+            k.lstm_backward_strided(dh_enc_p, dc_enc_p, P.act_enc[s], P.c_enc[s], P.tc_enc[s],
+                                    P.g_dec[s] + enc_in_offset, nd, P.g_enc[s - 1] + rec_offset if s else None, ne,
+                                    dc_enc_p, B, he, threads)
+            torch.mm(ws.g_dec_enc_in[s], w_read_t, out=ws.dr)
         canvas_step(0, 0, 1)
         rows_dec, rows = (T + 1) * B, T * B
         g_dec = ws.g_dec.view(rows_dec, nd)

@@ -38,10 +38,10 @@ import torch
 SOURCE = Path(__file__).with_name("native_kernels.c")
 SOURCES = (SOURCE, SOURCE.with_name("native_kernels_body.h"), SOURCE.with_name("native_draw_body.h"))  # .c includes .h
 # No -ffast-math and no FMA contraction (see the source: the exponent is exact at the peak only as
-# written); -fno-math-errno lets GCC call glibc's vector exp/tanh (libmvec), and -fopenmp-simd
-# honours `omp simd` (reductions) without linking an OpenMP runtime beside PyTorch's. 512-bit
-# vectors where the CPU has them: the window loops ran 15-25% faster than with GCC's default 256.
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd", "-shared", "-fPIC") + (
+# written); -fno-math-errno lets GCC call glibc's vector exp/tanh (libmvec). 512-bit vectors where
+# the CPU has them: the window loops ran 15-25% faster than with GCC's default 256. OpenMP: see
+# _openmp_flag.
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC") + (
     ("-mprefer-vector-width=512",) if platform.machine() in ("x86_64", "AMD64") else ())
 COMPILE_TIMEOUT_S = 120
 
@@ -75,11 +75,28 @@ def _private(folder: Path) -> bool:
     return st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
+def _openmp_flag() -> str:
+    """-fopenmp when this process already has GNU OpenMP loaded as libgomp.so.1 (PyTorch's Linux CPU
+    wheels bring it): the loader matches the library's needed soname to it, so the DRAW loops split
+    the batch over PyTorch's own OpenMP threads and no second runtime is loaded. Otherwise
+    -fopenmp-simd: `omp simd` only, single-threaded."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "-fopenmp-simd"
+    loaded = {line.rsplit("/", 1)[-1] for line in maps.splitlines() if "/libgomp" in line}
+    return "-fopenmp" if loaded == {"libgomp.so.1"} else "-fopenmp-simd"
+
+
+def _flags() -> tuple[str, ...]:
+    return FLAGS + (_openmp_flag(),)
+
+
 def _build(cc: str) -> Path:
     """Compile SOURCE into the first writable cache folder (atomically: a temporary name, then
     rename) unless it is there already; return its path."""
     src = b"".join(p.read_bytes() for p in SOURCES)
-    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), cc.encode(), _cpu_identity().encode()]))
+    key = hashlib.sha256(b"\0".join([src, " ".join(_flags()).encode(), cc.encode(), _cpu_identity().encode()]))
     name = f"glimpse_native_{key.hexdigest()[:16]}.so"
     home, tmp = _cache_dirs()
     dirs = [home] + ([tmp] if _private(tmp) else [])
@@ -100,7 +117,7 @@ def _compile(cc: str, out_dir: Path, target: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".build-", suffix=".so")
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+        proc = subprocess.run([cc, *_flags(), "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
                               timeout=COMPILE_TIMEOUT_S)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} exited with {proc.returncode}: {proc.stderr.strip()[-500:]}")
@@ -126,12 +143,14 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         getattr(lib, f"rows_backward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I]
         getattr(lib, f"lstm_forward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _I, _I]
         getattr(lib, f"lstm_backward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I]
-        getattr(lib, f"lstm_forward_strided_{sfx}").argtypes = [_P, _I, _P, _I, _P, _P, _P, _P, _P, _I, _I, _I]
-        getattr(lib, f"lstm_backward_strided_{sfx}").argtypes = [_P] * 6 + [_I, _P, _I, _P, _I, _I]
+        getattr(lib, f"lstm_forward_strided_{sfx}").argtypes = [_P, _I, _P, _I, _P, _P, _P, _P, _P, _I, _I, _I,
+                                                                ctypes.c_int]
+        getattr(lib, f"lstm_backward_strided_{sfx}").argtypes = [_P] * 6 + [_I, _P, _I, _P, _I, _I, ctypes.c_int]
         getattr(lib, f"draw_canvas_forward_{sfx}").argtypes = (
-            [_P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int, ctypes.c_int] + [_P] * 10 + [_I] * 6 + [consts] * 2)
+            [_P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int, ctypes.c_int] + [_P] * 10 + [_I] * 7 + [consts] * 2
+            + [ctypes.c_int])
         getattr(lib, f"draw_canvas_backward_{sfx}").argtypes = (
-            [_P] * 6 + [_I] * 4 + [ctypes.c_int] * 2 + [_P] * 10 + [_I] * 6 + [consts] * 2)
+            [_P] * 6 + [_I] * 4 + [ctypes.c_int] * 2 + [_P] * 10 + [_I] * 7 + [consts] * 2 + [ctypes.c_int])
         getattr(lib, f"draw_latent_forward_{sfx}").argtypes = [_P, _I, _P, _P, _P, _P, _I, _I]
         getattr(lib, f"draw_latent_backward_{sfx}").argtypes = [_P] * 6 + [_I, _I, _I]
         for kind in ("rows_forward", "rows_backward", "window_forward", "window_backward", "lstm_forward",

@@ -104,13 +104,17 @@ static void FN(rows_times)(const T *q, const T *m_t, T *out, int64_t n, int64_t 
 
 /* Between D_t and the next step's encoder GEMM: the write of step t (when do_write), then, when
  * do_read, s_t = sigmoid(c_t), x^_{t+1} = x - s_t and the read r_{t+1} = gamma Fy [x, x^] Fx^T.
- * Saves the windows' raw params, values and filterbanks, the patch, and s_t for the backward. */
-void FN(draw_canvas_forward)(const T *x, T *canvas, T *sig, const T *d, int64_t ldd, int64_t col_read,
+ * Saves the windows' raw params, values and filterbanks, the patch, and s_t for the backward.
+ * Does rows b0..b1-1 of the batch (pointers are to the whole batch), so callers can split it. */
+static void FN(canvas_forward_rows)(const T *x, T *canvas, T *sig, const T *d, int64_t ldd, int64_t col_read,
                              int64_t col_write, int64_t col_patch, int do_write, int do_read, T *wparams, T *wv,
-                             T *wfx, T *wfy, T *patch, T *rparams, T *rv, T *rfx, T *rfy, T *r, int64_t batch,
-                             int64_t c, int64_t h, int64_t w, int64_t rn, int64_t wn, const FN(window_consts) *rk,
-                             const FN(window_consts) *wk) {
-    const int64_t pixels = c * h * w, pn = c * wn * wn, rlen = 2 * c * rn * rn;
+                             T *wfx, T *wfy, T *patch, T *rparams, T *rv, T *rfx, T *rfy, T *r, int64_t b0,
+                             int64_t b1, int64_t c, int64_t h, int64_t w, int64_t rn, int64_t wn,
+                             const FN(window_consts) *rk, const FN(window_consts) *wk) {
+    const int64_t pixels = c * h * w, pn = c * wn * wn, rlen = 2 * c * rn * rn, batch = b1 - b0;
+    x += b0 * pixels, canvas += b0 * pixels, sig += b0 * pixels, d += b0 * ldd, r += b0 * rlen;
+    wparams += 5 * b0, wv += 5 * b0, wfx += b0 * wn * w, wfy += b0 * wn * h, patch += b0 * pn;
+    rparams += 5 * b0, rv += 5 * b0, rfx += b0 * rn * w, rfy += b0 * rn * h;
     if (do_write) {
         FN(gather5)(d + col_write, ldd, wparams, batch);
         FN(window_forward)(wparams, wv, wfx, wfy, batch, wn, h, w, wk);
@@ -150,17 +154,21 @@ static void FN(scatter5)(const T *dparams, T *rows, int64_t ld, int64_t batch) {
 /* Gradient of draw_canvas_forward, in reverse: the read of step t+1 (dr (B, 2C n n) in; adds the
  * error image's share to dcanvas, the gradient for c_t), then the write of step t (dcanvas in).
  * The window and patch gradients go to their column blocks of g, the gradient of D_t. x_t is x
- * with each channel transposed (B, C, W, H). scratch holds 10 B + 2 B n (H + W) elements for the
- * largest n. The gradients of Fy are formed against transposed images (rows_times), so every
+ * with each channel transposed (B, C, W, H). scratch holds B (10 + n (H + W)) elements for the
+ * largest n. Rows b0..b1-1 of the batch, as the forward. The gradients of Fy are formed against transposed images (rows_times), so every
  * inner loop runs along an image row with no reduction. */
-void FN(draw_canvas_backward)(const T *x, const T *x_t, const T *sig, T *dcanvas, const T *dr, T *g, int64_t ldg,
+static void FN(canvas_backward_rows)(const T *x, const T *x_t, const T *sig, T *dcanvas, const T *dr, T *g, int64_t ldg,
                               int64_t col_read, int64_t col_write, int64_t col_patch, int do_write, int do_read,
                               const T *wparams, const T *wv, const T *wfx, const T *wfy, const T *patch,
-                              const T *rparams, const T *rv, const T *rfx, const T *rfy, T *scratch, int64_t batch,
-                              int64_t c, int64_t h, int64_t w, int64_t rn, int64_t wn, const FN(window_consts) *rk,
-                              const FN(window_consts) *wk) {
-    const int64_t pixels = c * h * w, pn = c * wn * wn, rlen = 2 * c * rn * rn;
+                              const T *rparams, const T *rv, const T *rfx, const T *rfy, T *scratch, int64_t b0,
+                              int64_t b1, int64_t c, int64_t h, int64_t w, int64_t rn, int64_t wn,
+                              const FN(window_consts) *rk, const FN(window_consts) *wk) {
+    const int64_t pixels = c * h * w, pn = c * wn * wn, rlen = 2 * c * rn * rn, batch = b1 - b0;
     const int64_t nmax = rn > wn ? rn : wn;
+    x += b0 * pixels, x_t += b0 * pixels, sig += b0 * pixels, dcanvas += b0 * pixels, dr += b0 * rlen;
+    g += b0 * ldg, scratch += b0 * (10 + nmax * (w + h));
+    wparams += 5 * b0, wv += 5 * b0, wfx += b0 * wn * w, wfy += b0 * wn * h, patch += b0 * pn;
+    rparams += 5 * b0, rv += 5 * b0, rfx += b0 * rn * w, rfy += b0 * rn * h;
     T *dv = scratch, *dparams = scratch + 5 * batch, *dfx = scratch + 10 * batch, *dfy = dfx + batch * nmax * w;
     T img_t[h * w];
     if (do_read) {
@@ -265,6 +273,51 @@ void FN(draw_canvas_backward)(const T *x, const T *x_t, const T *sig, T *dcanvas
     FN(window_backward)(wparams, wv, wfx, wfy, dv, dfx, dfy, dparams, batch, wn, h, w, wk);
     FN(scatter5)(dparams, g + col_write, ldg, batch);
 }
+
+/* The batch in `threads` contiguous parts at once (OpenMP: the runtime PyTorch already loaded, see
+ * models/native.py), else in one piece; every row's arithmetic is the same either way. */
+#ifdef _OPENMP
+#define SPLIT_ROWS(call_rows)                                                                        \
+    if (threads > 1 && b1 - b0 >= 16) {                                                              \
+        _Pragma("omp parallel for num_threads(threads) schedule(static, 1)")                         \
+        for (int part = 0; part < threads; part++) {                                                 \
+            const int64_t lo = b0 + (b1 - b0) * part / threads, hi = b0 + (b1 - b0) * (part + 1) / threads; \
+            call_rows(lo, hi);                                                                       \
+        }                                                                                            \
+        return;                                                                                      \
+    }
+#else
+#define SPLIT_ROWS(call_rows)
+#endif
+
+void FN(draw_canvas_forward)(const T *x, T *canvas, T *sig, const T *d, int64_t ldd, int64_t col_read,
+                             int64_t col_write, int64_t col_patch, int do_write, int do_read, T *wparams, T *wv,
+                             T *wfx, T *wfy, T *patch, T *rparams, T *rv, T *rfx, T *rfy, T *r, int64_t b0,
+                             int64_t b1, int64_t c, int64_t h, int64_t w, int64_t rn, int64_t wn,
+                             const FN(window_consts) *rk, const FN(window_consts) *wk, int threads) {
+#define CALL_ROWS(lo, hi)                                                                                       \
+    FN(canvas_forward_rows)(x, canvas, sig, d, ldd, col_read, col_write, col_patch, do_write, do_read, wparams, wv, \
+                            wfx, wfy, patch, rparams, rv, rfx, rfy, r, lo, hi, c, h, w, rn, wn, rk, wk)
+    SPLIT_ROWS(CALL_ROWS)
+    CALL_ROWS(b0, b1);
+#undef CALL_ROWS
+}
+
+void FN(draw_canvas_backward)(const T *x, const T *x_t, const T *sig, T *dcanvas, const T *dr, T *g, int64_t ldg,
+                              int64_t col_read, int64_t col_write, int64_t col_patch, int do_write, int do_read,
+                              const T *wparams, const T *wv, const T *wfx, const T *wfy, const T *patch,
+                              const T *rparams, const T *rv, const T *rfx, const T *rfy, T *scratch, int64_t b0,
+                              int64_t b1, int64_t c, int64_t h, int64_t w, int64_t rn, int64_t wn,
+                              const FN(window_consts) *rk, const FN(window_consts) *wk, int threads) {
+#define CALL_ROWS(lo, hi)                                                                                       \
+    FN(canvas_backward_rows)(x, x_t, sig, dcanvas, dr, g, ldg, col_read, col_write, col_patch, do_write, do_read,  \
+                             wparams, wv, wfx, wfy, patch, rparams, rv, rfx, rfy, scratch, lo, hi, c, h, w, rn, wn, \
+                             rk, wk)
+    SPLIT_ROWS(CALL_ROWS)
+    CALL_ROWS(b0, b1);
+#undef CALL_ROWS
+}
+#undef SPLIT_ROWS
 
 /* z = mu + exp(log sigma) eps from E_t's first two blocks; mu, log sigma and z out, (B, Z) each. */
 void FN(draw_latent_forward)(const T *e, int64_t lde, const T *eps, T *mu, T *log_sigma, T *z, int64_t batch,

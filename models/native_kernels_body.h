@@ -249,9 +249,10 @@ void FN(window_backward)(const T *params, const T *v, const T *fx, const T *fy, 
 }
 
 /* gates = a + b (B, 4k) in (i, f, g, o) order, b may be NULL -> act (B, 4k) = the activated
- * gates, c, tanh(c) (B, k) and h (B, k) with row stride ldh. */
+ * gates, c, tanh(c) (B, k) and h (B, k) with row stride ldh. Rows split over `threads` (OpenMP). */
 void FN(lstm_forward_strided)(const T *ga, int64_t lda, const T *gb, int64_t ldb, const T *c_prev, T *act, T *c,
-                              T *tc, T *h, int64_t ldh, int64_t batch, int64_t k) {
+                              T *tc, T *h, int64_t ldh, int64_t batch, int64_t k, int threads) {
+    _Pragma("omp parallel for num_threads(threads) if(threads > 1 && batch >= 16) schedule(static)")
     for (int64_t b = 0; b < batch; b++) {
         const T *a = ga + b * lda, *a2 = gb ? gb + b * ldb : 0, *cp = c_prev + b * k;
         T *ac = act + b * 4 * k, *cr = c + b * k, *tr = tc + b * k, *hr = h + b * ldh;
@@ -280,13 +281,15 @@ void FN(lstm_forward_strided)(const T *ga, int64_t lda, const T *gb, int64_t ldb
 }
 
 void FN(lstm_forward)(const T *gates, const T *c_prev, T *act, T *c, T *tc, T *h, int64_t batch, int64_t k) {
-    FN(lstm_forward_strided)(gates, 4 * k, 0, 0, c_prev, act, c, tc, h, k, batch, k);
+    FN(lstm_forward_strided)(gates, 4 * k, 0, 0, c_prev, act, c, tc, h, k, batch, k, 1);
 }
 
 /* dh or dc may be NULL (no gradient reached that output); dc_prev may be NULL (not needed) and may
  * be dc itself. d gates go to da (row stride ld1) and, unless NULL, also to da2 (stride ld2). */
 void FN(lstm_backward_strided)(const T *dh, const T *dc, const T *act, const T *c_prev, const T *tc, T *da,
-                               int64_t ld1, T *da2, int64_t ld2, T *dc_prev, int64_t batch, int64_t k) {
+                               int64_t ld1, T *da2, int64_t ld2, T *dc_prev, int64_t batch, int64_t k,
+                               int threads) {
+    _Pragma("omp parallel for num_threads(threads) if(threads > 1 && batch >= 16) schedule(static)")
     for (int64_t b = 0; b < batch; b++) {
         const T *ac = act + b * 4 * k, *cp = c_prev + b * k, *tr = tc + b * k;
         const T *dhr = dh ? dh + b * k : 0, *dcr = dc ? dc + b * k : 0;
@@ -316,5 +319,5 @@ void FN(lstm_backward_strided)(const T *dh, const T *dc, const T *act, const T *
 
 void FN(lstm_backward)(const T *dh, const T *dc, const T *act, const T *c_prev, const T *tc, T *da, T *dc_prev,
                        int64_t batch, int64_t k) {
-    FN(lstm_backward_strided)(dh, dc, act, c_prev, tc, da, 4 * k, 0, 0, dc_prev, batch, k);
+    FN(lstm_backward_strided)(dh, dc, act, c_prev, tc, da, 4 * k, 0, 0, dc_prev, batch, k, 1);
 }

@@ -170,3 +170,21 @@ def test_same_inputs_same_numbers():
     a, ga = _grads(model, lambda: model.loss(x, noise)[0])
     b, gb = _grads(model, lambda: model.loss(x, noise)[0])
     assert torch.equal(a, b) and all(torch.equal(ga[k], gb[k]) for k in ga)
+
+
+def test_threads_do_not_change_the_numbers():
+    """The native loops split the batch over torch.get_num_threads() threads; each row's arithmetic
+    stays the same, so 1 and 2 give identical values and gradients. Torch itself stays at one
+    thread (the fixture), so only the native loops see the 2."""
+    torch.manual_seed(0)
+    cfg = DRAWConfig(**CONFIGS[2])
+    model = DRAW(cfg)
+    x, noise = _data(cfg, 40, torch.float32)
+    one, g_one = _grads(model, lambda: model.loss(x, noise)[0])
+    real = draw_sequence.torch.get_num_threads
+    draw_sequence.torch.get_num_threads = lambda: 2  # only the native loops read it here
+    try:
+        two, g_two = _grads(model, lambda: model.loss(x, noise)[0])
+    finally:
+        draw_sequence.torch.get_num_threads = real
+    assert torch.equal(one, two) and all(torch.equal(g_one[k], g_two[k]) for k in g_one)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -233,3 +234,15 @@ def test_loading_leaves_denormals_alone():
     native.library()
     tiny = torch.tensor([1e-40], dtype=torch.float32)
     assert (tiny * 1.5).item() > 0
+
+
+@needs_native
+def test_no_second_openmp_runtime():
+    """The library links OpenMP only when PyTorch's libgomp.so.1 is already loaded, and then shares
+    it: at most one OpenMP runtime is ever mapped in the process."""
+    native.library()
+    maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
+    runtimes = {line.rsplit("/", 1)[-1] for line in maps.splitlines() if "/libgomp" in line or "/libiomp" in line}
+    assert len(runtimes) <= 1, runtimes
+    if native._openmp_flag() == "-fopenmp":
+        assert runtimes == {"libgomp.so.1"}
