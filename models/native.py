@@ -78,14 +78,15 @@ def _private(folder: Path) -> bool:
 def _openmp_flag() -> str:
     """-fopenmp when this process already has GNU OpenMP loaded as libgomp.so.1 (PyTorch's Linux CPU
     wheels bring it): the loader matches the library's needed soname to it, so the DRAW loops split
-    the batch over PyTorch's own OpenMP threads and no second runtime is loaded. Otherwise
-    -fopenmp-simd: `omp simd` only, single-threaded."""
+    the batch over PyTorch's own OpenMP threads and the library loads no runtime of its own.
+    Otherwise -fopenmp-simd: `omp simd` only, single-threaded."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return "-fopenmp-simd"
-    loaded = {line.rsplit("/", 1)[-1] for line in maps.splitlines() if "/libgomp" in line}
-    return "-fopenmp" if loaded == {"libgomp.so.1"} else "-fopenmp-simd"
+    # Other copies under their own names (scikit-learn's wheels bring libgomp-<hash>.so.1) do not
+    # matter: the library's needed name is libgomp.so.1, and only a loaded libgomp.so.1 answers it.
+    return "-fopenmp" if any(line.endswith("/libgomp.so.1") for line in maps.splitlines()) else "-fopenmp-simd"
 
 
 def _flags() -> tuple[str, ...]:
