@@ -101,6 +101,9 @@ def cmd_run(args) -> int:
                              checkpoint_dir=args.checkpoint_dir,
                              progress=False if args.no_progress else None)
     opts, log, main = _distribute(args, opts)
+    from bench.distributed import stop_signals_to_interrupt
+
+    stop_signals_to_interrupt()
     try:
         record, path = runner.run(opts, log=log, argv=["python", "-m", "bench", *args.argv])
     except KeyboardInterrupt:

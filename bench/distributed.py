@@ -119,17 +119,19 @@ def _timeout_s() -> float:
     return value
 
 
-def _sigterm_to_interrupt() -> None:
-    """torchrun ends the surviving ranks with SIGTERM when one dies; turn it into KeyboardInterrupt
-    so the loop saves its checkpoint and the record is marked incomplete (resumable)."""
+def stop_signals_to_interrupt() -> None:
+    """SIGTERM (from `kill`, a scheduler, or torchrun ending the surviving ranks when one dies) and
+    SIGINT both become KeyboardInterrupt, so the loop saves its checkpoint and the record is marked
+    incomplete (resumable). SIGINT is re-armed because a shell starts background jobs with it ignored."""
     if threading.current_thread() is not threading.main_thread():
         return
 
     def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun may signal again: let the checkpoint finish
-        raise KeyboardInterrupt(f"terminated by signal {signum} (torchrun stops all ranks when one fails)")
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the checkpoint short
+        raise KeyboardInterrupt(f"terminated by signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def init_from_env(device: str = "auto", timeout_s: float | None = None,
@@ -159,7 +161,7 @@ def init_from_env(device: str = "auto", timeout_s: float | None = None,
     if not dist.is_initialized():
         seconds = _timeout_s() if timeout_s is None else timeout_s
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=seconds))
-    _sigterm_to_interrupt()
+    stop_signals_to_interrupt()
     return DistContext(rank, world, local, backend, dev)
 
 

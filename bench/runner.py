@@ -274,11 +274,12 @@ class Runner:
             return self.run_baseline(unit, record)
         return self.run_training(unit, record, path)
 
-    def _loop_config(self, job):
+    def _loop_config(self, job, task):
         from bench.training_loop import LoopConfig
 
         budget = None if job.time_budget_min is None else job.time_budget_min * 60
         return LoopConfig(epochs=job.epochs, time_budget_s=budget, lr=job.lr, clip_norm=job.clip_norm,
+                          schedule=task.schedule(), batches_per_epoch=task.batches_per_epoch(),
                           max_batches=1 if self.opts.dry_run else None, progress=self.opts.progress)
 
     def _task(self, unit: Unit):
@@ -298,7 +299,7 @@ class Runner:
         ckpt = self.checkpoint_path(path, unit)
         record["jobs"][unit.id]["checkpoint"] = _rel(ckpt)
         self.save(record, path)
-        res = train(task, self._loop_config(job), ckpt, resume=self.opts.resume, rank=self.opts.rank,
+        res = train(task, self._loop_config(job, task), ckpt, resume=self.opts.resume, rank=self.opts.rank,
                     world_size=self.opts.world_size, log=lambda m: self.log(f"  {unit.id}: {m}"),
                     wrap=lambda m: distributed.wrap_ddp(m, self.ctx))
         record["curves"][unit.id] = res.curve

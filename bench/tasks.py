@@ -35,7 +35,22 @@ class _Base:
     def describe(self) -> dict:
         j = self.job
         return {"task": j.kind, "dataset": j.dataset, "seed": self.seed, "model": asdict(self.config()),
-                "batch_size": j.batch_size, "lr": j.lr, "train_limit": j.train_limit, "valid_limit": j.valid_limit}
+                "batch_size": j.batch_size, "lr": j.lr, "train_limit": j.train_limit, "valid_limit": j.valid_limit,
+                **({"schedule": asdict(self.schedule())} if self.schedule().kind != "constant" else {})}
+
+    def schedule(self):
+        from bench.schedule import Schedule
+
+        j = self.job
+        return Schedule(getattr(j, "schedule", "constant"), getattr(j, "warmup_epochs", 0.0),
+                        getattr(j, "decay_epochs", 0.0))
+
+    def batches_per_epoch(self) -> int:
+        from datasets.variants import SPLITS
+
+        _, lo, hi = SPLITS["train"]
+        n = hi - lo if self.job.train_limit is None else min(self.job.train_limit, hi - lo)
+        return max(n // self.job.batch_size, 1)
 
     def build(self):
         from models.training import seed_everything

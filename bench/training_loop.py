@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from bench import checkpoints, distributed
+from bench.schedule import Schedule
 
 CHECKPOINT_FORMAT = "glimpse-train-1"
 
@@ -40,6 +41,8 @@ class LoopConfig:
     max_bad_steps: int = 20  # consecutive non-finite losses or gradients before giving up
     progress: bool | None = None  # tqdm bars; None = only when stderr is a terminal
     log_every_s: float = 30.0  # plain progress lines when there are no bars
+    schedule: Schedule = field(default_factory=Schedule)  # learning-rate schedule over the epoch budget
+    batches_per_epoch: int | None = None  # needed by a schedule other than "constant"
 
 
 class Task(Protocol):
@@ -111,7 +114,19 @@ class _Loop:
         self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
         self.safe_rng = rng_states()  # RNG at the current position; what a checkpoint stores
         self.epoch_complete = False
+        self.decay_saved = False  # whether the state at the start of the decay has been kept
         self.last_save = time.monotonic()
+        if cfg.schedule.kind != "constant" and not cfg.batches_per_epoch:
+            raise TrainingError(f"schedule {cfg.schedule.kind!r} needs LoopConfig.batches_per_epoch")
+
+    def lr_at(self, epoch: int, batches_done: int) -> float:
+        """The learning rate of the step that ends after ``batches_done`` batches of ``epoch``."""
+        n = self.cfg.batches_per_epoch or 1
+        return self.cfg.lr * self.cfg.schedule.factor(epoch + min(batches_done, n) / n, self.cfg.epochs)
+
+    def stable_path(self) -> Path | None:
+        """Where the state at the start of the decay is kept, so that a longer run can restart its decay."""
+        return None if self.ckpt is None else self.ckpt.with_name(self.ckpt.stem + ".stable" + self.ckpt.suffix)
 
     # ------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -123,12 +138,20 @@ class _Loop:
             "epoch_loss": (self.epoch_loss_sum, self.epoch_loss_n),
             "curve": self.curve, "best": self.best, "best_state": self.best_state,
             "finished": self.finished, "stopped_by": self.stopped_by, "rng": self.safe_rng,
+            "decay_saved": self.decay_saved,
         }
 
     def save(self) -> None:
         if self.ckpt is not None and self.rank == 0:
             checkpoints.save(self.ckpt, self.state())
         self.last_save = time.monotonic()
+
+    def save_stable(self) -> None:
+        """Keep the state at the start of the decay (once); a longer budget later restarts from it."""
+        path = self.stable_path()
+        if path is not None and self.rank == 0:
+            checkpoints.save(path, self.state())
+        self.decay_saved = True
 
     def restore(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -146,6 +169,7 @@ class _Loop:
             setattr(self, k, state[k])
         self.epoch_loss_sum, self.epoch_loss_n = state["epoch_loss"]
         self.safe_rng = state["rng"]
+        self.decay_saved = state.get("decay_saved", False)
         set_rng_states(self.safe_rng)
 
     # ------------------------------------------------------------ the loop
@@ -168,10 +192,13 @@ class _Loop:
         last_line, t_epoch, seen_epoch = time.monotonic(), self.train_time_s, 0
         self.epoch_complete = False
         t_last = time.perf_counter()  # training time includes making the batch
+        decay_start = cfg.schedule.decay_start(cfg.epochs)
         for i, batch in enumerate(batches):
             if i < self.batch_in_epoch:  # done before the interruption
                 t_last = time.perf_counter()
                 continue
+            if self.epoch + i / (cfg.batches_per_epoch or 1) >= decay_start and not self.decay_saved:
+                self.save_stable()
             if (cfg.max_batches is not None and i >= cfg.max_batches) or self.over_budget():
                 break
             loss = task.loss(model, batch)
@@ -187,6 +214,9 @@ class _Loop:
                 [loss.item() * n_img if finite else 0.0, n_img, 0.0 if finite else 1.0], dtype=torch.float64)).tolist()
             finite = failed == 0
             if finite:
+                lr = self.lr_at(self.epoch, i + 1)
+                for group in self.opt.param_groups:
+                    group["lr"] = lr
                 self.opt.step()
                 bad = 0
                 self.epoch_loss_sum += loss_sum
