@@ -21,6 +21,7 @@ import time
 import pytest
 import torch
 
+from bench.perf_gate import draw_floor
 from models import native
 from models.bounds import elbo_bound
 from models.draw import DRAW, DRAWConfig
@@ -28,17 +29,13 @@ from models.flops import measure_matmul_peak
 from models.naive_draw import NaiveDRAW
 
 BATCH = 100
-# Gate: the eager fused DRAW against the naive one. With the native CPU loops the training pass
-# takes the sequence path (models/draw_sequence.py), measured 2.02-2.12x on a shared 2-core box;
-# before it, the per-step path measured 1.35-1.64x. With the PyTorch kernels only (no C compiler,
-# GLIMPSE_NATIVE=0) 0.97-1.20x, compiled step 1.17x. The native gate keeps >= 25% slack against
-# the lowest run; the others stay at the old 0.8.
-MIN_SPEEDUP_NATIVE = 1.5
+# The speed-up over the naive DRAW depends on the CPU: with the native loops 2.0-2.3x on one thread
+# and 3.2-3.4x on two on Intel Ice Lake, 1.5-1.6x and 2.1x on AMD EPYC. The regression gate is
+# bench/perf_gate.py (the step against its GEMM floor); these only check that the fast DRAW is not
+# slower than the naive one on any CPU (the PyTorch path, without a C compiler, is about as fast).
+MIN_SPEEDUP_NATIVE = 1.0
 MIN_SPEEDUP = 0.8
-# On 2 threads (wall time) the sequence path, its native loops splitting the batch over both,
-# measured 3.2-3.3x (bench.model_speed); the gate keeps >= 30% slack for a shared CI machine.
-MIN_SPEEDUP_NATIVE_2T = 2.2
-ELBO_COST_BOUND = 0.5  # issue 5: the ELBO over N images costs at most half a training pass over N
+ELBO_COST_BOUND = 0.5  # the ELBO over N images costs at most half a training pass over N
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,26 +69,6 @@ def _interleaved(fns: dict, rounds: int) -> dict:
     return {k: (statistics.median(cpu[k]), statistics.median(wall[k])) for k in fns}
 
 
-def _gemm_floor(model: DRAW, batch: int):
-    """A function doing the bare matrix products of one training step of ``model`` (see the module doc)."""
-    steps = model.config.steps
-    with torch.no_grad():
-        shapes = [tuple(model._fused()["w_" + k].shape) for k in ("dec", "enc", "read", "z")]
-    g = torch.Generator().manual_seed(0)
-    mats = [(torch.randn(batch, k, generator=g), torch.randn(k, n, generator=g), torch.randn(batch, n, generator=g),
-             torch.randn(steps * batch, k, generator=g), torch.randn(steps * batch, n, generator=g)) for k, n in shapes]
-
-    def run():
-        for _ in range(steps):
-            for h, w, dy, _, _ in mats:
-                torch.mm(h, w)  # forward product
-                torch.mm(dy, w.t())  # gradient of the product's input
-        for _, _, _, hs, dys in mats:
-            torch.mm(hs.t(), dys)  # weight gradient, every step's rows at once
-
-    return run
-
-
 def _models(compile_step=False):
     torch.manual_seed(0)
     cfg = DRAWConfig()
@@ -110,7 +87,6 @@ def _report(name, t, speedup=None):
 
 
 @pytest.mark.slow
-@pytest.mark.benchmark_gate
 def test_draw_training_throughput_vs_naive(benchmark):
     cfg, fast, naive = _models()
     x = _data(BATCH)
@@ -126,7 +102,7 @@ def test_draw_training_throughput_vs_naive(benchmark):
     opt_f = torch.optim.Adam(fast.parameters(), lr=1e-4)
     opt_n = torch.optim.Adam(naive.parameters(), lr=1e-4)
     t = _interleaved({"fast": lambda: _train_step(fast, opt_f, x), "naive": lambda: _train_step(naive, opt_n, x),
-                      "gemm": _gemm_floor(fast, BATCH)}, rounds=3)
+                      "gemm": draw_floor(fast, BATCH)}, rounds=3)
     speedup = t["naive"][0] / t["fast"][0]
     ceiling = t["naive"][0] / t["gemm"][0]
     _report("naive DRAW training (T=64, B=100, 28x28, attention)", t["naive"])
@@ -145,7 +121,6 @@ def test_draw_training_throughput_vs_naive(benchmark):
 
 
 @pytest.mark.slow
-@pytest.mark.benchmark_gate
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores")
 def test_draw_training_throughput_vs_naive_two_threads(benchmark):
     """The same comparison with both implementations on 2 threads (this machine's cores), by wall
@@ -168,7 +143,7 @@ def test_draw_training_throughput_vs_naive_two_threads(benchmark):
           f"{BATCH / t['fast'][1]:.0f} images/s, {speedup:.2f}x the naive DRAW")
     benchmark.extra_info.update(threads=2, speedup_wall=speedup, fast_images_per_s=BATCH / t["fast"][1],
                                 naive_images_per_s=BATCH / t["naive"][1])
-    assert speedup >= (MIN_SPEEDUP_NATIVE_2T if native.usable(x) else MIN_SPEEDUP)
+    assert speedup >= (MIN_SPEEDUP_NATIVE if native.usable(x) else MIN_SPEEDUP)
 
 
 @pytest.mark.slow
