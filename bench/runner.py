@@ -22,8 +22,8 @@ import numpy as np
 from bench import records, suites
 from bench.records import metric
 
-CHECKPOINTS = records.REPO / "runs" / "checkpoints"
-DRY_RUNS = records.REPO / "runs" / "dry-run"
+CHECKPOINTS = records.RUNS / "checkpoints"
+DRY_RUNS = records.RUNS / "dry-run"
 DRY_EVAL_IMAGES = 64
 _PEAKS: dict = {}
 
@@ -44,6 +44,7 @@ class RunOptions:
     out: str | None = None
     resume: bool = False
     dry_run: bool = False
+    reference: bool = False  # the record goes to the committed reference results (results/runs/)
     threads: int | None = None
     checkpoint_dir: str | None = None
     progress: bool | None = None
@@ -156,7 +157,7 @@ class Runner:
         elif o.dry_run:
             path = DRY_RUNS / records.default_path(record).name
         else:
-            path = records.default_path(record)
+            path = records.default_path(record, records.records_dir(o.reference))
         return record, self._sweep_path(path)
 
     def _sweep_path(self, path: Path) -> Path:
@@ -166,7 +167,7 @@ class Runner:
             if o.sweep_world > 1 else path
 
     def _latest_unfinished(self) -> Path:
-        folder = records.RESULTS / "runs" / self.machine["id"]
+        folder = records.records_dir(self.opts.reference) / self.machine["id"]
         found = []
         for p in records.find(folder) if folder.is_dir() else []:
             r = records.read(p)
@@ -252,7 +253,7 @@ class Runner:
         # one batch of training reaches nothing: a dry run checks that everything runs, not the targets
         record["targets"] = [] if self.opts.dry_run else check_targets(self.suite, record["metrics"])
         self.save(record, path)
-        if self.opts.rank == 0 and not self.opts.dry_run and _inside(path, records.RESULTS):
+        if self.opts.rank == 0 and not self.opts.dry_run:
             records.update_index(path, record)
         return record, path
 
@@ -263,7 +264,7 @@ class Runner:
         record["status"], record["error"] = status, why
         record["finished_at"] = records.utc_now()
         self.save(record, path)
-        if self.opts.rank == 0 and not self.opts.dry_run and _inside(path, records.RESULTS):
+        if self.opts.rank == 0 and not self.opts.dry_run:
             records.update_index(path, record)
 
     def run_unit(self, unit: Unit, record: dict, path: Path) -> tuple[list[dict], dict]:
@@ -387,14 +388,6 @@ def _rel(p: Path) -> str:
         return str(p.resolve().relative_to(records.REPO))
     except ValueError:
         return str(p)
-
-
-def _inside(p: Path, root: Path) -> bool:
-    try:
-        p.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 # ---------------------------------------------------------------- targets and the summary

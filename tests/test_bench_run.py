@@ -181,7 +181,7 @@ def test_exported_reference_checkpoint_evaluates_like_the_full_one(tiny, tmp_pat
 
 
 def test_resume_finds_the_latest_unfinished_record(tiny, monkeypatch, tmp_path):
-    monkeypatch.setattr(records, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(records, "RUNS", tmp_path / "runs")
 
     def boom(self, unit):
         raise KeyboardInterrupt
@@ -190,11 +190,11 @@ def test_resume_finds_the_latest_unfinished_record(tiny, monkeypatch, tmp_path):
         m.setattr(runner.Runner, "run_throughput", boom)
         with pytest.raises(KeyboardInterrupt):
             runner.run(replace(tiny("x"), out=None), log=quiet)
-    [path] = (tmp_path / "results" / "runs").rglob("*.json")
-    index = (tmp_path / "results" / "index.csv").read_text()
+    [path] = (tmp_path / "runs" / "records").rglob("*.json")
+    index = (tmp_path / "runs" / "index.csv").read_text()
     assert path.parent.name == records.machine_info("cpu")["id"] and ",incomplete," in index
     done, again = runner.run(replace(tiny("x"), out=None, resume=True), log=quiet)
     assert again == path and done["status"] == "complete"
-    assert ",complete," in (tmp_path / "results" / "index.csv").read_text()
+    assert ",complete," in (tmp_path / "runs" / "index.csv").read_text()
     with pytest.raises(runner.RunError, match="no unfinished record of suite 'tiny'"):
         runner.run(replace(tiny("x"), out=None, resume=True), log=quiet)
