@@ -1,5 +1,12 @@
 """`python -m bench run | eval | compare | report`.
 
+Where things go: your runs' records under runs/records/<machine>/ (index runs/index.csv), reports
+in runs/report/, checkpoints in runs/checkpoints/, dry runs in runs/dry-run/; runs/ is git-ignored,
+so your runs never change the checkout. The committed reference results (results/runs/,
+results/index.csv, results/report/) change only when asked for: `run --reference`, `report
+--reference`, or an --out under results/. `tables --reference` and `report --reference` rebuild
+the committed tables and report from the reference records.
+
 Exit status: 0 done, 1 the work failed (or `compare --fail-on-regression` found a regression),
 2 bad command line or unusable input/output (one line saying what is wrong), 130 Ctrl-C.
 """
@@ -93,11 +100,15 @@ def cmd_run(args) -> int:
         raise UsageError(str(e)) from None
     if args.out:
         check_writable(args.out)
+    if args.reference and (args.out or args.dry_run):
+        raise UsageError("--reference goes with neither --out (the path says where) nor --dry-run "
+                         "(a dry run is never a reference result)")
     if args.resume and args.dry_run:
         raise UsageError("--resume and --dry-run do not go together: a dry run is one batch and is never resumed")
     opts = runner.RunOptions(suite=args.suite, glimpses=args.glimpses, seeds=args.seeds, device=args.device,
                              epochs=args.epochs, time_budget_min=args.time_budget, data_dir=args.data_dir,
-                             out=args.out, resume=args.resume, dry_run=args.dry_run, threads=args.threads,
+                             out=args.out, resume=args.resume, dry_run=args.dry_run, reference=args.reference,
+                             threads=args.threads,
                              checkpoint_dir=args.checkpoint_dir,
                              progress=False if args.no_progress else None)
     opts, log, main = _distribute(args, opts)
@@ -169,10 +180,29 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _records_arg(args) -> str:
+    """--records, else the reference records with --reference, else yours (falling back to the reference)."""
+    from bench import records
+
+    if args.records:
+        return args.records
+    path = records.default_records(args.reference)
+    if not args.reference and path == records.records_dir(True):
+        _log(f"no records of yours under {_shown(records.records_dir())}: using the committed reference records")
+    return _shown(path)
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def cmd_tables(args) -> int:
     from bench import tables
 
-    print(tables.markdown(args.records, args.link_root))
+    print(tables.markdown(_records_arg(args), args.link_root))
     return 0
 
 
@@ -190,7 +220,9 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from bench import report
 
-    out = report.write_report(args.records, args.out, log=_log)
+    from bench import records
+
+    out = report.write_report(_records_arg(args), args.out or _shown(records.report_dir(args.reference)), log=_log)
     print(out)
     return 0
 
@@ -209,7 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--time-budget", type=positive(float), metavar="MIN",
                    help="training minutes per model (overrides the suite)")
     r.add_argument("--data-dir", help="data root (default: $GLIMPSE_DATA, else ./data)")
-    r.add_argument("--out", help="record path (default results/runs/<machine>/<utc>_<sha>.json)")
+    r.add_argument("--out", help="record path (default runs/records/<machine>/<utc>_<sha>.json, git-ignored; "
+                                 "a path under results/ is indexed in results/index.csv)")
+    r.add_argument("--reference", action="store_true",
+                   help="write the record into the committed reference results, "
+                        "results/runs/<machine>/<utc>_<sha>.json, indexed in results/index.csv")
     r.add_argument("--resume", action="store_true",
                    help="continue the record at --out (default: this machine's latest unfinished one of the suite)")
     r.add_argument("--dry-run", action="store_true", help="one batch of everything, tiny evaluations (for CI)")
@@ -229,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir")
     e.add_argument("--k", type=positive(int), default=1000, help="IWAE samples per image (DRAW)")
     e.add_argument("--limit", type=positive(int), help="test images (default: all; IWAE: at most 1000)")
-    e.add_argument("--out", help="record path (default results/runs/<machine>/<utc>_<sha>.json)")
+    e.add_argument("--out", help="record path (default runs/records/<machine>/<utc>_<sha>.json, git-ignored)")
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", help="write a small evaluation-only copy of a training checkpoint")
@@ -238,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export)
 
     t = sub.add_parser("tables", help="Table 1 and Table 2 as markdown from the records, beside the paper")
-    t.add_argument("--records", default="results/runs", help="a folder of records (default results/runs)")
+    t.add_argument("--records", help="a folder of records (default: yours, runs/records, when there are any, "
+                                     "else the committed results/runs)")
+    t.add_argument("--reference", action="store_true",
+                   help="the committed reference records, results/runs (the README's tables)")
     t.add_argument("--link-root", default=".", help="prefix for the record links (default: repository root)")
     t.set_defaults(func=cmd_tables)
 
@@ -252,8 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
 
     rp = sub.add_parser("report", help="HTML page and PNG plots from records")
-    rp.add_argument("--records", default="results/runs", help="record file or folder (default results/runs)")
-    rp.add_argument("--out", default="results/report", help="output folder (default results/report)")
+    rp.add_argument("--records", help="record file or folder (default: yours, runs/records, when there are any, "
+                                      "else the committed results/runs)")
+    rp.add_argument("--out", help="output folder (default runs/report, git-ignored; with --reference results/report)")
+    rp.add_argument("--reference", action="store_true",
+                    help="the committed reference report: read results/runs, write results/report")
     rp.set_defaults(func=cmd_report)
     return p
 

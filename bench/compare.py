@@ -5,6 +5,7 @@
 - Throughput (images/s): a regression when the median ratio is worse than ``factor`` AND the
   interquartile ranges do not overlap (asv's rule); either alone is "within noise".
 - Metrics present in only one side are listed; differing machines give a warning.
+- Dry-run records are left out (one batch, one timed call: nothing to compare), with a warning.
 """
 
 from __future__ import annotations
@@ -66,16 +67,21 @@ def _key(m: dict) -> tuple[str, str]:
     return m["name"], json.dumps(params, sort_keys=True, default=str)
 
 
-def load(path) -> tuple[dict, set[str]]:
-    """{key: [metric, ...]} over every record at ``path`` (seeds pooled), and the machine ids."""
+def load(path) -> tuple[dict, set[str], int]:
+    """{key: [metric, ...]} over every record at ``path`` (seeds pooled), the machine ids, and how
+    many dry-run records were left out."""
     groups: dict = {}
     machines = set()
+    dry = 0
     for p in records.find(path):
         r = records.read(p)
+        if records.is_dry_run(r):
+            dry += 1
+            continue
         machines.add(r["machine"].get("id", "?"))
         for m in r["metrics"]:
             groups.setdefault(_key(m), []).append(m)
-    return groups, machines
+    return groups, machines, dry
 
 
 def _side(ms: list[dict], speed: bool) -> Side:
@@ -115,8 +121,8 @@ def judge(name: str, lower_is_better: bool | None, a: Side, b: Side, speed_facto
 
 
 def compare_paths(a, b, speed_factor: float = 1.10, thresholds: dict | None = None) -> Result:
-    ga, ma = load(a)
-    gb, mb = load(b)
+    ga, ma, dry_a = load(a)
+    gb, mb, dry_b = load(b)
     rows = []
     for key in sorted(set(ga) & set(gb)):
         name = key[0]
@@ -126,8 +132,9 @@ def compare_paths(a, b, speed_factor: float = 1.10, thresholds: dict | None = No
         rows.append(Row(name, json.loads(key[1]), sa, sb, sb.mean - sa.mean, verdict, detail))
     only_a = [(k[0], json.loads(k[1])) for k in sorted(set(ga) - set(gb))]
     only_b = [(k[0], json.loads(k[1])) for k in sorted(set(gb) - set(ga))]
-    warnings = []
-    if ma != mb:
+    warnings = [f"{side}: {n} dry-run record(s) left out (one batch, one timed call: not measurements)"
+                for side, n in (("A", dry_a), ("B", dry_b)) if n]
+    if ma and mb and ma != mb:
         warnings.append(f"machines differ (A: {', '.join(sorted(ma))}; B: {', '.join(sorted(mb))}): "
                         "throughput differences may come from the hardware, not the code")
     return Result(rows, only_a, only_b, warnings)

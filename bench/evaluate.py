@@ -11,7 +11,7 @@ import torch
 
 from bench import checkpoints, records, suites
 from bench.records import metric
-from bench.runner import RunError, _inside
+from bench.runner import RunError
 
 
 def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed: int = 0, device: str = "auto",
@@ -74,6 +74,5 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed:
     record["status"], record["finished_at"] = "complete", records.utc_now()
     dest = Path(out) if out else records.default_path(record)
     records.write(record, dest)
-    if _inside(dest, records.RESULTS):
-        records.update_index(dest, record)
+    records.update_index(dest, record)  # the index of the place holding dest (runs/ or results/), if any
     return record, dest

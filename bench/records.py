@@ -1,7 +1,15 @@
 """Run records: one JSON file per run, stamped with commit, machine, config and seeds.
 
-    results/runs/<machine-id>/<utc-time>_<short-sha>.json     one record per run (atomic writes)
-    results/index.csv                                          one row per record
+Two places hold records, each with its own index:
+
+    runs/records/<machine-id>/<utc-time>_<short-sha>.json     a user's runs (git-ignored; the default)
+    runs/index.csv                                             one row per record there
+    results/runs/<machine-id>/<utc-time>_<short-sha>.json     the committed reference results
+    results/index.csv                                          one row per record there
+
+Reference records are written only when asked for (``bench run --reference`` or an ``--out``
+under results/). A dry run's record is flagged (``config.dry_run``, see :func:`is_dry_run`);
+its metrics are left out of comparisons, tables and plots.
 
 ``load_all(path)`` is the one documented call: every metric of every record under ``path`` as
 one pandas DataFrame (a row per metric, with the record's suite, status, commit and machine).
@@ -23,7 +31,8 @@ from datasets.fileio import atomic_write_bytes, file_lock
 
 SCHEMA_VERSION = 1
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "results"
+RESULTS = REPO / "results"  # committed reference results
+RUNS = REPO / "runs"  # a user's runs, reports and checkpoints (git-ignored)
 STATUSES = ("complete", "incomplete", "failed")
 REQUIRED = ("schema_version", "suite", "started_at", "finished_at", "status", "commit", "machine",
             "config", "seeds", "metrics", "curves")
@@ -167,10 +176,33 @@ def dumps(record: dict) -> str:
     return json.dumps(clean(record), indent=1, default=_json_default) + "\n"
 
 
-def default_path(record: dict, root: Path | None = None) -> Path:
-    root = RESULTS if root is None else root
+def records_dir(reference: bool = False) -> Path:
+    """Where records go by default: runs/records/ (git-ignored), or results/runs/ for reference results."""
+    return RESULTS / "runs" if reference else RUNS / "records"
+
+
+def report_dir(reference: bool = False) -> Path:
+    return (RESULTS if reference else RUNS) / "report"
+
+
+def default_records(reference: bool = False) -> Path:
+    """The records `bench tables` and `bench report` read by default: the user's own when there are
+    any, else the committed reference records."""
+    mine = records_dir(False)
+    if not reference and mine.is_dir() and any(mine.rglob("*.json")):
+        return mine
+    return records_dir(True)
+
+
+def is_dry_run(record: dict) -> bool:
+    """A dry run trains one batch and times one call: its figures are not measurements."""
+    return bool(record.get("config", {}).get("dry_run"))
+
+
+def default_path(record: dict, folder: Path | None = None) -> Path:
+    folder = records_dir() if folder is None else folder
     stamp = record["started_at"].replace("-", "").replace(":", "")
-    return root / "runs" / record["machine"]["id"] / f"{stamp}_{record['commit']['short']}.json"
+    return folder / record["machine"]["id"] / f"{stamp}_{record['commit']['short']}.json"
 
 
 def write(record: dict, path: str | Path) -> Path:
@@ -217,12 +249,26 @@ def index_row(record: dict, path: Path, root: Path) -> dict:
             "metrics": len(record["metrics"])}
 
 
-def update_index(path: Path, record: dict, root: Path | None = None) -> Path:
-    """Add or replace ``path``'s row in ``root/index.csv`` (under a lock; atomic rewrite)."""
+def index_root(path: Path) -> Path | None:
+    """The place (runs/ or results/) whose index lists the record at ``path``; None outside both."""
+    for root in (RUNS, RESULTS):
+        try:
+            Path(path).resolve().relative_to(root.resolve())
+            return root
+        except ValueError:
+            continue
+    return None
+
+
+def update_index(path: Path, record: dict, root: Path | None = None) -> Path | None:
+    """Add or replace ``path``'s row in ``root/index.csv`` (under a lock; atomic rewrite). ``root``
+    defaults to the place holding ``path`` (:func:`index_root`); outside both, nothing is indexed."""
     import csv
     import io
 
-    root = RESULTS if root is None else root
+    root = index_root(path) if root is None else root
+    if root is None:
+        return None
     index = root / "index.csv"
     row = index_row(record, path, root)
     with file_lock(root / ".index.lock"):
@@ -242,19 +288,21 @@ def update_index(path: Path, record: dict, root: Path | None = None) -> Path:
 
 
 def rebuild_index(root: Path | None = None) -> Path:
+    """Rewrite ``root/index.csv`` (default results/) from the records under root/runs or root/records."""
     root = RESULTS if root is None else root
     index = root / "index.csv"
     index.unlink(missing_ok=True)
-    for p in find(root / "runs") if (root / "runs").is_dir() else []:
-        update_index(p, read(p), root)
+    for sub in ("runs", "records"):
+        for p in find(root / sub) if (root / sub).is_dir() else []:
+            update_index(p, read(p), root)
     return index
 
 
 def load_all(path: str | Path = RESULTS / "runs"):
     """Every metric of every record under ``path`` as one pandas DataFrame.
 
-    Columns: record, suite, status, started_at, sha, dirty, machine_id, device, name, value, unit,
-    lower_is_better, seed, one ``p_<key>`` column per metric parameter, and median/q1/q3 where a
+    Columns: record, suite, status, dry_run, started_at, sha, dirty, machine_id, device, name, value,
+    unit, lower_is_better, seed, one ``p_<key>`` column per metric parameter, and median/q1/q3 where a
     metric has repeat statistics.
     """
     import pandas as pd
@@ -262,7 +310,8 @@ def load_all(path: str | Path = RESULTS / "runs"):
     rows = []
     for p in find(path):
         r = read(p)
-        base = {"record": str(p), "suite": r["suite"], "status": r["status"], "started_at": r["started_at"],
+        base = {"record": str(p), "suite": r["suite"], "status": r["status"], "dry_run": is_dry_run(r),
+                "started_at": r["started_at"],
                 "sha": r["commit"].get("sha"), "dirty": r["commit"].get("dirty"),
                 "machine_id": r["machine"].get("id"), "device": r["machine"].get("device")}
         for m in r["metrics"]:
@@ -272,6 +321,6 @@ def load_all(path: str | Path = RESULTS / "runs"):
                 if k in m.get("stats", {}):
                     row[k] = m["stats"][k]
             rows.append(row)
-    cols = ["record", "suite", "status", "started_at", "sha", "dirty", "machine_id", "device", "name", "value",
+    cols = ["record", "suite", "status", "dry_run", "started_at", "sha", "dirty", "machine_id", "device", "name", "value",
             "unit", "lower_is_better", "seed"]
     return pd.DataFrame(rows, columns=None if rows else cols)

@@ -2,7 +2,8 @@
 
 Plots: error vs glimpse count (seeds as error bars, published points overlaid), NLL bounds
 beside the paper's Table 2, throughput per commit, learning curves, DRAW generation sequences
-and glimpse paths on test images (from the records' .npz artifacts).
+and glimpse paths on test images (from the records' .npz artifacts). Dry-run records are listed,
+marked as such, and left out of every plot and the NLL table.
 """
 
 from __future__ import annotations
@@ -244,7 +245,8 @@ def _records_table(recs) -> str:
     rows = ["<tr><th>record</th><th>suite</th><th>status</th><th>commit</th><th>machine</th><th>metrics</th></tr>"]
     for p, r in recs:
         c = r["commit"]
-        rows.append(f"<tr><td>{html.escape(p.name)}</td><td>{r['suite']}</td><td>{r['status']}</td>"
+        status = r["status"] + (" (dry run: not plotted)" if records.is_dry_run(r) else "")
+        rows.append(f"<tr><td>{html.escape(p.name)}</td><td>{r['suite']}</td><td>{status}</td>"
                     f"<td>{c.get('short')}{' (dirty)' if c.get('dirty') else ''}</td>"
                     f"<td>{html.escape(str(r['machine'].get('device_name')))}</td><td>{len(r['metrics'])}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
@@ -265,7 +267,8 @@ def _nll_table(recs) -> str:
 def write_report(records_path="results/runs", out="results/report", log: Callable[[str], None] = print) -> Path:
     """Write ``out/index.html`` (self-contained) and the PNGs; return the HTML path."""
     out = Path(out)
-    recs = _load(records_path)
+    listed = _load(records_path)
+    recs = [(p, r) for p, r in listed if not records.is_dry_run(r)]  # one batch of training plots nothing real
     out.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, bytes]] = []
     plot_error_vs_glimpses(recs, out, figures)
@@ -277,13 +280,15 @@ def write_report(records_path="results/runs", out="results/report", log: Callabl
     plot_glimpse_paths(arts, out, figures)
     imgs = "\n".join(f"<figure><img alt='{n}' src='data:image/png;base64,{base64.b64encode(d).decode()}'>"
                      f"<figcaption>{n}</figcaption></figure>" for n, d in figures)
+    dry = len(listed) - len(recs)
+    dry_note = f"; {dry} dry run(s) listed but left out of the plots and tables" if dry else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>glimpse benchmark report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:2px 6px}} tr.paper{{color:#666}} img{{max-width:100%}}</style></head>
 <body><h1>glimpse benchmark report</h1>
-<p>{len(recs)} record(s) from {html.escape(str(records_path))}, generated {records.utc_now()}.</p>
-<h2>Records</h2>{_records_table(recs)}
+<p>{len(listed)} record(s) from {html.escape(str(records_path))}, generated {records.utc_now()}{dry_note}.</p>
+<h2>Records</h2>{_records_table(listed)}
 <h2>NLL on binarized MNIST</h2>{_nll_table(recs)}
 <h2>Plots</h2>{imgs}
 </body></html>
@@ -292,5 +297,5 @@ td,th{{border:1px solid #ccc;padding:2px 6px}} tr.paper{{color:#666}} img{{max-w
 
     dest = out / "index.html"
     atomic_write_bytes(dest, page.encode())
-    log(f"report: {dest} ({len(figures)} figures from {len(recs)} records)")
+    log(f"report: {dest} ({len(figures)} figures from {len(recs)} records{dry_note})")
     return dest

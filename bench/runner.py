@@ -22,8 +22,8 @@ import numpy as np
 from bench import records, suites
 from bench.records import metric
 
-CHECKPOINTS = records.REPO / "runs" / "checkpoints"
-DRY_RUNS = records.REPO / "runs" / "dry-run"
+CHECKPOINTS = records.RUNS / "checkpoints"
+DRY_RUNS = records.RUNS / "dry-run"
 DRY_EVAL_IMAGES = 64
 _PEAKS: dict = {}
 
@@ -44,6 +44,7 @@ class RunOptions:
     out: str | None = None
     resume: bool = False
     dry_run: bool = False
+    reference: bool = False  # the record goes to the committed reference results (results/runs/)
     threads: int | None = None
     checkpoint_dir: str | None = None
     progress: bool | None = None
@@ -156,7 +157,7 @@ class Runner:
         elif o.dry_run:
             path = DRY_RUNS / records.default_path(record).name
         else:
-            path = records.default_path(record)
+            path = records.default_path(record, records.records_dir(o.reference))
         return record, self._sweep_path(path)
 
     def _sweep_path(self, path: Path) -> Path:
@@ -166,7 +167,7 @@ class Runner:
             if o.sweep_world > 1 else path
 
     def _latest_unfinished(self) -> Path:
-        folder = records.RESULTS / "runs" / self.machine["id"]
+        folder = records.records_dir(self.opts.reference) / self.machine["id"]
         found = []
         for p in records.find(folder) if folder.is_dir() else []:
             r = records.read(p)
@@ -252,7 +253,7 @@ class Runner:
         # one batch of training reaches nothing: a dry run checks that everything runs, not the targets
         record["targets"] = [] if self.opts.dry_run else check_targets(self.suite, record["metrics"])
         self.save(record, path)
-        if self.opts.rank == 0 and not self.opts.dry_run and _inside(path, records.RESULTS):
+        if self.opts.rank == 0 and not self.opts.dry_run:
             records.update_index(path, record)
         return record, path
 
@@ -263,7 +264,7 @@ class Runner:
         record["status"], record["error"] = status, why
         record["finished_at"] = records.utc_now()
         self.save(record, path)
-        if self.opts.rank == 0 and not self.opts.dry_run and _inside(path, records.RESULTS):
+        if self.opts.rank == 0 and not self.opts.dry_run:
             records.update_index(path, record)
 
     def run_unit(self, unit: Unit, record: dict, path: Path) -> tuple[list[dict], dict]:
@@ -348,16 +349,18 @@ class Runner:
     def run_throughput(self, unit: Unit) -> list[dict]:
         from bench import throughput
 
+        if self.peak is None and self.opts.dry_run:
+            self.peak = 0.0  # a peak timed for a fraction of a second is no peak: no peak fraction either
+            self.log("  matmul peak: not measured in a dry run, so no peak fraction")
         if self.peak is None:
-            key = (self.device, self.opts.dry_run, self.machine["threads"])
+            key = (self.device, self.machine["threads"])
             if key not in _PEAKS:  # once per process: it takes a second
                 from models.flops import measure_matmul_peak
 
-                _PEAKS[key] = measure_matmul_peak(seconds=0.05 if self.opts.dry_run else 1.0, device=self.device,
-                                                  size=256 if self.opts.dry_run else 2048)
+                _PEAKS[key] = measure_matmul_peak(seconds=1.0, device=self.device, size=2048)
             self.peak = _PEAKS[key]
             self.log(f"  matmul peak {self.peak:.1f} GFLOP/s on {self.device}")
-        return throughput.measure(unit.job, self.device, self.peak, self.opts.dry_run,
+        return throughput.measure(unit.job, self.device, self.peak or None, self.opts.dry_run,
                                   log=lambda m: self.log(f"  {m}"))
 
     def run_baseline(self, unit: Unit, record: dict) -> tuple[list[dict], dict]:
@@ -387,14 +390,6 @@ def _rel(p: Path) -> str:
         return str(p.resolve().relative_to(records.REPO))
     except ValueError:
         return str(p)
-
-
-def _inside(p: Path, root: Path) -> bool:
-    try:
-        p.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 # ---------------------------------------------------------------- targets and the summary
@@ -433,6 +428,8 @@ def _fmt(m: dict) -> str:
         return f"{v:.2%}"
     if unit == "images/s":
         st = m.get("stats", {})
+        if st.get("repeats") == 1:
+            return f"{v:,.0f} (one repeat)"
         return f"{v:,.0f} (IQR {st.get('iqr', math.nan):,.0f})"
     if m["name"] == "peak_fraction":
         return f"{v:.1%}"
@@ -460,7 +457,8 @@ def summary_table(record: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     if record.get("config", {}).get("dry_run"):
-        lines.append("dry run: one batch of everything; the suite's targets are not checked")
+        lines.append("dry run: one batch of everything, one timed call per speed, no matmul peak; the figures "
+                     "are not measurements and the suite's targets are not checked")
     for t in record.get("targets", []):
         mark = {True: "PASS", False: "MISS", None: "n/a "}[t["passed"]]
         val = t["value"]

@@ -30,8 +30,9 @@ def _link(paths: list[str], root: Path) -> str:
 
 
 def _complete_units(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of finished suites, plus rows of incomplete ones (each metric is written when its unit ends)."""
-    return df[df["status"].isin(["complete", "incomplete"])]
+    """Rows of finished suites, plus rows of incomplete ones (each metric is written when its unit ends);
+    never a dry run's (one batch of training is no result)."""
+    return df[df["status"].isin(["complete", "incomplete"]) & ~df["dry_run"].astype(bool)]
 
 
 def _job_settings(record_path: str, records_dir: Path, protocol: str) -> str:
@@ -104,6 +105,8 @@ def markdown(records: str | Path = "results/runs", link_root: str | Path = ".") 
     if df.empty:
         return "(no records)"
     df = _complete_units(df)
+    if df.empty:
+        return "(no records but dry runs, which tables leave out)"
     root = Path(link_root)
     return ("### Table 1: test error, 100x100 cluttered translated MNIST\n\n" + table1(df, root, Path("."))
             + "\n\n### Table 2: test NLL bounds in nats per image (binarized MNIST: fixed test binarization; "

@@ -47,6 +47,10 @@ def time_repeats(fn: Callable[[], None], images_per_call: int, device: torch.dev
             "calls": calls, "noisy": bool((q3 - q1) > NOISY_IQR * med)}
 
 
+def _spread(st: dict) -> str:
+    return f"IQR {st['iqr']:.0f}" if st.get("repeats", 2) > 1 else "one repeat, no spread"
+
+
 def build_model(job, device: torch.device):
     if job.model == "classifier":
         from models.classifier import ClassifierConfig, GlimpseClassifier
@@ -100,9 +104,13 @@ def measure(job, device: str | torch.device = "cpu", peak_gflops: float | None =
         flops_fn = getattr(model, "flops_per_image", None)
         if peak_gflops and flops_fn is not None:
             achieved = flops_fn(train=True) * tr["median"] / 1e9
-            out.append(metric("peak_fraction", achieved / peak_gflops, "fraction", False, step="train",
-                              stats={"achieved_gflops": achieved, "peak_gflops": peak_gflops}, **params))
+            if achieved <= peak_gflops:
+                out.append(metric("peak_fraction", achieved / peak_gflops, "fraction", False, step="train",
+                                  stats={"achieved_gflops": achieved, "peak_gflops": peak_gflops}, **params))
+            else:  # a fraction above 1 says the peak was mismeasured, not that the model beat it
+                log(f"peak fraction of {job.model} batch {bs} left out: {achieved:.1f} GFLOP/s achieved is above "
+                    f"the measured matmul peak {peak_gflops:.1f} GFLOP/s, so that peak is too low")
         noisy = " (noisy: IQR > 10% of median)" if tr["noisy"] or ev["noisy"] else ""
         log(f"throughput {job.model} batch {bs} on {device}: train {tr['median']:.0f} img/s "
-            f"(IQR {tr['iqr']:.0f}), eval {ev['median']:.0f} img/s (IQR {ev['iqr']:.0f}){noisy}")
+            f"({_spread(tr)}), eval {ev['median']:.0f} img/s ({_spread(ev)}){noisy}")
     return out

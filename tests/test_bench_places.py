@@ -1,0 +1,108 @@
+"""Where records, indexes, reports and checkpoints go: a user's under runs/ (git-ignored), the
+committed reference results under results/ only when asked for."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench import records, runner
+from bench.cli import main
+from bench.records import metric
+from fixtures.bench_records import MACHINE, make_record
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def places(monkeypatch, tmp_path):
+    """runs/ and results/ moved into tmp_path."""
+    monkeypatch.setattr(records, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(records, "RESULTS", tmp_path / "results")
+    return tmp_path
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+
+
+def test_records_and_reports_default_to_runs(places):
+    r = make_record()
+    assert records.default_path(r).parent == places / "runs" / "records" / MACHINE["id"]
+    assert records.records_dir(reference=True) == places / "results" / "runs"
+    assert records.report_dir() == places / "runs" / "report"
+    assert records.report_dir(reference=True) == places / "results" / "report"
+
+
+def test_each_place_has_its_own_index(places):
+    mine = records.write(make_record(), places / "runs" / "records" / "m" / "a.json")
+    ref = records.write(make_record(started="2026-02-01T00:00:00Z"), places / "results" / "runs" / "m" / "b.json")
+    elsewhere = records.write(make_record(), places / "elsewhere" / "c.json")
+    for p in (mine, ref):
+        records.update_index(p, records.read(p))
+    assert records.update_index(elsewhere, records.read(elsewhere)) is None
+    rows = {place: [r["path"] for r in csv.DictReader(open(places / place / "index.csv"))]
+            for place in ("runs", "results")}
+    assert rows == {"runs": ["records/m/a.json"], "results": ["runs/m/b.json"]}
+    assert not (places / "elsewhere" / "index.csv").exists()
+    assert records.rebuild_index(places / "runs").read_text().splitlines()[1].startswith("records/m/a.json,")
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout")
+def test_user_places_are_ignored_and_the_reference_index_is_tracked():
+    for p in ("runs/records/m/a.json", "runs/index.csv", "runs/report/index.html", "runs/checkpoints/a/b.pt",
+              "runs/dry-run/a.json"):
+        assert _git("check-ignore", "-q", p).returncode == 0, f"{p} is not git-ignored"
+    for p in ("results/index.csv", "results/README.md"):
+        assert _git("check-ignore", "-q", "--no-index", p).returncode == 1, f"{p} is git-ignored"
+        assert _git("ls-files", "--error-unmatch", p).returncode == 0, f"{p} is not tracked"
+    assert runner.CHECKPOINTS == records.REPO / "runs" / "checkpoints"
+    assert runner.DRY_RUNS == records.REPO / "runs" / "dry-run"
+
+
+def test_run_writes_the_reference_only_when_asked(places):
+    def path(**kw):
+        opts = runner.RunOptions(suite="quick", device="cpu", threads=1, **kw)
+        return runner.Runner(opts, log=lambda m: None).open_record()[1]
+
+    mid = records.machine_info("cpu", 1)["id"]
+    assert path().parent == places / "runs" / "records" / mid
+    assert path(reference=True).parent == places / "results" / "runs" / mid
+    assert path(dry_run=True).parent == runner.DRY_RUNS
+
+
+@pytest.mark.parametrize("extra", [["--dry-run"], ["--out", "x.json"]])
+def test_reference_run_refuses_dry_run_and_out(extra, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--reference", *extra]) == 2
+    assert "--reference" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def _table1_record(sha: str) -> dict:
+    return make_record(sha=sha, extra=[metric("test_error", 0.1, "fraction", True, 0, glimpses=4,
+                                              protocol="separate", dataset="cluttered100")])
+
+
+def test_report_and_tables_read_yours_else_the_reference(places, capsys):
+    records.write(_table1_record("b" * 40), places / "results" / "runs" / "m" / "ref.json")
+    assert records.default_records() == places / "results" / "runs"
+    assert main(["report"]) == 0
+    assert (places / "runs" / "report" / "index.html").exists()
+    assert not (places / "results" / "report").exists()
+    assert "using the committed reference records" in capsys.readouterr().err
+
+    records.write(_table1_record("c" * 40), places / "runs" / "records" / "m" / "mine.json")
+    assert records.default_records() == places / "runs" / "records"
+    assert records.default_records(reference=True) == places / "results" / "runs"
+    assert main(["tables"]) == 0
+    assert "mine" in capsys.readouterr().out
+    assert main(["tables", "--reference"]) == 0
+    out = capsys.readouterr().out
+    assert "ref" in out and "mine" not in out
+    assert main(["report", "--reference"]) == 0
+    assert "ref.json" in (places / "results" / "report" / "index.html").read_text()
