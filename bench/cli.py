@@ -109,7 +109,7 @@ def cmd_run(args) -> int:
                              epochs=args.epochs, time_budget_min=args.time_budget, data_dir=args.data_dir,
                              out=args.out, resume=args.resume, dry_run=args.dry_run, reference=args.reference,
                              threads=args.threads,
-                             checkpoint_dir=args.checkpoint_dir,
+                             checkpoint_dir=args.checkpoint_dir, checkpoint_every_s=args.checkpoint_every,
                              progress=False if args.no_progress else None)
     opts, log, main = _distribute(args, opts)
     from bench.distributed import stop_signals_to_interrupt
@@ -251,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="one batch of everything, tiny evaluations (for CI)")
     r.add_argument("--threads", type=positive(int), help="torch CPU threads")
     r.add_argument("--checkpoint-dir", help="where unit checkpoints go (default runs/checkpoints/)")
+    r.add_argument("--checkpoint-every", type=positive(float), metavar="SEC", default=300.0,
+                   help="seconds between checkpoints within an epoch (default 300); kill -9 loses at most this much")
     r.add_argument("--no-progress", action="store_true", help="plain log lines only, no progress bars")
     r.add_argument("--sweep-parallel", action="store_true",
                    help="under torchrun: run the units one per rank (round-robin), each alone with its own "
@@ -307,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     from bench.checkpoints import CheckpointError
     from bench.records import RecordError
+    from bench.resume import RecipeChanged
     from bench.runner import RunError
     from bench.suites import SuiteError
     from bench.training_loop import TrainingError
@@ -315,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (UsageError, SuiteError, RecordError, DeviceError) as e:
+    except (UsageError, SuiteError, RecordError, DeviceError, RecipeChanged) as e:
         print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (RunError, CheckpointError, DataError, TrainingError) as e:

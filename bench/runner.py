@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from bench import records, suites
+from bench import records, resume, suites
 from bench.records import metric
 
 CHECKPOINTS = records.RUNS / "checkpoints"
@@ -47,6 +47,7 @@ class RunOptions:
     reference: bool = False  # the record goes to the committed reference results (results/runs/)
     threads: int | None = None
     checkpoint_dir: str | None = None
+    checkpoint_every_s: float = 300.0
     progress: bool | None = None
     rank: int = 0
     world_size: int = 1
@@ -143,15 +144,23 @@ class Runner:
             if record["suite"] != self.suite.name:
                 raise RunError(f"{path} is a record of suite {record['suite']!r}, not {self.suite.name!r}; "
                                f"resume with --suite {record['suite']}")
-            if record["status"] == "complete":
-                raise RunError(f"{path} is complete; nothing to resume (start a new run without --resume)")
+            try:
+                resume.check_recipe(record["config"]["suite"]["jobs"], self.suite.jobs)
+            except resume.RecipeChanged as e:
+                raise resume.RecipeChanged(f"cannot resume {path}: {e}") from None
+            if not self._pending(record):
+                raise RunError(f"{path} is complete; nothing to resume (give a larger --epochs or --time-budget "
+                               "to extend it, or start a new run without --resume)")
             record["status"] = "incomplete"
+            record["config"]["suite"] = asdict(self.suite)  # the budget applied from now on
             record.setdefault("resumed_at", []).append(records.utc_now())
             record["machine_resumed"] = self.machine
             self._load_artifacts(path)
             self.log(f"resuming {path}")
+            self.sitting = resume.Sitting(record, self.machine)
             return record, path
         record = records.new_record(self.suite.name, self.config(), seeds, self.machine, self.argv)
+        self.sitting = resume.Sitting(record, self.machine)
         if o.out:
             path = Path(o.out)
         elif o.dry_run:
@@ -159,6 +168,17 @@ class Runner:
         else:
             path = records.default_path(record, records.records_dir(o.reference))
         return record, self._sweep_path(path)
+
+    def _finished(self, record: dict, unit: Unit) -> bool:
+        """Complete in the record, under the budget given now (a larger one extends the unit)."""
+        done = record["jobs"].get(unit.id, {})
+        if done.get("status") != "complete":
+            return False
+        return unit.job.kind not in ("classifier", "draw") or done.get("budget", resume.budget(unit.job)) == \
+            resume.budget(unit.job)
+
+    def _pending(self, record: dict) -> list[Unit]:
+        return [u for u in self.units if not self._finished(record, u)]
 
     def _sweep_path(self, path: Path) -> Path:
         """--sweep-parallel: each rank's own record, NAME.rankR-of-W.json."""
@@ -193,6 +213,7 @@ class Runner:
     def save(self, record: dict, path: Path) -> None:
         if self.opts.rank != 0:
             return
+        self.sitting.update()
         if self.artifacts:
             from datasets.fileio import atomic_write_bytes
 
@@ -227,14 +248,17 @@ class Runner:
         self.save(record, path)
         try:
             for i, unit in enumerate(self.units):
-                done = record["jobs"].get(unit.id, {})
-                if done.get("status") == "complete":
+                if self._finished(record, unit):
                     self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: complete in the record, skipped")
                     continue
-                self.log(f"[{i + 1}/{len(self.units)}] {unit.id}")
+                extending = record["jobs"].get(unit.id, {}).get("status") == "complete"
+                self.log(f"[{i + 1}/{len(self.units)}] {unit.id}" + (" (extending its budget)" if extending else ""))
                 t0 = time.time()
-                record["jobs"][unit.id] = {"status": "running", "kind": unit.job.kind, "seed": unit.seed}
+                record["jobs"][unit.id] = {**record["jobs"].get(unit.id, {}), "status": "running",
+                                           "kind": unit.job.kind, "seed": unit.seed}
                 metrics, info = self.run_unit(unit, record, path)
+                if unit.job.kind in ("classifier", "draw"):
+                    info["budget"] = resume.budget(unit.job)
                 record["metrics"] = [m for m in record["metrics"] if m["params"].get("job") != unit.id]
                 for m in metrics:
                     m["params"]["job"] = unit.id
@@ -242,14 +266,15 @@ class Runner:
                 record["jobs"][unit.id] = {**record["jobs"][unit.id], **info, "status": "complete",
                                            "wall_s": round(time.time() - t0, 1)}
                 self.save(record, path)
-        except KeyboardInterrupt:
-            self._stop(record, path, "incomplete", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as e:
+            self._stop(record, path, "incomplete", f"interrupted ({str(e) or 'Ctrl-C'})")
             raise
         except BaseException as e:
             self._stop(record, path, "failed", f"{type(e).__name__}: {e}")
             raise
         record["status"] = "complete"
         record["finished_at"] = records.utc_now()
+        self.sitting.update("complete")
         # one batch of training reaches nothing: a dry run checks that everything runs, not the targets
         record["targets"] = [] if self.opts.dry_run else check_targets(self.suite, record["metrics"])
         self.save(record, path)
@@ -263,6 +288,7 @@ class Runner:
                 j["status"] = status
         record["status"], record["error"] = status, why
         record["finished_at"] = records.utc_now()
+        self.sitting.update(status)
         self.save(record, path)
         if self.opts.rank == 0 and not self.opts.dry_run:
             records.update_index(path, record)
@@ -281,7 +307,8 @@ class Runner:
         budget = None if job.time_budget_min is None else job.time_budget_min * 60
         return LoopConfig(epochs=job.epochs, time_budget_s=budget, lr=job.lr, clip_norm=job.clip_norm,
                           schedule=task.schedule(), batches_per_epoch=task.batches_per_epoch(),
-                          max_batches=1 if self.opts.dry_run else None, progress=self.opts.progress)
+                          max_batches=1 if self.opts.dry_run else None, progress=self.opts.progress,
+                          checkpoint_every_s=self.opts.checkpoint_every_s)
 
     def _task(self, unit: Unit):
         from bench.tasks import ClassifierTask, DrawTask
@@ -300,7 +327,9 @@ class Runner:
         ckpt = self.checkpoint_path(path, unit)
         record["jobs"][unit.id]["checkpoint"] = _rel(ckpt)
         self.save(record, path)
+        progress = record["jobs"][unit.id]["progress"] = self.sitting.track({})
         res = train(task, self._loop_config(job, task), ckpt, resume=self.opts.resume, rank=self.opts.rank,
+                    status=progress,
                     world_size=self.opts.world_size, log=lambda m: self.log(f"  {unit.id}: {m}"),
                     wrap=lambda m: distributed.wrap_ddp(m, self.ctx))
         record["curves"][unit.id] = res.curve

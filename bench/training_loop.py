@@ -115,6 +115,8 @@ class _Loop:
         self.safe_rng = rng_states()  # RNG at the current position; what a checkpoint stores
         self.epoch_complete = False
         self.decay_saved = False  # whether the state at the start of the decay has been kept
+        self.status: dict | None = None
+        self.images_at_start = 0
         self.last_save = time.monotonic()
         if cfg.schedule.kind != "constant" and not cfg.batches_per_epoch:
             raise TrainingError(f"schedule {cfg.schedule.kind!r} needs LoopConfig.batches_per_epoch")
@@ -146,6 +148,36 @@ class _Loop:
             checkpoints.save(self.ckpt, self.state())
         self.last_save = time.monotonic()
 
+    def position(self) -> float:
+        return self.epoch + self.batch_in_epoch / (self.cfg.batches_per_epoch or 1)
+
+    def extend(self) -> None:
+        """Continue a run restored from its checkpoint under a larger budget than it was made with."""
+        cfg = self.cfg
+        more_epochs = self.epoch < cfg.epochs
+        more_time = cfg.time_budget_s is None or self.train_time_s < cfg.time_budget_s
+        if self.finished and more_epochs and more_time:
+            self.finished = False
+            self.log(f"extending a finished run to {cfg.epochs} epochs"
+                     + (f" / {cfg.time_budget_s / 60:g} min" if cfg.time_budget_s else ""))
+        start = cfg.schedule.decay_start(cfg.epochs)
+        stable = self.stable_path()
+        if self.decay_saved and start > cfg.schedule.decay_start(self.made_for_epochs):
+            if stable is None or not stable.is_file():
+                raise TrainingError(f"{self.ckpt}: its decay began before the new budget's decay start (epoch "
+                                    f"{start:g}) and the state kept at the start of that decay ({stable}) is "
+                                    "missing; keep the budget, or start afresh")
+            self.restore(checkpoints.load(stable))
+            self.finished, self.decay_saved = False, False
+            self.log(f"the decay had begun: restarting from {stable} (epoch {self.epoch + 1}, step {self.step}), "
+                     f"inside the stable phase of the {cfg.epochs}-epoch schedule")
+
+    def report_status(self) -> None:
+        if self.status is not None:
+            self.status.update(epoch=self.epoch, step=self.step, images_seen=self.images_seen,
+                               images_this_sitting=self.images_seen - self.images_at_start,
+                               lr=self.lr_at(self.epoch, self.batch_in_epoch))
+
     def save_stable(self) -> None:
         """Keep the state at the start of the decay (once); a longer budget later restarts from it."""
         path = self.stable_path()
@@ -170,6 +202,7 @@ class _Loop:
         self.epoch_loss_sum, self.epoch_loss_n = state["epoch_loss"]
         self.safe_rng = state["rng"]
         self.decay_saved = state.get("decay_saved", False)
+        self.made_for_epochs = state["loop"]["epochs"]  # the budget whose schedule the state followed
         set_rng_states(self.safe_rng)
 
     # ------------------------------------------------------------ the loop
@@ -235,6 +268,7 @@ class _Loop:
             self.batch_in_epoch = i + 1
             self.images_seen += task.batch_images(batch) * self.world_size
             self.safe_rng = rng_states()
+            self.report_status()
             bar.update(1)
             seen_epoch += task.batch_images(batch)
             if finite:
@@ -295,12 +329,17 @@ class _Loop:
 def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, resume: bool = False,
           rank: int = 0, world_size: int = 1, log: Callable[[str], None] = print,
           wrap: Callable[[nn.Module], nn.Module] | None = None,
-          on_step: Callable[[int], None] | None = None) -> LoopResult:
+          on_step: Callable[[int], None] | None = None, status: dict | None = None) -> LoopResult:
     """Train ``task`` under ``cfg``; return the model with its best-valid state loaded.
 
     With ``resume`` and an existing ``checkpoint`` the run continues from it exactly. Any
     exception, Ctrl-C included, first saves a checkpoint at the last completed step, then
     propagates. ``on_step(step)`` runs after every optimiser step (tests use it to crash).
+    ``status``, when given, is kept up to date: epoch, step, images_seen, images_this_sitting, lr.
+
+    A checkpoint of a finished run continues when the budget has grown. With the "wsd" schedule,
+    a run whose decay had begun under a shorter budget restarts from the state kept when that
+    decay began, which lies inside the longer budget's stable phase.
     """
     path = Path(checkpoint) if checkpoint is not None else None
     loop = _Loop(task, cfg, path, rank, world_size, log, wrap, on_step)
@@ -309,6 +348,10 @@ def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, res
         loop.restore(checkpoints.load(path))
         resumed = True
         log(f"resumed from {path} at epoch {loop.epoch + 1}, batch {loop.batch_in_epoch}, step {loop.step}")
+        loop.extend()
+    loop.status = status
+    loop.images_at_start = loop.images_seen
+    loop.report_status()
     try:
         loop.run()
     except BaseException as e:

@@ -1,0 +1,82 @@
+"""What `bench run --resume` may change, and the record's sittings.
+
+A resumed record keeps its recipe: every model and optimiser field of every job must match the
+record; only the budget (``BUDGET_FIELDS``) may change, and a larger budget extends units that
+had finished. Each sitting (one process that worked on the record) is kept as a segment: machine,
+commit, start and end, images trained, wall and CPU seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+from typing import Any
+
+from bench import records
+
+BUDGET_FIELDS = ("epochs", "time_budget_min")
+
+
+class RecipeChanged(ValueError):
+    pass
+
+
+def _default(job_cls, name: str) -> Any:
+    for f in fields(job_cls):
+        if f.name == name:
+            return f.default
+    return None
+
+
+def _same(a, b) -> bool:
+    # JSON has no tuples: compare containers as lists
+    norm = lambda v: [norm(x) for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return norm(a) == norm(b)
+
+
+def check_recipe(recorded_jobs: list[dict], jobs: tuple) -> None:
+    """Raise RecipeChanged naming every field that differs from the record, budget excluded.
+    Fields a record predates count as their default value."""
+    if len(recorded_jobs) != len(jobs):
+        raise RecipeChanged(f"the record has {len(recorded_jobs)} jobs, the suite now has {len(jobs)}")
+    diffs = []
+    for old, job in zip(recorded_jobs, jobs):
+        for f in fields(job):
+            if f.name in BUDGET_FIELDS:
+                continue
+            given = getattr(job, f.name)
+            recorded = old.get(f.name, _default(type(job), f.name))
+            if not _same(recorded, given):
+                diffs.append(f"{job.kind} {f.name}: record {recorded!r}, given {given!r}")
+    if diffs:
+        raise RecipeChanged("; ".join(diffs) + ". Only the budget (--epochs, --time-budget) may change on resume; "
+                                               "start a new record for another recipe")
+
+
+def budget(job) -> dict:
+    return {k: getattr(job, k, None) for k in BUDGET_FIELDS}
+
+
+class Sitting:
+    """One process's work on a record: appended to ``record["segments"]`` and kept up to date."""
+
+    def __init__(self, record: dict, machine: dict):
+        self.wall0, self.cpu0 = time.time(), time.process_time()
+        self.progress: list[dict] = []  # the training loop's status of each unit run in this sitting
+        self.entry = {"machine": machine, "commit": records.commit_info(), "started_at": records.utc_now(),
+                      "finished_at": None, "images_seen": 0, "wall_s": 0.0, "cpu_s": 0.0, "status": "running"}
+        record.setdefault("segments", []).append(self.entry)
+
+    def track(self, progress: dict) -> dict:
+        """Count the images of a unit's training status dict (updated by the loop) in this sitting."""
+        self.progress.append(progress)
+        return progress
+
+    def update(self, status: str | None = None) -> None:
+        e = self.entry
+        e["images_seen"] = int(sum(p.get("images_this_sitting", 0) for p in self.progress))
+        e["wall_s"] = round(time.time() - self.wall0, 1)
+        e["cpu_s"] = round(time.process_time() - self.cpu0, 1)
+        e["finished_at"] = records.utc_now()
+        if status is not None:
+            e["status"] = status

@@ -1,0 +1,77 @@
+"""The learning-rate schedules (bench/schedule.py) and runs extended across budgets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from bench.schedule import Schedule, ScheduleError
+from bench.training_loop import LoopConfig, train
+from test_bench_loop import ToyTask, params, strip_times
+
+WSD = Schedule("wsd", warmup_epochs=1.0, decay_epochs=4.0, min_lr_ratio=0.1)
+
+
+def test_wsd_shape():
+    assert WSD.factor(0.5, 10) == pytest.approx(0.5)  # half-way through the warm-up
+    assert WSD.factor(1.0, 10) == 1.0 and WSD.factor(5.99, 10) == 1.0  # stable
+    assert WSD.decay_start(10) == 6.0
+    assert WSD.factor(8.0, 10) == pytest.approx(0.1 + 0.9 * 0.5)  # cosine half-way
+    assert WSD.factor(10.0, 10) == pytest.approx(0.1)
+    assert Schedule().factor(3.3, 10) == 1.0 and math.isinf(Schedule().decay_start(10))
+
+
+@given(st.floats(0.0, 30.0), st.floats(0.0, 30.0), st.integers(5, 100))
+def test_wsd_is_bounded_and_falls_during_decay(a, b, epochs):
+    lo, hi = sorted((a, b))
+    s = Schedule("wsd", warmup_epochs=1.0, decay_epochs=3.0)
+    fa, fb = s.factor(min(lo, epochs), epochs), s.factor(min(hi, epochs), epochs)
+    assert 0.0 <= fa <= 1.0 and 0.0 <= fb <= 1.0
+    if lo >= s.decay_start(epochs):
+        assert fb <= fa + 1e-12
+
+
+def test_a_longer_budget_shares_the_shorter_ones_stable_phase():
+    for pos in (0.3, 1.0, 2.5, 5.9):
+        assert WSD.factor(pos, 10) == WSD.factor(pos, 20)
+
+
+@pytest.mark.parametrize("kw", [dict(kind="step"), dict(warmup_epochs=-1), dict(min_lr_ratio=2.0)])
+def test_bad_schedules_are_refused(kw):
+    with pytest.raises(ScheduleError):
+        Schedule(**kw)
+
+
+def cfg(epochs, schedule=Schedule()):
+    return LoopConfig(epochs=epochs, lr=0.05, progress=False, schedule=schedule, batches_per_epoch=6)
+
+
+def test_the_loop_follows_the_schedule(tmp_path):
+    status = {}
+    task = ToyTask()
+    sched = Schedule("wsd", warmup_epochs=1.0, decay_epochs=1.0)
+    res = train(task, cfg(3, sched), tmp_path / "c.pt", log=lambda m: None, status=status)
+    assert res.epochs_done == 3 and status["images_seen"] == 3 * 96 and status["lr"] == pytest.approx(0.0)
+    assert (tmp_path / "c.stable.pt").is_file()  # the state where the decay began
+
+
+@pytest.mark.parametrize("schedule", [Schedule(), Schedule("wsd", warmup_epochs=1.0, decay_epochs=1.0)],
+                         ids=["constant", "wsd"])
+def test_extending_a_finished_run_equals_the_longer_run(tmp_path, schedule):
+    """Train 3 epochs to the end, then ask for 5: the result is that of an uninterrupted 5-epoch
+    run (with wsd, the decay of the short run is undone from the state kept when it began)."""
+    quiet = lambda m: None  # noqa: E731
+    long = train(ToyTask(), cfg(5, schedule), tmp_path / "long.pt", log=quiet)
+    short = train(ToyTask(), cfg(3, schedule), tmp_path / "run.pt", log=quiet)
+    assert short.epochs_done == 3
+    again = train(ToyTask(), cfg(3, schedule), tmp_path / "run.pt", resume=True, log=quiet)
+    assert again.epochs_done == 3 and torch.equal(params(again.model), params(short.model))  # nothing more to do
+    lines = []
+    ext = train(ToyTask(), cfg(5, schedule), tmp_path / "run.pt", resume=True, log=lines.append)
+    assert ext.epochs_done == 5 and ext.images_seen == long.images_seen
+    assert torch.equal(params(ext.model), params(long.model))
+    assert strip_times(ext.curve) == strip_times(long.curve)
+    assert any("extending" in m or "restarting" in m for m in lines)
