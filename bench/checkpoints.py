@@ -25,10 +25,15 @@ def load(path: str | Path) -> dict:
     try:
         # Our checkpoints hold RNG states and plain containers; weights_only=False is needed for them,
         # so only load checkpoints you made or trust.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); "
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise CheckpointError(f"{path}: unreadable checkpoint ({reason}); "
                               "it is damaged or not a glimpse checkpoint") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a glimpse checkpoint; "
+                              "give a checkpoint written by bench run")
+    return state
 
 
 # What a reference checkpoint keeps: enough to rebuild the model and evaluate it, no optimiser.

@@ -70,7 +70,10 @@ def load(path) -> tuple[dict, set[str]]:
     """{key: [metric, ...]} over every record at ``path`` (seeds pooled), and the machine ids."""
     groups: dict = {}
     machines = set()
-    for p in records.find(path):
+    found = records.find(path)
+    if not found:
+        raise records.RecordError(f"{path}: holds no records; give a record file or a folder of records")
+    for p in found:
         r = records.read(p)
         machines.add(r["machine"].get("id", "?"))
         for m in r["metrics"]:

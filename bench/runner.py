@@ -21,6 +21,7 @@ import numpy as np
 
 from bench import records, suites
 from bench.records import metric
+from datasets.cliargs import UsageError
 
 CHECKPOINTS = records.REPO / "runs" / "checkpoints"
 DRY_RUNS = records.REPO / "runs" / "dry-run"
@@ -30,6 +31,10 @@ _PEAKS: dict = {}
 
 class RunError(RuntimeError):
     """A run that cannot start or go on; the message says what to do."""
+
+
+class ResumeError(RunError, UsageError):
+    """--resume given a record that cannot be resumed (bad input: exit status 2)."""
 
 
 @dataclass
@@ -140,10 +145,10 @@ class Runner:
             path = self._sweep_path(Path(o.out)) if o.out else self._latest_unfinished()
             record = records.read(path)
             if record["suite"] != self.suite.name:
-                raise RunError(f"{path} is a record of suite {record['suite']!r}, not {self.suite.name!r}; "
+                raise ResumeError(f"{path} is a record of suite {record['suite']!r}, not {self.suite.name!r}; "
                                f"resume with --suite {record['suite']}")
             if record["status"] == "complete":
-                raise RunError(f"{path} is complete; nothing to resume (start a new run without --resume)")
+                raise ResumeError(f"{path} is complete; nothing to resume (start a new run without --resume)")
             record["status"] = "incomplete"
             record.setdefault("resumed_at", []).append(records.utc_now())
             record["machine_resumed"] = self.machine
@@ -176,7 +181,7 @@ class Runner:
                                                                                  self.opts.sweep_world):
                 found.append((r["started_at"], p))
         if not found:
-            raise RunError(f"no unfinished record of suite {self.suite.name!r} under {folder}; "
+            raise ResumeError(f"no unfinished record of suite {self.suite.name!r} under {folder}; "
                            "pass the record to resume with --out PATH")
         return max(found)[1]
 
@@ -186,8 +191,12 @@ class Runner:
     def _load_artifacts(self, path: Path) -> None:
         a = self._artifact_path(path)
         if a.exists():
-            with np.load(a) as z:
-                self.artifacts = {k: z[k] for k in z.files}
+            try:
+                with np.load(a) as z:
+                    self.artifacts = {k: z[k] for k in z.files}
+            except Exception as e:  # noqa: BLE001 - truncated, corrupt or not an npz
+                raise ResumeError(f"{a}: damaged artifacts file ({type(e).__name__}); move it aside to resume "
+                                  "without the finished units' samples and glimpse paths") from None
 
     def save(self, record: dict, path: Path) -> None:
         if self.opts.rank != 0:
