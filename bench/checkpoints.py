@@ -1,20 +1,30 @@
-"""Atomic checkpoint files: write to a temporary file in the same folder, fsync, rename."""
+"""Atomic checkpoint files: write to a temporary file in the same folder, fsync, rename; a failed
+write (a full disk) leaves the previous checkpoint as it was."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 
-from datasets.fileio import atomic_write
+from datasets.fileio import atomic_write_bytes
 
 
 class CheckpointError(RuntimeError):
     pass
 
 
+def _serialise(state: dict) -> bytes:
+    """The checkpoint's bytes, made in memory: torch.save turns a failed file write into an unclear
+    RuntimeError, so only plain bytes go to disk (a full disk then raises WriteError)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
 def save(path: str | Path, state: dict) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write_bytes(path, _serialise(state))
 
 
 def load(path: str | Path) -> dict:
@@ -50,5 +60,5 @@ def export_reference(src: str | Path, dst: str | Path) -> Path:
     slim = {k: state[k] for k in _REFERENCE_KEYS if k in state}
     slim["model"] = state.get("best_state") or state["model"]
     slim["reference_of"] = Path(src).name
-    atomic_write(dst, lambda f: torch.save(slim, f))
+    atomic_write_bytes(dst, _serialise(slim))
     return Path(dst)
