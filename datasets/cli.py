@@ -11,8 +11,8 @@ import argparse
 import sys
 
 from datasets import mnist
-from datasets.cliargs import (EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, UsageError, check_data_dir, check_output_file,
-                              check_output_folder, integer, message)
+from datasets.cliargs import (EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, UsageError, check_data_dir,
+                              check_output_file, check_output_folder, integer, message)
 from datasets.generator import SpecError
 
 

@@ -90,5 +90,5 @@ def message(e: BaseException) -> str:
     """What to print for an error; a bare OSError names its file and what to do."""
     if isinstance(e, OSError) and type(e).__str__ is OSError.__str__ and e.strerror:
         where = f"{e.filename}: " if e.filename else ""
-        return f"{where}{e.strerror}; free space or fix the permissions, or choose another path"
+        return f"{where}{e.strerror}; check the path and its permissions, free some space, or choose another path"
     return str(e)
