@@ -1,4 +1,4 @@
-"""`python -m bench run | eval | compare | report`.
+"""`python -m bench run | eval | export | tables | compare | report`.
 
 Where things go: your runs' records under runs/records/<machine>/ (index runs/index.csv), reports
 in runs/report/, checkpoints in runs/checkpoints/, dry runs in runs/dry-run/; runs/ is git-ignored,
@@ -8,7 +8,9 @@ results/index.csv, results/report/) change only when asked for: `run --reference
 the committed tables and report from the reference records.
 
 Exit status: 0 done, 1 the work failed (or `compare --fail-on-regression` found a regression),
-2 bad command line or unusable input/output (one line saying what is wrong), 130 Ctrl-C.
+2 bad command line or unusable input/output (one line saying what is wrong: a bad argument, a
+missing or damaged record, checkpoint or data file, an unwritable path or a full disk),
+130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,14 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-
-class UsageError(Exception):
-    """Bad input from the command line: printed as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, instead of argparse's usage dump
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+from datasets.cliargs import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, UsageError, check_data_dir,
+                              check_output_file, check_output_folder, integer, message)
 
 
 def _log(msg: str) -> None:
@@ -71,19 +67,22 @@ def positive(kind):
     return parse
 
 
-def check_writable(path: str, what: str = "--out") -> None:
-    """Fail early, before any training, when ``path`` cannot be written (tries a temporary file)."""
-    import tempfile
+def check_writable(path: str, what: str = "--out", example: str = "run.json") -> None:
+    """Fail early, before any training and without creating anything, when ``path`` cannot be written."""
+    check_output_file(path, what, example)
 
-    p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"{what} {path} is a folder; give a file path such as {p / 'run.json'}")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise UsageError(f"{what} {path} is not writable ({e.strerror or e}); choose another path") from None
+
+def check_dataset(name: str | None) -> None:
+    from datasets.variants import PRESETS
+
+    if name is not None and name not in PRESETS:
+        raise UsageError(f"--dataset {name!r} is not a variant; choose one of {', '.join(sorted(PRESETS))}")
+
+
+def check_device(name: str) -> None:
+    from models.training import pick_device
+
+    pick_device(name)
 
 
 # ---------------------------------------------------------------- commands
@@ -105,6 +104,16 @@ def cmd_run(args) -> int:
                          "(a dry run is never a reference result)")
     if args.resume and args.dry_run:
         raise UsageError("--resume and --dry-run do not go together: a dry run is one batch and is never resumed")
+    if args.resume and args.out:
+        from bench import records
+
+        records.read(args.out)  # a missing or damaged record is refused before any work
+    check_device(args.device)
+    check_data_dir(args.data_dir)
+    if args.out:
+        check_writable(args.out)
+    if args.checkpoint_dir:
+        check_output_folder(args.checkpoint_dir, "--checkpoint-dir")
     opts = runner.RunOptions(suite=args.suite, glimpses=args.glimpses, seeds=args.seeds, device=args.device,
                              epochs=args.epochs, time_budget_min=args.time_budget, data_dir=args.data_dir,
                              out=args.out, resume=args.resume, dry_run=args.dry_run, reference=args.reference,
@@ -159,6 +168,9 @@ def _distribute(args, opts):
 def cmd_eval(args) -> int:
     from bench import evaluate
 
+    check_dataset(args.dataset)
+    check_device(args.device)
+    check_data_dir(args.data_dir)
     if args.out:
         check_writable(args.out)
     record, path = evaluate.evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_seed=args.seed,
@@ -174,7 +186,7 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     from bench import checkpoints
 
-    check_writable(args.out)
+    check_writable(args.out, "out", "model.pt")
     out = checkpoints.export_reference(args.checkpoint, args.out)
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
@@ -200,9 +212,11 @@ def _shown(path: Path) -> str:
 
 
 def cmd_tables(args) -> int:
-    from bench import tables
+    from bench import records, tables
 
-    print(tables.markdown(_records_arg(args), args.link_root))
+    path = _records_arg(args)
+    records.find(path)  # a missing path is refused with one line
+    print(tables.markdown(path, args.link_root))
     return 0
 
 
@@ -222,14 +236,16 @@ def cmd_report(args) -> int:
 
     from bench import records
 
-    out = report.write_report(_records_arg(args), args.out or _shown(records.report_dir(args.reference)), log=_log)
+    out_dir = args.out or _shown(records.report_dir(args.reference))
+    check_output_folder(out_dir, "--out")
+    out = report.write_report(_records_arg(args), out_dir, log=_log)
     print(out)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = OneLineParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     r = sub.add_parser("run", help="run a benchmark suite (default: quick) and write its record")
     r.add_argument("--suite", default="quick", help="quick (default), table1, table2, twodigit, throughput")
@@ -262,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint on the test split and write a record")
     e.add_argument("--checkpoint", required=True, help="a checkpoint written by bench run")
     e.add_argument("--dataset", help="evaluate on another variant of the same image size")
-    e.add_argument("--seed", type=int, default=0, help="test data seed (0 = the fixed test split)")
+    e.add_argument("--seed", type=integer(0), default=0, help="test data seed, >= 0 (0 = the fixed test split)")
     e.add_argument("--device", default="auto")
     e.add_argument("--data-dir")
     e.add_argument("--k", type=positive(int), default=1000, help="IWAE samples per image (DRAW)")
@@ -308,22 +324,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     from bench.checkpoints import CheckpointError
+    from bench.distributed import DistError
     from bench.records import RecordError
     from bench.resume import RecipeChanged
     from bench.runner import RunError
     from bench.suites import SuiteError
     from bench.training_loop import TrainingError
+    from datasets.generator import SpecError
     from datasets.mnist import DataError
     from models.training import DeviceError
 
+    # CheckpointError and UsageError come first: some of them are also RunError or TrainingError
+    unusable = (UsageError, SuiteError, RecordError, DeviceError, CheckpointError, DataError, SpecError, DistError,
+                OSError)
     try:
         return args.func(args)
-    except (UsageError, SuiteError, RecordError, DeviceError, RecipeChanged) as e:
-        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (RunError, CheckpointError, DataError, TrainingError) as e:
-        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    except unusable + (RecipeChanged,) as e:
+        print(f"{parser.prog} {args.command}: error: {message(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RunError, TrainingError) as e:
+        print(f"{parser.prog} {args.command}: error: {message(e)}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

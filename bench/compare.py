@@ -73,7 +73,10 @@ def load(path) -> tuple[dict, set[str], int]:
     groups: dict = {}
     machines = set()
     dry = 0
-    for p in records.find(path):
+    found = records.find(path)
+    if not found:
+        raise records.RecordError(f"{path}: holds no records; give a record file or a folder of records")
+    for p in found:
         r = records.read(p)
         if records.is_dry_run(r):
             dry += 1

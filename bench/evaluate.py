@@ -10,44 +10,64 @@ from typing import Callable
 import torch
 
 from bench import checkpoints, records, suites
+from bench.checkpoints import CheckpointError
 from bench.records import metric
-from bench.runner import RunError
+from datasets.cliargs import UsageError
+from datasets.generator import SpecError
+
+
+def _job_and_task(kind: str, model_cfg: dict, ds: str, seed: int, limit: int | None, iwae_k: int, kw: dict):
+    """The job and task that rebuild the model a checkpoint describes."""
+    from bench.tasks import ClassifierTask, DrawTask
+
+    if kind == "classifier":
+        job = suites.ClassifierJob(dataset=ds, read_n=model_cfg["read_n"], hidden=model_cfg["hidden"],
+                                   per_step_loss=model_cfg["per_step_loss"], test_limit=limit)
+        t = model_cfg["glimpses"]
+        return job, ClassifierTask(job, t, seed, eval_glimpses=tuple(range(1, t + 1)) if job.per_step_loss else (t,),
+                                   **kw)
+    job = suites.DrawJob(dataset=ds, steps=model_cfg["steps"], read_n=model_cfg["read_n"],
+                         write_n=model_cfg["write_n"], enc_hidden=model_cfg["enc_hidden"],
+                         dec_hidden=model_cfg["dec_hidden"], z_size=model_cfg["z_size"],
+                         attention=model_cfg["attention"], test_limit=limit, iwae_k=iwae_k,
+                         iwae_limit=min(limit or 1000, 1000))
+    return job, DrawTask(job, seed, **kw)
 
 
 def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed: int = 0, device: str = "auto",
                         data_dir=None, out: str | None = None, iwae_k: int = 1000, limit: int | None = None,
                         log: Callable[[str], None] = print) -> tuple[dict, Path]:
-    from bench.tasks import ClassifierTask, DrawTask
     from datasets.variants import get_spec
     from models.training import pick_device
 
     state = checkpoints.load(path)
     task_desc = state.get("task")
-    if not isinstance(task_desc, dict) or task_desc.get("task") not in ("classifier", "draw"):
-        raise RunError(f"{path}: not a checkpoint written by bench run (no task description)")
+    if not isinstance(task_desc, dict) or task_desc.get("task") not in ("classifier", "draw") \
+            or not isinstance(task_desc.get("model"), dict):
+        raise CheckpointError(f"{path}: not a checkpoint written by bench run (no task description)")
     dev = str(pick_device(device))
     model_cfg = task_desc["model"]
-    ds = dataset or task_desc["dataset"]
-    spec = get_spec(ds)
-    if (spec.height, spec.width) != (model_cfg["height"], model_cfg["width"]):
-        raise RunError(f"dataset {ds} has {spec.height}x{spec.width} images but the model was trained on "
-                       f"{model_cfg['height']}x{model_cfg['width']}; choose a variant of that size")
+    ds = dataset or task_desc.get("dataset")
+    try:
+        spec = get_spec(ds)
+    except SpecError as e:
+        raise UsageError(f"--dataset: {e}") from None
+    if (spec.height, spec.width) != (model_cfg.get("height"), model_cfg.get("width")):
+        raise UsageError(f"--dataset {ds} has {spec.height}x{spec.width} images but the model was trained on "
+                         f"{model_cfg.get('height')}x{model_cfg.get('width')}; choose a variant of that size")
     kw = dict(device=dev, data_dir=data_dir, data_seed=data_seed)
-    seed = task_desc["seed"]
-    if task_desc["task"] == "classifier":
-        job = suites.ClassifierJob(dataset=ds, read_n=model_cfg["read_n"], hidden=model_cfg["hidden"],
-                                   per_step_loss=model_cfg["per_step_loss"], test_limit=limit)
-        t = model_cfg["glimpses"]
-        task = ClassifierTask(job, t, seed, eval_glimpses=tuple(range(1, t + 1)) if job.per_step_loss else (t,), **kw)
-    else:
-        job = suites.DrawJob(dataset=ds, steps=model_cfg["steps"], read_n=model_cfg["read_n"],
-                             write_n=model_cfg["write_n"], enc_hidden=model_cfg["enc_hidden"],
-                             dec_hidden=model_cfg["dec_hidden"], z_size=model_cfg["z_size"],
-                             attention=model_cfg["attention"], test_limit=limit, iwae_k=iwae_k,
-                             iwae_limit=min(limit or 1000, 1000))
-        task = DrawTask(job, seed, **kw)
+    try:
+        seed = task_desc["seed"]
+        job, task = _job_and_task(task_desc["task"], model_cfg, ds, seed, limit, iwae_k, kw)
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: its task description lacks or mangles {e}; the checkpoint is damaged "
+                              "or from another version of the harness") from None
     model = task.build()
-    model.load_state_dict(state.get("best_state") or state["model"])
+    try:
+        model.load_state_dict(state.get("best_state") or state["model"])
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its weights do not fit the model it describes ({type(e).__name__}); "
+                              "the checkpoint is damaged") from None
     torch.manual_seed(data_seed)
     machine = records.machine_info(dev)
     cfg = {"checkpoint": str(path), "task": task_desc, "dataset": ds, "data_seed": data_seed,

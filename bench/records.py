@@ -136,6 +136,9 @@ def new_record(suite: str, config: dict, seeds: list[int], machine: dict, comman
 
 
 def validate(record: dict, where: str = "record") -> dict:
+    if not isinstance(record, dict):
+        raise RecordError(f"{where}: a JSON {type(record).__name__}, not a run record; give a record written by "
+                          "python -m bench")
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         raise RecordError(f"{where}: missing field(s) {missing}")
@@ -144,7 +147,11 @@ def validate(record: dict, where: str = "record") -> dict:
                           f"{SCHEMA_VERSION}; regenerate the record or upgrade the harness")
     if record["status"] not in STATUSES:
         raise RecordError(f"{where}: status {record['status']!r} is not one of {STATUSES}")
+    if not isinstance(record["metrics"], list):
+        raise RecordError(f"{where}: metrics must be a list")
     for i, m in enumerate(record["metrics"]):
+        if not isinstance(m, dict):
+            raise RecordError(f"{where}: metrics[{i}] must be an object")
         absent = [k for k in METRIC_KEYS if k not in m]
         if absent:
             raise RecordError(f"{where}: metrics[{i}] lacks {absent}")
@@ -219,9 +226,11 @@ def read(path: str | Path) -> dict:
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
-        raise RecordError(f"{path}: no such record") from None
-    except json.JSONDecodeError as e:
-        raise RecordError(f"{path}: not valid JSON ({e})") from None
+        raise RecordError(f"{path}: no such record; check the path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path}: not valid JSON ({e}); it is truncated or not a run record") from None
+    except OSError as e:
+        raise RecordError(f"{path}: cannot be read ({e.strerror or e}); give a readable record file") from None
     return validate(record, str(path))
 
 
@@ -232,7 +241,7 @@ def find(path: str | Path) -> list[Path]:
         return [path]
     if path.is_dir():
         return sorted(p for p in path.rglob("*.json") if not p.name.startswith("."))
-    raise RecordError(f"{path}: no such record or folder")
+    raise RecordError(f"{path}: no such record or folder; check the path")
 
 
 # ---------------------------------------------------------------- the index and the DataFrame

@@ -188,8 +188,12 @@ def _artifacts(recs) -> dict:
     for p, r in recs:
         a = p.with_suffix(".npz")
         if r.get("artifacts") and a.exists():
-            with np.load(a) as z:
-                arts.update({k: z[k] for k in z.files})
+            try:
+                with np.load(a) as z:
+                    arts.update({k: z[k] for k in z.files})
+            except Exception as e:  # noqa: BLE001 - truncated, corrupt or not an npz
+                raise records.RecordError(f"{a}: damaged artifacts file ({type(e).__name__}); move it aside "
+                                          "(the report then leaves out its samples and glimpse paths)") from None
     return arts
 
 
@@ -269,13 +273,13 @@ def write_report(records_path="results/runs", out="results/report", log: Callabl
     out = Path(out)
     listed = _load(records_path)
     recs = [(p, r) for p, r in listed if not records.is_dry_run(r)]  # one batch of training plots nothing real
+    arts = _artifacts(recs)  # every input read before anything is written
     out.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, bytes]] = []
     plot_error_vs_glimpses(recs, out, figures)
     plot_nll(recs, out, figures)
     plot_throughput(recs, out, figures)
     plot_curves(recs, out, figures)
-    arts = _artifacts(recs)
     plot_samples(arts, out, figures)
     plot_glimpse_paths(arts, out, figures)
     imgs = "\n".join(f"<figure><img alt='{n}' src='data:image/png;base64,{base64.b64encode(d).decode()}'>"

@@ -21,6 +21,7 @@ import numpy as np
 
 from bench import records, resume, suites
 from bench.records import metric
+from datasets.cliargs import UsageError
 
 CHECKPOINTS = records.RUNS / "checkpoints"
 DRY_RUNS = records.RUNS / "dry-run"
@@ -30,6 +31,10 @@ _PEAKS: dict = {}
 
 class RunError(RuntimeError):
     """A run that cannot start or go on; the message says what to do."""
+
+
+class ResumeError(RunError, UsageError):
+    """--resume given a record that cannot be resumed (bad input: exit status 2)."""
 
 
 @dataclass
@@ -128,6 +133,7 @@ class Runner:
         self.argv = argv or []
         self.peak: float | None = None
         self.artifacts: dict[str, np.ndarray] = {}
+        self.sitting: resume.Sitting | None = None  # set when the record is opened
 
     # ------------------------------------------------------------ record bookkeeping
     def config(self) -> dict:
@@ -142,14 +148,14 @@ class Runner:
             path = self._sweep_path(Path(o.out)) if o.out else self._latest_unfinished()
             record = records.read(path)
             if record["suite"] != self.suite.name:
-                raise RunError(f"{path} is a record of suite {record['suite']!r}, not {self.suite.name!r}; "
+                raise ResumeError(f"{path} is a record of suite {record['suite']!r}, not {self.suite.name!r}; "
                                f"resume with --suite {record['suite']}")
             try:
                 resume.check_recipe(record["config"]["suite"]["jobs"], self.suite.jobs)
             except resume.RecipeChanged as e:
                 raise resume.RecipeChanged(f"cannot resume {path}: {e}") from None
             if not self._pending(record):
-                raise RunError(f"{path} is complete; nothing to resume (give a larger --epochs or --time-budget "
+                raise ResumeError(f"{path} is complete; nothing to resume (give a larger --epochs or --time-budget "
                                "to extend it, or start a new run without --resume)")
             record["status"] = "incomplete"
             record["config"]["suite"] = asdict(self.suite)  # the budget applied from now on
@@ -197,7 +203,7 @@ class Runner:
                                                                                  self.opts.sweep_world):
                 found.append((r["started_at"], p))
         if not found:
-            raise RunError(f"no unfinished record of suite {self.suite.name!r} under {folder}; "
+            raise ResumeError(f"no unfinished record of suite {self.suite.name!r} under {folder}; "
                            "pass the record to resume with --out PATH")
         return max(found)[1]
 
@@ -207,13 +213,18 @@ class Runner:
     def _load_artifacts(self, path: Path) -> None:
         a = self._artifact_path(path)
         if a.exists():
-            with np.load(a) as z:
-                self.artifacts = {k: z[k] for k in z.files}
+            try:
+                with np.load(a) as z:
+                    self.artifacts = {k: z[k] for k in z.files}
+            except Exception as e:  # noqa: BLE001 - truncated, corrupt or not an npz
+                raise ResumeError(f"{a}: damaged artifacts file ({type(e).__name__}); move it aside to resume "
+                                  "without the finished units' samples and glimpse paths") from None
 
     def save(self, record: dict, path: Path) -> None:
         if self.opts.rank != 0:
             return
-        self.sitting.update()
+        if self.sitting is not None:
+            self.sitting.update()
         if self.artifacts:
             from datasets.fileio import atomic_write_bytes
 
@@ -274,7 +285,8 @@ class Runner:
             raise
         record["status"] = "complete"
         record["finished_at"] = records.utc_now()
-        self.sitting.update("complete")
+        if self.sitting is not None:
+            self.sitting.update("complete")
         # one batch of training reaches nothing: a dry run checks that everything runs, not the targets
         record["targets"] = [] if self.opts.dry_run else check_targets(self.suite, record["metrics"])
         self.save(record, path)
@@ -288,7 +300,8 @@ class Runner:
                 j["status"] = status
         record["status"], record["error"] = status, why
         record["finished_at"] = records.utc_now()
-        self.sitting.update(status)
+        if self.sitting is not None:
+            self.sitting.update(status)
         self.save(record, path)
         if self.opts.rank == 0 and not self.opts.dry_run:
             records.update_index(path, record)

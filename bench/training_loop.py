@@ -60,6 +60,10 @@ class TrainingError(RuntimeError):
     """Training cannot go on (diverged, bad checkpoint); the message says why and what to do."""
 
 
+class ResumeMismatch(TrainingError, checkpoints.CheckpointError):
+    """The checkpoint to resume from is not one of this task (bad input: exit status 2)."""
+
+
 @dataclass
 class LoopResult:
     model: nn.Module  # holds the best-valid state
@@ -187,12 +191,12 @@ class _Loop:
 
     def restore(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise TrainingError(f"{self.ckpt}: not a training checkpoint of this harness "
+            raise ResumeMismatch(f"{self.ckpt}: not a training checkpoint of this harness "
                                 f"(format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
         ours, theirs = self.task.describe(), state["task"]
         if ours != theirs:
             diff = {k: (theirs.get(k), ours.get(k)) for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)}
-            raise TrainingError(f"{self.ckpt}: checkpoint was made for another configuration "
+            raise ResumeMismatch(f"{self.ckpt}: checkpoint was made for another configuration "
                                 f"(checkpoint vs now: {diff}); resume with the same settings or start afresh")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])

@@ -22,7 +22,7 @@ import numpy as np
 from datasets import mnist
 from datasets.fileio import atomic_write, file_lock
 from datasets.generator import GENERATOR_VERSION, NPZ_KEYS, Plan, Spec
-from datasets.variants import SPLITS, generate_split, get_spec, is_fixed, plan_split, variant_name
+from datasets.variants import SPLITS, check_seed, generate_split, get_spec, is_fixed, plan_split, variant_name
 
 MANIFEST = "manifest.json"
 FORMAT = "glimpse-mnist-variant"
@@ -101,7 +101,10 @@ def build(name: str | Spec, seed: int, out: str | os.PathLike, data_dir: str | o
     spec = get_spec(name)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    check_seed(seed, epoch)  # refused input creates nothing, not even the lock
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise mnist.DataError(f"{out} is a file, not a build folder; choose another output folder")
     header = expected_header(spec, seed, limit, epoch, variant_name(name))
     out.mkdir(parents=True, exist_ok=True)
     with file_lock(out / ".lock"):

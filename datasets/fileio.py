@@ -1,7 +1,8 @@
 """Atomic file writes and a cross-process lock: the one implementation every package uses.
 
 A write goes to a temporary file in the target's folder, is fsynced, then renamed over the
-target, so a crash or kill leaves either the old file or the new one, never half of one.
+target, so a crash, a kill or a full disk leaves either the old file or the new one, never half
+of one. A failed write raises WriteError, which names the file and says the old one is intact.
 """
 
 from __future__ import annotations
@@ -14,16 +15,32 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 
+class WriteError(OSError):
+    """Writing a file failed (disk full, read-only, no permission); the previous file is unchanged."""
+
+    def __str__(self) -> str:
+        return (f"cannot write {self.filename} ({self.strerror}); any previous version of it is unchanged. "
+                "Free some space or choose another path")
+
+
+def _open_temp(fd: int) -> BinaryIO:
+    """The temporary file's writer (a seam for tests that simulate a full disk)."""
+    return os.fdopen(fd, "wb")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], mode: int | None = None) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync, rename over ``path``.
 
     ``mode``: permission bits for the result (default: 0o666 less the umask, as for ``open``;
     mkstemp alone would leave 0o600)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise WriteError(e.errno, e.strerror or str(e), str(path)) from e
+    try:
+        with _open_temp(fd) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -33,9 +50,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], m
             mode = 0o666 & ~umask
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError) and e.errno is not None:
+            raise WriteError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     return path
 

@@ -269,18 +269,57 @@ def verify_file(path: Path, stamps: dict | None = None) -> bool:
     if actual != SHA256[name]:
         raise DataError(
             f"{path}: SHA-256 mismatch (expected {SHA256[name]}, got {actual}); the file is "
-            f"truncated, corrupt or not MNIST. Delete it and run `python -m datasets fetch`."
+            f"truncated, corrupt or not MNIST. Run `python -m datasets fetch` to replace it."
         )
     return True
 
 
+def _utc_stamp() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _set_aside_damaged(folder: Path, stamps: dict, log: Callable[[str], None] | None) -> list[str]:
+    """Move every file that fails its checksum to ``NAME.corrupt-<utc>`` (kept, never deleted) so
+    that it is obtained again; return the notes saying what was moved where."""
+    notes = []
+    for name in SHA256:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            if verify_file(path, stamps):
+                stamps[name] = _file_key(path)
+        except DataError as e:
+            aside = folder / f"{name}.corrupt-{_utc_stamp()}"
+            os.replace(path, aside)
+            stamps.pop(name, None)
+            notes.append(f"{name} failed its SHA-256 check; kept as {aside.name}")
+            if log:
+                log(f"{e}: moved it aside to {aside} and fetching it again")
+    return notes
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the data folder {folder} ({e.strerror or e}); point --data-dir or "
+                        "GLIMPSE_DATA at a writable folder") from None
+
+
 def fetch(data_dir: str | os.PathLike | None = None, sources: list[Source] | None = None,
           source_timeout_s: float = SOURCE_TIMEOUT_S, log: Callable[[str], None] | None = None) -> Path:
-    """Make sure the four verified IDX files are in ``<root>/mnist``; return that folder."""
+    """Make sure the four verified IDX files are in ``<root>/mnist``; return that folder.
+
+    A file that fails its checksum is moved aside (``NAME.corrupt-<utc>``) and obtained again."""
     folder = mnist_dir(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folder(folder)
     with file_lock(folder / ".lock"):
         stamps = _read_stamps(folder)
+        stamps_before = dict(stamps)
+        repaired = _set_aside_damaged(folder, stamps, log)
         missing = [n for n in SHA256 if not (folder / n).is_file()]
         if missing:
             tried = []
@@ -296,21 +335,20 @@ def fetch(data_dir: str | os.PathLike | None = None, sources: list[Source] | Non
                     check_hash(name, data, source.name)
                     atomic_write_bytes(folder / name, data)
                 if log:
-                    log(f"MNIST fetched from {source.name}")
+                    log(f"MNIST fetched from {source.name}" + (f" ({'; '.join(repaired)})" if repaired else ""))
                 break
             else:
+                why = f" ({'; '.join(repaired)})" if repaired else ""
                 raise DataError(
-                    f"could not obtain MNIST files {', '.join(missing)} into {folder}. Tried:\n"
-                    + "\n".join(tried)
+                    f"could not obtain MNIST files {', '.join(missing)} into {folder}{why}. Tried:\n"
+                    + "\n".join(tried or ["  - no source"])
                     + "\nFix: set GLIMPSE_MNIST_SOURCE to a folder with the four MNIST files, "
                     "or copy them into the data folder yourself."
                 )
-        changed = False
         for name in SHA256:
             if verify_file(folder / name, stamps):
                 stamps[name] = _file_key(folder / name)
-                changed = True
-        if changed:
+        if stamps != stamps_before:
             atomic_write_bytes(_stamp_path(folder), json.dumps(stamps).encode())
     return folder
 

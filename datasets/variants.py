@@ -64,7 +64,7 @@ def _check_split(split: str) -> None:
         raise SpecError(f"unknown split {split!r}; use one of {list(SPLITS)}")
 
 
-def _check_seed(seed: int, epoch: int | None) -> None:
+def check_seed(seed: int, epoch: int | None) -> None:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0):
@@ -86,7 +86,7 @@ def split_info(name: str | Spec, split: str, seed: int = 0, epoch: int | None = 
     """What a record should say about the data it used (JSON-safe)."""
     spec = get_spec(name)
     _check_split(split)
-    _check_seed(seed, epoch)
+    check_seed(seed, epoch)
     mnist_split, lo, hi = SPLITS[split]
     return {"variant": variant_name(name), "spec": spec.to_dict(), "split": split, "seed": int(seed),
             "epoch": None if epoch is None else int(epoch), "fixed": is_fixed(spec, split, epoch),
@@ -116,7 +116,7 @@ def plan_split(name: str | Spec, split: str, seed: int = 0, epoch: int | None = 
     """Draw the layout of a whole split: returns (spec, plan, MNIST images the plan indexes)."""
     spec = get_spec(name)
     _check_split(split)
-    _check_seed(seed, epoch)
+    check_seed(seed, epoch)
     images, labels = source_images(split, data_dir)
     _, lo, hi = SPLITS[split]
     code = epoch_code(spec, split, epoch)
@@ -156,7 +156,7 @@ def load_split(name: str | Spec, split: str, seed: int = 0, epoch: int | None = 
     """
     spec = get_spec(name)
     _check_split(split)
-    _check_seed(seed, epoch)
+    check_seed(seed, epoch)
     code = epoch_code(spec, split, epoch)
     key = (spec, split, int(seed), code, str(mnist.mnist_dir(data_dir)))
     if key in _cache:

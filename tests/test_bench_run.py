@@ -156,7 +156,7 @@ def test_eval_checkpoint_on_other_test_clutter(tiny, tmp_path, capsys):
     again = {m["params"]["glimpses"]: m["value"] for m in records.read(out)["metrics"]}
     ran = {m["params"]["glimpses"]: m["value"] for m in rec["metrics"] if m["name"] == "test_error"}
     assert again == ran
-    assert main(["eval", "--checkpoint", str(ckpt), "--dataset", "binarized", "--out", str(out)]) == 1
+    assert main(["eval", "--checkpoint", str(ckpt), "--dataset", "binarized", "--out", str(out)]) == 2
     assert "has 28x28 images but the model was trained on 60x60" in capsys.readouterr().err
 
 
@@ -178,7 +178,7 @@ def test_exported_reference_checkpoint_evaluates_like_the_full_one(tiny, tmp_pat
         assert main(["eval", "--checkpoint", str(path), "--limit", "32", "--device", "cpu", "--out", str(out)]) == 0
         outs[name] = [(m["params"]["glimpses"], m["value"]) for m in records.read(out)["metrics"]]
     assert outs["full"] == outs["ref"]
-    assert main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")]) == 1
+    assert main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
 
 

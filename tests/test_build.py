@@ -109,8 +109,10 @@ def test_cli_build_and_show(tmp_path, mnist_data, capsys):
     png = tmp_path / "grid.png"
     assert main(["show", "twodigit60", "--n", "9", "-o", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-    assert main(["build", "translated60", "--limit", "0", "--out", str(tmp_path / "x")]) == 1
-    assert "limit must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["build", "translated60", "--limit", "0", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and "--limit: '0' must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_python_m_datasets_entry_point(tmp_path, mnist_data):

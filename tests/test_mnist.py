@@ -102,8 +102,30 @@ def test_corrupt_file_in_root_is_never_used(tmp_path, raw_files):
     data[100] ^= 0xFF
     time.sleep(0.01)
     victim.write_bytes(bytes(data))
-    with pytest.raises(DataError, match="SHA-256 mismatch"):
+    with pytest.raises(DataError, match="failed its SHA-256 check; kept as train-labels-idx1-ubyte.corrupt-"):
         mnist.fetch(root, sources=[])
+    assert not victim.exists(), "a file that fails its checksum must never be used"
+    [aside] = folder.glob("train-labels-idx1-ubyte.corrupt-*")
+    assert aside.read_bytes() == bytes(data), "the damaged file is kept aside, not deleted"
+
+
+def test_fetch_repairs_a_file_that_fails_its_checksum(tmp_path, raw_files):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in raw_files.items():
+        (src / name).write_bytes(data)
+    root = tmp_path / "root"
+    mnist.fetch(root, sources=[folder_source(src)])
+    victim = root / "mnist" / "t10k-labels-idx1-ubyte"
+    damaged = victim.read_bytes()[:-5]
+    victim.write_bytes(damaged)
+    lines: list[str] = []
+    mnist.fetch(root, sources=[folder_source(src)], log=lines.append)
+    assert victim.read_bytes() == raw_files["t10k-labels-idx1-ubyte"]
+    [aside] = victim.parent.glob("t10k-labels-idx1-ubyte.corrupt-*")
+    assert aside.read_bytes() == damaged
+    assert any("moved it aside" in line and aside.name in line for line in lines), lines
+    mnist.fetch(root, sources=[])  # repaired and stamped: no source needed any more
 
 
 def test_gz_sources_are_accepted(tmp_path, raw_files):
@@ -199,7 +221,7 @@ def test_second_load_is_fast(mnist_data):
     assert float(out.stdout) < 0.5
 
 
-def test_cli_fetch_prints_folder_and_corrupt_file_gives_one_line_error(tmp_path, raw_files):
+def test_cli_fetch_prints_folder_and_repairs_a_corrupt_file(tmp_path, raw_files):
     env = dict(os.environ, GLIMPSE_DATA=str(tmp_path))
     ok = subprocess.run([sys.executable, "-m", "datasets", "fetch"], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=120)
@@ -210,9 +232,11 @@ def test_cli_fetch_prints_folder_and_corrupt_file_gives_one_line_error(tmp_path,
     data[-1] ^= 0x01
     time.sleep(0.01)
     victim.write_bytes(bytes(data))
-    bad = subprocess.run([sys.executable, "-m", "datasets", "fetch"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0
-    assert "Traceback" not in bad.stderr
-    lines = bad.stderr.strip().splitlines()
-    assert len(lines) == 1 and "t10k-images-idx3-ubyte" in lines[0] and "SHA-256" in lines[0]
+    fixed = subprocess.run([sys.executable, "-m", "datasets", "fetch"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert fixed.returncode == 0, fixed.stderr
+    assert "Traceback" not in fixed.stderr
+    assert "SHA-256 mismatch" in fixed.stderr and "moved it aside" in fixed.stderr
+    assert mnist.sha256_file(victim) == mnist.SHA256["t10k-images-idx3-ubyte"]
+    [aside] = victim.parent.glob("t10k-images-idx3-ubyte.corrupt-*")
+    assert aside.read_bytes() == bytes(data)
