@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from models.native_cpu import cpu_identity
+
 SOURCE = Path(__file__).with_name("native_kernels.c")
 SOURCES = (SOURCE, SOURCE.with_name("native_kernels_body.h"), SOURCE.with_name("native_draw_body.h"))  # .c includes .h
 # No -ffast-math and no FMA contraction (see the source: the exponent is exact at the peak only as
@@ -47,15 +49,6 @@ COMPILE_TIMEOUT_S = 120
 
 _DTYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
 _P, _I = ctypes.c_void_p, ctypes.c_int64
-
-
-def _cpu_identity() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))][:2]
-    return "\n".join(keep) or platform.machine()
 
 
 def _cache_dirs() -> list[Path]:
@@ -93,12 +86,17 @@ def _flags() -> tuple[str, ...]:
     return FLAGS + (_openmp_flag(),)
 
 
+def library_name(cc: str, cpu: str) -> str:
+    """The built library's file name: a hash of the sources, the flags, the compiler and the CPU."""
+    src = b"".join(p.read_bytes() for p in SOURCES)
+    key = hashlib.sha256(b"\0".join([src, " ".join(_flags()).encode(), cc.encode(), cpu.encode()]))
+    return f"glimpse_native_{key.hexdigest()[:16]}.so"
+
+
 def _build(cc: str) -> Path:
     """Compile SOURCE into the first writable cache folder (atomically: a temporary name, then
     rename) unless it is there already; return its path."""
-    src = b"".join(p.read_bytes() for p in SOURCES)
-    key = hashlib.sha256(b"\0".join([src, " ".join(_flags()).encode(), cc.encode(), _cpu_identity().encode()]))
-    name = f"glimpse_native_{key.hexdigest()[:16]}.so"
+    name = library_name(cc, cpu_identity())
     home, tmp = _cache_dirs()
     dirs = [home] + ([tmp] if _private(tmp) else [])
     for out_dir in dirs:
