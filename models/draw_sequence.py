@@ -164,10 +164,54 @@ class _Lease:
 
 
 class _Kernels:
+    """The loops of a pass for one dtype: ``checked[kind]`` validates a pass's buffers against the
+    declared signatures once; the step loops call the bare functions (attributes named by kind) with
+    addresses into those buffers."""
+
+    KINDS = ("lstm_forward_strided", "lstm_backward_strided", "draw_canvas_forward", "draw_canvas_backward",
+             "draw_latent_forward", "draw_latent_backward")
+
     def __init__(self, dtype: torch.dtype):
-        for kind in ("lstm_forward_strided", "lstm_backward_strided", "draw_canvas_forward", "draw_canvas_backward",
-                     "draw_latent_forward", "draw_latent_backward"):
-            setattr(self, kind, native.function(kind, dtype))
+        self.checked = {kind: native.kernel(kind, dtype) for kind in self.KINDS}
+        for kind, checked in self.checked.items():
+            setattr(self, kind, checked.unchecked)
+
+
+def _check_forward(ws: _Workspace, k: _Kernels, x, eps, canvas, mu, log_sigma, z, g: Geometry, threads: int):
+    """Check the first step's calls of _forward with tensors in place of addresses. Every other step
+    passes the same integers and other slots of the same buffers (the slot address lists end with
+    their buffers, so a slot past the end raises IndexError)."""
+    B, he, hd, zs, n = g.batch, g.enc_hidden, g.dec_hidden, g.z_size, ws.slot(1)
+    cols, dims = g.canvas_args(x.dtype)
+    k.checked["draw_canvas_forward"].check(
+        x, canvas, ws.sig[0], ws.d[0], g.n_dec, *cols, 1, 1, ws.wparams[0], ws.wv[0], ws.wfx[0], ws.wfy[0],
+        ws.patch[0], ws.rparams[0], ws.rv[0], ws.rfx[0], ws.rfy[0], ws.r[0], 0, B, *dims, threads)
+    k.checked["lstm_forward_strided"].check(
+        ws.gates_enc, 4 * he, ws.e[0][:, 2 * zs:], g.n_enc, ws.c_enc[0], ws.act_enc[0], ws.c_enc[n], ws.tc_enc[0],
+        ws.h_enc[0], he + 1, B, he, threads)
+    k.checked["draw_latent_forward"].check(ws.e[1], g.n_enc, eps[0], mu[0], log_sigma[0], z[0], B, zs)
+    k.checked["lstm_forward_strided"].check(
+        ws.gates_dec, 4 * hd, None, 0, ws.c_dec[0], ws.act_dec[0], ws.c_dec[n], ws.tc_dec[0], ws.h_dec[n], hd + 1,
+        B, hd, threads)
+
+
+def _check_backward(ws: _Workspace, k: _Kernels, x, x_t, eps, d_mu, d_log_sigma, log_sigma, g: Geometry,
+                    threads: int):
+    """As _check_forward, for the calls of one step of the backward."""
+    B, he, hd, zs = g.batch, g.enc_hidden, g.dec_hidden, g.z_size
+    cols, dims = g.canvas_args(x.dtype)
+    k.checked["draw_canvas_backward"].check(
+        x, x_t, ws.sig[0], ws.dcanvas, ws.dr, ws.g_dec[1], g.n_dec, *cols, 1, 1, ws.wparams[0], ws.wv[0],
+        ws.wfx[0], ws.wfy[0], ws.patch[0], ws.rparams[0], ws.rv[0], ws.rfx[0], ws.rfy[0], ws.scratch, 0, B, *dims,
+        threads)
+    k.checked["lstm_backward_strided"].check(
+        ws.dh_dec, ws.dc_dec, ws.act_dec[0], ws.c_dec[0], ws.tc_dec[0], ws.g_dec[0], g.n_dec, None, 0, ws.dc_dec, B,
+        hd, threads)
+    k.checked["draw_latent_backward"].check(ws.dz, d_mu[0], d_log_sigma[0], log_sigma[0], eps[0], ws.g_enc[0],
+                                            g.n_enc, B, zs)
+    k.checked["lstm_backward_strided"].check(
+        ws.dh_enc, ws.dc_enc, ws.act_enc[0], ws.c_enc[0], ws.tc_enc[0], ws.g_dec[0][:, g.col_enc_in:], g.n_dec,
+        ws.g_enc[0][:, 2 * zs:], g.n_enc, ws.dc_enc, B, he, threads)
 
 
 def _forward(ws: _Workspace, k: _Kernels, x, eps, w_dec, w_enc, w_read, w_z, g: Geometry):
@@ -184,6 +228,7 @@ def _forward(ws: _Workspace, k: _Kernels, x, eps, w_dec, w_enc, w_read, w_z, g: 
     ga_p, gd_p = ga.data_ptr(), gd.data_ptr()
 
     threads = torch.get_num_threads()  # the native loops split the batch over torch's threads (OpenMP)
+    _check_forward(ws, k, x, eps, canvas, mu, log_sigma, z, g, threads)
     tail = (0, B, *dims, threads)
 
     def canvas_step(t, d, do_write, do_read):
@@ -249,6 +294,7 @@ class DRAWSequence(torch.autograd.Function):
         enc_in_offset, rec_offset = g.col_enc_in * item, 2 * zs * item
 
         threads = torch.get_num_threads()
+        _check_backward(ws, k, x, x_t, eps, d_mu, d_log_sigma, log_sigma, g, threads)
         tail = (0, B, *dims, threads)
 
         def canvas_step(t, do_write, do_read):

@@ -7,8 +7,9 @@ On CPU, at the models' sizes, each of those blocks runs as eight to twenty whole
 ops, each one a pass over memory plus dispatch; models/native_kernels.c does each block in one or
 two passes. The source is plain C (no PyTorch headers), built with the system C compiler in about
 a second into a cache keyed by the source, the flags, the compiler and this CPU (the build uses
--march=native), and called through ctypes on the tensors' buffers. Results agree with the PyTorch
-path to a few ulp (tests/test_native.py), so either path trains the same model.
+-march=native; models/native_cpu.py), and called through ctypes on the tensors' buffers, each call
+checked first against the loop's declared signature (models/native_signatures.py). Results agree
+with the PyTorch path to a few ulp (tests/test_native.py), so either path trains the same model.
 
 Used for float32/float64 CPU tensors outside torch.compile tracing; everything else (CUDA, other
 dtypes, compiling) takes the PyTorch path, and so does everything inside `with native.disabled():`.
@@ -35,6 +36,9 @@ from pathlib import Path
 
 import torch
 
+from models.native_cpu import cpu_identity
+from models.native_signatures import SIGNATURES, Signature
+
 SOURCE = Path(__file__).with_name("native_kernels.c")
 SOURCES = (SOURCE, SOURCE.with_name("native_kernels_body.h"), SOURCE.with_name("native_draw_body.h"))  # .c includes .h
 # No -ffast-math and no FMA contraction (see the source: the exponent is exact at the peak only as
@@ -46,16 +50,6 @@ FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-share
 COMPILE_TIMEOUT_S = 120
 
 _DTYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
-_P, _I = ctypes.c_void_p, ctypes.c_int64
-
-
-def _cpu_identity() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))][:2]
-    return "\n".join(keep) or platform.machine()
 
 
 def _cache_dirs() -> list[Path]:
@@ -93,12 +87,17 @@ def _flags() -> tuple[str, ...]:
     return FLAGS + (_openmp_flag(),)
 
 
+def library_name(cc: str, cpu: str) -> str:
+    """The built library's file name: a hash of the sources, the flags, the compiler and the CPU."""
+    src = b"".join(p.read_bytes() for p in SOURCES)
+    key = hashlib.sha256(b"\0".join([src, " ".join(_flags()).encode(), cc.encode(), cpu.encode()]))
+    return f"glimpse_native_{key.hexdigest()[:16]}.so"
+
+
 def _build(cc: str) -> Path:
     """Compile SOURCE into the first writable cache folder (atomically: a temporary name, then
     rename) unless it is there already; return its path."""
-    src = b"".join(p.read_bytes() for p in SOURCES)
-    key = hashlib.sha256(b"\0".join([src, " ".join(_flags()).encode(), cc.encode(), _cpu_identity().encode()]))
-    name = f"glimpse_native_{key.hexdigest()[:16]}.so"
+    name = library_name(cc, cpu_identity())
     home, tmp = _cache_dirs()
     dirs = [home] + ([tmp] if _private(tmp) else [])
     for out_dir in dirs:
@@ -133,31 +132,30 @@ _CONST_FIELDS = ("sx", "sy", "sd", "log_max", "s2_min", "s2_max", "delta_max", "
                  "thr_y")
 _CONSTS = {sfx: type(f"WindowConsts_{sfx}", (ctypes.Structure,), {"_fields_": [(k, c) for k in _CONST_FIELDS]})
            for sfx, c in _DTYPES.values()}
+_SIGNATURES = {(kind, dtype): Signature(kind, args, dtype, scalar, _CONSTS[sfx])
+               for kind, args in SIGNATURES.items() for dtype, (sfx, scalar) in _DTYPES.items()}
+
+
+class Kernel:
+    """One C loop for one dtype. Calling it checks every argument against its declared signature
+    (models/native_signatures.py) and passes tensors as addresses. ``unchecked`` is the bare ctypes
+    function, for loops that pass addresses into buffers they checked with ``check`` beforehand."""
+
+    def __init__(self, signature: Signature, unchecked):
+        self.signature, self.unchecked = signature, unchecked
+
+    def __call__(self, *args) -> None:
+        self.unchecked(*self.signature.addresses(args))
+
+    def check(self, *args) -> None:
+        """Raise as a call with these arguments would, without running the loop."""
+        self.signature.addresses(args)
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    for sfx, scalar in _DTYPES.values():
-        consts = ctypes.POINTER(_CONSTS[sfx])
-        getattr(lib, f"window_forward_{sfx}").argtypes = [_P, _P, _P, _P, _I, _I, _I, _I, consts]
-        getattr(lib, f"window_backward_{sfx}").argtypes = [_P] * 8 + [_I, _I, _I, _I, consts]
-        getattr(lib, f"rows_forward_{sfx}").argtypes = [_P, _P, _P, _I, _I, _I, scalar, scalar]
-        getattr(lib, f"rows_backward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I]
-        getattr(lib, f"lstm_forward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _I, _I]
-        getattr(lib, f"lstm_backward_{sfx}").argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I]
-        getattr(lib, f"lstm_forward_strided_{sfx}").argtypes = [_P, _I, _P, _I, _P, _P, _P, _P, _P, _I, _I, _I,
-                                                                ctypes.c_int]
-        getattr(lib, f"lstm_backward_strided_{sfx}").argtypes = [_P] * 6 + [_I, _P, _I, _P, _I, _I, ctypes.c_int]
-        getattr(lib, f"draw_canvas_forward_{sfx}").argtypes = (
-            [_P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int, ctypes.c_int] + [_P] * 10 + [_I] * 7 + [consts] * 2
-            + [ctypes.c_int])
-        getattr(lib, f"draw_canvas_backward_{sfx}").argtypes = (
-            [_P] * 6 + [_I] * 4 + [ctypes.c_int] * 2 + [_P] * 10 + [_I] * 7 + [consts] * 2 + [ctypes.c_int])
-        getattr(lib, f"draw_latent_forward_{sfx}").argtypes = [_P, _I, _P, _P, _P, _P, _I, _I]
-        getattr(lib, f"draw_latent_backward_{sfx}").argtypes = [_P] * 6 + [_I, _I, _I]
-        for kind in ("rows_forward", "rows_backward", "window_forward", "window_backward", "lstm_forward",
-                     "lstm_backward", "lstm_forward_strided", "lstm_backward_strided", "draw_canvas_forward",
-                     "draw_canvas_backward", "draw_latent_forward", "draw_latent_backward"):
-            getattr(lib, f"{kind}_{sfx}").restype = None
+    for (kind, dtype), sig in _SIGNATURES.items():
+        fn = getattr(lib, f"{kind}_{_DTYPES[dtype][0]}")
+        fn.argtypes, fn.restype = sig.argtypes, None
     return lib
 
 
@@ -205,18 +203,19 @@ def usable(*tensors: torch.Tensor) -> bool:
     return library() is not None
 
 
-def _fn(kind: str, dtype: torch.dtype):
-    sfx, scalar = _DTYPES[dtype]
-    return getattr(library(), f"{kind}_{sfx}"), scalar
+def kernel(kind: str, dtype: torch.dtype) -> Kernel:
+    """The checked C loop ``kind`` for ``dtype`` (argument order: models/native_signatures.py)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native loops are not built here (see the warning, or GLIMPSE_NATIVE=0); "
+                           "check native.usable() before calling them")
+    return _kernels(lib)[kind, dtype]
 
 
-def function(kind: str, dtype: torch.dtype):
-    """The raw ctypes function ``kind`` for ``dtype`` (callers pass pointers: see the C source)."""
-    return _fn(kind, dtype)[0]
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else t.data_ptr()
+@functools.lru_cache(maxsize=1)
+def _kernels(lib: ctypes.CDLL) -> dict:
+    return {(kind, dtype): Kernel(sig, getattr(lib, f"{kind}_{_DTYPES[dtype][0]}"))
+            for (kind, dtype), sig in _SIGNATURES.items()}
 
 
 def rows_forward(mu: torch.Tensor, r: torch.Tensor, size: int, cut: float, threshold: float) -> torch.Tensor:
@@ -224,8 +223,7 @@ def rows_forward(mu: torch.Tensor, r: torch.Tensor, size: int, cut: float, thres
     mu, r = mu.contiguous(), r.contiguous()
     batch, n = mu.shape
     f = mu.new_empty(batch, n, size)
-    fn, scalar = _fn("rows_forward", mu.dtype)
-    fn(_ptr(mu), _ptr(r), _ptr(f), batch, n, size, scalar(cut), scalar(threshold))
+    kernel("rows_forward", mu.dtype)(mu, r, f, batch, n, size, cut, threshold)
     return f
 
 
@@ -234,8 +232,7 @@ def rows_backward(grad: torch.Tensor, f: torch.Tensor, mu: torch.Tensor, r: torc
     grad, f, mu, r = (t.contiguous() for t in (grad, f, mu, r))
     batch, n, size = f.shape
     grad_mu, grad_r = mu.new_empty(batch, n), r.new_empty(batch)
-    fn, _ = _fn("rows_backward", f.dtype)
-    fn(_ptr(grad), _ptr(f), _ptr(mu), _ptr(r), _ptr(grad_mu), _ptr(grad_r), batch, n, size)
+    kernel("rows_backward", f.dtype)(grad, f, mu, r, grad_mu, grad_r, batch, n, size)
     return grad_mu, grad_r
 
 
@@ -249,8 +246,7 @@ def window_forward(params: torch.Tensor, height: int, width: int, n: int, consts
     params = params.contiguous()
     batch = params.shape[0]
     v, fx, fy = params.new_empty(batch, 5), params.new_empty(batch, n, width), params.new_empty(batch, n, height)
-    fn, _ = _fn("window_forward", params.dtype)
-    fn(_ptr(params), _ptr(v), _ptr(fx), _ptr(fy), batch, n, height, width, ctypes.byref(consts))
+    kernel("window_forward", params.dtype)(params, v, fx, fy, batch, n, height, width, consts)
     return v, fx, fy
 
 
@@ -259,9 +255,8 @@ def window_backward(params, v, fx, fy, dv, dfx, dfy, height: int, width: int, n:
     params, v, fx, fy = (t.contiguous() for t in (params, v, fx, fy))
     dv, dfx, dfy = (None if t is None else t.contiguous() for t in (dv, dfx, dfy))
     dparams = params.new_empty(params.shape)
-    fn, _ = _fn("window_backward", params.dtype)
-    fn(_ptr(params), _ptr(v), _ptr(fx), _ptr(fy), _ptr(dv), _ptr(dfx), _ptr(dfy), _ptr(dparams),
-       params.shape[0], n, height, width, ctypes.byref(consts))
+    kernel("window_backward", params.dtype)(params, v, fx, fy, dv, dfx, dfy, dparams, params.shape[0], n, height,
+                                            width, consts)
     return dparams
 
 
@@ -271,8 +266,7 @@ def lstm_forward(gates: torch.Tensor, c_prev: torch.Tensor):
     batch, k = c_prev.shape
     act = torch.empty_like(gates)
     c, tc, h = (torch.empty_like(c_prev) for _ in range(3))
-    fn, _ = _fn("lstm_forward", gates.dtype)
-    fn(_ptr(gates), _ptr(c_prev), _ptr(act), _ptr(c), _ptr(tc), _ptr(h), batch, k)
+    kernel("lstm_forward", gates.dtype)(gates, c_prev, act, c, tc, h, batch, k)
     return act, c, tc, h
 
 
@@ -284,6 +278,5 @@ def lstm_backward(dh: torch.Tensor | None, dc: torch.Tensor | None, act: torch.T
     batch, k = c_prev.shape
     da = torch.empty_like(act)
     dc_prev = torch.empty_like(c_prev) if need_dc_prev else None
-    fn, _ = _fn("lstm_backward", act.dtype)
-    fn(_ptr(dh), _ptr(dc), _ptr(act), _ptr(c_prev), _ptr(tc), _ptr(da), _ptr(dc_prev), batch, k)
+    kernel("lstm_backward", act.dtype)(dh, dc, act, c_prev, tc, da, dc_prev, batch, k)
     return da, dc_prev

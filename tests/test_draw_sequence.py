@@ -188,3 +188,16 @@ def test_threads_do_not_change_the_numbers():
     finally:
         draw_sequence.torch.get_num_threads = real
     assert torch.equal(one, two) and all(torch.equal(g_one[k], g_two[k]) for k in g_one)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_pass_checks_its_buffers_before_the_native_loops_run(grad):
+    """draw_sequence.run trusts its caller for the noise's shape: noise for a smaller latent must be
+    refused by the loops' signature check (it would be read past its end), with and without the
+    autograd node."""
+    cfg = DRAWConfig(**CONFIGS[0])
+    model = DRAW(cfg)
+    x, _ = _data(cfg, 5, torch.float32)
+    small = torch.randn(cfg.steps, 5, cfg.z_size - 1)
+    with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=r"draw_latent_forward: eps has 10 elements"):
+        draw_sequence.run(model, x, small, model._fused())
