@@ -55,8 +55,8 @@ def cpu_key() -> str:
     return f"{records.machine_info()['cpu_model']} [{feats}] {'native' if native.library() else 'torch'}"
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, clock=time.process_time) -> dict[str, float]:
-    """Median seconds per call of each function over ``rounds`` interleaved rounds, after one warm-up."""
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, clock=time.process_time) -> dict[str, list[float]]:
+    """Seconds of each call of each function over ``rounds`` interleaved rounds, after one warm-up."""
     for f in fns.values():
         f()
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -65,7 +65,7 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, clock=time.pr
             t0 = clock()
             f()
             times[k].append(clock() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
 
 
 def train_stepper(model, loss: Callable[[], torch.Tensor], slowdown: float = 0.0,
@@ -189,18 +189,39 @@ GATES = {g.name: g for g in (Gate("classifier-1t", _classifier, 1, time.process_
 
 
 def measure(name: str, slowdown: float = 0.0, rounds: int | None = None) -> dict:
-    """Step and floor seconds (medians of interleaved rounds) of one gate, and their ratio."""
+    """Step and floor seconds of one gate, round by round, and the overhead factor: the median over
+    rounds of step / floor, each round's two timings taken back to back (so they share the load)."""
     gate = GATES[name]
     before = torch.get_num_threads()
     torch.set_num_threads(gate.threads)
     try:
         model, loss, floor = gate.build()
-        t = interleaved({"step": train_stepper(model, loss, slowdown, gate.clock), "floor": floor}, rounds or gate.rounds,
-                        clock=gate.clock)
+        step = train_stepper(model, loss, slowdown, gate.clock)
+        t = interleaved({"step": step, "floor": floor}, rounds or gate.rounds, clock=gate.clock)
     finally:
         torch.set_num_threads(before)
-    return {"gate": name, "step_s": t["step"], "floor_s": t["floor"], "factor": t["step"] / t["floor"],
-            "threads": gate.threads}
+    return summarise(name, t["step"], t["floor"])
+
+
+def summarise(name: str, steps: list[float], floors: list[float]) -> dict:
+    return {"gate": name, "threads": GATES[name].threads, "steps_s": steps, "floors_s": floors,
+            "step_s": statistics.median(steps), "floor_s": statistics.median(floors),
+            "factor": statistics.median(s / f for s, f in zip(steps, floors))}
+
+
+def check(name: str, slowdown: float = 0.0, baselines: dict | None = None, key: str | None = None,
+          confirm_rounds: int = 15) -> tuple[bool, str, dict]:
+    """Measure and judge one gate. A factor over the bound is measured again with ``confirm_rounds``
+    more rounds and judged on all of them, so one noisy moment does not fail CI; a real slowdown
+    stays over the bound."""
+    m = measure(name, slowdown)
+    ok, line = judge(m, baselines, key)
+    if not ok:
+        more = measure(name, slowdown, rounds=confirm_rounds)
+        m = summarise(name, m["steps_s"] + more["steps_s"], m["floors_s"] + more["floors_s"])
+        ok, line = judge(m, baselines, key)
+        line += f" (confirmed over {len(m['steps_s'])} rounds)"
+    return ok, line, m
 
 
 def load_baselines(path: Path = BASELINES) -> dict:
@@ -252,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ok_all = True
     for name in GATES:
-        ok, line = judge(measure(name))
+        ok, line, _ = check(name)
         ok_all &= ok
         print(line, flush=True)
     return 0 if ok_all else 1

@@ -157,6 +157,8 @@ class Runner:
             if not self._pending(record):
                 raise ResumeError(f"{path} is complete; nothing to resume (give a larger --epochs or --time-budget "
                                "to extend it, or start a new run without --resume)")
+            if o.checkpoint_dir is None:  # where the record's checkpoints were written
+                o.checkpoint_dir = record["config"].get("options", {}).get("checkpoint_dir")
             record["status"] = "incomplete"
             record["config"]["suite"] = asdict(self.suite)  # the budget applied from now on
             record.setdefault("resumed_at", []).append(records.utc_now())

@@ -14,8 +14,7 @@ PLANTED = 0.25
 @pytest.mark.benchmark_gate
 @pytest.mark.parametrize("name", list(perf_gate.GATES))
 def test_step_within_its_floor_gate(name, benchmark):
-    m = perf_gate.measure(name)
-    ok, line = perf_gate.judge(m)
+    ok, line, m = perf_gate.check(name)
     print("\n" + line)
     benchmark.extra_info.update(m, cpu=perf_gate.cpu_key(), bound=perf_gate.bound(name)[0])
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
@@ -31,7 +30,6 @@ def test_gate_catches_a_planted_slowdown(name):
     baselines = perf_gate.load_baselines()
     if name not in baselines.get(key, {}):
         baselines = {key: {name: {"factor": perf_gate.measure(name)["factor"]}}}
-    slow = perf_gate.measure(name, slowdown=PLANTED)
-    ok, line = perf_gate.judge(slow, baselines, key)
+    ok, line, _ = perf_gate.check(name, slowdown=PLANTED, baselines=baselines, key=key)
     print("\nplanted +25%: " + line)
     assert not ok, f"a 25% slower step passed: {line}"
