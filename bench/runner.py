@@ -268,7 +268,7 @@ class Runner:
                 self.log(f"[{i + 1}/{len(self.units)}] {unit.id}" + (" (extending its budget)" if extending else ""))
                 t0 = time.time()
                 record["jobs"][unit.id] = {**record["jobs"].get(unit.id, {}), "status": "running",
-                                           "kind": unit.job.kind, "seed": unit.seed}
+                                           "kind": unit.job.kind, "seed": unit.seed, "job": asdict(unit.job)}
                 metrics, info = self.run_unit(unit, record, path)
                 if unit.job.kind in ("classifier", "draw"):
                     info["budget"] = resume.budget(unit.job)
@@ -352,6 +352,7 @@ class Runner:
                 "train_time_s": round(res.train_time_s, 1), "stopped_by": res.stopped_by,
                 "best_epoch": res.best["epoch"], "resumed": res.resumed}
         model, seed = res.model, unit.seed
+        flags = self._plateau(unit, res.curve, info, record)
         from datasets.variants import split_info
 
         info["data"] = {"train": {**split_info(job.dataset, "train", seed, 0), "epoch": "fresh per epoch"},
@@ -361,7 +362,7 @@ class Runner:
         if job.kind == "classifier":
             protocol = "per-step" if job.per_step_loss else "separate"
             test = task.evaluate(model, "test")
-            common = dict(protocol=protocol, dataset=job.dataset, read_n=job.read_n, hidden=job.hidden)
+            common = dict(protocol=protocol, dataset=job.dataset, read_n=job.read_n, hidden=job.hidden, **flags)
             out = [metric("test_error", test[f"error@{t}"], "fraction", True, seed, glimpses=t,
                           test_images=test["images"], data_seed=task.data_seed, **common) for t in unit.eval_glimpses]
             best = res.best["metrics"]
@@ -372,7 +373,7 @@ class Runner:
             summary = ", ".join(f"T={t}: {test[f'error@{t}']:.2%}" for t in unit.eval_glimpses)
             self.log(f"  {unit.id}: test error {summary} ({test['images']} images)")
         else:
-            common = dict(dataset=job.dataset, attention=job.attention, steps=job.steps, read_n=job.read_n,
+            common = dict(dataset=job.dataset, attention=job.attention, steps=job.steps, read_n=job.read_n, **flags,
                           write_n=job.write_n,
                           # the binarized test split is fixed by the seed; other variants are grey levels
                           binarization="fixed" if job.dataset == "binarized" else "none")
@@ -389,6 +390,22 @@ class Runner:
                      f"<= {iw['nll_iwae']:.2f} (IWAE k={job.iwae_k}, {iw['images']} images)")
         info["eval_time_s"] = round(time.time() - t0, 1)
         return out, info
+
+    def _plateau(self, unit: Unit, curve: list[dict], info: dict, record: dict) -> dict:
+        """Escape point and relapses of the curve (into ``info``); a run still on its starting plateau
+        is logged loudly, noted in the record, and its metrics carry ``on_plateau``."""
+        from bench import plateau
+
+        kind = plateau.for_task(unit.job.kind)
+        if kind is None or self.opts.dry_run:
+            return {}
+        info["plateau"] = result = plateau.analyse(curve, kind)
+        line = f"{unit.id}: {plateau.describe(result, kind)}"
+        self.log(f"  {line}")
+        if not result["on_plateau"]:
+            return {}
+        record["notes"] = [n for n in record.get("notes", []) if not n.startswith(f"{unit.id}:")] + [line]
+        return {"on_plateau": True}
 
     def run_throughput(self, unit: Unit) -> list[dict]:
         from bench import throughput
@@ -442,15 +459,18 @@ def _select(metrics: list[dict], name: str, where: tuple) -> list[dict]:
     return [m for m in metrics if m["name"] == name and all(m["params"].get(k) == v for k, v in where)]
 
 
+_COMPARE = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b}
+
+
 def check_targets(suite: suites.Suite, metrics: list[dict]) -> list[dict]:
     out = []
     for t in suite.targets:
         rows = _select(metrics, t.metric, t.where)
         entry = {"target": t.describe(), "note": t.note, "value": None, "passed": None}
-        if rows and t.op in ("<", ">"):
+        if rows and t.op in _COMPARE:
             v = float(np.mean([m["value"] for m in rows]))
             entry["value"] = v
-            entry["passed"] = bool(v < t.value if t.op == "<" else v > t.value)
+            entry["passed"] = bool(_COMPARE[t.op](v, t.value))
         elif rows and t.op == "falling":
             by_t: dict = {}
             for m in rows:

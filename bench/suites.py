@@ -99,7 +99,7 @@ class Target:
     checks that the metric decreases with the glimpse count."""
 
     metric: str
-    op: str  # "<", ">", "falling"
+    op: str  # "<", "<=", ">", "falling"
     value: float | None = None
     where: tuple[tuple[str, object], ...] = ()  # params that select the metric rows
     note: str = ""
@@ -192,8 +192,9 @@ TABLE2 = Suite(
         DrawJob(dataset="binarized", attention=False, epochs=300, iwae_k=1000, iwae_limit=200),
     ),
     targets=(
-        Target("nll_iwae", "<", 80.97, (("attention", True),), "paper: <= 80.97"),
-        Target("nll_iwae", "<", 87.40, (("attention", False),), "paper: <= 87.40"),
+        # the paper reports the variational bound; the importance-weighted bound is recorded beside it
+        Target("nll_elbo", "<=", 80.97, (("attention", True),), "paper: <= 80.97"),
+        Target("nll_elbo", "<=", 87.40, (("attention", False),), "paper: <= 87.40"),
     ),
 )
 

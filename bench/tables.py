@@ -35,23 +35,75 @@ def _complete_units(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].isin(["complete", "incomplete"]) & ~df["dry_run"].astype(bool)]
 
 
-def _job_settings(record_path: str, records_dir: Path, protocol: str) -> str:
-    """'window init, minutes of training per model' of the record's classifier job of this protocol
-    (records made before the window_init option existed used the 'default' init)."""
+def _read(record_path: str) -> dict:
     try:
-        rec = json.loads((records_dir / record_path).read_text()) if not Path(record_path).is_absolute() \
-            else json.loads(Path(record_path).read_text())
+        return json.loads(Path(record_path).read_text())
     except (OSError, ValueError):
+        return {}
+
+
+def _unit_job(rec: dict, unit: str) -> dict:
+    """The suite job a unit ran (stored with the unit; older records: matched in the suite config)."""
+    job = rec.get("jobs", {}).get(unit, {}).get("job")
+    if job:
+        return job
+    for j in rec.get("config", {}).get("suite", {}).get("jobs", []):
+        if unit.startswith(f"{j.get('kind')}-{j.get('dataset')}-") and (
+                j.get("kind") != "classifier" or ("-perstep-" in unit) == bool(j.get("per_step_loss"))) and (
+                j.get("kind") != "draw" or ("-attn-" in unit) == bool(j.get("attention"))):
+            return j
+    return {}
+
+
+def _range(values, fmt) -> str:
+    lo, hi = min(values), max(values)
+    return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}-{fmt(hi)}"
+
+
+def _units(g: pd.DataFrame) -> list[str]:
+    return sorted({u for u in g["p_job"] if isinstance(u, str)}) if "p_job" in g else []
+
+
+def _training(record_path: str, units: list[str]) -> str:
+    """The recipe and the training behind a row: schedule, lr, batch, window init; epochs, images and
+    core-hours per model (train time x threads); budgets never pool: a row is one record's units."""
+    rec = _read(record_path)
+    if not rec or not units:
         return ""
-    for job in rec.get("config", {}).get("suite", {}).get("jobs", []):
-        if job.get("kind") == "classifier" and job.get("per_step_loss") == (protocol == "per-step"):
-            budget = job.get("time_budget_min")
-            return f"{job.get('window_init', 'default')}, {f'{budget:g} min' if budget else 'epochs'}"
-    return ""
+    job = _unit_job(rec, units[0])
+    done = [rec["jobs"].get(u, {}) for u in units]
+    threads = rec.get("machine", {}).get("threads") or 1
+    recipe = f"{job.get('schedule', 'constant')} lr {job.get('lr', '?'):g}, batch {job.get('batch_size', '?')}"
+    if job.get("schedule") == "wsd":
+        recipe += f" (warm-up {job.get('warmup_epochs'):g}, decay {job.get('decay_epochs'):g} ep)"
+    recipe += f", {job.get('window_init', 'default')} init"
+    minutes = job.get("time_budget_min")
+    recipe += f"; budget {minutes:g} min" if minutes else f"; budget {job.get('epochs')} epochs"
+    if all("images_seen" in d for d in done):
+        recipe += (f"; {_range([d['epochs'] for d in done], str)} epochs, "
+                   f"{_range([d['images_seen'] / 1e6 for d in done], lambda v: f'{v:.2f}')} M images, "
+                   f"{_range([d['train_time_s'] * threads / 3600 for d in done], lambda v: f'{v:.2f}')} core-h")
+    return recipe
+
+
+def _on_plateau(g: pd.DataFrame, record_path: str) -> str:
+    """A mark for the seeds whose run never left its starting plateau (from the record's curves,
+    so records made before the runner flagged it are marked too)."""
+    from bench import plateau
+
+    rec, stuck = _read(record_path), []
+    if "p_job" not in g:
+        return ""
+    for unit, seed in sorted({(u, s) for u, s in zip(g["p_job"], g["seed"]) if isinstance(u, str)}):
+        kind = plateau.for_task(rec.get("jobs", {}).get(unit, {}).get("kind", unit.split("-")[0]))
+        curve = rec.get("curves", {}).get(unit)
+        if kind and curve and plateau.analyse(curve, kind)["on_plateau"]:
+            stuck.append(str(int(seed)))
+    return f" (seed {', '.join(stuck)} never left the starting plateau: not a result)" if stuck else ""
 
 
 def table1(df: pd.DataFrame, root: Path = Path("."), records_dir: Path = Path(".")) -> str:
-    rows = ["| model | protocol | glimpses | window init, training per model | test error: mean +- std (every seed) "
+    rows = ["| model | protocol | glimpses | recipe and training per model | test error: mean +- std (every seed) "
             "| seeds | record | paper |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     paper_by_t = {p["glimpses"]: p["error"] for p in paper.TABLE1 if p["model"].startswith("Differentiable")}
@@ -63,7 +115,7 @@ def table1(df: pd.DataFrame, root: Path = Path("."), records_dir: Path = Path(".
         g = g.sort_values("seed")
         ref = paper_by_t.get(int(t))
         rows.append(f"| differentiable RAM, 12x12 | {protocol} | {int(t)} | "
-                    f"{_job_settings(record, records_dir, protocol)} | {_spread(list(g['value']), _pct)} | "
+                    f"{_training(record, _units(g))} | {_spread(list(g['value']), _pct)}{_on_plateau(g, record)} | "
                     f"{', '.join(str(int(s)) for s in g['seed'])} | {_link([record], root)} | "
                     f"{_pct(ref) if ref is not None and protocol == 'separate' else ''} |")
     conv_paper = next(p["error"] for p in paper.TABLE1 if p["model"].startswith("Convolutional"))
@@ -77,11 +129,14 @@ def table1(df: pd.DataFrame, root: Path = Path("."), records_dir: Path = Path(".
 
 
 def table2(df: pd.DataFrame, root: Path = Path(".")) -> str:
-    rows = ["| model | dataset | ELBO bound (nats) | IWAE bound (nats) | KL | reconstruction | record | paper |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| model | dataset | recipe and training per model | ELBO bound (nats) | IWAE bound (nats) | KL "
+            "| reconstruction | record | paper |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     nll = df[df["name"].isin(["nll_elbo", "nll_iwae", "kl", "reconstruction"]) & (df["suite"] != "quick")]
     paper_att = {p["attention"]: p["nll"] for p in paper.TABLE2 if "attention" in p}
-    for (dataset, attention, steps), g in nll.groupby(["p_dataset", "p_attention", "p_steps"]):
+    if nll.empty:
+        return "\n".join(rows)
+    for (record, dataset, attention, steps), g in nll.groupby(["record", "p_dataset", "p_attention", "p_steps"]):
         def col(name, fmt=lambda v: f"{v:.2f}"):
             sel = g[g["name"] == name].sort_values("seed")
             if not len(sel):
@@ -94,8 +149,9 @@ def table2(df: pd.DataFrame, root: Path = Path(".")) -> str:
             return text
         model = f"DRAW, {int(steps)} steps, " + ("attention" if attention else "no attention")
         ref = paper_att.get(bool(attention)) if dataset == "binarized" and int(steps) == 64 else None
-        rows.append(f"| {model} | {dataset} | {col('nll_elbo')} | {col('nll_iwae')} | {col('kl')} | "
-                    f"{col('reconstruction')} | {_link(list(g['record']), root)} | "
+        rows.append(f"| {model} | {dataset} | {_training(record, _units(g))} | "
+                    f"{col('nll_elbo')}{_on_plateau(g[g['name'] == 'nll_elbo'], record)} | {col('nll_iwae')} | {col('kl')} | "
+                    f"{col('reconstruction')} | {_link([record], root)} | "
                     f"{f'<= {ref:.2f}' if ref is not None else ''} |")
     return "\n".join(rows)
 

@@ -200,3 +200,15 @@ def test_resume_finds_the_latest_unfinished_record(tiny, monkeypatch, tmp_path):
     assert ",complete," in (tmp_path / "runs" / "index.csv").read_text()
     with pytest.raises(runner.RunError, match="no unfinished record of suite 'tiny'"):
         runner.run(replace(tiny("x"), out=None, resume=True), log=quiet)
+
+
+def test_a_run_left_on_the_plateau_says_so(tiny):
+    """The tiny suite trains 8 batches: its classifier cannot leave chance level, and the record,
+    its metrics and the log say so instead of passing the figure off as a result."""
+    lines = []
+    rec, _ = runner.run(tiny("run"), log=lines.append)
+    unit = next(u for u in rec["jobs"] if u.startswith("classifier"))
+    assert rec["jobs"][unit]["plateau"]["on_plateau"]
+    assert all(m["params"].get("on_plateau") for m in rec["metrics"] if m["name"] == "test_error")
+    assert any(n.startswith(f"{unit}: WARNING: never left") for n in rec["notes"])
+    assert any("WARNING: never left" in line for line in lines)

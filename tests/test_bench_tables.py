@@ -48,3 +48,33 @@ def test_tables_cli(tmp_path, capsys):
 
     assert main(["tables", "--records", str(table_records(tmp_path))]) == 0
     assert "### Table 1" in capsys.readouterr().out
+
+
+def test_rows_never_pool_budgets_and_mark_a_run_left_on_the_plateau(tmp_path):
+    """Two records of one model with other budgets give two rows, each with its recipe and the
+    training behind it; a seed whose curve never left chance level is marked, not passed off."""
+    base = make_record()
+    for name, minutes, curve_s1 in (("short", 4, [0.85, 0.82]), ("long", None, [0.8, 0.3, 0.1])):
+        rec = copy.deepcopy(base)
+        rec["suite"] = "table1"
+        job = {"kind": "classifier", "dataset": "cluttered100", "per_step_loss": False, "lr": 0.001,
+               "batch_size": 64, "schedule": "wsd", "warmup_epochs": 1.0, "decay_epochs": 40.0,
+               "window_init": "cover", "epochs": 100, "time_budget_min": minutes}
+        rec["config"] = {"suite": {"name": "table1", "jobs": [job]}}
+        rec["metrics"], rec["curves"], rec["jobs"] = [], {}, {}
+        for s, curve in ((0, [0.8, 0.2]), (1, curve_s1)):
+            unit = f"classifier-cluttered100-T8-s{s}"
+            rec["metrics"].append(metric("test_error", curve[-1], "fraction", True, s, glimpses=8,
+                                         protocol="separate", dataset="cluttered100", job=unit))
+            rec["curves"][unit] = [{"epoch": i + 1, "images_seen": 50000 * (i + 1), "valid_error": v}
+                                   for i, v in enumerate(curve)]
+            rec["jobs"][unit] = {"status": "complete", "kind": "classifier", "epochs": len(curve),
+                                 "images_seen": 50000 * len(curve), "train_time_s": 360.0 * len(curve)}
+        records.write(rec, tmp_path / "runs" / f"{name}.json")
+    rows = [line for line in tables.markdown(tmp_path / "runs").splitlines() if "| separate | 8 |" in line]
+    assert len(rows) == 2
+    short = next(r for r in rows if "short.json" in r)
+    long = next(r for r in rows if "long.json" in r)
+    assert "budget 4 min" in short and "budget 100 epochs" in long and "wsd lr 0.001, batch 64" in long
+    assert "2-3 epochs, 0.10-0.15 M images, 0.40-0.60 core-h" in long  # 2 threads x 360 s per epoch
+    assert "seed 1 never left the starting plateau" in short and "plateau" not in long

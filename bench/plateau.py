@@ -1,0 +1,61 @@
+"""Where a learning curve left its starting plateau, and whether it fell back.
+
+Attention models first sit on a plateau while their windows do not yet find the digit: the glimpse
+classifier at about 80% error (chance is 90%), DRAW near 200 nats. A run that never leaves it has
+not learned the task, and its final number must not pass for a result: the runner flags it loudly
+and the tables mark it.
+
+- escape: the first validation point below ``escape_below``;
+- relapse: a later validation point more than ``relapse_margin`` above the best seen so far.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Plateau:
+    metric: str  # the curve's validation column
+    escape_below: float
+    relapse_margin: float
+    what: str  # how the plateau is described in warnings
+
+
+CLASSIFIER = Plateau("valid_error", 0.7, 0.05, "chance-level error (about 80%)")
+DRAW = Plateau("valid_nll_elbo", 150.0, 5.0, "the ~200-nat mean-image plateau")
+
+
+def for_task(kind: str) -> Plateau | None:
+    return {"classifier": CLASSIFIER, "draw": DRAW}.get(kind)
+
+
+def analyse(curve: list[dict], plateau: Plateau) -> dict:
+    """Escape point, relapses and whether the run is still on the plateau, from a training curve."""
+    escape, best, relapses = None, float("inf"), []
+    for entry in curve:
+        value = entry.get(plateau.metric)
+        if value is None:
+            continue
+        if escape is None and value < plateau.escape_below:
+            escape = {"epoch": entry["epoch"], "images_seen": entry["images_seen"], "value": value}
+        elif escape is not None and value > best + plateau.relapse_margin:
+            relapses.append({"epoch": entry["epoch"], "images_seen": entry["images_seen"], "value": value,
+                             "best_before": best})
+        best = min(best, value)
+    return {"metric": plateau.metric, "escape_below": plateau.escape_below,
+            "relapse_margin": plateau.relapse_margin, "escaped": escape, "relapses": relapses,
+            "on_plateau": escape is None and bool(curve)}
+
+
+def describe(result: dict, plateau: Plateau) -> str:
+    if result["on_plateau"]:
+        return (f"WARNING: never left {plateau.what}: {plateau.metric} stayed >= {plateau.escape_below:g}; "
+                "its test figure is not a result of the method")
+    e = result["escaped"]
+    text = f"left the plateau at epoch {e['epoch']} ({e['images_seen']:,} images)" if e else "no curve"
+    if result["relapses"]:
+        worst = max(result["relapses"], key=lambda r: r["value"] - r["best_before"])
+        text += (f"; {len(result['relapses'])} relapse(s), worst at epoch {worst['epoch']}: "
+                 f"{worst['value']:.4g} after {worst['best_before']:.4g}")
+    return text

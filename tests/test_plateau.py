@@ -1,0 +1,33 @@
+"""Escape from the starting plateau, relapses, and the loud flag on a run that never left it."""
+
+from __future__ import annotations
+
+from bench import plateau
+
+
+def curve(values, key="valid_error"):
+    return [{"epoch": i + 1, "images_seen": 1000 * (i + 1), key: v} for i, v in enumerate(values)]
+
+
+def test_escape_and_relapse():
+    r = plateau.analyse(curve([0.85, 0.80, 0.40, 0.13, 0.82, 0.07, 0.14, 0.10]), plateau.CLASSIFIER)
+    assert r["escaped"] == {"epoch": 3, "images_seen": 3000, "value": 0.40} and not r["on_plateau"]
+    assert [(x["epoch"], x["best_before"]) for x in r["relapses"]] == [(5, 0.13), (7, 0.07)]
+    text = plateau.describe(r, plateau.CLASSIFIER)
+    assert "epoch 3" in text and "2 relapse(s), worst at epoch 5" in text
+
+
+def test_a_run_that_never_leaves_is_flagged():
+    r = plateau.analyse(curve([0.88, 0.81, 0.79, 0.80]), plateau.CLASSIFIER)
+    assert r["on_plateau"] and r["escaped"] is None and r["relapses"] == []
+    assert plateau.describe(r, plateau.CLASSIFIER).startswith("WARNING: never left")
+
+
+def test_small_wobbles_are_not_relapses():
+    r = plateau.analyse(curve([0.5, 0.2, 0.22, 0.19, 0.23]), plateau.CLASSIFIER)
+    assert r["relapses"] == []
+
+
+def test_draw_curve_uses_the_elbo():
+    r = plateau.analyse(curve([210, 190, 140, 120, 131], key="valid_nll_elbo"), plateau.DRAW)
+    assert r["escaped"]["epoch"] == 3 and [x["epoch"] for x in r["relapses"]] == [5]
