@@ -119,6 +119,7 @@ def cmd_run(args) -> int:
                              out=args.out, resume=args.resume, dry_run=args.dry_run, reference=args.reference,
                              threads=args.threads,
                              checkpoint_dir=args.checkpoint_dir, checkpoint_every_s=args.checkpoint_every,
+                             compact_checkpoints=args.compact_checkpoints,
                              progress=False if args.no_progress else None)
     opts, log, main = _distribute(args, opts)
     from bench.distributed import stop_signals_to_interrupt
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="one batch of everything, tiny evaluations (for CI)")
     r.add_argument("--threads", type=positive(int), help="torch CPU threads")
     r.add_argument("--checkpoint-dir", help="where unit checkpoints go (default runs/checkpoints/)")
+    r.add_argument("--compact-checkpoints", action="store_true",
+                   help="store Adam's moments in bfloat16 (about half the size; a continuation tracks an "
+                        "uninterrupted run closely but not bit for bit)")
     r.add_argument("--checkpoint-every", type=positive(float), metavar="SEC", default=300.0,
                    help="seconds between checkpoints within an epoch (default 300); kill -9 loses at most this much")
     r.add_argument("--no-progress", action="store_true", help="plain log lines only, no progress bars")

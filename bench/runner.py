@@ -53,6 +53,7 @@ class RunOptions:
     threads: int | None = None
     checkpoint_dir: str | None = None
     checkpoint_every_s: float = 300.0
+    compact_checkpoints: bool = False
     progress: bool | None = None
     rank: int = 0
     world_size: int = 1
@@ -323,7 +324,8 @@ class Runner:
         return LoopConfig(epochs=job.epochs, time_budget_s=budget, lr=job.lr, clip_norm=job.clip_norm,
                           schedule=task.schedule(), batches_per_epoch=task.batches_per_epoch(),
                           max_batches=1 if self.opts.dry_run else None, progress=self.opts.progress,
-                          checkpoint_every_s=self.opts.checkpoint_every_s)
+                          checkpoint_every_s=self.opts.checkpoint_every_s,
+                          compact_checkpoints=self.opts.compact_checkpoints)
 
     def _task(self, unit: Unit):
         from bench.tasks import ClassifierTask, DrawTask

@@ -43,6 +43,7 @@ class LoopConfig:
     log_every_s: float = 30.0  # plain progress lines when there are no bars
     schedule: Schedule = field(default_factory=Schedule)  # learning-rate schedule over the epoch budget
     batches_per_epoch: int | None = None  # needed by a schedule other than "constant"
+    compact_checkpoints: bool = False  # Adam's moments in bfloat16 on disk (bench/checkpoints.py pack)
 
 
 class Task(Protocol):
@@ -149,7 +150,7 @@ class _Loop:
 
     def save(self) -> None:
         if self.ckpt is not None and self.rank == 0:
-            checkpoints.save(self.ckpt, self.state())
+            checkpoints.save(self.ckpt, self.state(), compact=self.cfg.compact_checkpoints)
         self.last_save = time.monotonic()
 
     def position(self) -> float:
@@ -186,7 +187,7 @@ class _Loop:
         """Keep the state at the start of the decay (once); a longer budget later restarts from it."""
         path = self.stable_path()
         if path is not None and self.rank == 0:
-            checkpoints.save(path, self.state())
+            checkpoints.save(path, self.state(), compact=self.cfg.compact_checkpoints)
         self.decay_saved = True
 
     def restore(self, state: dict) -> None:
