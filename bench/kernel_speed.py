@@ -1,4 +1,4 @@
-"""Speed of the attention kernel as in-run ratios (issue 4): `measure_kernel_speed(repeats) -> dict`.
+"""Speed of the attention kernel as in-run ratios: `measure_kernel_speed(repeats) -> dict`.
 
 Every candidate is timed in the same process, interleaved round by round (so a neighbour's load
 hits all of them alike), and the median over rounds is kept. Ratios, not absolute times, are what

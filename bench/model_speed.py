@@ -1,4 +1,4 @@
-"""Training-step speed of the models against their naive references, per thread count (issue 5).
+"""Training-step speed of the models against their naive references, per thread count.
 
     python -m bench.model_speed [--model classifier draw] [--threads 1 2] [--rounds 5] [--json out.json]
 
@@ -6,7 +6,7 @@ For each model and thread count, the fast model (with and without the native loo
 reference (models/naive_*.py) with the same weights take turns, round by round, each doing one
 training step (forward, backward, Adam) on the same batch; the medians of wall-clock seconds are
 reported with the speed-ups over the naive step. Wall time, not CPU time: with two threads CPU time
-adds both up. Shapes are the issue's: classifier T = 8, B = 128, 100 x 100; DRAW T = 64, B = 100,
+adds both up. Shapes are the benchmark's: classifier T = 8, B = 128, 100 x 100; DRAW T = 64, B = 100,
 28 x 28 with attention.
 """
 
@@ -31,7 +31,7 @@ from models.naive_draw import NaiveDRAW
 
 
 def _pair(model: str):
-    """(fast, naive, loss_fn(m) -> scalar) for one model at the issue's shapes, same weights."""
+    """(fast, naive, loss_fn(m) -> scalar) for one model at the benchmark shapes, same weights."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     if model == "classifier":

@@ -17,7 +17,7 @@ The initial canvas c_0 and the initial LSTM states (h and cell) are zero, not le
 Parameters are laid out as plain modules (``encoder``/``decoder`` are ``nn.LSTMCell``s,
 ``posterior`` an ``nn.Linear``, ``read``/``write`` the shared kernel's modules) so that the
 state dict is readable and shared with ``models.naive_draw``. The forward pass does not call
-them one by one (speed, issue 5).
+them one by one (speed).
 
 A pass on CPU with attention (the native loops available, no windows or canvases asked for:
 ``loss()``, the bounds) takes ``models.draw_sequence``: four GEMMs and four native calls per step,
