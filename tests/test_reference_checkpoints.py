@@ -1,0 +1,52 @@
+"""Every committed checkpoint of a finished model re-evaluates to the test figure in its record:
+the classifier's test error at each glimpse count, DRAW's variational bound on the whole test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import checkpoints, evaluate, records
+
+REPO = Path(__file__).resolve().parent.parent
+COMMITTED = sorted(p for p in (REPO / "results" / "checkpoints").rglob("*.pt") if not p.name.endswith(".stable.pt"))
+
+
+def _finished(state: dict) -> bool:
+    return "optimizer" not in state or bool(state.get("finished"))  # an evaluation export, or a finished run
+
+
+def _record_of(unit: str, images_seen: int) -> dict:
+    """The record whose unit of this name trained on exactly these images."""
+    for path in records.find(REPO / "results" / "runs"):
+        rec = records.read(path)
+        job = rec["jobs"].get(unit, {})
+        if job.get("status") == "complete" and job.get("images_seen") == images_seen:
+            return rec
+    raise AssertionError(f"no record under results/runs has a finished unit {unit} with {images_seen} images")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", COMMITTED, ids=[f"{p.parent.name}/{p.stem}" for p in COMMITTED])
+def test_committed_checkpoint_reproduces_its_record(path, mnist_data):
+    state = checkpoints.load(path)
+    if not _finished(state):
+        pytest.skip("a run still in training: its record has no test figure yet")
+    unit = path.stem
+    rec = _record_of(unit, state["images_seen"])
+    desc = state["task"]
+    job, task = evaluate._job_and_task(desc["task"], desc["model"], desc["dataset"], desc["seed"], None, 1,
+                                       dict(device="cpu", data_dir=None, data_seed=0))
+    model = task.build()
+    model.load_state_dict(state.get("best_state") or state["model"])
+    torch.manual_seed(0)
+    got = task.evaluate(model, "test")
+    mine = [m for m in rec["metrics"] if m["params"].get("job") == unit]
+    if desc["task"] == "classifier":
+        for m in (m for m in mine if m["name"] == "test_error"):
+            assert got[f"error@{m['params']['glimpses']}"] == pytest.approx(m["value"], abs=1.5e-4), m["params"]
+    else:
+        elbo = next(m for m in mine if m["name"] == "nll_elbo")
+        assert got["nll_elbo"] == pytest.approx(elbo["value"], abs=0.02)
