@@ -71,6 +71,10 @@ class Unit:
     eval_glimpses: tuple[int, ...] = ()
 
 
+def _tag(job) -> str:
+    return f"-{job.variant}" if getattr(job, "variant", "") else ""
+
+
 def units(suite: suites.Suite, seeds: tuple[int, ...] | None) -> list[Unit]:
     out = []
     for job in suite.jobs:
@@ -80,16 +84,17 @@ def units(suite: suites.Suite, seeds: tuple[int, ...] | None) -> list[Unit]:
             if job.per_step_loss:
                 t = max(job.glimpses)
                 for s in run_seeds:
-                    out.append(Unit(f"classifier-{job.dataset}-T{t}-perstep-s{s}", job, s, t, tuple(job.glimpses)))
+                    out.append(Unit(f"classifier-{job.dataset}-T{t}-perstep{_tag(job)}-s{s}", job, s, t,
+                                    tuple(job.glimpses)))
             else:
                 by_t = dict(job.seeds_by_glimpses)
                 for t in job.glimpses:
                     for s in (run_seeds if seeds is not None else by_t.get(t, run_seeds)):
-                        out.append(Unit(f"classifier-{job.dataset}-T{t}-s{s}", job, s, t, (t,)))
+                        out.append(Unit(f"classifier-{job.dataset}-T{t}{_tag(job)}-s{s}", job, s, t, (t,)))
         elif job.kind == "draw":
             att = "attn" if job.attention else "noattn"
             for s in run_seeds:
-                out.append(Unit(f"draw-{job.dataset}-{att}-T{job.steps}-s{s}", job, s))
+                out.append(Unit(f"draw-{job.dataset}-{att}-T{job.steps}{_tag(job)}-s{s}", job, s))
         elif job.kind == "baseline":
             for s in run_seeds:
                 out.append(Unit(f"baseline-{job.model}-{job.dataset}-s{s}", job, s))

@@ -35,6 +35,7 @@ class ClassifierJob:
     seeds_by_glimpses: tuple[tuple[int, tuple[int, ...]], ...] = ()  # ((T, seeds), ...) overrides
     seeds: tuple[int, ...] | None = None  # None = the suite's seeds; --seeds overrides both
     window_init: str = "cover"  # "cover" or "default" (models/attention.py WindowHead)
+    variant: str = ""  # a recipe study's label for this job, part of its unit ids (bench/recipe_study.py)
     kind: str = "classifier"
 
 
@@ -63,6 +64,7 @@ class DrawJob:
     iwae_limit: int | None = 1000  # test images for the importance-weighted bound
     samples: int = 8  # generated images kept (every step) for the report
     window_init: str = "cover"  # "cover" or "default" (models/attention.py WindowHead)
+    variant: str = ""  # a recipe study's label for this job, part of its unit ids (bench/recipe_study.py)
     kind: str = "draw"
 
 
