@@ -13,7 +13,7 @@ Per shape (times in ms, median):
   batched_*     the straightforward version (exp of the full grid, normalise, bmm; autograd)
   loop          the float64 loop reference, timed on ONE example and multiplied by B (it is
                 linear in B; a whole batch at the classifier shape takes minutes)
-  fb_torch, fwdbwd_torch   fb and fwdbwd on the PyTorch path (models/native.py disabled)
+  fb_torch, fwdbwd_torch   fb and fwdbwd on the PyTorch path (models/fast/native.py disabled)
 and ratios: fb_over_mm (target <= 1), mm_over_fwd = throughput of fb+op as a fraction of the bare
 matmuls' (target >= 0.4 at the classifier shape), speedup_vs_batched_*, speedup_vs_loop,
 bf16_over_f32 (fwd time in bfloat16 / float32), native_speedup_fb / _fwdbwd (what the native loops
@@ -38,8 +38,8 @@ import torch
 from bench import records
 from datasets.fileio import atomic_write_bytes
 from models import attention as att
-from models import attention_reference as ref
-from models import native
+from models.reference import attention_reference as ref
+from models.fast import native
 
 SHAPES = {
     # name: (op, B, C, H, W, n)

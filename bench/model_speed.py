@@ -3,7 +3,7 @@
     python -m bench.model_speed [--model classifier draw] [--threads 1 2] [--rounds 5] [--json out.json]
 
 For each model and thread count, the fast model (with and without the native loops) and the naive
-reference (models/naive_*.py) with the same weights take turns, round by round, each doing one
+reference (models/reference/naive_*.py) with the same weights take turns, round by round, each doing one
 training step (forward, backward, Adam) on the same batch; the medians of wall-clock seconds are
 reported with the speed-ups over the naive step. Wall time, not CPU time: with two threads CPU time
 adds both up. Shapes are the benchmark's: classifier T = 8, B = 128, 100 x 100; DRAW T = 64, B = 100,
@@ -23,11 +23,11 @@ import torch
 
 from bench import records
 from datasets.fileio import atomic_write_bytes
-from models import native
+from models.fast import native
 from models.classifier import ClassifierConfig, GlimpseClassifier
 from models.draw import DRAW, DRAWConfig
-from models.naive_classifier import NaiveGlimpseClassifier
-from models.naive_draw import NaiveDRAW
+from models.reference.naive_classifier import NaiveGlimpseClassifier
+from models.reference.naive_draw import NaiveDRAW
 
 
 def _pair(model: str):

@@ -41,7 +41,7 @@ FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve")
 
 def cpu_key() -> str:
     """This kind of CPU: model name, the vector features that change kernel speed, native loops or not."""
-    from models import native
+    from models.fast import native
 
     flags: set[str] = set()
     try:

@@ -17,7 +17,7 @@ image, where a plain exp underflows to a zero row in float32. Values and gradien
 every finite input; the backward of the filterbank is hand-derived (one pass, no NaN from 0 * inf).
 
 Speed: on CPU in float32/float64, `window_from_params` (the window and both filterbanks, forward
-and backward) and the filterbank rows run as native loops (models/native.py), the same arithmetic
+and backward) and the filterbank rows run as native loops (models/fast/native.py), the same arithmetic
 as the PyTorch code here, which is kept for CUDA, other dtypes, torch.compile and comparisons.
 """
 
@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from models import native
+from models.fast import native
 
 
 # sigma^2 and delta are clamped to ranges whose ends are already the limiting behaviour (nearest
@@ -234,7 +234,7 @@ def _window_torch(params: torch.Tensor, height: int, width: int, n: int) -> tupl
 
 class _NativeWindow(torch.autograd.Function):
     """window_from_params (the five raw numbers to v = (gX, gY, sigma2, delta, gamma), Fx, Fy) as one
-    native loop forward and one backward (models/native.py), with the clamps of the PyTorch path."""
+    native loop forward and one backward (models/fast/native.py), with the clamps of the PyTorch path."""
 
     @staticmethod
     def forward(ctx, params, height: int, width: int, n: int):

@@ -15,41 +15,20 @@ Lz = sum_t KL(N(mu_t, sigma_t) || N(0, I)) = sum_t 0.5 * sum(mu^2 + sigma^2 - 2 
 The initial canvas c_0 and the initial LSTM states (h and cell) are zero, not learned.
 
 Parameters are laid out as plain modules (``encoder``/``decoder`` are ``nn.LSTMCell``s,
-``posterior`` an ``nn.Linear``, ``read``/``write`` the shared kernel's modules) so that the
-state dict is readable and shared with ``models.naive_draw``. The forward pass does not call
-them one by one (speed).
+``posterior`` an ``nn.Linear``, ``read``/``write`` the shared kernel's modules) so that the state
+dict is readable and shared with ``models.reference.naive_draw``. ``_step`` below is one step of
+the equations above, written with the fused products (``_fused``: one GEMM for every product with
+h^dec, one for every product with h^enc).
 
-A pass on CPU with attention (the native loops available, no windows or canvases asked for:
-``loss()``, the bounds) takes ``models.draw_sequence``: four GEMMs and four native calls per step,
-as one autograd node with a hand-written backward through time when training, keeping no
-intermediates under no_grad. Everything else (CUDA, no attention, windows or canvases for drawing,
-training with ``compile_step``) takes the per-step path, built as follows:
-
-- every product with h^dec_t (decoder recurrence, encoder input, read window, write window,
-  write patch) is one fused GEMM, every product with h^enc_t (posterior, encoder recurrence)
-  another; each step splits a product's output into its column blocks in the same autograd node,
-  whose backward writes the blocks' gradients side by side once (no zero-filled full-width
-  gradient per block);
-- weight gradients are deferred: every step's product input and output gradient go into
-  preallocated (T*B, K) and (T*B, N) buffers, and each fused weight gets its gradient as one
-  GEMM over all steps' rows. A bias rides along as an extra weight row against a column of ones
-  in the input buffer (no bias pass in the forward, no separate bias reduction). The buffers are
-  pooled between training steps (up to two sets for each of at most two shapes, about 160 MB a
-  set for the paper's model at batch 100) so the next step does not page in fresh memory; the
-  pool belongs to the model and is freed with it;
-- the sums feeding the LSTM gates are the beta term of the read and z products (addmm);
-- the LSTM gate algebra is ``models.lstm.lstm_pointwise`` (one autograd node, native kernel
-  where available), the KL and log densities are computed once over all steps.
-
-At the paper's size the bare GEMMs are 40-45% of a per-step-path training step's CPU time and
-about 68% of a sequence-path step's (measured on one thread; tests/benchmarks/test_bench_draw.py
-times them as the "GEMM floor").
+``forward`` chooses the path at one point: on CPU with attention and the native loops, when no
+windows or canvases are asked for (``loss()``, the bounds), the whole pass runs as one autograd
+node with native per-step loops (``models.fast.draw_sequence``); everything else steps through
+``_step`` with the fused products of ``models.fast.fused``.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -57,7 +36,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models import draw_sequence, flops
+from models import flops
+from models.fast import draw_sequence, fused
 from models.attention import make_read, make_write, read, window_from_params, write
 from models.common import ConfigMixin, param_count
 from models.lstm import lstm_pointwise
@@ -126,145 +106,6 @@ class DRAWOutput(NamedTuple):
     def log_weight(self) -> torch.Tensor:
         """(B,) log p(x, z) - log q(z | x) at the sampled z: one importance weight, for IWAE."""
         return -self.reconstruction + self.log_pz - self.log_q
-
-
-class _Rows:
-    """Every step's product input h_t and output gradient g_t, in preallocated (T*B, K) and (T*B, N)
-    buffers: step t owns rows t*B..(t+1)*B, so the weight gradient H^T G is one GEMM over all steps
-    with nothing to concatenate. For a product with a bias, H has a last column of ones and the
-    weight a last row holding the bias: the forward product needs no bias pass and the same GEMM
-    gives the bias gradient. The buffers go back to the model's pool (``_POOLS``) when the graph
-    holding them is freed, so the next training step reuses memory whose pages are already mapped;
-    the pool goes when the model does."""
-
-    _POOL_SIZE = 2
-
-    def __init__(self, steps: int, batch: int, w: torch.Tensor, ones: bool, pool: dict):
-        self.batch, self.ones = batch, ones
-        key = (steps * batch, tuple(w.shape), ones, w.dtype, w.device)
-        if key not in pool and len(pool) >= 8:
-            pool.clear()
-        free = pool.setdefault(key, [])
-        if free:
-            self.h, self.g = free.pop()
-        else:
-            self.h = w.new_empty(steps * batch, w.shape[0])
-            self.g = w.new_empty(steps * batch, w.shape[1])
-            if ones:
-                self.h[:, -1] = 1
-        self.filled = [False] * steps
-        weakref.finalize(self, _Rows._release, free, self.h, self.g)
-
-    @staticmethod
-    def _release(free, h, g):
-        if len(free) < _Rows._POOL_SIZE:
-            free.append((h, g))
-
-    def slot(self, buf: torch.Tensor, t: int) -> torch.Tensor:
-        return buf[t * self.batch:(t + 1) * self.batch]
-
-    def weight_grad(self):
-        if not any(self.filled):
-            return None
-        for t, done in enumerate(self.filled):
-            if not done:  # a step the loss does not reach contributes nothing
-                self.slot(self.g, t).zero_()
-        self.filled = [False] * len(self.filled)
-        return self.h.t() @ self.g
-
-
-class _Collect(torch.autograd.Function):
-    """Identity on a weight whose backward returns its whole gradient at once.
-
-    The per-step products (``_DeferredAddmm``) record their inputs and output gradients in
-    ``rows`` instead of each forming a small weight gradient; autograd runs this node after all
-    of them, and it forms dW = H^T G as one GEMM over every step's rows.
-    """
-
-    @staticmethod
-    def forward(ctx, w, rows):
-        ctx.rows = rows
-        return w.view_as(w)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, gw):
-        return ctx.rows.weight_grad(), None
-
-
-class _DeferredAddmm(torch.autograd.Function):
-    """(c + h @ w).split(blocks, 1) at step t, whose weight gradient is left to ``_Collect``.
-
-    ``w`` is (K, N), or (K + 1, N) with the bias as its last row (see ``_Rows``); ``w_t`` is the
-    (N, K) weight, contiguous, for h's gradient. ``c`` is None or a per-step (B, N) term that the
-    product adds in place of a separate addition (its gradient is the output's).
-
-    The backward writes the blocks' gradients straight into step t's rows of the gradient buffer
-    (no zero-filled full-width gradient per block), which is also the input of h's gradient GEMM.
-    """
-
-    @staticmethod
-    def forward(ctx, c, h, w, w_t, rows, t, blocks):
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(w_t)
-        ctx.rows, ctx.t, ctx.blocks = rows, t, blocks
-        hs = rows.slot(rows.h, t)
-        if rows.ones:
-            hs[:, :-1].copy_(h)
-        else:
-            hs.copy_(h)
-            hs = h
-        out = hs @ w if c is None else torch.addmm(c, hs, w)
-        return out.split(blocks, 1)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, *grads):
-        (w_t,), rows, t = ctx.saved_tensors, ctx.rows, ctx.t
-        g = rows.slot(rows.g, t)
-        if len(grads) == 1 and grads[0] is not None:
-            g.copy_(grads[0])
-        else:
-            torch.cat([g.new_zeros(len(g), n) if gb is None else gb for gb, n in zip(grads, ctx.blocks)], 1, out=g)
-        rows.filled[t] = True
-        gc = (grads[0] if len(grads) == 1 else g) if ctx.needs_input_grad[0] else None
-        return gc, (g @ w_t if ctx.needs_input_grad[1] else None), None, None, None, None, None
-
-
-_PRODUCTS = ("w_dec", "b_dec", "w_enc", "b_enc", "w_read", "w_z")
-
-
-def _plain_products(p: dict, blocks: dict) -> dict:
-    def plain(k):
-        w, b, bl = p["w_" + k], p.get("b_" + k), blocks[k]
-        if b is None:
-            return lambda h, t, c=None: (h @ w if c is None else torch.addmm(c, h, w)).split(bl, 1)
-        return lambda h, t: torch.addmm(b, h, w).split(bl, 1)
-
-    return {k: plain(k) for k in blocks}
-
-
-_POOLS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()  # model -> its _Rows buffers
-
-
-def _products(p: dict, blocks: dict, steps: int, batch: int, pool: dict) -> dict:
-    """Per-step product functions ``prod[k](h_t, t)`` for the fused weights, each returning its
-    output's column blocks: deferred weight gradients when training."""
-    def deferred(k):
-        w, b = p["w_" + k], p.get("b_" + k)
-        w_t = w.t().detach()
-        if b is not None:
-            w = torch.cat([w.t(), b[:, None]], 1).t()
-        rows = _Rows(steps, batch, w, ones=b is not None, pool=pool)
-        w = _Collect.apply(w, rows)
-        bl = blocks[k]
-        if b is None:
-            return lambda h, t, c=None: _DeferredAddmm.apply(c, h, w, w_t, rows, t, bl)
-        return lambda h, t: _DeferredAddmm.apply(None, h, w, w_t, rows, t, bl)
-
-    if not (torch.is_grad_enabled() and p["w_dec"].requires_grad):
-        return _plain_products(p, blocks)
-    return {k: deferred(k) for k in blocks}
 
 
 def _stack_windows(ws: list) -> Windows:
@@ -340,11 +181,11 @@ class DRAW(nn.Module):
             p["w_read"] = p["w_read"][nr // 2:]
         else:
             enc_x = None
-        weights = tuple(p[k] for k in _PRODUCTS)
+        weights = tuple(p[k] for k in fused.PRODUCTS)
         if self._compiled is not None and torch.is_grad_enabled():
             step = lambda t, *args: self._compiled(*args)  # noqa: E731
         else:
-            prod = _products(p, self._blocks(), T, b, _POOLS.setdefault(self, {}))
+            prod = fused.products(p, self._blocks(), T, b, fused.POOLS.setdefault(self, {}))
             step = lambda t, x, enc_x, state, eps, weights: self._step(prod, t, x, enc_x, state, eps)  # noqa: E731
         mus, log_sigmas, zs_, rws, wws, cs = [], [], [], [], [], []
         for t in range(T):
@@ -408,7 +249,8 @@ class DRAW(nn.Module):
         return dict(dec=dec, enc=(cfg.z_size, cfg.z_size, he), read=(he,), z=(hd,))
 
     def _plain_step(self, x, enc_x, state, eps, weights):
-        return self._step(_plain_products(dict(zip(_PRODUCTS, weights)), self._blocks()), None, x, enc_x, state, eps)
+        prod = fused.plain_products(dict(zip(fused.PRODUCTS, weights)), self._blocks())
+        return self._step(prod, None, x, enc_x, state, eps)
 
     def compile_step(self, enable: bool = True, **compile_kwargs) -> "DRAW":
         """Train with the step compiled by ``torch.compile`` (fused pointwise work; the first call

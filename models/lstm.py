@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from models import native
+from models.fast import native
 
 
 class _LSTMPointwise(torch.autograd.Function):

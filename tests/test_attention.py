@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from models import attention as att
-from models import attention_reference as ref
-from models import native
+from models.reference import attention_reference as ref
+from models.fast import native
 
 
 @pytest.fixture(autouse=True, params=["native", "torch"])

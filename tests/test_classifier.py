@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from models import flops
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.classifier import ClassifierConfig, GlimpseClassifier, evaluate
-from models.naive_classifier import NaiveGlimpseClassifier
+from models.reference.naive_classifier import NaiveGlimpseClassifier
 from models.training import TrainGuard, seed_everything
 
 SMALL = dict(height=12, width=16, glimpses=3, read_n=4, hidden=16, num_classes=5)

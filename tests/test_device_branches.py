@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench import distributed, records, training_loop
-from models import native
+from models.fast import native
 from models.training import DeviceError, pick_device
 
 

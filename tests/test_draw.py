@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from models.common import ConfigError
 from models.draw import DRAW, DRAWConfig, kl_standard_normal
-from models.naive_draw import NaiveDRAW
+from models.reference.naive_draw import NaiveDRAW
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -275,13 +275,12 @@ def test_checkpoint_round_trip(tmp_path):
 def test_pooled_buffers_are_reused_and_freed_with_the_model(path):
     """The pooled buffers of a training pass belong to one model: the step path's (T*B, K) deferred
     weight-gradient buffers (taken when windows are asked for) and the sequence path's workspace
-    (models/draw_sequence.py, taken by loss()) are reused by the next pass and released when the
+    (models/fast/draw_sequence.py, taken by loss()) are reused by the next pass and released when the
     model is."""
     import gc
     import weakref
 
-    from models import draw as draw_module
-    from models import draw_sequence, native
+    from models.fast import draw_sequence, fused, native
 
     if path == "sequence" and not native.usable(torch.zeros(1)):
         pytest.skip("the sequence path needs the native loops")
@@ -295,7 +294,7 @@ def test_pooled_buffers_are_reused_and_freed_with_the_model(path):
         return {k: [(free[0][0] if path == "step" else free[0].g_dec).data_ptr()] for k, free in pool.items()}
 
     train_pass(m)
-    pool = (draw_sequence._POOLS if path == "sequence" else draw_module._POOLS)[m]
+    pool = (draw_sequence._POOLS if path == "sequence" else fused.POOLS)[m]
     assert pool and all(len(free) == 1 for free in pool.values())  # back in the pool after the backward
     first = buffers(pool)
     train_pass(m)

@@ -1,7 +1,7 @@
-"""DRAW's sequence path (models/draw_sequence.py: the whole pass as one node, native BPTT) against
+"""DRAW's sequence path (models/fast/draw_sequence.py: the whole pass as one node, native BPTT) against
 the step-by-step autograd path of the same model, and when each path is taken.
 
-The parity with the independent reference (models/naive_draw.py) is in tests/test_draw.py, whose
+The parity with the independent reference (models/reference/naive_draw.py) is in tests/test_draw.py, whose
 training-loss tests go through this path."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import draw_sequence, native
+from models.fast import draw_sequence, native
 from models.draw import DRAW, DRAWConfig
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),

@@ -1,4 +1,4 @@
-"""The native CPU loops (models/native.py) against the PyTorch path they replace, and their build."""
+"""The native CPU loops (models/fast/native.py) against the PyTorch path they replace, and their build."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models import attention as att
-from models import lstm, native
+from models import lstm
+from models.fast import native
 
 needs_native = pytest.mark.skipif(native.library() is None, reason="no C compiler: the native loops are not built")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from models import native
-from models.native_cpu import cpu_identity
+from models.fast import native
+from models.fast.native_cpu import cpu_identity
 
 X86 = """processor	: {i}
 vendor_id	: AuthenticAMD

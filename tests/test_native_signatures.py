@@ -9,8 +9,8 @@ import re
 import pytest
 import torch
 
-from models import native
-from models.native_signatures import SIGNATURES, Buffer, Int, Real, Rows
+from models.fast import native
+from models.fast.native_signatures import SIGNATURES, Buffer, Int, Real, Rows
 
 needs_native = pytest.mark.skipif(native.library() is None,
                                   reason="the native loops are not built (no C compiler, or GLIMPSE_NATIVE=0)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from models import native
+from models.fast import native
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("bench", "datasets", "models")
@@ -71,7 +71,7 @@ def test_the_wheel_holds_the_native_sources_and_every_data_file(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     needed = _native_sources() | _package_data_files()
     assert needed - names == set(), "add them to [tool.setuptools.package-data] in pyproject.toml"
-    assert {"models/native_draw_body.h", "models/native_kernels_body.h"} <= needed
+    assert {"models/fast/native_draw_body.h", "models/fast/native_kernels_body.h"} <= needed
 
 
 def test_the_installed_packages_run_from_another_directory(wheel, tmp_path):
@@ -84,7 +84,7 @@ def test_the_installed_packages_run_from_another_directory(wheel, tmp_path):
     script = textwrap.dedent("""
         import contextlib, io, os, shutil, subprocess, sys
         from pathlib import Path
-        import bench.cli, datasets.cli, models.native as native
+        import bench.cli, datasets.cli, models.fast.native as native
         site = Path(sys.argv[1]).resolve()
         for mod in (bench.cli, datasets.cli, native):
             assert Path(mod.__file__).resolve().is_relative_to(site), mod.__file__

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from models import classifier as clf
-from models import native
+from models.fast import native
 from models.classifier import ClassifierConfig, GlimpseClassifier
 from models.flops import measure_matmul_peak
-from models.naive_classifier import NaiveGlimpseClassifier
+from models.reference.naive_classifier import NaiveGlimpseClassifier
 
 # The speed-up over the naive reference depends on the CPU (3.0-3.4x on Intel Ice Lake, 1.7-1.8x on
 # AMD EPYC, where the naive model's denormals and small ops cost less). The regression gate is

@@ -22,11 +22,11 @@ import pytest
 import torch
 
 from bench.perf_gate import draw_floor
-from models import native
+from models.fast import native
 from models.bounds import elbo_bound
 from models.draw import DRAW, DRAWConfig
 from models.flops import measure_matmul_peak
-from models.naive_draw import NaiveDRAW
+from models.reference.naive_draw import NaiveDRAW
 
 BATCH = 100
 # The speed-up over the naive DRAW depends on the CPU: with the native loops 2.0-2.3x on one thread

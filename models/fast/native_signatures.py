@@ -1,6 +1,6 @@
-"""The C loops' signatures (models/native_kernels_body.h, models/native_draw_body.h), declared once.
+"""The C loops' signatures (models/fast/native_kernels_body.h, models/fast/native_draw_body.h), declared once.
 
-models/native.py takes the ctypes argument types from this table, and checks every tensor against it
+models/fast/native.py takes the ctypes argument types from this table, and checks every tensor against it
 before its address goes to C: the dtype of the loop, the layout the loop assumes, and at least as
 many elements as the call's integer arguments make the loop read or write. C cannot tell how long
 a buffer is, so a wrong tensor would be read or written past its end; here it raises ValueError.

@@ -1,5 +1,5 @@
 /* Fused CPU loops for the attention window and filterbank and for the LSTM gate algebra; built and
- * called by models/native.py. The loops themselves are in native_kernels_body.h, compiled once per
+ * called by models/fast/native.py. The loops themselves are in native_kernels_body.h, compiled once per
  * floating type below (functions named *_f32 and *_f64).
  *
  * Each function does in one or two passes over memory what the PyTorch path in models/attention.py

@@ -4,12 +4,12 @@
 batch 100) a training step is then about half GEMMs and half small operations with their
 dispatch and autograd bookkeeping. Here the forward runs the same equations with no graph: per
 step four GEMMs (torch, into preallocated buffers) and four native calls for everything between
-them (models/native_draw_body.h: write, error image, read, LSTM gates, latent sample). The
+them (models/fast/native_draw_body.h: write, error image, read, LSTM gates, latent sample). The
 backward runs the steps in reverse with the same structure, and forms every weight gradient as
 one GEMM over all steps' rows at the end.
 
 The fused weights are those of ``DRAW._fused`` with each bias as a last row (see
-``models.draw._Rows``): W_dec ([h^dec, 1] -> decoder recurrence | encoder input | read window |
+``models.fast.fused._Rows``): W_dec ([h^dec, 1] -> decoder recurrence | encoder input | read window |
 write window | patch), W_enc ([h^enc, 1] -> mu | log sigma | encoder recurrence), W_read (glimpse
 -> encoder gates) and W_z (z -> decoder gates). Outputs: c_T and every step's mu, log sigma and
 z; the losses are formed from them outside, by autograd.
@@ -32,7 +32,7 @@ from types import SimpleNamespace
 
 import torch
 
-from models import native
+from models.fast import native
 from models.attention import _window_consts
 
 

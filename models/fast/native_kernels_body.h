@@ -154,7 +154,7 @@ void FN(rows_backward)(const T *grad, const T *f, const T *mu, const T *r, T *gr
     }
 }
 
-/* Window constants, in the order models/native.py passes them. */
+/* Window constants, in the order models/fast/native.py passes them. */
 typedef struct {
     T sx, sy, sd;           /* (W + 1) / 2, (H + 1) / 2, (max(W, H) - 1) / max(n - 1, 1) */
     T log_max;              /* raw log-parameters are clamped to [-log_max, log_max] */

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .classifier import ClassifierConfig, ClassifierOutput
+from models.classifier import ClassifierConfig, ClassifierOutput
 
 
 class _WindowHead(nn.Module):

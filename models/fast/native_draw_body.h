@@ -1,4 +1,4 @@
-/* DRAW's per-step work between its matrix products (models/draw_sequence.py), for one floating
+/* DRAW's per-step work between its matrix products (models/fast/draw_sequence.py), for one floating
  * type T; native_kernels.c includes this after native_kernels_body.h, once per type.
  *
  * A training step of DRAW is T steps of four small GEMMs each way plus a few hundred tiny
@@ -275,7 +275,7 @@ static void FN(canvas_backward_rows)(const T *x, const T *x_t, const T *sig, T *
 }
 
 /* The batch in `threads` contiguous parts at once (OpenMP: the runtime PyTorch already loaded, see
- * models/native.py), else in one piece; every row's arithmetic is the same either way. */
+ * models/fast/native.py), else in one piece; every row's arithmetic is the same either way. */
 #ifdef _OPENMP
 #define SPLIT_ROWS(call_rows)                                                                        \
     if (threads > 1 && b1 - b0 >= 16) {                                                              \

@@ -4,11 +4,11 @@ the LSTM gate algebra. Optional: compiled on first use, used when available, and
 in models/attention.py and models/lstm.py is the fallback.
 
 On CPU, at the models' sizes, each of those blocks runs as eight to twenty whole-tensor PyTorch
-ops, each one a pass over memory plus dispatch; models/native_kernels.c does each block in one or
+ops, each one a pass over memory plus dispatch; models/fast/native_kernels.c does each block in one or
 two passes. The source is plain C (no PyTorch headers), built with the system C compiler in about
 a second into a cache keyed by the source, the flags, the compiler and this CPU (the build uses
--march=native; models/native_cpu.py), and called through ctypes on the tensors' buffers, each call
-checked first against the loop's declared signature (models/native_signatures.py). Results agree
+-march=native; models/fast/native_cpu.py), and called through ctypes on the tensors' buffers, each call
+checked first against the loop's declared signature (models/fast/native_signatures.py). Results agree
 with the PyTorch path to a few ulp (tests/test_native.py), so either path trains the same model.
 
 Used for float32/float64 CPU tensors outside torch.compile tracing; everything else (CUDA, other
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from models.native_cpu import cpu_identity
-from models.native_signatures import SIGNATURES, Signature
+from models.fast.native_cpu import cpu_identity
+from models.fast.native_signatures import SIGNATURES, Signature
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
 SOURCES = (SOURCE, SOURCE.with_name("native_kernels_body.h"), SOURCE.with_name("native_draw_body.h"))  # .c includes .h
@@ -138,7 +138,7 @@ _SIGNATURES = {(kind, dtype): Signature(kind, args, dtype, scalar, _CONSTS[sfx])
 
 class Kernel:
     """One C loop for one dtype. Calling it checks every argument against its declared signature
-    (models/native_signatures.py) and passes tensors as addresses. ``unchecked`` is the bare ctypes
+    (models/fast/native_signatures.py) and passes tensors as addresses. ``unchecked`` is the bare ctypes
     function, for loops that pass addresses into buffers they checked with ``check`` beforehand."""
 
     def __init__(self, signature: Signature, unchecked):
@@ -204,7 +204,7 @@ def usable(*tensors: torch.Tensor) -> bool:
 
 
 def kernel(kind: str, dtype: torch.dtype) -> Kernel:
-    """The checked C loop ``kind`` for ``dtype`` (argument order: models/native_signatures.py)."""
+    """The checked C loop ``kind`` for ``dtype`` (argument order: models/fast/native_signatures.py)."""
     lib = library()
     if lib is None:
         raise RuntimeError("the native loops are not built here (see the warning, or GLIMPSE_NATIVE=0); "
