@@ -1,5 +1,5 @@
-"""What the training loop trains: the glimpse classifier and DRAW, each as a Task (build, batches,
-loss, evaluate). Evaluation is `no_grad`, streams the split in batches and never changes the
+"""What the training loop trains: the glimpse classifier, DRAW and the conv-net baseline, each as a
+Task (build, batches, loss, evaluate). Evaluation is `no_grad`, streams the split in batches and never changes the
 model's train/eval mode for the caller.
 
 Data seeds: training data of run seed s is epoch e's fresh set of seed s; valid and test are the
@@ -193,3 +193,65 @@ class DrawTask(_Base):
         with eval_mode(model):
             seq = model.generate(count, generator=g)
         return (seq[:, :, 0].cpu().numpy() * 255).round().astype(np.uint8)
+
+
+class ConvTask(_Base):
+    """The 2-layer conv-net baseline (models/baselines.py) on a single-digit variant: cross-entropy
+    on fresh clutter every epoch, ``error`` on valid (model selection) and test. A BaselineJob gives
+    the dataset, epochs, time budget and train_limit; batch size and learning rate are arguments
+    (neither paper gives them)."""
+
+    select = "error"
+
+    def __init__(self, job, seed: int, batch_size: int = 64, lr: float = 1e-3, valid_limit: int | None = None,
+                 test_limit: int | None = None, **kw):
+        super().__init__(job, seed, **kw)
+        spec = get_spec(job.dataset)
+        if getattr(spec, "n_digits", 1) != 1:
+            raise ValueError(f"baseline {job.model!r}: {job.dataset!r} has {spec.n_digits} digits per image; the "
+                             "classification baselines need a single-digit variant (cluttered100, cluttered60, "
+                             "translated60)")
+        self.batch_size, self.lr, self.valid_limit, self.test_limit = batch_size, lr, valid_limit, test_limit
+
+    def describe(self) -> dict:
+        j = self.job
+        return {"task": "baseline-conv", "dataset": j.dataset, "seed": self.seed, "model": asdict(self.config()),
+                "batch_size": self.batch_size, "lr": self.lr, "train_limit": j.train_limit,
+                "valid_limit": self.valid_limit}
+
+    def config(self):
+        from models.baselines import ConvNetConfig
+
+        return ConvNetConfig(height=self.height, width=self.width)
+
+    def model_class(self):
+        from models.baselines import ConvNet
+
+        return ConvNet
+
+    def batches_per_epoch(self) -> int:
+        from datasets.variants import SPLITS
+
+        _, lo, hi = SPLITS["train"]
+        n = hi - lo if self.job.train_limit is None else min(self.job.train_limit, hi - lo)
+        return max(n // self.batch_size, 1)
+
+    def batches(self, epoch: int):
+        return iterate_batches(self.job.dataset, "train", per_rank_batch(self.batch_size, self.world_size),
+                               seed=self.seed, epoch=epoch, shuffle=True, device=self.device, data_dir=self.data_dir,
+                               drop_last=True, limit=self.job.train_limit, shard=self._shard())
+
+    def limit(self, split: str) -> int | None:
+        return self.valid_limit if split == "valid" else self.test_limit
+
+    def loss(self, model, batch):
+        return model.loss(batch[0], batch[1])[0]
+
+    def evaluate(self, model, split: str) -> dict[str, float]:
+        wrong, n = torch.zeros(1, dtype=torch.long, device=self.device), 0
+        with eval_mode(model):
+            for x, y in self.eval_batches(split, self.limit(split)):
+                wrong += (model.predict(x) != y).sum()
+                n += x.shape[0]
+        wrong, n = all_reduce_sum(wrong), int(all_reduce_sum(torch.tensor([n])).item())
+        return {"error": float(wrong.item()) / n, "images": n}

@@ -196,7 +196,8 @@ class _Loop:
                                 f"(format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
         ours, theirs = self.task.describe(), state["task"]
         if ours != theirs:
-            diff = {k: (theirs.get(k), ours.get(k)) for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)}
+            diff = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(ours) | set(theirs))
+                    if ours.get(k) != theirs.get(k)}
             raise ResumeMismatch(f"{self.ckpt}: checkpoint was made for another configuration "
                                 f"(checkpoint vs now: {diff}); resume with the same settings or start afresh")
         self.model.load_state_dict(state["model"])

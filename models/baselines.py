@@ -8,7 +8,8 @@ full. Ours, chosen to be small and to work for any image size:
     conv 5x5, 32 filters, pad 2, ReLU, max-pool 2x2 (stride 2)
     dense 256, ReLU, dense num_classes (softmax)
 
-so a 100 x 100 image becomes 16 x 25 x 25, then 32 x 12 x 12 = 4608 features.
+so a 100 x 100 image becomes 16 x 25 x 25, then 32 x 12 x 12 = 4608 features. `bench run` trains it
+through the harness's loop (bench/tasks.py ConvTask).
 
 The pixel baseline: PCA of the raw pixels (fitted on a subsample, its size recorded), then a
 multinomial logistic regression on the standardised components, so a reader sees what
@@ -99,18 +100,6 @@ class ConvNet(nn.Module):
         return flops.train_step(total) if train else total
 
 
-@torch.no_grad()
-def convnet_error(model: ConvNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
-    """Fraction of images misclassified; images float (N, C, H, W)."""
-    was_training = model.training
-    model.eval()
-    wrong = 0
-    for s in range(0, images.shape[0], batch_size):
-        wrong += int((model.predict(images[s: s + batch_size]) != labels[s: s + batch_size].to(images.device)).sum())
-    model.train(was_training)
-    return wrong / images.shape[0]
-
-
 def _as_features(images: np.ndarray, what: str) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim not in (3, 4):
@@ -193,60 +182,32 @@ class PixelBaseline:
 
 def run_baseline(model: str, dataset: str, seed: int = 0, epochs: int = 20, train_limit: int | None = None,
                  device: str | torch.device = "cpu", data_dir=None, test_limit: int | None = None,
-                 batch_size: int = 64, lr: float = 1e-3, time_budget_min: float | None = None,
-                 log=None) -> dict:
-    """Train and test one baseline on a benchmark variant; returns test_error, test_images and the
-    settings and sizes that produced it. ``model``: "conv" (the 2-layer conv net, Adam, fresh
-    clutter every epoch) or "sklearn" (PixelBaseline on the fixed train set)."""
+                 time_budget_min: float | None = None, log=None) -> dict:
+    """Fit and test the pixel baseline (``model`` "sklearn": PixelBaseline on the fixed train set) on
+    a benchmark variant; returns test_error, test_images and the settings and sizes that produced it.
+    The conv net ("conv") has a training loop: `bench run` trains it through the harness's loop
+    (bench/tasks.py ConvTask). ``epochs``, ``device`` and ``time_budget_min`` are unused here."""
     from datasets import variants
     from datasets.torch_data import iterate_batches
 
-    from .training import TrainGuard, seed_everything
-
-    log = log or (lambda msg: None)
     spec = variants.get_spec(dataset)
     if getattr(spec, "n_digits", 1) != 1:
         raise ValueError(f"baseline {model!r}: {dataset!r} has {spec.n_digits} digits per image; the classification "
                          "baselines need a single-digit variant (cluttered100, cluttered60, translated60)")
-    t0 = time.perf_counter()
-    if model == "sklearn":
-        def split(name: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-            xs, ys = [], []
-            for x, y in iterate_batches(dataset, name, 5000, seed=seed, data_dir=data_dir, limit=limit):
-                xs.append((x[:, 0] * 255).round().to(torch.uint8).numpy())  # the generator's bytes, exactly
-                ys.append(y.numpy())
-            return np.concatenate(xs), np.concatenate(ys)
-
-        base = PixelBaseline(seed=seed).fit(*split("train", train_limit))
-        te_x, te_y = split("test", test_limit)
-        err = base.error(te_x, te_y)
-        return {"test_error": err, "test_images": int(te_x.shape[0]), **base.info,
-                "seconds": time.perf_counter() - t0}
-    if model != "conv":
+    if model == "conv":
+        raise ValueError("the conv-net baseline trains through the harness's loop: bench run (bench/tasks.py ConvTask)")
+    if model != "sklearn":
         raise ValueError(f"unknown baseline {model!r}: use 'conv' or 'sklearn'")
+    t0 = time.perf_counter()
 
-    seed_everything(seed)
-    cfg = ConvNetConfig(height=spec.height, width=spec.width)
-    net = ConvNet(cfg).to(device)
-    guard = TrainGuard(net, torch.optim.Adam(net.parameters(), lr=lr), max_norm=10.0)
-    seen, done = 0, 0
-    for epoch in range(epochs):
-        for x, y in iterate_batches(dataset, "train", batch_size, seed=seed, epoch=epoch, shuffle=True,
-                                    device=device, data_dir=data_dir, limit=train_limit):
-            guard.step(net.loss(x, y)[0])
-            seen += x.shape[0]
-        done = epoch + 1
-        log(f"conv baseline epoch {done}/{epochs}: loss {guard.last_loss:.4f}")
-        if time_budget_min is not None and time.perf_counter() - t0 > 60 * time_budget_min:
-            break
-    wrong = n_test = 0
-    net.eval()
-    with torch.no_grad():
-        for x, y in iterate_batches(dataset, "test", 500, seed=seed, device=device, data_dir=data_dir,
-                                    limit=test_limit):
-            wrong += int((net.predict(x) != y).sum())
-            n_test += x.shape[0]
-    return {"test_error": wrong / n_test, "test_images": n_test, "model": "conv", "config": cfg.to_dict(),
-            "epochs": done, "train_images_seen": seen, "batch_size": batch_size, "lr": lr,
-            "params": net.param_count(), "flops_per_image": net.flops_per_image(),
-            "seconds": time.perf_counter() - t0}
+    def split(name: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for x, y in iterate_batches(dataset, name, 5000, seed=seed, data_dir=data_dir, limit=limit):
+            xs.append((x[:, 0] * 255).round().to(torch.uint8).numpy())  # the generator's bytes, exactly
+            ys.append(y.numpy())
+        return np.concatenate(xs), np.concatenate(ys)
+
+    base = PixelBaseline(seed=seed).fit(*split("train", train_limit))
+    te_x, te_y = split("test", test_limit)
+    err = base.error(te_x, te_y)
+    return {"test_error": err, "test_images": int(te_x.shape[0]), **base.info, "seconds": time.perf_counter() - t0}

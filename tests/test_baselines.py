@@ -1,4 +1,5 @@
-"""Baselines: conv net shapes, overfit, FLOP hand count; the pixel baseline on real MNIST."""
+"""Baselines: conv net shapes, overfit, FLOP hand count, training through the harness's loop (checkpoint,
+resume, record); the pixel baseline on real MNIST."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.baselines import ConvNet, ConvNetConfig, PixelBaseline, convnet_error, run_baseline
+from models.baselines import ConvNet, ConvNetConfig, PixelBaseline, run_baseline
 
 
 @pytest.mark.parametrize("hw,channels", [((100, 100), 1), ((60, 60), 1), ((28, 28), 3), ((40, 64), 2)])
@@ -43,7 +44,7 @@ def test_convnet_overfits_one_batch():
         loss.backward()
         opt.step()
     assert loss.item() < first / 20
-    assert convnet_error(model, x, y, batch_size=5) == 0.0
+    assert torch.equal(model.predict(x), y)
 
 
 def test_convnet_counts_by_hand():
@@ -83,16 +84,64 @@ def test_pixel_baseline_input_errors():
         base.predict(np.zeros((2, 6, 6), np.uint8))
 
 
-@pytest.mark.parametrize("kind", ["conv", "sklearn"])
-def test_run_baseline_dry(kind):
-    """The harness entry point, on a few hundred translated60 images: runs and records its sizes."""
-    res = run_baseline(kind, "translated60", seed=0, epochs=1, train_limit=150, test_limit=100)
-    assert 0.0 <= res["test_error"] <= 1.0 and res["test_images"] == 100
-    if kind == "conv":
-        assert res["train_images_seen"] == 150 and res["epochs"] == 1
-    else:
-        assert res["train_size"] == 150
+def test_run_baseline_pixels():
+    """The harness entry point of the pixel baseline, on a few hundred translated60 images."""
+    res = run_baseline("sklearn", "translated60", seed=0, train_limit=150, test_limit=100)
+    assert 0.0 <= res["test_error"] <= 1.0 and res["test_images"] == 100 and res["train_size"] == 150
     with pytest.raises(ValueError, match="single-digit"):
-        run_baseline(kind, "twodigit60", epochs=1, train_limit=10, test_limit=10)
+        run_baseline("sklearn", "twodigit60", train_limit=10, test_limit=10)
     with pytest.raises(ValueError, match="unknown baseline"):
         run_baseline("svm", "translated60")
+    with pytest.raises(ValueError, match="harness's loop"):
+        run_baseline("conv", "translated60")
+
+
+def test_conv_net_trains_through_the_harness_loop(tmp_path, mnist_data):
+    """ConvTask under bench/training_loop.py: a curve per epoch, best-valid selection, and a crash
+    mid-epoch resumed from its checkpoint ends where the uninterrupted run ends."""
+    from bench.suites import BaselineJob
+    from bench.tasks import ConvTask
+    from bench.training_loop import LoopConfig, train
+
+    job = BaselineJob(model="conv", dataset="translated60", epochs=2, train_limit=96)
+
+    def task():
+        return ConvTask(job, 0, batch_size=16, valid_limit=48, test_limit=48)
+
+    cfg = LoopConfig(epochs=2, progress=False)
+    ref = train(task(), cfg, tmp_path / "ref.pt", log=lambda m: None)
+    assert ref.step == 12 and ref.images_seen == 192 and len(ref.curve) == 2
+    assert ref.best["epoch"] in (1, 2) and 0.0 <= ref.curve[-1]["valid_error"] <= 1.0
+    assert task().evaluate(ref.model, "test")["images"] == 48
+
+    def crash(step):
+        if step == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(task(), cfg, tmp_path / "run.pt", on_step=crash, log=lambda m: None)
+    res = train(task(), cfg, tmp_path / "run.pt", resume=True, log=lambda m: None)
+    assert res.resumed and res.step == 12
+    for a, b in zip(ref.model.parameters(), res.model.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="single-digit"):
+        ConvTask(BaselineJob(model="conv", dataset="twodigit60"), 0)
+
+
+def test_bench_run_records_the_conv_baseline(tmp_path, monkeypatch, mnist_data):
+    """`bench run` (dry run) trains the conv net through the loop: checkpoint, curve, baseline-conv metric."""
+    from bench import runner, suites
+
+    suite = suites.Suite(name="conv", description="conv baseline", expected="seconds",
+                         jobs=(suites.BaselineJob(model="conv", dataset="translated60", epochs=1),))
+    monkeypatch.setitem(suites.SUITES, "conv", suite)
+    record, _ = runner.run(runner.RunOptions(suite="conv", dry_run=True, threads=1, progress=False,
+                                             out=str(tmp_path / "r.json"), checkpoint_dir=str(tmp_path / "ck")),
+                           log=lambda m: None)
+    unit = "baseline-conv-translated60-s0"
+    (m,) = record["metrics"]
+    assert m["name"] == "test_error" and m["params"]["protocol"] == "baseline-conv"
+    assert m["params"]["test_images"] == runner.DRY_EVAL_IMAGES and 0.0 <= m["value"] <= 1.0
+    job = record["jobs"][unit]
+    assert job["status"] == "complete" and job["model"] == "conv" and job["steps"] == 1
+    assert (tmp_path / "ck" / "r" / f"{unit}.pt").is_file() and len(record["curves"][unit]) == 1

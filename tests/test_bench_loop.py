@@ -155,8 +155,10 @@ def test_divergence_raises_clear_error():
 def test_resume_with_other_config_is_refused(tmp_path):
     ck = tmp_path / "c.pt"
     train(ToyTask(), LoopConfig(epochs=1, progress=False), ck, log=lambda m: None)
-    with pytest.raises(TrainingError, match="another configuration"):
-        train(ToyTask(width=32), LoopConfig(epochs=1, progress=False), ck, resume=True, log=lambda m: None)
+    # the message names every differing field, checkpoint's value first
+    with pytest.raises(TrainingError, match=r"another configuration \(checkpoint vs now: "
+                                            r"\{'seed': \(0, 1\), 'width': \(16, 32\)\}\)"):
+        train(ToyTask(seed=1, width=32), LoopConfig(epochs=1, progress=False), ck, resume=True, log=lambda m: None)
 
 
 def test_damaged_checkpoint_is_reported(tmp_path):

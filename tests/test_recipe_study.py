@@ -37,3 +37,24 @@ def test_a_study_trains_each_variant_on_the_same_images(tmp_path, monkeypatch, m
     assert "classifier-cluttered60-T2-fast-s0: best valid_error" in text and "< 0.05:" in text
     assert recipe_study.main(["dup", "--job", "tinybase:0", "--variant", "a:lr=1", "--variant", "a:lr=2",
                               "--out", str(tmp_path / "d.json")]) == 2
+
+
+@pytest.mark.parametrize("model", ["classifier", "draw"])
+def test_window_init_study_is_a_recipe_study(model, monkeypatch):
+    from bench import window_init_study
+
+    seen = {}
+    monkeypatch.setattr(recipe_study, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    assert window_init_study.main(["--model", model, "--time-budget", "5"]) == 0
+    argv = seen["argv"]
+    assert argv[0] == f"window-init-{model}" and argv[argv.index("--time-budget") + 1] == "5.0"
+    job = recipe_study.base_job(argv[argv.index("--job") + 1])
+    variants = [argv[i + 1] for i, a in enumerate(argv) if a == "--variant"]
+    glimpses = int(argv[argv.index("--glimpses") + 1]) if "--glimpses" in argv else None
+    suite = recipe_study.study_suite(argv[0], job, variants, glimpses, 0)
+    assert [(j.variant, j.window_init) for j in suite.jobs] == [("cover", "cover"), ("default", "default")]
+    assert all(j.kind == model for j in suite.jobs)
+    if model == "classifier":
+        assert all(j.glimpses == (8,) and j.dataset == "cluttered100" for j in suite.jobs)
+    else:
+        assert all(j.attention and j.dataset == "binarized" for j in suite.jobs)

@@ -1,15 +1,16 @@
-"""Training guards: device choice, NaN stop naming step and value, clipping, seeded determinism."""
+"""Shared machinery: device choice, seeded determinism, flat configs, FLOP counts. The training loop's
+own guards (clipping, the stop on non-finite losses) are tested in tests/test_bench_loop.py."""
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 from models import flops
-from models.training import (DeviceError, NonFiniteLossError, TrainGuard, clip_and_step, pick_device,
-                             seed_everything)
+from models.common import ConfigError, ConfigMixin
+from models.training import DeviceError, pick_device, seed_everything
 
 
 def test_pick_device():
@@ -25,52 +26,14 @@ def test_pick_device():
         pick_device("tpu7")
 
 
-def test_nan_loss_names_step_and_value_and_leaves_weights():
-    model = torch.nn.Linear(3, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    guard = TrainGuard(model, opt, max_norm=1.0)
-    x = torch.randn(4, 3)
-    guard.step(model(x).square().mean())
-    guard.step(model(x).square().mean())
-    before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3") as e:
-        guard.step(model(x).sum() * float("nan"))
-    assert e.value.step == 3 and math.isnan(e.value.value)
-    with pytest.raises(NonFiniteLossError, match=r"loss became inf at step 4"):
-        guard.step(model(x).sum() + float("inf"))
-    for a, b in zip(before, model.parameters()):
-        assert torch.equal(a, b)
-
-
-def test_nonfinite_gradient_is_caught():
-    w = torch.nn.Parameter(torch.tensor([0.0]))
-    opt = torch.optim.SGD([w], lr=0.1)
-    loss = torch.sqrt(w).sum()  # finite value 0, infinite gradient at 0
-    with pytest.raises(NonFiniteLossError, match="gradient norm became inf at step 7"):
-        clip_and_step([w], opt, loss, max_norm=1.0, step=7)
-    assert w.item() == 0.0
-
-
-def test_clipping_returns_prior_norm_and_clips():
-    w = torch.nn.Parameter(torch.zeros(4))
-    opt = torch.optim.SGD([w], lr=1.0)
-    loss = (w * torch.tensor([3.0, 4.0, 0.0, 0.0])).sum()  # grad norm 5
-    norm = clip_and_step([w], opt, loss, max_norm=1.0)
-    assert norm == pytest.approx(5.0)
-    assert torch.allclose(w.detach(), -torch.tensor([0.6, 0.8, 0.0, 0.0]))
-    w2 = torch.nn.Parameter(torch.zeros(4))
-    opt2 = torch.optim.SGD([w2], lr=1.0)
-    clip_and_step([w2], opt2, (w2 * torch.tensor([3.0, 4.0, 0.0, 0.0])).sum(), max_norm=None)
-    assert torch.allclose(w2.detach(), -torch.tensor([3.0, 4.0, 0.0, 0.0]))
-
-
 def _run(seed: int) -> list[torch.Tensor]:
     seed_everything(seed)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.3), torch.nn.Linear(16, 2))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    guard = TrainGuard(model, opt, max_norm=1.0)
     for _ in range(5):
-        guard.step(model(torch.randn(10, 8)).logsumexp(1).mean())
+        opt.zero_grad()
+        model(torch.randn(10, 8)).logsumexp(1).mean().backward()
+        opt.step()
     return [p.detach().clone() for p in model.parameters()]
 
 
@@ -78,6 +41,27 @@ def test_same_seed_same_numbers():
     a, b, c = _run(3), _run(3), _run(4)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+@dataclass
+class TinyConfig(ConfigMixin):
+    width: int = 4
+    hidden: int = 3
+    lr: float = 1e-3
+    attention: bool = True
+
+
+def test_config_round_trip_and_errors():
+    cfg = TinyConfig(width=7, lr=0.5)
+    assert TinyConfig.from_dict(cfg.to_dict()) == cfg
+    assert TinyConfig.from_dict({"lr": 1}).lr == 1.0  # int accepted as float
+    with pytest.raises(ConfigError, match="widht"):
+        TinyConfig.from_dict({"widht": 3})
+    with pytest.raises(ConfigError, match="hidden must be an int"):
+        TinyConfig.from_dict({"hidden": 2.5})
+    with pytest.raises(ConfigError, match="attention must be a bool"):
+        TinyConfig.from_dict({"attention": 1})
+    assert cfg.diff(TinyConfig()) == {"width": (7, 4), "lr": (0.5, 1e-3)}
 
 
 def test_flop_helpers_hand_counts():
