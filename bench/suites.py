@@ -307,12 +307,12 @@ RAM60 = Suite(
 
 
 def with_plugin(suite: Suite, spec: str) -> Suite:
-    """The suite's glimpse jobs (classifier, RAM) run with the user's model instead; its other jobs
-    (DRAW, baselines, throughput) are left out."""
+    """The suite's glimpse-classifier jobs (else its RAM jobs) run with the user's model instead, so
+    that each glimpse count and seed is trained once; its other jobs (DRAW, baselines, throughput)
+    are left out."""
     jobs = []
-    for job in suite.jobs:
-        if job.kind not in GLIMPSE_KINDS:
-            continue
+    sources = [j for j in suite.jobs if j.kind == "classifier"] or [j for j in suite.jobs if j.kind == "ram"]
+    for job in sources:
         job = PluginJob(model=spec, dataset=job.dataset, glimpses=job.glimpses,
                         per_step_loss=getattr(job, "per_step_loss", False), batch_size=job.batch_size, lr=job.lr,
                         clip_norm=job.clip_norm, epochs=job.epochs, time_budget_min=job.time_budget_min,

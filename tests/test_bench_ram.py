@@ -147,6 +147,17 @@ def test_example_plugin_dry_run(tmp_path, mnist_data):
         assert z[gx].shape == (8, 8)  # the windows the plug-in gave, for drawing
 
 
+@pytest.mark.parametrize("name", ["quick", "table1", "ram60"])
+def test_plugin_takes_the_place_of_the_glimpse_models_once(name):
+    suite = suites.with_plugin(suites.get(name), "examples.tiny_glimpse:build")
+    units = runner.units(suite, None)
+    ids = [u.id for u in units]
+    assert units and len(ids) == len(set(ids)) and {u.job.kind for u in units} == {"plugin"}
+    want = {(u.glimpses, u.seed, u.eval_glimpses) for u in runner.units(suites.get(name), None)
+            if u.job.kind == ("ram" if name == "ram60" else "classifier")}
+    assert {(u.glimpses, u.seed, u.eval_glimpses) for u in units} == want
+
+
 def test_plugin_errors_are_one_clear_line(tmp_path):
     for spec, says in (("nosuch_module_xyz:build", "cannot import 'nosuch_module_xyz'"),
                        ("examples.tiny_glimpse:nothing", "has no attribute 'nothing'"),
