@@ -63,16 +63,23 @@ def _series_label(params: dict, run: str) -> str:
     return f"{kind} ({model}), {params.get('protocol')}, run {run}"
 
 
-def plot_error_vs_glimpses(recs, out, figures) -> None:
-    plt = _plt()
+def error_series(recs) -> dict:
+    """{dataset: {line label: {glimpses: [test error of every seed]}}}: one line per record, model and
+    protocol (runs with other settings are not pooled); soft and hard attention share a dataset's plot."""
     series: dict = {}
-    for path, r in recs:  # one line per record and protocol: runs with other settings are not pooled
+    for path, r in recs:
         run = Path(path).stem.split("_")[-1]
         for m in r["metrics"]:
             if m["name"] == "test_error" and m["params"].get("glimpses") is not None:
                 p = m["params"]
                 series.setdefault(p.get("dataset"), {}).setdefault(_series_label(p, run), {}) \
                     .setdefault(p["glimpses"], []).append(m["value"])
+    return series
+
+
+def plot_error_vs_glimpses(recs, out, figures) -> None:
+    plt = _plt()
+    series = error_series(recs)
     if not series:
         return
     fig, axes = plt.subplots(1, len(series), figsize=(5.5 * len(series), 4), squeeze=False)

@@ -79,6 +79,18 @@ def test_ram_run_is_recorded_tabulated_and_plotted(tiny_ram, tmp_path):
     assert "glimpses_ram-cluttered60-T2-s0.png" in page and "error_vs_glimpses.png" in page
 
 
+def test_report_plots_soft_and_hard_attention_together(tiny_ram, tmp_path):
+    from tests.fixtures.bench_records import make_record
+
+    rec, path = runner.run(tiny_ram("ram"), log=quiet)
+    records.write(make_record(), tmp_path / "soft.json")  # the soft-attention classifier on cluttered60
+    series = report.error_series([(path, rec), (tmp_path / "soft.json", records.read(tmp_path / "soft.json"))])
+    kinds = {label.split(" (")[0] for label in series["cluttered60"]}
+    assert kinds == {"soft attention", "hard attention"}
+    hard = next(v for k, v in series["cluttered60"].items() if k.startswith("hard"))
+    assert hard == {2: [next(m["value"] for m in rec["metrics"] if m["name"] == "test_error")]}
+
+
 def test_report_labels_soft_and_hard_attention():
     assert report._series_label({"model": "ram", "location": "mean", "attention_type": "hard",
                                  "protocol": "separate"}, "abc") == \

@@ -159,6 +159,35 @@ def test_loss_trains_every_part():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def test_location_network_gets_the_score_function_gradient():
+    """In the hybrid loss only the REINFORCE term reaches the location network: its bias gradient is
+    the mean over images of sum_t -(R - b_t) (l_t - mu_t) / std^2 * (1 - mu_t^2), R = 1 when right."""
+    cfg = RamConfig(**SMALL)
+    model = RecurrentAttentionModel(cfg).double()
+    x = torch.rand(6, 1, 32, 32, dtype=torch.float64)
+    y = torch.arange(6)
+    torch.manual_seed(4)
+    loss, out = model.loss(x, y)
+    loss.backward()
+    g = torch.Generator().manual_seed(4)  # the same stream as the global RNG seeded with 4
+    h = torch.zeros(6, cfg.hidden, dtype=torch.float64)
+    cell = torch.zeros_like(h)
+    means, samples = [], []
+    with torch.no_grad():
+        for _ in range(cfg.glimpses):  # replay the steps: each mean and its unclamped sample
+            mean = torch.tanh(model.locate(h))
+            sample = mean + cfg.location_std * torch.randn((6, 2), generator=g, dtype=torch.float64)
+            h, cell = model.core(model.glimpse(x, sample.clamp(-1, 1)), (h, cell))
+            means.append(mean)
+            samples.append(sample)
+    mean, sample = torch.stack(means, 1), torch.stack(samples, 1)
+    torch.testing.assert_close(sample.clamp(-1, 1), out.locations)
+    reward = (out.logits[:, -1].argmax(-1) == y).double()
+    score = -(reward[:, None, None] - out.baselines[..., None]).detach() * (sample - mean) / cfg.location_std ** 2
+    want = (score * (1 - mean ** 2)).sum(1).mean(0)
+    torch.testing.assert_close(model.locate.bias.grad, want, rtol=1e-10, atol=1e-12)
+
+
 def test_bad_images_are_refused():
     model = RecurrentAttentionModel(RamConfig(**SMALL))
     with pytest.raises(ValueError, match=r"expects images \(B, 1, 32, 32\)"):
