@@ -463,7 +463,8 @@ def glimpse_model_task(unit: Unit, kw: dict):
 def baseline_cost(job, res: dict) -> dict:
     """Attention type, parameters and forward FLOPs per image of a baseline, from what it reported."""
     if job.model == "conv":
-        return {"attention_type": "none", "param_count": res.get("params"), "flops_per_image": res.get("flops_per_image")}
+        return {"attention_type": "none", "param_count": res.get("params"),
+                "flops_per_image": res.get("flops_per_image")}
     from datasets.variants import get_spec
 
     spec = get_spec(job.dataset)

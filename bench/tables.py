@@ -146,8 +146,9 @@ def glimpse_model_rows(err: pd.DataFrame, root: Path, published: list[dict]) -> 
         g = g.sort_values("seed")
         ref = ram_paper.get(int(t)) if model == "ram" else None
         location = _first(g, "p_location")
-        rows.append(f"| {_model_label(model, g)} | {protocol} | {int(t)} | "
-                    f"{f'location at evaluation: {location}' if location else ''} | {_spread(list(g['value']), _pct)} | "
+        settings = f"location at evaluation: {location}" if location else ""
+        rows.append(f"| {_model_label(model, g)} | {protocol} | {int(t)} | {settings} | "
+                    f"{_spread(list(g['value']), _pct)} | "
                     f"{', '.join(str(int(s)) for s in g['seed'])} | {_link([record], root)} | "
                     f"{_pct(ref) if ref is not None else ''} | {_cost(g, 'unspecified')} |")
     return rows

@@ -36,8 +36,8 @@ class DiagonalScan(nn.Module):
     def _centres(self) -> list[tuple[int, int]]:
         steps = max(self.glimpses - 1, 1)
         half = self.side // 2
-        return [(half + round(t * (self.width - self.side) / steps), half + round(t * (self.height - self.side) / steps))
-                for t in range(self.glimpses)]
+        return [(half + round(t * (self.width - self.side) / steps),
+                 half + round(t * (self.height - self.side) / steps)) for t in range(self.glimpses)]
 
     def forward(self, x: torch.Tensor) -> Output:
         h = x.new_zeros(x.shape[0], self.cell.hidden_size)

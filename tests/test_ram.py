@@ -113,7 +113,8 @@ def test_reinforce_sampled_mean_matches_exact():
 
 
 def test_gaussian_score_function_matches_exact_gradient():
-    """The model's Gaussian policy: R(l) = -|l - t|^2 has E[R] = -|mu - t|^2 - 2 std^2, so grad_mu E[R] = -2 (mu - t)."""
+    """The model's Gaussian policy: R(l) = -|l - t|^2 has E[R] = -|mu - t|^2 - 2 std^2,
+    so grad_mu E[R] = -2 (mu - t)."""
     mu = torch.tensor([[0.3, -0.6]], dtype=torch.float64, requires_grad=True)
     target, std, n = torch.tensor([-0.2, 0.1], dtype=torch.float64), 0.2, 20000
     g = torch.Generator().manual_seed(0)
