@@ -110,6 +110,26 @@ def _classifier_cost(g: pd.DataFrame, height: int, width: int) -> tuple[int, int
     return model.param_count(), model.flops_per_image()
 
 
+def _draw_cost(g: pd.DataFrame, dataset: str, attention: bool, steps: int) -> tuple[int, int] | None:
+    """DRAW's cost from its job in the record's suite config (records made before the cost was recorded)."""
+    from datasets.variants import get_spec
+    from models.draw import DRAW, DRAWConfig
+
+    try:
+        rec = json.loads(Path(g["record"].iloc[0]).read_text())
+    except (OSError, ValueError):
+        return None
+    for job in rec.get("config", {}).get("suite", {}).get("jobs", []):
+        if job.get("kind") == "draw" and (job.get("dataset"), job.get("attention"), job.get("steps")) == \
+                (dataset, attention, steps):
+            spec = get_spec(dataset)
+            model = DRAW(DRAWConfig(height=spec.height, width=spec.width, steps=steps, read_n=job["read_n"],
+                                    write_n=job["write_n"], enc_hidden=job["enc_hidden"],
+                                    dec_hidden=job["dec_hidden"], z_size=job["z_size"], attention=attention))
+            return model.param_count(), model.flops_per_image()
+    return None
+
+
 def _baseline_cost(protocol: str) -> tuple[int, int]:
     """The 100 x 100 baselines' cost: the conv net, or PCA (64 components) + logistic regression."""
     from bench.runner import pixel_baseline_cost
@@ -194,9 +214,10 @@ def table2(df: pd.DataFrame, root: Path = Path(".")) -> str:
             return text
         model = f"DRAW, {int(steps)} steps, " + ("attention" if attention else "no attention")
         ref = paper_att.get(bool(attention)) if dataset == "binarized" and int(steps) == 64 else None
+        cost = _cost(g, "soft" if attention else "none", _draw_cost(g, dataset, bool(attention), int(steps)))
         rows.append(f"| {model} | {dataset} | {col('nll_elbo')} | {col('nll_iwae')} | {col('kl')} | "
                     f"{col('reconstruction')} | {_link(list(g['record']), root)} | "
-                    f"{f'<= {ref:.2f}' if ref is not None else ''} | {_cost(g, 'soft' if attention else 'none')} |")
+                    f"{f'<= {ref:.2f}' if ref is not None else ''} | {cost} |")
     return "\n".join(rows)
 
 

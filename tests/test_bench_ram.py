@@ -206,3 +206,17 @@ def test_entry_point_names_a_plugin(monkeypatch):
 
     assert model(torch.zeros(3, 1, 28, 28)).logits.shape == (3, 2, 10)
     assert model.attention_type == "none"
+
+
+def test_tables_give_the_cost_of_records_that_predate_it(tmp_path):
+    """A Table 1 record without attention type or cost: the classifier's row is computed from its
+    read size and hidden units (README: 415,503 parameters, 8.9 MFLOP per image at T = 8)."""
+    from bench.records import metric
+    from tests.fixtures.bench_records import make_record
+
+    rec = make_record(extra=[metric("test_error", 0.1, "fraction", True, 0, glimpses=8, protocol="separate",
+                                    dataset="cluttered100", read_n=12, hidden=256)])
+    rec["suite"] = "table1"
+    records.write(rec, tmp_path / "old.json")
+    row = next(line for line in tables.markdown(tmp_path).splitlines() if "| separate | 8 |" in line)
+    assert row.endswith("| soft | 415,503 | 8.91 |")
