@@ -114,12 +114,17 @@ def cmd_run(args) -> int:
         check_writable(args.out)
     if args.checkpoint_dir:
         check_output_folder(args.checkpoint_dir, "--checkpoint-dir")
+    if args.model:
+        from bench import plugins
+
+        plugins.load_builder(args.model)  # an unknown module or name is refused before any work
+        suites.with_plugin(suites.get(args.suite), args.model)
     opts = runner.RunOptions(suite=args.suite, glimpses=args.glimpses, seeds=args.seeds, device=args.device,
                              epochs=args.epochs, time_budget_min=args.time_budget, data_dir=args.data_dir,
                              out=args.out, resume=args.resume, dry_run=args.dry_run, reference=args.reference,
                              threads=args.threads,
-                             checkpoint_dir=args.checkpoint_dir, checkpoint_every_s=args.checkpoint_every,
-                             compact_checkpoints=args.compact_checkpoints,
+                             checkpoint_dir=args.checkpoint_dir, model=args.model,
+                             checkpoint_every_s=args.checkpoint_every, compact_checkpoints=args.compact_checkpoints,
                              progress=False if args.no_progress else None)
     opts, log, main = _distribute(args, opts)
     from bench.distributed import stop_signals_to_interrupt
@@ -249,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     r = sub.add_parser("run", help="run a benchmark suite (default: quick) and write its record")
-    r.add_argument("--suite", default="quick", help="quick (default), table1, table2, twodigit, throughput")
+    r.add_argument("--suite", default="quick", help="quick (default), table1, table2, twodigit, throughput, ram60")
+    r.add_argument("--model", metavar="MODULE:BUILD",
+                   help="train your own glimpse model (module.path:build, or a glimpse.models entry point) in place "
+                        "of the suite's glimpse models; see docs/plugins.md")
     r.add_argument("--list", action="store_true", help="list the suites with their expected time and targets")
     r.add_argument("--glimpses", type=glimpse_list, help="glimpse counts for the classifier, e.g. 1,2,4,8")
     r.add_argument("--seeds", type=seed_list, help="seeds, e.g. 0,1,2 (default: the suite's)")

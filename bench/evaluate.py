@@ -18,8 +18,12 @@ from datasets.generator import SpecError
 
 def _job_and_task(kind: str, model_cfg: dict, ds: str, seed: int, limit: int | None, iwae_k: int, kw: dict):
     """The job and task that rebuild the model a checkpoint describes."""
-    from bench.tasks import ClassifierTask, DrawTask
+    from bench.tasks import ClassifierTask, DrawTask, RamTask
 
+    if kind == "ram":
+        fields = ("patch", "scales", "glimpse_hidden", "location_hidden", "glimpse_size", "hidden", "location_std")
+        job = suites.RamJob(dataset=ds, test_limit=limit, **{k: model_cfg[k] for k in fields})
+        return job, RamTask(job, model_cfg["glimpses"], seed, **kw)
     if kind == "classifier":
         job = suites.ClassifierJob(dataset=ds, read_n=model_cfg["read_n"], hidden=model_cfg["hidden"],
                                    per_step_loss=model_cfg["per_step_loss"], test_limit=limit)
@@ -42,7 +46,7 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed:
 
     state = checkpoints.load(path)
     task_desc = state.get("task")
-    if not isinstance(task_desc, dict) or task_desc.get("task") not in ("classifier", "draw") \
+    if not isinstance(task_desc, dict) or task_desc.get("task") not in ("classifier", "draw", "ram") \
             or not isinstance(task_desc.get("model"), dict):
         raise CheckpointError(f"{path}: not a checkpoint written by bench run (no task description)")
     dev = str(pick_device(device))
@@ -74,9 +78,10 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed:
            "epochs_trained": state.get("epoch"), "best": state.get("best", {}).get("epoch")}
     record = records.new_record("eval", cfg, [seed], machine, ["python", "-m", "bench", "eval", "--checkpoint", str(path)])
     common = {"dataset": ds, "data_seed": data_seed, "checkpoint": Path(path).name}
-    if task_desc["task"] == "classifier":
+    if task_desc["task"] in ("classifier", "ram"):
         res = task.evaluate(model, "test")
-        protocol = "per-step" if job.per_step_loss else "separate"
+        protocol = "per-step" if getattr(job, "per_step_loss", False) else "separate"
+        common.update(task.metric_params(model))
         record["metrics"] = [metric("test_error", res[f"error@{t}"], "fraction", True, seed, glimpses=t,
                                     protocol=protocol, test_images=res["images"], **common)
                              for t in task.eval_glimpses]
@@ -84,7 +89,8 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed:
     else:
         res = task.evaluate(model, "test")
         iw = task.iwae(model, iwae_k, job.iwae_limit)
-        base = dict(attention=job.attention, steps=job.steps, binarization="fixed", **common)
+        base = dict(attention=job.attention, steps=job.steps, binarization="fixed", **common,
+                    **task.metric_params(model))
         record["metrics"] = [
             metric("nll_elbo", res["nll_elbo"], "nats", True, seed, test_images=res["images"], **base),
             metric("kl", res["kl"], "nats", None, seed, test_images=res["images"], **base),

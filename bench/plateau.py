@@ -27,7 +27,7 @@ DRAW = Plateau("valid_nll_elbo", 150.0, 5.0, "the ~200-nat mean-image plateau")
 
 
 def for_task(kind: str) -> Plateau | None:
-    return {"classifier": CLASSIFIER, "draw": DRAW}.get(kind)
+    return {"classifier": CLASSIFIER, "ram": CLASSIFIER, "plugin": CLASSIFIER, "draw": DRAW}.get(kind)
 
 
 def analyse(curve: list[dict], plateau: Plateau) -> dict:

@@ -1,6 +1,7 @@
 """`bench report`: one self-contained HTML page (PNGs embedded) plus the PNG files, from records.
 
-Plots: error vs glimpse count (seeds as error bars, published points overlaid), NLL bounds
+Plots: error vs glimpse count (seeds as error bars, published points overlaid; soft and hard attention
+and plug-ins on one plot per dataset), NLL bounds
 beside the paper's Table 2, throughput per commit, learning curves, DRAW generation sequences
 and glimpse paths on test images (from the records' .npz artifacts). Dry-run records are listed,
 marked as such, and left out of every plot and the NLL table.
@@ -51,16 +52,34 @@ def _load(path) -> list[tuple[Path, dict]]:
     return sorted(found, key=lambda x: x[1]["started_at"])
 
 
-def plot_error_vs_glimpses(recs, out, figures) -> None:
-    plt = _plt()
+def _series_label(params: dict, run: str) -> str:
+    """'soft attention (classifier), separate, run abc': soft and hard attention share one plot per dataset.
+    Records made before the model was recorded hold the soft-attention classifier."""
+    model = params.get("model") or "classifier"
+    if model == "ram":
+        model = "RAM, location at its mean" if params.get("location") == "mean" else "RAM"
+    attention = params.get("attention_type") or ("soft" if model == "classifier" else "unspecified")
+    kind = "no attention" if attention == "none" else f"{attention} attention"
+    return f"{kind} ({model}), {params.get('protocol')}, run {run}"
+
+
+def error_series(recs) -> dict:
+    """{dataset: {line label: {glimpses: [test error of every seed]}}}: one line per record, model and
+    protocol (runs with other settings are not pooled); soft and hard attention share a dataset's plot."""
     series: dict = {}
-    for path, r in recs:  # one line per record and protocol: runs with other settings are not pooled
+    for path, r in recs:
         run = Path(path).stem.split("_")[-1]
         for m in r["metrics"]:
             if m["name"] == "test_error" and m["params"].get("glimpses") is not None:
                 p = m["params"]
-                series.setdefault(p.get("dataset"), {}).setdefault(f"{p.get('protocol')}, run {run}", {}) \
+                series.setdefault(p.get("dataset"), {}).setdefault(_series_label(p, run), {}) \
                     .setdefault(p["glimpses"], []).append(m["value"])
+    return series
+
+
+def plot_error_vs_glimpses(recs, out, figures) -> None:
+    plt = _plt()
+    series = error_series(recs)
     if not series:
         return
     fig, axes = plt.subplots(1, len(series), figsize=(5.5 * len(series), 4), squeeze=False)

@@ -34,10 +34,12 @@ def _same(a, b) -> bool:
     return norm(a) == norm(b)
 
 
-def check_recipe(recorded_jobs: list[dict], jobs: tuple) -> None:
+def check_recipe(recorded_jobs: list[dict], jobs: tuple) -> int:
     """Raise RecipeChanged naming every field that differs from the record, budget excluded.
-    Fields a record predates count as their default value."""
-    if len(recorded_jobs) != len(jobs):
+    Fields a record predates count as their default value. A suite that gained jobs after the
+    record began keeps the record's jobs first: returns how many jobs were added (their units run
+    after the record's)."""
+    if len(jobs) < len(recorded_jobs):
         raise RecipeChanged(f"the record has {len(recorded_jobs)} jobs, the suite now has {len(jobs)}")
     diffs = []
     for old, job in zip(recorded_jobs, jobs):
@@ -51,6 +53,7 @@ def check_recipe(recorded_jobs: list[dict], jobs: tuple) -> None:
     if diffs:
         raise RecipeChanged("; ".join(diffs) + ". Only the budget (--epochs, --time-budget) may change on resume; "
                                                "start a new record for another recipe")
+    return len(jobs) - len(recorded_jobs)
 
 
 def budget(job) -> dict:

@@ -52,6 +52,7 @@ class RunOptions:
     reference: bool = False  # the record goes to the committed reference results (results/runs/)
     threads: int | None = None
     checkpoint_dir: str | None = None
+    model: str | None = None  # a plug-in glimpse model (bench/plugins.py) in place of the suite's glimpse jobs
     checkpoint_every_s: float = 300.0
     compact_checkpoints: bool = False
     progress: bool | None = None
@@ -91,6 +92,8 @@ def units(suite: suites.Suite, seeds: tuple[int, ...] | None) -> list[Unit]:
                 for t in job.glimpses:
                     for s in (run_seeds if seeds is not None else by_t.get(t, run_seeds)):
                         out.append(Unit(f"classifier-{job.dataset}-T{t}{_tag(job)}-s{s}", job, s, t, (t,)))
+        elif job.kind in ("ram", "plugin"):
+            out += glimpse_model_units(job, run_seeds, seeds)
         elif job.kind == "draw":
             att = "attn" if job.attention else "noattn"
             for s in run_seeds:
@@ -105,7 +108,7 @@ def units(suite: suites.Suite, seeds: tuple[int, ...] | None) -> list[Unit]:
 
 def _dry(job):
     """One batch of everything: one epoch of one batch, tiny evaluation sets, small k."""
-    if job.kind in ("classifier", "draw"):
+    if job.kind in TRAINED_KINDS:
         job = replace(job, epochs=1, time_budget_min=None, valid_limit=DRY_EVAL_IMAGES, test_limit=DRY_EVAL_IMAGES)
     if job.kind == "draw":
         job = replace(job, iwae_k=4, iwae_limit=8, samples=2)
@@ -119,7 +122,10 @@ def _dry(job):
 class Runner:
     def __init__(self, opts: RunOptions, log: Callable[[str], None] = print, argv: list[str] | None = None):
         self.opts, self.log = opts, log
-        self.suite = suites.override(suites.get(opts.suite), opts.glimpses, opts.epochs, opts.time_budget_min)
+        suite = suites.get(opts.suite)
+        if opts.model:
+            suite = suites.with_plugin(suite, opts.model)
+        self.suite = suites.override(suite, opts.glimpses, opts.epochs, opts.time_budget_min)
         if opts.dry_run:
             self.suite = replace(self.suite, jobs=tuple(_dry(j) for j in self.suite.jobs))
         self.units = units(self.suite, opts.seeds)
@@ -157,7 +163,7 @@ class Runner:
                 raise ResumeError(f"{path} is a record of suite {record['suite']!r}, not {self.suite.name!r}; "
                                f"resume with --suite {record['suite']}")
             try:
-                resume.check_recipe(record["config"]["suite"]["jobs"], self.suite.jobs)
+                added = resume.check_recipe(record["config"]["suite"]["jobs"], self.suite.jobs)
             except resume.RecipeChanged as e:
                 raise resume.RecipeChanged(f"cannot resume {path}: {e}") from None
             if not self._pending(record):
@@ -170,7 +176,8 @@ class Runner:
             record.setdefault("resumed_at", []).append(records.utc_now())
             record["machine_resumed"] = self.machine
             self._load_artifacts(path)
-            self.log(f"resuming {path}")
+            self.log(f"resuming {path}" + (f"; the suite gained {added} job(s) since, whose units run after the "
+                                             "record's" if added else ""))
             self.sitting = resume.Sitting(record, self.machine)
             return record, path
         record = records.new_record(self.suite.name, self.config(), seeds, self.machine, self.argv)
@@ -188,7 +195,7 @@ class Runner:
         done = record["jobs"].get(unit.id, {})
         if done.get("status") != "complete":
             return False
-        return unit.job.kind not in ("classifier", "draw") or done.get("budget", resume.budget(unit.job)) == \
+        return unit.job.kind not in TRAINED_KINDS or done.get("budget", resume.budget(unit.job)) == \
             resume.budget(unit.job)
 
     def _pending(self, record: dict) -> list[Unit]:
@@ -276,7 +283,7 @@ class Runner:
                 record["jobs"][unit.id] = {**record["jobs"].get(unit.id, {}), "status": "running",
                                            "kind": unit.job.kind, "seed": unit.seed, "job": asdict(unit.job)}
                 metrics, info = self.run_unit(unit, record, path)
-                if unit.job.kind in ("classifier", "draw"):
+                if unit.job.kind in TRAINED_KINDS:
                     info["budget"] = resume.budget(unit.job)
                 record["metrics"] = [m for m in record["metrics"] if m["params"].get("job") != unit.id]
                 for m in metrics:
@@ -341,6 +348,8 @@ class Runner:
                   world_size=self.opts.world_size)
         if unit.job.kind == "classifier":
             return ClassifierTask(unit.job, unit.glimpses, unit.seed, eval_glimpses=unit.eval_glimpses, **kw)
+        if unit.job.kind in ("ram", "plugin"):
+            return glimpse_model_task(unit, kw)
         return DrawTask(unit.job, unit.seed, **kw)
 
     def run_training(self, unit: Unit, record: dict, path: Path) -> tuple[list[dict], dict]:
@@ -368,10 +377,10 @@ class Runner:
                         "valid": split_info(job.dataset, "valid", task.data_seed),
                         "test": split_info(job.dataset, "test", task.data_seed)}
         t0 = time.time()
-        if job.kind == "classifier":
-            protocol = "per-step" if job.per_step_loss else "separate"
+        if job.kind in suites.GLIMPSE_KINDS:
+            protocol = "per-step" if getattr(job, "per_step_loss", False) else "separate"
             test = task.evaluate(model, "test")
-            common = dict(protocol=protocol, dataset=job.dataset, read_n=job.read_n, hidden=job.hidden, **flags)
+            common = dict(protocol=protocol, dataset=job.dataset, **task.metric_params(model), **flags)
             out = [metric("test_error", test[f"error@{t}"], "fraction", True, seed, glimpses=t,
                           test_images=test["images"], data_seed=task.data_seed, **common) for t in unit.eval_glimpses]
             best = res.best["metrics"]
@@ -385,7 +394,7 @@ class Runner:
             common = dict(dataset=job.dataset, attention=job.attention, steps=job.steps, read_n=job.read_n, **flags,
                           write_n=job.write_n,
                           # the binarized test split is fixed by the seed; other variants are grey levels
-                          binarization="fixed" if job.dataset == "binarized" else "none")
+                          binarization="fixed" if job.dataset == "binarized" else "none", **task.metric_params(model))
             test = task.evaluate(model, "test")
             n = test["images"]
             out = [metric("nll_elbo", test["nll_elbo"], "nats", True, seed, test_images=n, **common),
@@ -482,8 +491,54 @@ class Runner:
                  test_limit=DRY_EVAL_IMAGES if self.opts.dry_run else None, time_budget_min=job.time_budget_min,
                  log=lambda m: self.log(f"  {unit.id}: {m}"))
         out = [metric("test_error", res["test_error"], "fraction", True, unit.seed, glimpses=None,
-                      protocol=f"baseline-{job.model}", dataset=job.dataset, test_images=res.get("test_images"))]
+                      protocol=f"baseline-{job.model}", dataset=job.dataset, test_images=res.get("test_images"),
+                      **baseline_cost(job, res))]
         return out, {k: v for k, v in res.items() if k != "test_error"}
+
+
+# ---------------------------------------------------------------- hard attention (RAM) and plug-in glimpse models
+
+TRAINED_KINDS = ("classifier", "draw", "ram", "plugin")  # units the training loop trains and checkpoints
+
+
+def glimpse_model_units(job, run_seeds: tuple[int, ...], seeds: tuple[int, ...] | None) -> list[Unit]:
+    """RAM: one model per glimpse count. A plug-in: the same, or with the per-step protocol one model at
+    max(glimpses) scored at every count."""
+    from bench.plugins import short_name
+
+    name = "ram" if job.kind == "ram" else f"plugin-{short_name(job.model)}"
+    if getattr(job, "per_step_loss", False):
+        t = max(job.glimpses)
+        return [Unit(f"{name}-{job.dataset}-T{t}-perstep-s{s}", job, s, t, tuple(job.glimpses)) for s in run_seeds]
+    by_t = dict(job.seeds_by_glimpses)
+    return [Unit(f"{name}-{job.dataset}-T{t}-s{s}", job, s, t, (t,))
+            for t in job.glimpses for s in (run_seeds if seeds is not None else by_t.get(t, run_seeds))]
+
+
+def glimpse_model_task(unit: Unit, kw: dict):
+    from bench.tasks import PluginTask, RamTask
+
+    cls = RamTask if unit.job.kind == "ram" else PluginTask
+    return cls(unit.job, unit.glimpses, unit.seed, eval_glimpses=unit.eval_glimpses, **kw)
+
+
+def baseline_cost(job, res: dict) -> dict:
+    """Attention type, parameters and forward FLOPs per image of a baseline, from what it reported."""
+    if job.model == "conv":
+        return {"attention_type": "none", "param_count": res.get("params"),
+                "flops_per_image": res.get("flops_per_image")}
+    from datasets.variants import get_spec
+
+    spec = get_spec(job.dataset)
+    params, flops = pixel_baseline_cost(spec.height * spec.width, res.get("components", 64))
+    return {"attention_type": "none", "param_count": params, "flops_per_image": flops}
+
+
+def pixel_baseline_cost(pixels: int, components: int = 64, classes: int = 10) -> tuple[int, int]:
+    """(parameters, forward FLOPs per image) of PCA, standardisation and logistic regression."""
+    params = pixels + pixels * components + 2 * components + components * classes + classes
+    flops = pixels + 2 * pixels * components + 2 * components + 2 * components * classes + classes
+    return params, flops
 
 
 def _show(progress: bool | None) -> bool:
@@ -544,7 +599,8 @@ def _fmt(m: dict) -> str:
     return f"{v:.2f}"
 
 
-SHOWN = ("model", "dataset", "glimpses", "protocol", "attention", "steps", "k", "batch", "device")
+SHOWN = ("model", "dataset", "glimpses", "protocol", "attention", "attention_type", "steps", "k", "batch",
+         "device")
 
 
 def summary_table(record: dict) -> str:

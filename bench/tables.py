@@ -71,9 +71,11 @@ def _training(record_path: str, units: list[str]) -> str:
     if not rec or not units:
         return ""
     job = _unit_job(rec, units[0])
+    if not job:
+        return ""
     done = [rec["jobs"].get(u, {}) for u in units]
     threads = rec.get("machine", {}).get("threads") or 1
-    recipe = f"{job.get('schedule', 'constant')} lr {job.get('lr', '?'):g}, batch {job.get('batch_size', '?')}"
+    recipe = f"{job.get('schedule', 'constant')} lr {job.get('lr')}, batch {job.get('batch_size')}"
     if job.get("schedule") == "wsd":
         recipe += f" (warm-up {job.get('warmup_epochs'):g}, decay {job.get('decay_epochs'):g} ep)"
     recipe += f", {job.get('window_init', 'default')} init"
@@ -104,11 +106,11 @@ def _on_plateau(g: pd.DataFrame, record_path: str) -> str:
 
 def table1(df: pd.DataFrame, root: Path = Path("."), records_dir: Path = Path(".")) -> str:
     rows = ["| model | protocol | glimpses | recipe and training per model | test error: mean +- std (every seed) "
-            "| seeds | record | paper |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| seeds | record | paper | attention | params | MFLOP/image |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     paper_by_t = {p["glimpses"]: p["error"] for p in paper.TABLE1 if p["model"].startswith("Differentiable")}
     err = df[(df["name"] == "test_error") & (df.get("p_dataset") == "cluttered100")]
-    clf = err[err["p_protocol"].isin(["separate", "per-step"])]
+    clf = err[err["p_protocol"].isin(["separate", "per-step"]) & _is_classifier(err)]
     groups = sorted(clf.groupby(["record", "p_protocol", "p_glimpses"]),
                     key=lambda kv: (kv[0][0], kv[0][1] != "separate", kv[0][2]))
     for (record, protocol, t), g in groups:  # one row per run and glimpse count: runs are not pooled
@@ -117,22 +119,141 @@ def table1(df: pd.DataFrame, root: Path = Path("."), records_dir: Path = Path(".
         rows.append(f"| differentiable RAM, 12x12 | {protocol} | {int(t)} | "
                     f"{_training(record, _units(g))} | {_spread(list(g['value']), _pct)}{_on_plateau(g, record)} | "
                     f"{', '.join(str(int(s)) for s in g['seed'])} | {_link([record], root)} | "
-                    f"{_pct(ref) if ref is not None and protocol == 'separate' else ''} |")
+                    f"{_pct(ref) if ref is not None and protocol == 'separate' else ''} | "
+                    f"{_cost(g, 'soft', _classifier_cost(g, 100, 100))} |")
+    rows += glimpse_model_rows(err, root, paper.TABLE1)
     conv_paper = next(p["error"] for p in paper.TABLE1 if p["model"].startswith("Convolutional"))
     for protocol, label, ref in (("baseline-conv", "2-layer conv net", _pct(conv_paper)),
                                  ("baseline-sklearn", "PCA + logistic regression (pixels)", "")):
         g = err[err["p_protocol"] == protocol].sort_values("seed")
         if len(g):
             rows.append(f"| {label} | baseline | - | | {_spread(list(g['value']), _pct)} | "
-                        f"{', '.join(str(int(s)) for s in g['seed'])} | {_link(list(g['record']), root)} | {ref} |")
+                        f"{', '.join(str(int(s)) for s in g['seed'])} | {_link(list(g['record']), root)} | {ref} | "
+                        f"{_cost(g, 'none', _baseline_cost(protocol))} |")
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- attention type and cost; RAM and plug-in rows
+
+def _first(g: pd.DataFrame, column: str):
+    if column not in g:
+        return None
+    values = g[column].dropna()
+    return values.iloc[0] if len(values) else None
+
+
+def _cost(g: pd.DataFrame, attention: str, fallback: tuple[int, int] | None = None) -> str:
+    """'attention | params | MFLOP/image' cells. Records made before these were recorded: ``fallback``
+    (params, FLOPs) computed from the model's settings where they are known, else '-'."""
+    params, flops = _first(g, "p_param_count"), _first(g, "p_flops_per_image")
+    if params is None and fallback is not None:
+        params, flops = fallback
+    return (f"{_first(g, 'p_attention_type') or attention} | {f'{int(params):,}' if params is not None else '-'} | "
+            f"{f'{flops / 1e6:.2f}' if flops is not None else '-'}")
+
+
+def _classifier_cost(g: pd.DataFrame, height: int, width: int) -> tuple[int, int] | None:
+    """The glimpse classifier's cost from the read size, hidden units and glimpse count in its metrics."""
+    from models.classifier import ClassifierConfig, GlimpseClassifier
+
+    read_n, hidden, t = _first(g, "p_read_n"), _first(g, "p_hidden"), _first(g, "p_glimpses")
+    if read_n is None or hidden is None or t is None:
+        return None
+    model = GlimpseClassifier(ClassifierConfig(height=height, width=width, glimpses=int(t), read_n=int(read_n),
+                                               hidden=int(hidden)))
+    return model.param_count(), model.flops_per_image()
+
+
+def _draw_cost(g: pd.DataFrame, dataset: str, attention: bool, steps: int) -> tuple[int, int] | None:
+    """DRAW's cost from its job in the record's suite config (records made before the cost was recorded)."""
+    from datasets.variants import get_spec
+    from models.draw import DRAW, DRAWConfig
+
+    try:
+        rec = json.loads(Path(g["record"].iloc[0]).read_text())
+    except (OSError, ValueError):
+        return None
+    for job in rec.get("config", {}).get("suite", {}).get("jobs", []):
+        if job.get("kind") == "draw" and (job.get("dataset"), job.get("attention"), job.get("steps")) == \
+                (dataset, attention, steps):
+            spec = get_spec(dataset)
+            model = DRAW(DRAWConfig(height=spec.height, width=spec.width, steps=steps, read_n=job["read_n"],
+                                    write_n=job["write_n"], enc_hidden=job["enc_hidden"],
+                                    dec_hidden=job["dec_hidden"], z_size=job["z_size"], attention=attention))
+            return model.param_count(), model.flops_per_image()
+    return None
+
+
+def _baseline_cost(protocol: str) -> tuple[int, int]:
+    """The 100 x 100 baselines' cost: the conv net, or PCA (64 components) + logistic regression."""
+    from bench.runner import pixel_baseline_cost
+    from models.baselines import ConvNet, ConvNetConfig
+
+    if protocol == "baseline-sklearn":
+        return pixel_baseline_cost(100 * 100)
+    net = ConvNet(ConvNetConfig(height=100, width=100))
+    return net.param_count(), net.flops_per_image()
+
+
+def _is_classifier(err: pd.DataFrame) -> pd.Series:
+    """Rows of the soft-attention glimpse classifier (records made before the model was recorded have none)."""
+    return err["p_model"].isna() | (err["p_model"] == "classifier") if "p_model" in err else \
+        pd.Series(True, index=err.index)
+
+
+def _model_label(model: str, g: pd.DataFrame) -> str:
+    if model == "ram":
+        return f"RAM, {int(_first(g, 'p_patch'))}x{int(_first(g, 'p_patch'))}, {int(_first(g, 'p_scales'))} scales"
+    return f"plug-in {model}"
+
+
+def glimpse_model_rows(err: pd.DataFrame, root: Path, published: list[dict]) -> list[str]:
+    """Rows of RAM and plug-in models (one per run and glimpse count), in the columns of Table 1.
+    RAM is evaluated with the location policy's mean: ``location`` says so in each record."""
+    if "p_model" not in err:
+        return []
+    others = err[err["p_model"].notna() & (err["p_model"] != "classifier") & err["p_glimpses"].notna()]
+    ram_paper = {p["glimpses"]: p["error"] for p in published if p["model"].startswith("RAM")}
+    rows = []
+    for (record, model, protocol, t), g in sorted(others.groupby(["record", "p_model", "p_protocol", "p_glimpses"]),
+                                                  key=lambda kv: (kv[0][1], kv[0][0], kv[0][3])):
+        g = g.sort_values("seed")
+        ref = ram_paper.get(int(t)) if model == "ram" else None
+        location = _first(g, "p_location")
+        settings = f"location at evaluation: {location}" if location else ""
+        rows.append(f"| {_model_label(model, g)} | {protocol} | {int(t)} | {settings} | "
+                    f"{_spread(list(g['value']), _pct)} | "
+                    f"{', '.join(str(int(s)) for s in g['seed'])} | {_link([record], root)} | "
+                    f"{_pct(ref) if ref is not None else ''} | {_cost(g, 'unspecified')} |")
+    return rows
+
+
+def table_ram60(df: pd.DataFrame, root: Path = Path(".")) -> str:
+    """Every glimpse model on cluttered60 (not the quick suite's smoke runs), the RAM paper beside."""
+    rows = ["| model | protocol | glimpses | settings | test error: mean +- std (every seed) | seeds | record | paper "
+            "| attention | params | MFLOP/image |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    if "p_glimpses" not in df:
+        return "\n".join(rows)
+    err = df[(df["name"] == "test_error") & (df.get("p_dataset") == "cluttered60") & (df["suite"] != "quick")
+             & df["p_glimpses"].notna()]
+    clf = err[_is_classifier(err)]
+    for (record, protocol, t), g in sorted(clf.groupby(["record", "p_protocol", "p_glimpses"])):
+        g = g.sort_values("seed")
+        rows.append(f"| differentiable RAM, 12x12 | {protocol} | {int(t)} | | {_spread(list(g['value']), _pct)} | "
+                    f"{', '.join(str(int(s)) for s in g['seed'])} | {_link([record], root)} | | "
+                    f"{_cost(g, 'soft', _classifier_cost(g, 60, 60))} |")
+    rows += glimpse_model_rows(err, root, [{**p, "model": "RAM"} for p in paper.RAM_60["cluttered60"]])
     return "\n".join(rows)
 
 
 def table2(df: pd.DataFrame, root: Path = Path(".")) -> str:
     rows = ["| model | dataset | recipe and training per model | ELBO bound (nats) | IWAE bound (nats) | KL "
-            "| reconstruction | record | paper |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| reconstruction | record | paper | attention | params | MFLOP/image |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     nll = df[df["name"].isin(["nll_elbo", "nll_iwae", "kl", "reconstruction"]) & (df["suite"] != "quick")]
+    if nll.empty:  # records of glimpse models only
+        return "\n".join(rows)
     paper_att = {p["attention"]: p["nll"] for p in paper.TABLE2 if "attention" in p}
     if nll.empty:
         return "\n".join(rows)
@@ -149,10 +270,11 @@ def table2(df: pd.DataFrame, root: Path = Path(".")) -> str:
             return text
         model = f"DRAW, {int(steps)} steps, " + ("attention" if attention else "no attention")
         ref = paper_att.get(bool(attention)) if dataset == "binarized" and int(steps) == 64 else None
+        cost = _cost(g, "soft" if attention else "none", _draw_cost(g, dataset, bool(attention), int(steps)))
         rows.append(f"| {model} | {dataset} | {_training(record, _units(g))} | "
-                    f"{col('nll_elbo')}{_on_plateau(g[g['name'] == 'nll_elbo'], record)} | {col('nll_iwae')} | {col('kl')} | "
-                    f"{col('reconstruction')} | {_link([record], root)} | "
-                    f"{f'<= {ref:.2f}' if ref is not None else ''} |")
+                    f"{col('nll_elbo')}{_on_plateau(g[g['name'] == 'nll_elbo'], record)} | {col('nll_iwae')} | "
+                    f"{col('kl')} | {col('reconstruction')} | {_link([record], root)} | "
+                    f"{f'<= {ref:.2f}' if ref is not None else ''} | {cost} |")
     return "\n".join(rows)
 
 
@@ -165,5 +287,6 @@ def markdown(records: str | Path = "results/runs", link_root: str | Path = ".") 
         return "(no records but dry runs, which tables leave out)"
     root = Path(link_root)
     return ("### Table 1: test error, 100x100 cluttered translated MNIST\n\n" + table1(df, root, Path("."))
+            + "\n\n### Glimpse models on 60x60 cluttered MNIST, beside the RAM paper\n\n" + table_ram60(df, root)
             + "\n\n### Table 2: test NLL bounds in nats per image (binarized MNIST: fixed test binarization; "
             "twodigit60: grey levels as Bernoulli targets)\n\n" + table2(df, root) + "\n")

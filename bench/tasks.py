@@ -21,6 +21,14 @@ from datasets.variants import get_spec
 EVAL_BATCH = 500
 
 
+def cost_params(model, attention_type: str) -> dict:
+    """Attention type (soft, hard, none), parameters and forward FLOPs per image, for every metric row."""
+    count_fn, flops_fn = getattr(model, "param_count", None), getattr(model, "flops_per_image", None)
+    count = count_fn() if callable(count_fn) else sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"attention_type": attention_type, "param_count": int(count),
+            "flops_per_image": flops_fn() if callable(flops_fn) else None}
+
+
 class _Base:
     def __init__(self, job, seed: int, device: str = "cpu", data_dir=None, rank: int = 0, world_size: int = 1,
                  data_seed: int = 0):
@@ -32,9 +40,12 @@ class _Base:
     def _shard(self):
         return (self.rank, self.world_size) if self.world_size > 1 else None
 
+    def model_description(self) -> dict:
+        return asdict(self.config())
+
     def describe(self) -> dict:
         j = self.job
-        return {"task": j.kind, "dataset": j.dataset, "seed": self.seed, "model": asdict(self.config()),
+        return {"task": j.kind, "dataset": j.dataset, "seed": self.seed, "model": self.model_description(),
                 "batch_size": j.batch_size, "lr": j.lr, "train_limit": j.train_limit, "valid_limit": j.valid_limit,
                 **({"schedule": asdict(self.schedule())} if self.schedule().kind != "constant" else {})}
 
@@ -103,6 +114,11 @@ class ClassifierTask(_Base):
     def loss(self, model, batch):
         return model.loss(batch[0], batch[1])[0]
 
+    def metric_params(self, model) -> dict:
+        """What every metric of this model carries: the model, its attention type and its cost."""
+        return {"model": "classifier", "read_n": self.job.read_n, "hidden": self.job.hidden,
+                **cost_params(model, "soft")}
+
     def evaluate(self, model, split: str, limit: int | None = -1) -> dict[str, float]:
         limit = self.limit(split) if limit == -1 else limit
         wrong, n = torch.zeros(self.glimpses, dtype=torch.long, device=self.device), 0
@@ -119,10 +135,13 @@ class ClassifierTask(_Base):
         out["images"] = n
         return out
 
+    def _path_images(self, count: int):
+        return next(iter(iterate_batches(self.job.dataset, "test", count, seed=self.data_seed, device=self.device,
+                                         data_dir=self.data_dir, limit=count)))
+
     def glimpse_paths(self, model, count: int = 8) -> dict[str, np.ndarray]:
         """Windows (gx, gy, delta, sigma2 per step) on the first ``count`` test images, for the report."""
-        x, y = next(iter(iterate_batches(self.job.dataset, "test", count, seed=self.data_seed, device=self.device,
-                                         data_dir=self.data_dir, limit=count)))
+        x, y = self._path_images(count)
         with eval_mode(model):
             out = model(x, keep_windows=True)
         arrays = {"images": (x[:, 0].cpu().numpy() * 255).round().astype(np.uint8), "labels": y.cpu().numpy(),
@@ -167,6 +186,9 @@ class DrawTask(_Base):
 
     def loss(self, model, batch):
         return model.loss(batch[0], self.noise(batch[2]) if len(batch) > 2 else None)[0]
+
+    def metric_params(self, model) -> dict:
+        return cost_params(model, "soft" if self.job.attention else "none")
 
     def _keyed_noise(self, key: tuple):
         """models.bounds NoiseFn: the noise of each image is a function of (key, its position in the
@@ -255,3 +277,74 @@ class ConvTask(_Base):
                 n += x.shape[0]
         wrong, n = all_reduce_sum(wrong), int(all_reduce_sum(torch.tensor([n])).item())
         return {"error": float(wrong.item()) / n, "images": n}
+
+
+# ---------------------------------------------------------------- hard attention (RAM) and plug-in glimpse models
+
+class RamTask(ClassifierTask):
+    """RAM with ``glimpses`` steps. Training samples the locations (torch's global RNG, which the
+    loop's checkpoints keep); evaluation (eval mode) takes the location policy's mean."""
+
+    def config(self):
+        from models.ram import RamConfig
+
+        j = self.job
+        return RamConfig(height=self.height, width=self.width, channels=1, glimpses=self.glimpses, patch=j.patch,
+                         scales=j.scales, glimpse_hidden=j.glimpse_hidden, location_hidden=j.location_hidden,
+                         glimpse_size=j.glimpse_size, hidden=j.hidden, location_std=j.location_std)
+
+    def model_class(self):
+        from models.ram import RecurrentAttentionModel
+
+        return RecurrentAttentionModel
+
+    def metric_params(self, model) -> dict:
+        j = self.job
+        return {"model": "ram", "patch": j.patch, "scales": j.scales, "hidden": j.hidden, "location": "mean",
+                **cost_params(model, "hard")}
+
+    def glimpse_paths(self, model, count: int = 8) -> dict[str, np.ndarray]:
+        """Each glimpse's smallest patch (centre gx, gy in 1-based pixels; delta 1 with read_n = its side)."""
+        x, y = self._path_images(count)
+        with eval_mode(model):
+            out = model(x, keep_windows=True)
+        boxes = model.glimpse_boxes(out.locations)
+        return {"images": (x[:, 0].cpu().numpy() * 255).round().astype(np.uint8), "labels": y.cpu().numpy(),
+                "predictions": out.logits.argmax(-1).cpu().numpy(), "read_n": np.array(self.job.patch),
+                "gx": boxes["gx"].cpu().numpy().astype(np.float32), "gy": boxes["gy"].cpu().numpy().astype(np.float32),
+                "delta": np.ones(tuple(out.locations.shape[:2]), dtype=np.float32)}
+
+
+class PluginTask(ClassifierTask):
+    """A user's glimpse model (bench/plugins.py): built from ``job.model``, trained with its own loss
+    (or the cross-entropy), evaluated and recorded like the glimpse classifier."""
+
+    def config(self) -> dict:
+        return {"height": self.height, "width": self.width, "channels": 1, "num_classes": 10,
+                "glimpses": self.glimpses, "per_step_loss": self.job.per_step_loss}
+
+    def model_description(self) -> dict:
+        return {"plugin": self.job.model, **self.config()}
+
+    def build(self):
+        from bench import plugins
+        from models.training import seed_everything
+
+        seed_everything(self.seed)
+        return plugins.build(self.job.model, self.config()).to(self.device)
+
+    def metric_params(self, model) -> dict:
+        return {"model": self.job.model, **cost_params(model, model.attention_type)}
+
+    def glimpse_paths(self, model, count: int = 8) -> dict[str, np.ndarray]:
+        """Windows given as (B, T, 3) = (centre x, centre y, side) in 0-based pixels, when the model gives them."""
+        x, y = self._path_images(count)
+        with eval_mode(model):
+            out = model(x, keep_windows=True)
+        arrays = {"images": (x[:, 0].cpu().numpy() * 255).round().astype(np.uint8), "labels": y.cpu().numpy(),
+                  "predictions": out.logits.argmax(-1).cpu().numpy()}
+        w = out.windows
+        if torch.is_tensor(w) and w.dim() == 3 and w.shape[:2] == out.logits.shape[:2] and w.shape[2] == 3:
+            w = w.detach().float().cpu().numpy()
+            arrays.update(gx=w[..., 0] + 1, gy=w[..., 1] + 1, delta=w[..., 2], read_n=np.array(1))
+        return arrays

@@ -212,3 +212,24 @@ def test_a_run_left_on_the_plateau_says_so(tiny):
     assert all(m["params"].get("on_plateau") for m in rec["metrics"] if m["name"] == "test_error")
     assert any(n.startswith(f"{unit}: WARNING: never left") for n in rec["notes"])
     assert any("WARNING: never left" in line for line in lines)
+
+
+def test_resume_refuses_a_changed_recipe_and_runs_jobs_the_suite_gained(tiny, monkeypatch):
+    from bench import resume
+
+    runner.run(tiny("run"), log=quiet)
+    clf = TINY.jobs[0]
+    monkeypatch.setitem(suites.SUITES, "tiny", replace(TINY, jobs=(replace(clf, lr=0.002),) + TINY.jobs[1:]))
+    with pytest.raises(resume.RecipeChanged, match=r"classifier lr: record 0\.001, given 0\.002"):
+        runner.run(tiny("run", resume=True), log=quiet)
+    monkeypatch.setitem(suites.SUITES, "tiny", replace(TINY, jobs=TINY.jobs[:1]))
+    with pytest.raises(resume.RecipeChanged, match="the record has 2 jobs, the suite now has 1"):
+        runner.run(tiny("run", resume=True), log=quiet)
+    extra = replace(clf, dataset="translated60", glimpses=(1,), per_step_loss=False)
+    monkeypatch.setitem(suites.SUITES, "tiny", replace(TINY, jobs=TINY.jobs + (extra,)))
+    lines = []
+    rec, _ = runner.run(tiny("run", resume=True), log=lines.append)
+    assert any("gained 1 job(s)" in line for line in lines)
+    assert sum("complete in the record, skipped" in line for line in lines) == 2
+    assert rec["status"] == "complete" and rec["jobs"]["classifier-translated60-T1-s0"]["status"] == "complete"
+    assert len(rec["segments"]) == 2

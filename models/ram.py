@@ -1,0 +1,174 @@
+"""The Recurrent Attention Model, RAM (Mnih, Heess, Graves, Kavukcuoglu 2014, sec. 3-4): hard attention
+trained with REINFORCE.
+
+Per step t = 1..T:
+    l_{t-1} ~ N(f_l(h_{t-1}), std^2 I) in training, = f_l(h_{t-1}) at evaluation    (location network)
+    rho = retina(x, l_{t-1})                       k patches g x g at scales 1, 2, 4, ... (models/retina.py)
+    g_t = ReLU(Linear(ReLU(Linear(rho))) + Linear(ReLU(Linear(l_{t-1}))))            ("what" + "where")
+    h_t = LSTM(g_t, h_{t-1})                                                         (core)
+    logits_t = Linear(h_t);  b_{t-1} = Linear(h_{t-1})                               (classifier, baseline)
+h_0 = 0, so the first location is learned but the same for every image (as in models/classifier.py).
+f_l is Linear followed by tanh, which keeps the mean inside the image.
+
+Hybrid loss (sec. 4): cross-entropy of the last step's logits, plus REINFORCE on the locations with
+reward R = 1 when the last step's prediction is right (else 0) and the learned baseline b_t, plus
+the baseline's squared error. The baseline reads h detached, so its loss does not shape the core.
+
+The location noise comes from the global torch RNG (or ``generator``): the training loop's
+checkpoints keep that RNG's state, so a resumed run draws the same locations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import flops
+from .common import ConfigMixin, param_count
+from .reinforce import baseline_loss, gaussian_log_prob, reinforce_loss
+from .retina import patch_origin, retina, retina_flops
+
+
+@dataclass
+class RamConfig(ConfigMixin):
+    """Defaults: the 100 x 100 cluttered MNIST setting of DRAW's Table 1 (12 x 12 patches, 4 scales)."""
+
+    height: int = 100
+    width: int = 100
+    channels: int = 1
+    glimpses: int = 8
+    patch: int = 12
+    scales: int = 4
+    glimpse_hidden: int = 128  # h_g, the "what" layer
+    location_hidden: int = 128  # h_l, the "where" layer
+    glimpse_size: int = 256  # g_t, the core's input
+    hidden: int = 256  # LSTM core
+    num_classes: int = 10
+    location_std: float = 0.2  # fixed std of the location policy, in units of half the image side
+
+    def __post_init__(self):
+        for name in ("height", "width", "channels", "glimpses", "patch", "scales", "glimpse_hidden",
+                     "location_hidden", "glimpse_size", "hidden", "num_classes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RamConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.location_std > 0:
+            raise ValueError(f"RamConfig.location_std must be > 0, got {self.location_std}")
+
+
+class RamOutput(NamedTuple):
+    logits: torch.Tensor  # (B, T, classes): every step; [:, -1] is the prediction
+    windows: torch.Tensor | None  # (B, T, 2) the location of each glimpse, with keep_windows
+    locations: torch.Tensor  # (B, T, 2) the location of each glimpse, in [-1, 1] after clamping
+    log_probs: torch.Tensor | None  # (B, T) log pi of each sampled location; None when not sampled
+    baselines: torch.Tensor  # (B, T) b_t, the expected reward predicted before each glimpse
+
+
+class GlimpseNetwork(nn.Module):
+    """g = ReLU(Linear(h_g) + Linear(h_l)), h_g = ReLU(Linear(retina)), h_l = ReLU(Linear(location))."""
+
+    def __init__(self, c: RamConfig):
+        super().__init__()
+        self.patch, self.scales = c.patch, c.scales
+        self.what = nn.Linear(c.scales * c.channels * c.patch * c.patch, c.glimpse_hidden)
+        self.where = nn.Linear(2, c.location_hidden)
+        self.what_out = nn.Linear(c.glimpse_hidden, c.glimpse_size)
+        self.where_out = nn.Linear(c.location_hidden, c.glimpse_size)
+
+    def forward(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        rho = retina(x, loc, self.patch, self.scales).flatten(1)
+        h_g = F.relu(self.what(rho))
+        h_l = F.relu(self.where(loc))
+        return F.relu(self.what_out(h_g) + self.where_out(h_l))
+
+
+class RecurrentAttentionModel(nn.Module):
+    attention_type = "hard"
+
+    def __init__(self, config: RamConfig | None = None):
+        super().__init__()
+        self.config = c = config or RamConfig()
+        self.glimpse = GlimpseNetwork(c)
+        self.core = nn.LSTMCell(c.glimpse_size, c.hidden)
+        self.locate = nn.Linear(c.hidden, 2)
+        self.baseline = nn.Linear(c.hidden, 1)
+        self.head = nn.Linear(c.hidden, c.num_classes)
+
+    def _check(self, x: torch.Tensor) -> None:
+        c = self.config
+        want = (c.channels, c.height, c.width)
+        if x.dim() != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"RecurrentAttentionModel expects images (B, {c.channels}, {c.height}, {c.width}), "
+                             f"got {tuple(x.shape)}: add the channel axis or set height/width/channels")
+        if not x.is_floating_point():
+            raise ValueError(f"RecurrentAttentionModel expects float images in [0, 1], got dtype {x.dtype}")
+
+    def forward(self, x: torch.Tensor, keep_windows: bool = True, sample: bool | None = None,
+                generator: torch.Generator | None = None) -> RamOutput:
+        """``sample``: draw the locations (default: in training mode) or take the policy's mean (eval)."""
+        self._check(x)
+        c = self.config
+        sample = self.training if sample is None else sample
+        h = x.new_zeros(x.shape[0], c.hidden)
+        cell = torch.zeros_like(h)
+        hs, locs, log_probs, baselines = [], [], [], []
+        for _ in range(c.glimpses):
+            mean = torch.tanh(self.locate(h))
+            if sample:
+                noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+                loc = (mean + c.location_std * noise).detach()
+                log_probs.append(gaussian_log_prob(loc, mean, c.location_std))
+            else:
+                loc = mean.detach()
+            loc = loc.clamp(-1.0, 1.0)
+            baselines.append(self.baseline(h.detach()).squeeze(-1))
+            h, cell = self.core(self.glimpse(x, loc), (h, cell))
+            hs.append(h)
+            locs.append(loc)
+        logits = self.head(torch.stack(hs, dim=1))
+        locations = torch.stack(locs, dim=1)
+        return RamOutput(logits, locations if keep_windows else None, locations,
+                         torch.stack(log_probs, dim=1) if sample else None, torch.stack(baselines, dim=1))
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, RamOutput]:
+        """The hybrid loss when the locations are sampled (training mode), else the cross-entropy alone."""
+        out = self.forward(x, keep_windows=False)
+        last = out.logits[:, -1]
+        loss = F.cross_entropy(last, y)
+        if out.log_probs is not None:
+            reward = (last.argmax(-1) == y).to(last.dtype)
+            loss = loss + reinforce_loss(out.log_probs, reward, out.baselines) + baseline_loss(reward, out.baselines)
+        return loss, out
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T) predicted class after every glimpse count, locations at the policy's mean."""
+        return self.forward(x, keep_windows=False, sample=False).logits.argmax(dim=-1)
+
+    def glimpse_boxes(self, locations: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The smallest patch of each glimpse for drawing: its centre (gx, gy) in 1-based pixels (the
+        convention of models/attention.py) and its side, from locations (B, T, 2)."""
+        c = self.config
+        x0 = patch_origin(locations[..., 0], c.width, c.patch)
+        y0 = patch_origin(locations[..., 1], c.height, c.patch)
+        half = c.patch / 2
+        return {"gx": x0 + half + 0.5, "gy": y0 + half + 0.5, "side": torch.full_like(x0, c.patch)}
+
+    def param_count(self) -> int:
+        return param_count(self)
+
+    def flops_per_image(self, train: bool = False) -> int:
+        c = self.config
+        per_step = retina_flops(c.channels, c.patch, c.scales)
+        per_step += flops.linear(c.scales * c.channels * c.patch ** 2, c.glimpse_hidden) + c.glimpse_hidden
+        per_step += flops.linear(2, c.location_hidden) + c.location_hidden
+        per_step += flops.linear(c.glimpse_hidden, c.glimpse_size) + flops.linear(c.location_hidden, c.glimpse_size)
+        per_step += 2 * c.glimpse_size  # add, ReLU
+        per_step += flops.lstm_cell(c.glimpse_size, c.hidden)
+        per_step += flops.linear(c.hidden, 2) + 2 + flops.linear(c.hidden, 1)  # location mean (tanh), baseline
+        per_step += flops.linear(c.hidden, c.num_classes) + flops.softmax_cross_entropy(c.num_classes)
+        total = c.glimpses * per_step
+        return flops.train_step(total) if train else total

@@ -1,0 +1,263 @@
+"""RAM: the retina against a per-image float64 reference, the REINFORCE estimator against exact
+expectations, one-batch overfit, determinism, counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from models.ram import RamConfig, RecurrentAttentionModel
+from models.reinforce import gaussian_log_prob, reinforce_loss
+from models.retina import retina
+from models.training import seed_everything
+
+
+def reference_retina(x: torch.Tensor, loc: torch.Tensor, patch: int, scales: int) -> torch.Tensor:
+    """One image at a time: an explicit zero-padded crop of side patch * 2^i, then block means."""
+    batch, ch, height, width = x.shape
+    out = torch.zeros(batch, scales, ch, patch, patch, dtype=torch.float64)
+    for b in range(batch):
+        lx, ly = (min(max(float(v), -1.0), 1.0) for v in loc[b])
+        for i in range(scales):
+            side, k = patch * 2 ** i, 2 ** i
+            x0 = math.floor((lx + 1) / 2 * width - side / 2 + 0.5)
+            y0 = math.floor((ly + 1) / 2 * height - side / 2 + 0.5)
+            crop = torch.zeros(ch, side, side, dtype=torch.float64)
+            for r in range(side):
+                yy = y0 + r
+                if not 0 <= yy < height:
+                    continue
+                for q in range(side):
+                    xx = x0 + q
+                    if 0 <= xx < width:
+                        crop[:, r, q] = x[b, :, yy, xx]
+            for r in range(patch):
+                for q in range(patch):
+                    out[b, i, :, r, q] = crop[:, r * k:(r + 1) * k, q * k:(q + 1) * k].mean(dim=(1, 2))
+    return out
+
+
+def test_retina_matches_per_image_reference_float64():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(7, 2, 23, 17, generator=g, dtype=torch.float64)
+    loc = torch.tensor([[0.0, 0.0], [-1.0, -1.0], [1.0, 1.0], [0.93, -0.4], [-1.7, 2.5], [0.31, 0.77],
+                        [-0.05, 0.5]], dtype=torch.float64)
+    got = retina(x, loc, patch=3, scales=3)
+    assert got.shape == (7, 3, 2, 3, 3) and got.dtype == torch.float64
+    torch.testing.assert_close(got, reference_retina(x, loc, 3, 3), rtol=0, atol=1e-15)
+
+
+def test_retina_table1_setting_random_locations():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 1, 100, 100, generator=g, dtype=torch.float64)
+    loc = torch.rand(3, 2, generator=g, dtype=torch.float64) * 2.4 - 1.2
+    torch.testing.assert_close(retina(x, loc, 12, 4), reference_retina(x, loc, 12, 4), rtol=0, atol=1e-15)
+
+
+def test_retina_one_bright_pixel():
+    """A pixel at row 5, column 9 of a 20 x 20 image; the location (0, 0) centres the patches on pixel (10, 10)."""
+    x = torch.zeros(1, 1, 20, 20)
+    x[0, 0, 5, 9] = 1.0
+    got = retina(x, torch.zeros(1, 2), patch=4, scales=3)
+    # scale 0: rows/cols 8..11, the pixel is outside; scale 1: rows/cols 6..13, outside;
+    # scale 2: rows/cols 2..17, pooled by 4: block (row 5 -> 0, col 9 -> 1), value 1/16
+    assert got[0, :2].sum() == 0
+    want = torch.zeros(4, 4)
+    want[0, 1] = 1 / 16
+    torch.testing.assert_close(got[0, 2, 0], want)
+
+
+def test_retina_refuses_bad_input():
+    with pytest.raises(ValueError, match=r"locations \(B, 2\)"):
+        retina(torch.zeros(2, 1, 8, 8), torch.zeros(3, 2), 2, 2)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        retina(torch.zeros(8, 8), torch.zeros(1, 2), 2, 2)
+
+
+def test_reinforce_expectation_is_the_exact_gradient():
+    """Three outcomes: the estimator averaged exactly over the policy equals -grad E[R], for any baseline."""
+    theta = torch.tensor([0.3, -0.5, 1.1], dtype=torch.float64, requires_grad=True)
+    rewards = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    (exact,) = torch.autograd.grad(-(torch.softmax(theta, 0) * rewards).sum(), theta)
+    for b in (0.0, 0.7, -3.0):
+        p = torch.softmax(theta, 0).detach()
+        expected = torch.zeros(3, dtype=torch.float64)
+        for a in range(3):
+            log_p = torch.log_softmax(theta, 0)[a].view(1, 1)
+            (g,) = torch.autograd.grad(reinforce_loss(log_p, rewards[a].view(1), torch.full((1, 1), b,
+                                                                                          dtype=torch.float64)), theta)
+            expected += p[a] * g
+        torch.testing.assert_close(expected, exact, rtol=0, atol=1e-14)
+    assert exact.abs().min() > 0.05  # a non-trivial case
+
+
+def test_reinforce_sampled_mean_matches_exact():
+    """Many sampled estimates, in one batch, average to the exact gradient within 5 standard errors."""
+    theta = torch.tensor([0.3, -0.5, 1.1], dtype=torch.float64, requires_grad=True)
+    rewards = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    (exact,) = torch.autograd.grad(-(torch.softmax(theta, 0) * rewards).sum(), theta)
+    g = torch.Generator().manual_seed(0)
+    chunks = []
+    for _ in range(20):
+        a = torch.multinomial(torch.softmax(theta, 0).detach(), 5000, replacement=True, generator=g)
+        log_p = torch.log_softmax(theta, 0)[a][:, None]
+        (grad,) = torch.autograd.grad(reinforce_loss(log_p, rewards[a], torch.full((5000, 1), 0.3,
+                                                                                 dtype=torch.float64)), theta)
+        chunks.append(grad)
+    chunks = torch.stack(chunks)
+    se = chunks.std(0) / math.sqrt(len(chunks))
+    assert ((chunks.mean(0) - exact).abs() < 5 * se + 1e-12).all(), (chunks.mean(0), exact, se)
+
+
+def test_gaussian_score_function_matches_exact_gradient():
+    """The model's Gaussian policy: R(l) = -|l - t|^2 has E[R] = -|mu - t|^2 - 2 std^2,
+    so grad_mu E[R] = -2 (mu - t)."""
+    mu = torch.tensor([[0.3, -0.6]], dtype=torch.float64, requires_grad=True)
+    target, std, n = torch.tensor([-0.2, 0.1], dtype=torch.float64), 0.2, 20000
+    g = torch.Generator().manual_seed(0)
+    chunks = []
+    for _ in range(20):
+        mean = mu.expand(n, 2)
+        sample = mean.detach() + std * torch.randn(n, 2, generator=g, dtype=torch.float64)
+        reward = -((sample - target) ** 2).sum(1)
+        log_p = gaussian_log_prob(sample, mean, std)[:, None]
+        (grad,) = torch.autograd.grad(reinforce_loss(log_p, reward, torch.zeros(n, 1, dtype=torch.float64)), mu)
+        chunks.append(-grad[0])
+    chunks = torch.stack(chunks)
+    exact = -2 * (mu.detach()[0] - target)
+    se = chunks.std(0) / math.sqrt(len(chunks))
+    assert ((chunks.mean(0) - exact).abs() < 5 * se).all(), (chunks.mean(0), exact, se)
+    torch.testing.assert_close(gaussian_log_prob(sample[:3], mean[:3], std),
+                               torch.distributions.Normal(mean[:3], std).log_prob(sample[:3]).sum(-1))
+
+
+SMALL = dict(height=32, width=32, glimpses=3, patch=8, scales=3, glimpse_hidden=32, location_hidden=16,
+             glimpse_size=48, hidden=48, num_classes=10)
+
+
+def test_shapes_and_sampling():
+    model = RecurrentAttentionModel(RamConfig(**SMALL))
+    x = torch.rand(5, 1, 32, 32)
+    out = model(x)
+    assert out.logits.shape == (5, 3, 10) and out.locations.shape == out.windows.shape == (5, 3, 2)
+    assert out.log_probs.shape == out.baselines.shape == (5, 3)
+    assert out.locations.abs().max() <= 1
+    model.eval()
+    a, b = model(x), model(x)
+    assert a.log_probs is None and torch.equal(a.logits, b.logits)  # evaluation: the mean, no noise
+    model.train()
+    assert not torch.equal(model(x).locations, model(x).locations)  # training: sampled
+
+
+def test_loss_trains_every_part():
+    model = RecurrentAttentionModel(RamConfig(**SMALL))
+    loss, _ = model.loss(torch.rand(6, 1, 32, 32), torch.arange(6))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_location_network_gets_the_score_function_gradient():
+    """In the hybrid loss only the REINFORCE term reaches the location network: its bias gradient is
+    the mean over images of sum_t -(R - b_t) (l_t - mu_t) / std^2 * (1 - mu_t^2), R = 1 when right."""
+    cfg = RamConfig(**SMALL)
+    model = RecurrentAttentionModel(cfg).double()
+    x = torch.rand(6, 1, 32, 32, dtype=torch.float64)
+    y = torch.arange(6)
+    torch.manual_seed(4)
+    loss, out = model.loss(x, y)
+    loss.backward()
+    g = torch.Generator().manual_seed(4)  # the same stream as the global RNG seeded with 4
+    h = torch.zeros(6, cfg.hidden, dtype=torch.float64)
+    cell = torch.zeros_like(h)
+    means, samples = [], []
+    with torch.no_grad():
+        for _ in range(cfg.glimpses):  # replay the steps: each mean and its unclamped sample
+            mean = torch.tanh(model.locate(h))
+            sample = mean + cfg.location_std * torch.randn((6, 2), generator=g, dtype=torch.float64)
+            h, cell = model.core(model.glimpse(x, sample.clamp(-1, 1)), (h, cell))
+            means.append(mean)
+            samples.append(sample)
+    mean, sample = torch.stack(means, 1), torch.stack(samples, 1)
+    torch.testing.assert_close(sample.clamp(-1, 1), out.locations)
+    reward = (out.logits[:, -1].argmax(-1) == y).double()
+    score = -(reward[:, None, None] - out.baselines[..., None]).detach() * (sample - mean) / cfg.location_std ** 2
+    want = (score * (1 - mean ** 2)).sum(1).mean(0)
+    torch.testing.assert_close(model.locate.bias.grad, want, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_images_are_refused():
+    model = RecurrentAttentionModel(RamConfig(**SMALL))
+    with pytest.raises(ValueError, match=r"expects images \(B, 1, 32, 32\)"):
+        model(torch.rand(2, 32, 32))
+    with pytest.raises(ValueError, match="float images"):
+        model(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="location_std"):
+        RamConfig(location_std=0.0)
+
+
+def _loss_and_grads(noise_seed: int):
+    seed_everything(0)
+    model = RecurrentAttentionModel(RamConfig(**SMALL))
+    x = torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(8) % 10
+    torch.manual_seed(noise_seed)
+    loss, _ = model.loss(x, y)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_determinism():
+    loss_a, grads_a = _loss_and_grads(5)
+    loss_b, grads_b = _loss_and_grads(5)
+    assert torch.equal(loss_a, loss_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    loss_c, _ = _loss_and_grads(6)
+    assert not torch.equal(loss_a, loss_c)  # the location noise comes from the global torch RNG
+
+
+def test_restoring_the_rng_state_repeats_the_locations():
+    model = RecurrentAttentionModel(RamConfig(**SMALL))
+    x = torch.rand(4, 1, 32, 32)
+    state = torch.get_rng_state()
+    first = model(x).locations
+    torch.set_rng_state(state)
+    assert torch.equal(model(x).locations, first)
+
+
+def test_overfits_one_batch(one_thread):
+    """16 blocky images with random labels: the hybrid loss drives the evaluation loss (locations at
+    the mean) from chance to near zero."""
+    seed_everything(0)
+    cfg = RamConfig(**{**SMALL, "glimpse_hidden": 128, "glimpse_size": 128, "hidden": 128})
+    model = RecurrentAttentionModel(cfg)
+    g = torch.Generator().manual_seed(0)
+    x = F.interpolate(torch.rand(16, 1, 4, 4, generator=g), size=(32, 32), mode="nearest")
+    y = torch.randint(0, 10, (16,), generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.eval()
+    first = model.loss(x, y)[0].item()
+    model.train()
+    for _ in range(300):
+        loss, _ = model.loss(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    last = model.loss(x, y)[0].item()
+    assert first > 2.0 and last < 0.1, (first, last)
+    assert torch.equal(model.predict(x)[:, -1], y)
+
+
+def test_table1_setting_counts():
+    model = RecurrentAttentionModel(RamConfig())  # 100 x 100, 8 glimpses, 12 x 12 at 4 scales, LSTM 256
+    what = 4 * 144 * 128 + 128
+    where = 2 * 128 + 128
+    combine = 2 * (128 * 256 + 256)
+    lstm = 4 * 256 * (256 + 256) + 2 * 4 * 256
+    heads = (256 * 2 + 2) + (256 + 1) + (256 * 10 + 10)
+    assert model.param_count() == what + where + combine + lstm + heads
+    assert model.flops_per_image(train=True) == 3 * model.flops_per_image()
+    assert model(torch.rand(2, 1, 100, 100)).logits.shape == (2, 8, 10)
