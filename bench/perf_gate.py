@@ -34,8 +34,11 @@ from datasets.fileio import atomic_write_bytes
 
 BASELINES = records.RESULTS / "bench" / "gate_baselines.json"
 TOLERANCE = 0.12  # above this CPU's baseline factor; a 25% slower step exceeds it
-# Without a baseline for the CPU: overhead factors measured on every CPU seen stay under these.
+# Without a baseline for the CPU, bounds that the overhead factors of every CPU seen stay under,
+# with the native loops and on the PyTorch path (no C compiler, or GLIMPSE_NATIVE=0: measured
+# 1.46 / 1.89 / 2.50 on AMD EPYC, and about twice the native DRAW step on Intel Ice Lake).
 LOOSE_BOUND = {"classifier-1t": 4.0, "draw-1t": 2.5, "draw-2t": 3.0}
+LOOSE_BOUND_TORCH_PATH = {"classifier-1t": 6.0, "draw-1t": 5.0, "draw-2t": 6.0}
 FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve")
 
 
@@ -235,8 +238,9 @@ def bound(name: str, baselines: dict | None = None, key: str | None = None) -> t
     base = baselines.get(key, {}).get(name)
     if base is not None:
         return base["factor"] * (1 + TOLERANCE), f"baseline {base['factor']:.3f} for {key} + {TOLERANCE:.0%}"
-    return LOOSE_BOUND[name], (f"no baseline for {key}: loose bound; record one with "
-                               "python -m bench.perf_gate --record")
+    loose = LOOSE_BOUND if key.endswith(" native") else LOOSE_BOUND_TORCH_PATH
+    return loose[name], (f"no baseline for {key}: loose bound; record one with "
+                         "python -m bench.perf_gate --record")
 
 
 def judge(m: dict, baselines: dict | None = None, key: str | None = None) -> tuple[bool, str]:

@@ -15,8 +15,10 @@ def test_bound_uses_this_cpus_baseline_plus_tolerance():
     limit, why = perf_gate.bound("draw-1t", base, "cpu A")
     assert limit == pytest.approx(1.3 * (1 + perf_gate.TOLERANCE))
     assert "baseline" in why
-    limit, why = perf_gate.bound("draw-1t", base, "cpu B")
+    limit, why = perf_gate.bound("draw-1t", base, "cpu B [avx2] native")
     assert limit == perf_gate.LOOSE_BOUND["draw-1t"] and "--record" in why
+    limit, _ = perf_gate.bound("draw-1t", base, "cpu B [avx2] torch")  # the PyTorch path: no native loops
+    assert limit == perf_gate.LOOSE_BOUND_TORCH_PATH["draw-1t"] > perf_gate.LOOSE_BOUND["draw-1t"]
 
 
 @pytest.mark.parametrize("factor, ok", [(1.3, True), (1.3 * 1.1, True), (1.3 * 1.25, False)])
