@@ -18,8 +18,11 @@ from datasets.generator import SpecError
 
 def _job_and_task(kind: str, model_cfg: dict, ds: str, seed: int, limit: int | None, iwae_k: int, kw: dict):
     """The job and task that rebuild the model a checkpoint describes."""
-    from bench.tasks import ClassifierTask, DrawTask, RamTask
+    from bench.tasks import ClassifierTask, ConvTask, DrawTask, RamTask
 
+    if kind == "baseline-conv":
+        job = suites.BaselineJob(model="conv", dataset=ds)
+        return job, ConvTask(job, seed, test_limit=limit, **kw)
     if kind == "ram":
         fields = ("patch", "scales", "glimpse_hidden", "location_hidden", "glimpse_size", "hidden", "location_std")
         job = suites.RamJob(dataset=ds, test_limit=limit, **{k: model_cfg[k] for k in fields})
@@ -46,7 +49,7 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed:
 
     state = checkpoints.load(path)
     task_desc = state.get("task")
-    if not isinstance(task_desc, dict) or task_desc.get("task") not in ("classifier", "draw", "ram") \
+    if not isinstance(task_desc, dict) or task_desc.get("task") not in ("classifier", "draw", "ram", "baseline-conv") \
             or not isinstance(task_desc.get("model"), dict):
         raise CheckpointError(f"{path}: not a checkpoint written by bench run (no task description)")
     dev = str(pick_device(device))
@@ -78,7 +81,12 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed:
            "epochs_trained": state.get("epoch"), "best": state.get("best", {}).get("epoch")}
     record = records.new_record("eval", cfg, [seed], machine, ["python", "-m", "bench", "eval", "--checkpoint", str(path)])
     common = {"dataset": ds, "data_seed": data_seed, "checkpoint": Path(path).name}
-    if task_desc["task"] in ("classifier", "ram"):
+    if task_desc["task"] == "baseline-conv":
+        res = task.evaluate(model, "test")
+        record["metrics"] = [metric("test_error", res["error"], "fraction", True, seed, glimpses=None,
+                                    protocol="baseline-conv", test_images=res["images"], **common)]
+        log(f"test error {res['error']:.2%} on {res['images']} images of {ds} (seed {data_seed})")
+    elif task_desc["task"] in ("classifier", "ram"):
         res = task.evaluate(model, "test")
         protocol = "per-step" if getattr(job, "per_step_loss", False) else "separate"
         common.update(task.metric_params(model))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench import records
 from models.baselines import ConvNet, ConvNetConfig, PixelBaseline, run_baseline
 
 
@@ -145,3 +146,11 @@ def test_bench_run_records_the_conv_baseline(tmp_path, monkeypatch, mnist_data):
     job = record["jobs"][unit]
     assert job["status"] == "complete" and job["model"] == "conv" and job["steps"] == 1
     assert (tmp_path / "ck" / "r" / f"{unit}.pt").is_file() and len(record["curves"][unit]) == 1
+    from bench.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(tmp_path / "ck" / "r" / f"{unit}.pt"), "--limit", "64", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    (again,) = records.read(out)["metrics"]
+    assert again["params"]["protocol"] == "baseline-conv" and again["value"] == m["value"]  # same weights, same images
+
