@@ -12,7 +12,10 @@ Per step t = 1..T (equations 3-8 of the paper):
 Loss L = Lx + Lz in nats per image: Lx = -log Bernoulli(x | sigmoid(c_T)) summed over pixels,
 Lz = sum_t KL(N(mu_t, sigma_t) || N(0, I)) = sum_t 0.5 * sum(mu^2 + sigma^2 - 2 log sigma - 1).
 
-The initial canvas c_0 and the initial LSTM states (h and cell) are zero, not learned.
+Initial states (``DRAWConfig.initial_state``): "zero" starts from c_0 = h^enc_0 = h^dec_0 = 0;
+"learned" makes c_0, h^enc_0 and h^dec_0 learned biases, as the paper does (sec. 2.1), as the
+parameters ``canvas_0``, ``h_enc_0``, ``h_dec_0`` (zero at initialisation). The LSTM cell states start
+at zero either way (the paper names no initial cell state).
 
 Parameters are plain modules (``encoder``/``decoder`` ``nn.LSTMCell``s, ``posterior`` an ``nn.Linear``,
 ``read``/``write`` the shared kernel's modules), so the state dict is readable and the same as that of
@@ -20,7 +23,7 @@ Parameters are plain modules (``encoder``/``decoder`` ``nn.LSTMCell``s, ``poster
 (``_fused``: one GEMM for every product with h^dec, one for every product with h^enc).
 
 One dispatch point in ``forward`` picks the path: when ``models.fast.draw_sequence.usable`` (CPU,
-attention, the native loops) and no windows or canvases are asked for
+attention, the native loops, zero initial states) and no windows or canvases are asked for
 (``loss()``, the bounds), the whole pass runs there as one autograd node; every other pass steps
 through ``_step`` with the fused products of ``models.fast.fused``.
 """
@@ -42,7 +45,7 @@ from models.fast import draw_sequence, fused
 from models.lstm import lstm_pointwise
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-CHOICES = {"window_init": ("cover", "default")}
+CHOICES = {"window_init": ("cover", "default"), "initial_state": ("zero", "learned")}
 
 
 @dataclass
@@ -60,6 +63,7 @@ class DRAWConfig(ConfigMixin):
     z_size: int = 100
     attention: bool = True
     window_init: str = "cover"  # models/attention.py WindowHead: "cover" or "default" (public ports)
+    initial_state: str = "zero"  # c_0, h^enc_0, h^dec_0: "zero", or "learned" biases (the paper)
 
     def __post_init__(self):
         for f in fields(self):
@@ -125,7 +129,19 @@ class DRAW(nn.Module):
         self.encoder = nn.LSTMCell(self.read.out_features + cfg.dec_hidden, cfg.enc_hidden)
         self.posterior = nn.Linear(cfg.enc_hidden, 2 * cfg.z_size)
         self.decoder = nn.LSTMCell(cfg.z_size, cfg.dec_hidden)
+        if cfg.initial_state == "learned":  # only then: a "zero" model keeps its state dict
+            self.canvas_0 = nn.Parameter(torch.zeros(c, h, w))
+            self.h_enc_0 = nn.Parameter(torch.zeros(cfg.enc_hidden))
+            self.h_dec_0 = nn.Parameter(torch.zeros(cfg.dec_hidden))
         self._compiled = None
+
+    def initial_states(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c_0 (C, H, W), h^enc_0, h^dec_0): the learned biases, or zeros."""
+        cfg = self.config
+        if cfg.initial_state == "learned":
+            return self.canvas_0, self.h_enc_0, self.h_dec_0
+        zeros = self.decoder.weight_ih.new_zeros
+        return zeros(cfg.channels, cfg.height, cfg.width), zeros(cfg.enc_hidden), zeros(cfg.dec_hidden)
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None, windows: bool = True,
                 canvases: bool = False, generator: torch.Generator | None = None) -> DRAWOutput:
@@ -146,9 +162,11 @@ class DRAW(nn.Module):
                 and draw_sequence.usable(self, x, noise)):
             canvas, mu, log_sigma, z = draw_sequence.run(self, x, noise, p)  # native per-step loops
             return self._output(x, noise, canvas, mu, log_sigma, z)
-        dec_out = p["b_dec"].expand(b, -1).split(self._blocks()["dec"], dim=1)
-        state = (x.new_zeros(x.shape), dec_out, x.new_zeros(b, 4 * cfg.enc_hidden), x.new_zeros(b, cfg.enc_hidden),
-                 x.new_zeros(b, cfg.dec_hidden))
+        # The state carries products with h_{t-1} rather than h_{t-1}: [h^dec_0, 1] W_dec and h^enc_0 W_hh^enc.
+        c_0, h_enc_0, h_dec_0 = self.initial_states()
+        dec_out = torch.addmm(p["b_dec"], h_dec_0[None], p["w_dec"]).expand(b, -1).split(self._blocks()["dec"], 1)
+        enc_rec = (h_enc_0 @ p["w_enc"][:, 2 * zs:]).expand(b, -1)
+        state = (c_0.expand(x.shape), dec_out, enc_rec, x.new_zeros(b, cfg.enc_hidden), x.new_zeros(b, cfg.dec_hidden))
         enc_x = None
         if not cfg.attention:  # the x half of the full read is the same every step: one product
             nr = self.read.out_features
@@ -227,9 +245,9 @@ class DRAW(nn.Module):
         steps = cfg.steps if steps is None else steps
         if not isinstance(n, int) or n < 1 or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"generate needs n >= 1 and steps >= 1, got n={n!r}, steps={steps!r}")
-        prm = self.decoder.weight_ih
-        h, cell = prm.new_zeros(n, cfg.dec_hidden), prm.new_zeros(n, cfg.dec_hidden)
-        canvas = prm.new_zeros(n, cfg.channels, cfg.height, cfg.width)
+        c_0, _, h_dec_0 = self.initial_states()
+        canvas, h = c_0.expand(n, -1, -1, -1), h_dec_0.expand(n, -1)
+        cell = h.new_zeros(n, cfg.dec_hidden)
         out = []
         for _ in range(steps):
             z = torch.randn(n, cfg.z_size, device=h.device, dtype=h.dtype, generator=generator)

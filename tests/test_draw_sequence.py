@@ -145,6 +145,10 @@ def test_when_the_sequence_path_is_taken():
     assert not _uses_sequence(model, lambda: model.loss(x.clone().requires_grad_(), noise))  # gradient for x
     plain = DRAW(DRAWConfig(**{**CONFIGS[0], "attention": False}))
     assert not _uses_sequence(plain, lambda: plain.loss(x, noise))  # without attention: the step path
+    learned = DRAW(DRAWConfig(**{**CONFIGS[0], "initial_state": "learned"}))
+    assert not _uses_sequence(learned, lambda: learned.loss(x, noise))  # learned c_0, h_0: the step path
+    with torch.no_grad():
+        assert not _uses_sequence(learned, lambda: learned.loss(x, noise))
 
 
 def test_two_graphs_alive_at_once_keep_their_own_buffers():

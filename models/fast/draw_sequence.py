@@ -330,7 +330,7 @@ def usable(model, x: torch.Tensor, noise: torch.Tensor) -> bool:
     """Whether a pass of ``model`` on ``x`` can take the sequence path: attention, the native loops,
     and, with gradients on, none wanted for x or the noise."""
     w = model.decoder.weight_ih
-    if torch.is_grad_enabled() and (x.requires_grad or noise.requires_grad):
+    if model.config.initial_state != "zero" or (torch.is_grad_enabled() and (x.requires_grad or noise.requires_grad)):
         return False
     return model.config.attention and x.dtype == w.dtype == noise.dtype and native.usable(x, w, noise)
 
