@@ -139,3 +139,11 @@ def test_eval_rebuilds_the_model_from_the_stored_config(kind, cfg, dataset):
     if kind != "ram":
         assert evaluate._job_and_task(kind, legacy, dataset, 0, 16, 3, dict(device="cpu"))[1].config().window_init \
             == "cover"
+
+
+def test_tables_read_the_recipe_of_nested_and_flat_jobs():
+    from bench import tables
+
+    for job in (_json(suites.as_record(suites.TABLE1.jobs[0])), _flat_table1()[0]):
+        got = tables._unit_job({"jobs": {"u": {"job": job}}}, "u")
+        assert (got["lr"], got["batch_size"], got["schedule"], got["window_init"]) == (0.001, 64, "wsd", "cover")
