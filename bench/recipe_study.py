@@ -4,8 +4,9 @@
         --variant const:schedule=constant \\
         --variant wsd:schedule=wsd,warmup_epochs=1,decay_epochs=8
 
-Each variant is the base job with some fields replaced (any ClassifierJob / DrawJob field: lr,
-batch_size, schedule, warmup_epochs, decay_epochs, clip_norm, window_init, ...). All variants
+Each variant is the base job with some settings replaced, by name: its optimiser's (lr, betas,
+batch_size, schedule, warmup_epochs, decay_epochs, clip_norm), its model's (window_init, hidden,
+read_n, ...) or its own (valid_limit, ...); `bench.suites.settings` lists them. All variants
 share the seed, so they see the same fresh training images epoch by epoch. They run one after the
 other through `bench run` (a suite named ``study-NAME``), so a study is a record like any other:
 resumable across sittings (give the same arguments and --resume), with curves, segments and the
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from bench import records, runner, suites
@@ -31,16 +32,16 @@ class StudyError(ValueError):
 
 
 def parse_variant(text: str, job) -> tuple[str, dict]:
-    """'label:field=value,field=value' -> (label, overrides), checked against the job's fields."""
+    """'label:name=value,name=value' -> (label, overrides), checked against the job's settings."""
     label, _, body = text.partition(":")
     if not label.replace("-", "").replace("_", "").isalnum():
         raise StudyError(f"variant {text!r}: start with a label of letters, digits, - or _, then ':'")
-    names = {f.name for f in fields(job)} - {"kind", "variant", "seeds", "seeds_by_glimpses"}
+    names = set(suites.settings(job)) - {"kind", "variant", "seeds", "seeds_by_glimpses"}
     overrides = {}
     for item in filter(None, body.split(",")):
         key, eq, value = item.partition("=")
         if not eq or key.strip() not in names:
-            raise StudyError(f"variant {text!r}: {item!r} is not field=value with a field of {type(job).__name__} "
+            raise StudyError(f"variant {text!r}: {item!r} is not name=value with a setting of a {job.kind} job "
                              f"({', '.join(sorted(names))})")
         try:
             overrides[key.strip()] = ast.literal_eval(value.strip())
@@ -65,7 +66,10 @@ def study_suite(name: str, job, variants: list[str], glimpses: int | None, seed:
     jobs = []
     for text in variants:
         label, overrides = parse_variant(text, job)
-        v = replace(job, variant=label, **overrides)
+        try:
+            v = suites.with_settings(job, variant=label, **overrides)
+        except (TypeError, ValueError) as e:  # a value the model or optimiser config refuses
+            raise StudyError(f"variant {text!r}: {e}") from None
         if v.kind == "classifier":
             t = glimpses or max(v.glimpses)
             v = replace(v, glimpses=(t,), seeds_by_glimpses=((t, (seed,)),))

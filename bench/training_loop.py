@@ -34,7 +34,8 @@ CHECKPOINT_FORMAT = "glimpse-train-1"
 class LoopConfig:
     epochs: int = 10
     time_budget_s: float | None = None  # training time (valid/test excluded); None = epochs only
-    lr: float = 1e-3
+    lr: float = 1e-3  # Adam's base rate (a job's Optim gives lr, betas, clip_norm and the schedule)
+    betas: tuple[float, float] = (0.9, 0.999)
     clip_norm: float = 10.0
     checkpoint_every_s: float = 300.0
     max_batches: int | None = None  # per epoch; the dry run uses 1
@@ -109,7 +110,7 @@ class _Loop:
         self.on_step = on_step
         self.model = task.build()
         self.train_model = wrap(self.model) if wrap else self.model
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.images_seen, self.train_time_s = 0, 0.0
         self.curve: list[dict] = []

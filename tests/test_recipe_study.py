@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 
 from bench import recipe_study, records, suites
+from bench.optim import Optim
 from bench.suites import ClassifierJob, Suite
+from models.classifier import ClassifierConfig
 
 BASE = Suite(name="tinybase", description="", expected="",
-             jobs=(ClassifierJob(dataset="cluttered60", glimpses=(1, 2), per_step_loss=False, read_n=4, hidden=16,
-                                 batch_size=16, epochs=2, train_limit=64, valid_limit=32, test_limit=32),))
+             jobs=(ClassifierJob(dataset="cluttered60", glimpses=(1, 2), per_step_loss=False,
+                                 model=ClassifierConfig(read_n=4, hidden=16), optim=Optim(batch_size=16), epochs=2,
+                                 train_limit=64, valid_limit=32, test_limit=32),))
 
 
 def test_parse_variant_checks_fields():
@@ -52,9 +55,9 @@ def test_window_init_study_is_a_recipe_study(model, monkeypatch):
     variants = [argv[i + 1] for i, a in enumerate(argv) if a == "--variant"]
     glimpses = int(argv[argv.index("--glimpses") + 1]) if "--glimpses" in argv else None
     suite = recipe_study.study_suite(argv[0], job, variants, glimpses, 0)
-    assert [(j.variant, j.window_init) for j in suite.jobs] == [("cover", "cover"), ("default", "default")]
+    assert [(j.variant, j.model.window_init) for j in suite.jobs] == [("cover", "cover"), ("default", "default")]
     assert all(j.kind == model for j in suite.jobs)
     if model == "classifier":
         assert all(j.glimpses == (8,) and j.dataset == "cluttered100" for j in suite.jobs)
     else:
-        assert all(j.attention and j.dataset == "binarized" for j in suite.jobs)
+        assert all(j.model.attention and j.dataset == "binarized" for j in suite.jobs)

@@ -21,10 +21,13 @@ LAUNCHER = """
 import sys
 from bench import suites
 from bench.cli import main
+from bench.optim import Optim
+from models.classifier import ClassifierConfig
 suites.SUITES["slow"] = suites.Suite(
     name="slow", description="test", expected="minutes",
-    jobs=(suites.ClassifierJob(dataset="cluttered60", glimpses=(2,), per_step_loss=False, read_n=4, hidden=32,
-                               batch_size=16, epochs=200, train_limit=4000, valid_limit=64, test_limit=64),))
+    jobs=(suites.ClassifierJob(dataset="cluttered60", glimpses=(2,), per_step_loss=False,
+                               model=ClassifierConfig(read_n=4, hidden=32), optim=Optim(batch_size=16), epochs=200,
+                               train_limit=4000, valid_limit=64, test_limit=64),))
 raise SystemExit(main(sys.argv[1:]))
 """
 UNIT = "classifier-cluttered60-T2-s0"
