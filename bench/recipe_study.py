@@ -38,7 +38,7 @@ def parse_variant(text: str, job) -> tuple[str, dict]:
         raise StudyError(f"variant {text!r}: start with a label of letters, digits, - or _, then ':'")
     names = set(suites.settings(job)) - {"kind", "variant", "seeds", "seeds_by_glimpses"}
     overrides = {}
-    for item in filter(None, body.split(",")):
+    for item in filter(None, _split_top_level(body)):
         key, eq, value = item.partition("=")
         if not eq or key.strip() not in names:
             raise StudyError(f"variant {text!r}: {item!r} is not name=value with a setting of a {job.kind} job "
@@ -48,6 +48,21 @@ def parse_variant(text: str, job) -> tuple[str, dict]:
         except (ValueError, SyntaxError):
             overrides[key.strip()] = value.strip()
     return label, overrides
+
+
+def _split_top_level(body: str) -> list[str]:
+    """Split at commas outside brackets, so that a tuple value (betas=(0.5,0.999)) stays whole."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(body):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(body[start:i])
+            start = i + 1
+    items.append(body[start:])
+    return items
 
 
 def base_job(spec: str):
@@ -62,8 +77,14 @@ def base_job(spec: str):
     return job
 
 
-def study_suite(name: str, job, variants: list[str], glimpses: int | None, seed: int) -> suites.Suite:
+def study_suite(name: str, job, variants: list[str], glimpses: int | None, seed: int,
+                common: str = "") -> suites.Suite:
+    """The study's suite: one job per variant. ``common`` ('name=value,...') applies to every variant
+    first, e.g. smaller test sets for a study that compares training only."""
     jobs = []
+    if common:
+        _, shared = parse_variant(f"common:{common}", job)
+        job = suites.with_settings(job, **shared)
     for text in variants:
         label, overrides = parse_variant(text, job)
         try:
@@ -112,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("name", help="the study's name (its record: runs/studies/NAME.json unless --out)")
     ap.add_argument("--job", required=True, help="SUITE:INDEX of the base job, e.g. table1:0 or table2:0")
     ap.add_argument("--variant", action="append", required=True, help="LABEL:field=value,... (repeat)")
+    ap.add_argument("--set", default="", metavar="NAME=VALUE,...",
+                    help="settings applied to every variant, e.g. iwae_limit=100,test_limit=2000")
     ap.add_argument("--glimpses", type=int, help="classifier: the glimpse count to train (default: the largest)")
     ap.add_argument("--epochs", type=int, help="epochs per variant (default: the job's)")
     ap.add_argument("--time-budget", type=float, metavar="MIN", help="training minutes per variant")
@@ -121,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
     try:
-        suite = study_suite(args.name, base_job(args.job), args.variant, args.glimpses, args.seed)
+        suite = study_suite(args.name, base_job(args.job), args.variant, args.glimpses, args.seed, args.set)
     except StudyError as e:
         print(f"{ap.prog}: error: {e}", file=sys.stderr)
         return 2

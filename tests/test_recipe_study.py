@@ -24,6 +24,17 @@ def test_parse_variant_checks_fields():
             recipe_study.parse_variant(bad, job)
 
 
+def test_a_tuple_value_and_common_settings():
+    job = recipe_study.base_job("table2:0")
+    assert recipe_study.parse_variant("b05:betas=(0.5, 0.999),lr=2e-3", job) == \
+        ("b05", {"betas": (0.5, 0.999), "lr": 2e-3})
+    suite = recipe_study.study_suite("s", job, ["a:", "b:initial_state=learned"], None, 0, "iwae_limit=10,iwae_k=5")
+    assert [(j.iwae_limit, j.iwae_k, j.model.initial_state) for j in suite.jobs] == \
+        [(10, 5, "zero"), (10, 5, "learned")]
+    with pytest.raises(recipe_study.StudyError, match="not name=value"):
+        recipe_study.study_suite("s", job, ["a:"], None, 0, "no_such=1")
+
+
 def test_a_study_trains_each_variant_on_the_same_images(tmp_path, monkeypatch, mnist_data, capsys):
     monkeypatch.setitem(suites.SUITES, "tinybase", BASE)
     out = tmp_path / "s.json"
