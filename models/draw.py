@@ -20,7 +20,7 @@ dict is readable and shared with ``models.reference.naive_draw``. ``_step`` belo
 the equations above, written with the fused products (``_fused``: one GEMM for every product with
 h^dec, one for every product with h^enc).
 
-``forward`` chooses the path at one point: on CPU with attention and the native loops, when no
+``forward`` chooses the path at one point: on CPU with the native loops, when no
 windows or canvases are asked for (``loss()``, the bounds), the whole pass runs as one autograd
 node with native per-step loops (``models.fast.draw_sequence``); everything else steps through
 ``_step`` with the fused products of ``models.fast.fused``.
