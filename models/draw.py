@@ -23,9 +23,9 @@ Parameters are plain modules (``encoder``/``decoder`` ``nn.LSTMCell``s, ``poster
 (``_fused``: one GEMM for every product with h^dec, one for every product with h^enc).
 
 One dispatch point in ``forward`` picks the path: when ``models.fast.draw_sequence.usable`` (CPU,
-attention, the native loops, zero initial states) and no windows or canvases are asked for
-(``loss()``, the bounds), the whole pass runs there as one autograd node; every other pass steps
-through ``_step`` with the fused products of ``models.fast.fused``.
+the native loops, zero initial states) and no windows or canvases are asked for (``loss()``, the
+bounds), the whole pass runs there as one autograd node; every other pass steps through ``_step``
+with the fused products of ``models.fast.fused``.
 """
 
 from __future__ import annotations

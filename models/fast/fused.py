@@ -1,5 +1,5 @@
 """DRAW's per-step fused products: the path of every DRAW pass that the sequence path does not take
-(CUDA, no attention, windows or canvases asked for, a compiled step).
+(CUDA, windows or canvases asked for, a compiled step, ``draw_sequence.disabled()``).
 
 - Every product with h^dec_t (decoder recurrence, encoder input, read window, write window, write
   patch) is one fused GEMM, every product with h^enc_t (posterior, encoder recurrence) another;
