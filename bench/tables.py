@@ -183,7 +183,8 @@ def _draw_cost(g: pd.DataFrame, dataset: str, attention: bool, steps: int) -> tu
             spec = get_spec(dataset)
             model = DRAW(DRAWConfig(height=spec.height, width=spec.width, steps=steps, read_n=job["read_n"],
                                     write_n=job["write_n"], enc_hidden=job["enc_hidden"],
-                                    dec_hidden=job["dec_hidden"], z_size=job["z_size"], attention=attention))
+                                    dec_hidden=job["dec_hidden"], z_size=job["z_size"], attention=attention,
+                                    initial_state=job.get("initial_state", "zero")))
             return model.param_count(), model.flops_per_image()
     return None
 
