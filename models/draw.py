@@ -12,20 +12,17 @@ Per step t = 1..T (equations 3-8 of the paper):
 Loss L = Lx + Lz in nats per image: Lx = -log Bernoulli(x | sigmoid(c_T)) summed over pixels,
 Lz = sum_t KL(N(mu_t, sigma_t) || N(0, I)) = sum_t 0.5 * sum(mu^2 + sigma^2 - 2 log sigma - 1).
 
-Initial states (``DRAWConfig.initial_state``): "zero" starts from c_0 = h^enc_0 = h^dec_0 = 0;
-"learned" makes c_0, h^enc_0 and h^dec_0 learned biases, as the paper does (sec. 2.1), as the
-parameters ``canvas_0``, ``h_enc_0``, ``h_dec_0`` (zero at initialisation). The LSTM cell states start
-at zero either way (the paper names no initial cell state).
+Initial states (``DRAWConfig.initial_state``): "zero" starts from c_0 = h^enc_0 = h^dec_0 = 0; "learned"
+makes them learned biases as the paper does (sec. 2.1), the parameters ``canvas_0``, ``h_enc_0`` and
+``h_dec_0`` (zero at initialisation). The LSTM cells start at zero either way (the paper names none).
 
 Parameters are plain modules (``encoder``/``decoder`` ``nn.LSTMCell``s, ``posterior`` an ``nn.Linear``,
-``read``/``write`` the shared kernel's modules), so the state dict is readable and the same as that of
-``models.reference.naive_draw``. ``_step`` is one step of the equations above, with the products fused
-(``_fused``: one GEMM for every product with h^dec, one for every product with h^enc).
+``read``/``write`` the shared kernel's), so the state dict is that of ``models.reference.naive_draw``.
 
-One dispatch point in ``forward`` picks the path: when ``models.fast.draw_sequence.usable`` (CPU,
-the native loops, zero initial states) and no windows or canvases are asked for (``loss()``, the
-bounds), the whole pass runs there as one autograd node; every other pass steps through ``_step``
-with the fused products of ``models.fast.fused``.
+One dispatch point in ``forward`` picks the path: ``models.fast.draw_sequence`` runs the whole pass as
+one autograd node when ``usable`` (CPU, the native loops, zero initial states) and no windows or
+canvases are asked for (``loss()``, the bounds); every other pass loops over ``_step``, the equations
+above with the products fused by ``models.fast.fused`` (one GEMM for those with h^dec, one for h^enc).
 """
 
 from __future__ import annotations
@@ -157,30 +154,17 @@ class DRAW(nn.Module):
             noise = torch.randn(T, b, zs, device=x.device, dtype=x.dtype, generator=generator)
         elif noise.shape != (T, b, zs):
             raise ValueError(f"noise must have shape (steps, batch, z_size) = {(T, b, zs)}, got {tuple(noise.shape)}")
-        p = self._fused()
+        p = fused.weights(self)
         if (not (windows or canvases) and (self._compiled is None or not torch.is_grad_enabled())
                 and draw_sequence.usable(self, x, noise)):
             canvas, mu, log_sigma, z = draw_sequence.run(self, x, noise, p)  # native per-step loops
             return self._output(x, noise, canvas, mu, log_sigma, z)
-        # The state carries products with h_{t-1} rather than h_{t-1}: [h^dec_0, 1] W_dec and h^enc_0 W_hh^enc.
-        c_0, h_enc_0, h_dec_0 = self.initial_states()
-        dec_out = torch.addmm(p["b_dec"], h_dec_0[None], p["w_dec"]).expand(b, -1).split(self._blocks()["dec"], 1)
-        enc_rec = (h_enc_0 @ p["w_enc"][:, 2 * zs:]).expand(b, -1)
-        state = (c_0.expand(x.shape), dec_out, enc_rec, x.new_zeros(b, cfg.enc_hidden), x.new_zeros(b, cfg.dec_hidden))
-        enc_x = None
-        if not cfg.attention:  # the x half of the full read is the same every step: one product
-            nr = self.read.out_features
-            enc_x, p["w_read"] = x.flatten(1) @ p["w_read"][: nr // 2], p["w_read"][nr // 2:]
-        weights = tuple(p[k] for k in fused.PRODUCTS)
-        if self._compiled is not None and torch.is_grad_enabled():
-            step = lambda t, *args: self._compiled(*args)  # noqa: E731
-        else:
-            prod = fused.products(p, self._blocks(), T, b, fused.POOLS.setdefault(self, {}))
-            step = lambda t, x, enc_x, state, eps, weights: self._step(prod, t, x, enc_x, state, eps)  # noqa: E731
+        state, enc_x = fused.initial_state(self, p, x, *self.initial_states())  # from c_0, h^enc_0, h^dec_0
+        step = fused.stepper(self, p, b)  # self._step on the fused products, or the compiled step
         mus, log_sigmas, zs_, rws, wws, cs = [], [], [], [], [], []
         keep = windows and cfg.attention
         for t in range(T):
-            state, mu, log_sigma, z, rwin, wwin = step(t, x, enc_x, state, noise[t], weights)
+            state, mu, log_sigma, z, rwin, wwin = step(t, x, enc_x, state, noise[t])
             mus.append(mu), log_sigmas.append(log_sigma), zs_.append(z)
             if keep:
                 rws.append(rwin), wws.append(wwin)
@@ -193,7 +177,7 @@ class DRAW(nn.Module):
     def _step(self, prod, t, x, enc_x, state, eps):
         """One DRAW step. ``state`` = (canvas c_{t-1}, column blocks of the h^dec GEMM output of
         t-1, encoder recurrence term of t-1, encoder cell, decoder cell); ``prod[k](h, t)`` are the
-        fused products, split into their column blocks (see _blocks)."""
+        fused products, split into their column blocks (see ``fused.blocks``)."""
         cfg = self.config
         canvas, dec_out, enc_rec, c_enc, c_dec = state
         x_hat = x - torch.sigmoid(canvas)
@@ -268,39 +252,8 @@ class DRAW(nn.Module):
         """FLOPs of one image's forward pass (or training step), counted from the shapes (models/flops.py)."""
         return flops.draw(self.config, self.read.out_features, train)
 
-    # -- the fused products of the per-step path ---------------------------------------------
-    def _fused(self) -> dict:
-        """The fused weights, rebuilt from the modules on every call (cheap, differentiable)."""
-        cfg, nr = self.config, self.read.out_features
-        enc, dec = self.encoder, self.decoder
-        enc_w, enc_b, dec_b = enc.weight_ih, enc.bias_ih + enc.bias_hh, dec.bias_ih + dec.bias_hh
-        # Columns of [h^dec, 1] W_dec: decoder recurrence | encoder input | read window | write window | patch.
-        w_dec, b_dec = [dec.weight_hh, enc_w[:, nr:]], [dec_b, enc_b]
-        if cfg.attention:
-            for m in (self.read.head.linear, self.write.head.linear, self.write.patch):
-                w_dec.append(m.weight), b_dec.append(m.bias)
-        else:
-            w_dec.append(self.write.linear.weight), b_dec.append(self.write.linear.bias)
-        # Columns of [h^enc, 1] W_enc: posterior (mu, log sigma) | encoder recurrence.
-        w_enc = torch.cat([self.posterior.weight, enc.weight_hh], dim=0)
-        b_enc = torch.cat([self.posterior.bias, torch.zeros_like(enc_b)], dim=0)
-        return dict(w_dec=torch.cat(w_dec, 0).t(), b_dec=torch.cat(b_dec, 0), w_enc=w_enc.t(), b_enc=b_enc,
-                    w_read=enc_w[:, :nr].t(), w_z=dec.weight_ih.t())
-
-    def _blocks(self) -> dict:
-        """Column widths of each fused product's output (see _fused)."""
-        cfg = self.config
-        he, hd = 4 * cfg.enc_hidden, 4 * cfg.dec_hidden
-        patch = cfg.channels * cfg.write_n ** 2 if cfg.attention else cfg.channels * cfg.height * cfg.width
-        dec = (hd, he, 5, 5, patch) if cfg.attention else (hd, he, patch)
-        return dict(dec=dec, enc=(cfg.z_size, cfg.z_size, he), read=(he,), z=(hd,))
-
-    def _plain_step(self, x, enc_x, state, eps, weights):
-        prod = fused.plain_products(dict(zip(fused.PRODUCTS, weights)), self._blocks())
-        return self._step(prod, None, x, enc_x, state, eps)
-
     def compile_step(self, enable: bool = True, **compile_kwargs) -> "DRAW":
         """Train with the step compiled by ``torch.compile`` (fused pointwise work; the first call
         compiles, about 30 s of CPU). Evaluation under no_grad keeps the eager step."""
-        self._compiled = torch.compile(self._plain_step, dynamic=False, **compile_kwargs) if enable else None
+        self._compiled = fused.compile_step(self, **compile_kwargs) if enable else None
         return self

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.fast import draw_sequence, native
+from models.fast import draw_sequence, fused, native
 from models.draw import DRAW, DRAWConfig
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -122,7 +122,7 @@ def test_gradcheck_of_the_sequence_node(attention):
     g = draw_sequence.Geometry(cfg.steps, 2, cfg.channels, cfg.height, cfg.width, cfg.read_n, cfg.write_n,
                                cfg.enc_hidden, cfg.dec_hidden, cfg.z_size, attention)
     with torch.no_grad():
-        p = model._fused()
+        p = fused.weights(model)
         weights = [torch.cat([p["w_dec"].t(), p["b_dec"][:, None]], 1).t(),
                    torch.cat([p["w_enc"].t(), p["b_enc"][:, None]], 1).t(), p["w_read"], p["w_z"]]
     weights = [w.detach().clone().requires_grad_() for w in weights]
@@ -218,4 +218,4 @@ def test_a_pass_checks_its_buffers_before_the_native_loops_run(grad, kw):
     x, _ = _data(cfg, 5, torch.float32)
     small = torch.randn(cfg.steps, 5, cfg.z_size - 1)
     with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=r"draw_latent_forward: eps has 10 elements"):
-        draw_sequence.run(model, x, small, model._fused())
+        draw_sequence.run(model, x, small, fused.weights(model))

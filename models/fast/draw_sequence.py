@@ -8,7 +8,7 @@ them (models/fast/native_draw_body.h: write, error image, read, LSTM gates, late
 backward runs the steps in reverse with the same structure, and forms every weight gradient as
 one GEMM over all steps' rows at the end.
 
-The fused weights are those of ``DRAW._fused`` with each bias as a last row (see
+The fused weights are those of ``models.fast.fused.weights`` with each bias as a last row (see
 ``models.fast.fused._Rows``): W_dec ([h^dec, 1] -> decoder recurrence | encoder input | read window |
 write window | patch), W_enc ([h^enc, 1] -> mu | log sigma | encoder recurrence), W_read (glimpse
 -> encoder gates) and W_z (z -> decoder gates). Outputs: c_T and every step's mu, log sigma and
