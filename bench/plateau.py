@@ -23,7 +23,9 @@ class Plateau:
 
 
 CLASSIFIER = Plateau("valid_error", 0.7, 0.05, "chance-level error (about 80%)")
-DRAW = Plateau("valid_nll_elbo", 150.0, 5.0, "the ~200-nat mean-image plateau")
+# Binarized MNIST scored against its mean image costs about 206 nats; DRAW sits at 195-210 while it
+# draws little more than that. Below 180 it draws digits (one epoch of attention DRAW reaches 172-186).
+DRAW = Plateau("valid_nll_elbo", 180.0, 5.0, "the ~200-nat mean-image plateau")
 
 
 def for_task(kind: str) -> Plateau | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench import records, runner, suites
 
-THRESHOLDS = {"classifier": (0.5, 0.2, 0.1, 0.07, 0.05, 0.04), "draw": (150.0, 120.0, 100.0, 90.0, 85.0)}
+THRESHOLDS = {"classifier": (0.5, 0.2, 0.1, 0.07, 0.05, 0.04), "draw": (180.0, 150.0, 120.0, 100.0, 90.0, 85.0)}
 
 
 class StudyError(ValueError):
