@@ -406,7 +406,8 @@ class Runner:
             iw = task.iwae(model, job.iwae_k, job.iwae_limit, progress=_show(self.opts.progress))
             out.append(metric("nll_iwae", iw["nll_iwae"], "nats", True, seed, k=job.iwae_k, test_images=iw["images"],
                               **common))
-            self.artifacts[f"{unit.id}/samples"] = task.samples(model, job.samples)
+            if job.samples:  # 0: none kept (a recipe study)
+                self.artifacts[f"{unit.id}/samples"] = task.samples(model, job.samples)
             self.log(f"  {unit.id}: test NLL <= {test['nll_elbo']:.2f} nats (ELBO, {n} images), "
                      f"<= {iw['nll_iwae']:.2f} (IWAE k={job.iwae_k}, {iw['images']} images)")
         info["eval_time_s"] = round(time.time() - t0, 1)
