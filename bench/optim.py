@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from bench.schedule import Schedule
 
+ON_RELAPSE = ("continue", "rollback")
+
 
 @dataclass(frozen=True)
 class Optim:
@@ -18,6 +20,10 @@ class Optim:
     schedule: str = "constant"  # "constant" or "wsd" (bench/schedule.py): warm-up, stable, decay
     warmup_epochs: float = 0.0
     decay_epochs: float = 0.0  # the last decay_epochs of the epoch budget
+    # what a relapse (bench/plateau.py: a valid point more than relapse_margin above the best, after
+    # the escape) does: "continue" (only reported) or "rollback" (best-valid weights back, Adam reset,
+    # the learning rate halved for the rest of the run; bench/training_loop.py)
+    on_relapse: str = "continue"
 
     def __post_init__(self):
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -29,6 +35,9 @@ class Optim:
             raise ValueError(f"Optim.betas must be two numbers in [0, 1), got {self.betas!r}")
         if not self.clip_norm > 0:
             raise ValueError(f"Optim.clip_norm must be > 0, got {self.clip_norm!r}")
+        if self.on_relapse not in ON_RELAPSE:
+            raise ValueError(f"Optim.on_relapse must be one of {', '.join(map(repr, ON_RELAPSE))}, "
+                             f"got {self.on_relapse!r}")
         self.lr_schedule()  # a bad schedule name or negative epochs is refused here, not mid-run
 
     def lr_schedule(self) -> Schedule:

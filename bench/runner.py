@@ -333,6 +333,7 @@ class Runner:
         return self.run_training(unit, record, path)
 
     def _loop_config(self, job, task):
+        from bench import plateau
         from bench.training_loop import LoopConfig
 
         budget = None if job.time_budget_min is None else job.time_budget_min * 60
@@ -341,7 +342,8 @@ class Runner:
                           schedule=task.schedule(), batches_per_epoch=task.batches_per_epoch(),
                           max_batches=1 if self.opts.dry_run else None, progress=self.opts.progress,
                           checkpoint_every_s=self.opts.checkpoint_every_s,
-                          compact_checkpoints=self.opts.compact_checkpoints)
+                          compact_checkpoints=self.opts.compact_checkpoints,
+                          on_relapse=o.on_relapse, relapse_rule=plateau.for_task(job.kind))
 
     def _task(self, unit: Unit):
         from bench.tasks import ClassifierTask, DrawTask
@@ -373,6 +375,9 @@ class Runner:
                 "best_epoch": res.best["epoch"], "resumed": res.resumed}
         model, seed = res.model, unit.seed
         flags = self._plateau(unit, res.curve, info, record)
+        if job.optim.on_relapse != "continue" or res.rollbacks:
+            info["rollbacks"] = res.rollbacks  # each relapse undone (bench/training_loop.py _Loop.relapse)
+            info["lr_scale"] = res.lr_scale
         from datasets.variants import split_info
 
         info["data"] = {"train": {**split_info(job.dataset, "train", seed, 0), "epoch": "fresh per epoch"},
