@@ -17,7 +17,7 @@ import copy
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
@@ -99,6 +99,18 @@ def set_rng_states(states: dict) -> None:
 
 def _state_to_cpu(state: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else copy.deepcopy(v) for k, v in state.items()}
+
+
+def description_diff(task: Task, stored: dict) -> dict:
+    """{key: (checkpoint's, now)} where the task differs from the description a checkpoint stored.
+    A model field the checkpoint predates counts as the field's default (e.g. DRAW's initial_state)."""
+    ours, theirs = task.describe(), dict(stored)
+    config = getattr(task, "config", None)
+    if callable(config) and isinstance(ours.get("model"), dict) and isinstance(theirs.get("model"), dict):
+        defaults = {f.name: f.default for f in fields(type(config())) if f.default is not MISSING}
+        theirs["model"] = {**{k: defaults[k] for k in ours["model"] if k not in theirs["model"] and k in defaults},
+                           **theirs["model"]}
+    return {k: (theirs.get(k), ours.get(k)) for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)}
 
 
 def _is_terminal() -> bool:
@@ -207,10 +219,8 @@ class _Loop:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ResumeMismatch(f"{self.ckpt}: not a training checkpoint of this harness "
                                 f"(format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
-        ours, theirs = self.task.describe(), state["task"]
-        if ours != theirs:
-            diff = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(ours) | set(theirs))
-                    if ours.get(k) != theirs.get(k)}
+        diff = description_diff(self.task, state["task"])
+        if diff:
             raise ResumeMismatch(f"{self.ckpt}: checkpoint was made for another configuration "
                                 f"(checkpoint vs now: {diff}); resume with the same settings or start afresh")
         self.model.load_state_dict(state["model"])
