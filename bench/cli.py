@@ -162,8 +162,8 @@ def _distribute(args, opts):
             return opts, (lambda m: _log(prefix + m)), True
         ctx = distributed.init_from_env(args.device)
         for job in suites.get(args.suite).jobs:
-            if hasattr(job, "batch_size"):
-                distributed.per_rank_batch(job.batch_size, ctx.world_size)
+            if hasattr(job, "optim"):
+                distributed.per_rank_batch(job.optim.batch_size, ctx.world_size)
     except distributed.DistError as e:
         distributed.shutdown()
         raise UsageError(str(e)) from None

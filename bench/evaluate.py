@@ -14,29 +14,31 @@ from bench.checkpoints import CheckpointError
 from bench.records import metric
 from datasets.cliargs import UsageError
 from datasets.generator import SpecError
+from models.common import ConfigError
 
 
 def _job_and_task(kind: str, model_cfg: dict, ds: str, seed: int, limit: int | None, iwae_k: int, kw: dict):
-    """The job and task that rebuild the model a checkpoint describes."""
+    """The job and task that rebuild the model a checkpoint describes: its stored model config, as is
+    (fields a checkpoint predates take their defaults), on dataset ``ds`` of the same image size."""
     from bench.tasks import ClassifierTask, ConvTask, DrawTask, RamTask
+    from models.classifier import ClassifierConfig
+    from models.draw import DRAWConfig
+    from models.ram import RamConfig
 
     if kind == "baseline-conv":
         job = suites.BaselineJob(model="conv", dataset=ds)
         return job, ConvTask(job, seed, test_limit=limit, **kw)
     if kind == "ram":
-        fields = ("patch", "scales", "glimpse_hidden", "location_hidden", "glimpse_size", "hidden", "location_std")
-        job = suites.RamJob(dataset=ds, test_limit=limit, **{k: model_cfg[k] for k in fields})
-        return job, RamTask(job, model_cfg["glimpses"], seed, **kw)
+        model = RamConfig.from_dict(model_cfg)
+        job = suites.RamJob(dataset=ds, glimpses=(model.glimpses,), model=model, test_limit=limit)
+        return job, RamTask(job, model.glimpses, seed, **kw)
     if kind == "classifier":
-        job = suites.ClassifierJob(dataset=ds, read_n=model_cfg["read_n"], hidden=model_cfg["hidden"],
-                                   per_step_loss=model_cfg["per_step_loss"], test_limit=limit)
-        t = model_cfg["glimpses"]
-        return job, ClassifierTask(job, t, seed, eval_glimpses=tuple(range(1, t + 1)) if job.per_step_loss else (t,),
-                                   **kw)
-    job = suites.DrawJob(dataset=ds, steps=model_cfg["steps"], read_n=model_cfg["read_n"],
-                         write_n=model_cfg["write_n"], enc_hidden=model_cfg["enc_hidden"],
-                         dec_hidden=model_cfg["dec_hidden"], z_size=model_cfg["z_size"],
-                         attention=model_cfg["attention"], test_limit=limit, iwae_k=iwae_k,
+        model = ClassifierConfig.from_dict(model_cfg)
+        t = model.glimpses
+        job = suites.ClassifierJob(dataset=ds, glimpses=tuple(range(1, t + 1)) if model.per_step_loss else (t,),
+                                   per_step_loss=model.per_step_loss, model=model, test_limit=limit)
+        return job, ClassifierTask(job, t, seed, eval_glimpses=job.glimpses, **kw)
+    job = suites.DrawJob(dataset=ds, model=DRAWConfig.from_dict(model_cfg), test_limit=limit, iwae_k=iwae_k,
                          iwae_limit=min(limit or 1000, 1000))
     return job, DrawTask(job, seed, **kw)
 
@@ -66,7 +68,7 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed:
     try:
         seed = task_desc["seed"]
         job, task = _job_and_task(task_desc["task"], model_cfg, ds, seed, limit, iwae_k, kw)
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{path}: its task description lacks or mangles {e}; the checkpoint is damaged "
                               "or from another version of the harness") from None
     model = task.build()
@@ -97,7 +99,7 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed:
     else:
         res = task.evaluate(model, "test")
         iw = task.iwae(model, iwae_k, job.iwae_limit)
-        base = dict(attention=job.attention, steps=job.steps, binarization="fixed", **common,
+        base = dict(attention=job.model.attention, steps=job.model.steps, binarization="fixed", **common,
                     **task.metric_params(model))
         record["metrics"] = [
             metric("nll_elbo", res["nll_elbo"], "nats", True, seed, test_images=res["images"], **base),

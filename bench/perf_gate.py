@@ -132,9 +132,11 @@ def classifier_floor(cfg, batch: int) -> Callable[[], None]:
 def draw_floor(model, batch: int) -> Callable[[], None]:
     """The bare products of one fused DRAW training step: every step's forward products and their
     input gradients, and the four weight-gradient products over all steps' rows."""
+    from models.fast import fused
+
     steps = model.config.steps
     with torch.no_grad():
-        shapes = [tuple(model._fused()["w_" + k].shape) for k in ("dec", "enc", "read", "z")]
+        shapes = [tuple(fused.weights(model)["w_" + k].shape) for k in ("dec", "enc", "read", "z")]
     g = torch.Generator().manual_seed(0)
     mats = [(_randn(batch, k, g=g), _randn(k, n, g=g), _randn(batch, n, g=g),
              _randn(steps * batch, k, g=g), _randn(steps * batch, n, g=g)) for k, n in shapes]

@@ -9,23 +9,14 @@ commit, start and end, images trained, wall and CPU seconds.
 from __future__ import annotations
 
 import time
-from dataclasses import fields
-from typing import Any
 
-from bench import records
+from bench import records, suites
 
 BUDGET_FIELDS = ("epochs", "time_budget_min")
 
 
 class RecipeChanged(ValueError):
     pass
-
-
-def _default(job_cls, name: str) -> Any:
-    for f in fields(job_cls):
-        if f.name == name:
-            return f.default
-    return None
 
 
 def _same(a, b) -> bool:
@@ -35,21 +26,21 @@ def _same(a, b) -> bool:
 
 
 def check_recipe(recorded_jobs: list[dict], jobs: tuple) -> int:
-    """Raise RecipeChanged naming every field that differs from the record, budget excluded.
-    Fields a record predates count as their default value. A suite that gained jobs after the
-    record began keeps the record's jobs first: returns how many jobs were added (their units run
-    after the record's)."""
+    """Raise RecipeChanged naming every setting that differs from the record, budget excluded.
+
+    Settings are compared by the names a user sets them by (lr, read_n, ...: `suites.settings`), so
+    a record that keeps its jobs flat (made before jobs held a model and an optimiser config) and
+    one that keeps them nested are checked alike. Settings a record predates count as their default.
+    A suite that gained jobs after the record began keeps the record's jobs first: returns how many
+    jobs were added (their units run after the record's)."""
     if len(jobs) < len(recorded_jobs):
         raise RecipeChanged(f"the record has {len(recorded_jobs)} jobs, the suite now has {len(jobs)}")
     diffs = []
     for old, job in zip(recorded_jobs, jobs):
-        for f in fields(job):
-            if f.name in BUDGET_FIELDS:
-                continue
-            given = getattr(job, f.name)
-            recorded = old.get(f.name, _default(type(job), f.name))
-            if not _same(recorded, given):
-                diffs.append(f"{job.kind} {f.name}: record {recorded!r}, given {given!r}")
+        recorded = {**suites.settings(type(job)()), **suites.flat(old)}
+        for name, given in suites.settings(job).items():
+            if name not in BUDGET_FIELDS and not _same(recorded.get(name), given):
+                diffs.append(f"{job.kind} {name}: record {recorded.get(name)!r}, given {given!r}")
     if diffs:
         raise RecipeChanged("; ".join(diffs) + ". Only the budget (--epochs, --time-budget) may change on resume; "
                                                "start a new record for another recipe")

@@ -95,9 +95,9 @@ def units(suite: suites.Suite, seeds: tuple[int, ...] | None) -> list[Unit]:
         elif job.kind in ("ram", "plugin"):
             out += glimpse_model_units(job, run_seeds, seeds)
         elif job.kind == "draw":
-            att = "attn" if job.attention else "noattn"
+            att = "attn" if job.model.attention else "noattn"
             for s in run_seeds:
-                out.append(Unit(f"draw-{job.dataset}-{att}-T{job.steps}{_tag(job)}-s{s}", job, s))
+                out.append(Unit(f"draw-{job.dataset}-{att}-T{job.model.steps}{_tag(job)}-s{s}", job, s))
         elif job.kind == "baseline":
             for s in run_seeds:
                 out.append(Unit(f"baseline-{job.model}-{job.dataset}-s{s}", job, s))
@@ -150,7 +150,7 @@ class Runner:
     # ------------------------------------------------------------ record bookkeeping
     def config(self) -> dict:
         o = self.opts
-        return {"suite": asdict(self.suite), "options": {k: v for k, v in asdict(o).items()},
+        return {"suite": suites.as_record(self.suite), "options": {k: v for k, v in asdict(o).items()},
                 "dry_run": o.dry_run, "device": self.device}
 
     def open_record(self) -> tuple[dict, Path]:
@@ -172,7 +172,7 @@ class Runner:
             if o.checkpoint_dir is None:  # where the record's checkpoints were written
                 o.checkpoint_dir = record["config"].get("options", {}).get("checkpoint_dir")
             record["status"] = "incomplete"
-            record["config"]["suite"] = asdict(self.suite)  # the budget applied from now on
+            record["config"]["suite"] = suites.as_record(self.suite)  # the budget applied from now on
             record.setdefault("resumed_at", []).append(records.utc_now())
             record["machine_resumed"] = self.machine
             self._load_artifacts(path)
@@ -281,7 +281,8 @@ class Runner:
                 self.log(f"[{i + 1}/{len(self.units)}] {unit.id}" + (" (extending its budget)" if extending else ""))
                 t0 = time.time()
                 record["jobs"][unit.id] = {**record["jobs"].get(unit.id, {}), "status": "running",
-                                           "kind": unit.job.kind, "seed": unit.seed, "job": asdict(unit.job)}
+                                           "kind": unit.job.kind, "seed": unit.seed,
+                                           "job": suites.as_record(unit.job)}
                 metrics, info = self.run_unit(unit, record, path)
                 if unit.job.kind in TRAINED_KINDS:
                     info["budget"] = resume.budget(unit.job)
@@ -332,14 +333,17 @@ class Runner:
         return self.run_training(unit, record, path)
 
     def _loop_config(self, job, task):
+        from bench import plateau
         from bench.training_loop import LoopConfig
 
         budget = None if job.time_budget_min is None else job.time_budget_min * 60
-        return LoopConfig(epochs=job.epochs, time_budget_s=budget, lr=job.lr, clip_norm=job.clip_norm,
+        o = job.optim
+        return LoopConfig(epochs=job.epochs, time_budget_s=budget, lr=o.lr, betas=o.betas, clip_norm=o.clip_norm,
                           schedule=task.schedule(), batches_per_epoch=task.batches_per_epoch(),
                           max_batches=1 if self.opts.dry_run else None, progress=self.opts.progress,
                           checkpoint_every_s=self.opts.checkpoint_every_s,
-                          compact_checkpoints=self.opts.compact_checkpoints)
+                          compact_checkpoints=self.opts.compact_checkpoints,
+                          on_relapse=o.on_relapse, relapse_rule=plateau.for_task(job.kind))
 
     def _task(self, unit: Unit):
         from bench.tasks import ClassifierTask, DrawTask
@@ -371,6 +375,9 @@ class Runner:
                 "best_epoch": res.best["epoch"], "resumed": res.resumed}
         model, seed = res.model, unit.seed
         flags = self._plateau(unit, res.curve, info, record)
+        if job.optim.on_relapse != "continue" or res.rollbacks:
+            info["rollbacks"] = res.rollbacks  # each relapse undone (bench/training_loop.py _Loop.relapse)
+            info["lr_scale"] = res.lr_scale
         from datasets.variants import split_info
 
         info["data"] = {"train": {**split_info(job.dataset, "train", seed, 0), "epoch": "fresh per epoch"},
@@ -391,8 +398,9 @@ class Runner:
             summary = ", ".join(f"T={t}: {test[f'error@{t}']:.2%}" for t in unit.eval_glimpses)
             self.log(f"  {unit.id}: test error {summary} ({test['images']} images)")
         else:
-            common = dict(dataset=job.dataset, attention=job.attention, steps=job.steps, read_n=job.read_n, **flags,
-                          write_n=job.write_n,
+            m = job.model
+            common = dict(dataset=job.dataset, attention=m.attention, steps=m.steps, read_n=m.read_n, **flags,
+                          write_n=m.write_n,
                           # the binarized test split is fixed by the seed; other variants are grey levels
                           binarization="fixed" if job.dataset == "binarized" else "none", **task.metric_params(model))
             test = task.evaluate(model, "test")
@@ -403,7 +411,8 @@ class Runner:
             iw = task.iwae(model, job.iwae_k, job.iwae_limit, progress=_show(self.opts.progress))
             out.append(metric("nll_iwae", iw["nll_iwae"], "nats", True, seed, k=job.iwae_k, test_images=iw["images"],
                               **common))
-            self.artifacts[f"{unit.id}/samples"] = task.samples(model, job.samples)
+            if job.samples:  # 0: none kept (a recipe study)
+                self.artifacts[f"{unit.id}/samples"] = task.samples(model, job.samples)
             self.log(f"  {unit.id}: test NLL <= {test['nll_elbo']:.2f} nats (ELBO, {n} images), "
                      f"<= {iw['nll_iwae']:.2f} (IWAE k={job.iwae_k}, {iw['images']} images)")
         info["eval_time_s"] = round(time.time() - t0, 1)

@@ -1,32 +1,40 @@
 """The named suites: small declarative configs that say what runs, what it should reach and how long
 it takes. `python -m bench run --list` prints them.
 
-A suite is a tuple of jobs (classifier, DRAW, baseline, throughput) plus targets that the run
-checks at the end. Time budgets are training time per model; the totals in `expected` include
-data generation, evaluation and throughput.
+A suite is a tuple of jobs (classifier, DRAW, RAM, baseline, throughput) plus targets that the run
+checks at the end. A training job is the data and protocol (dataset, glimpse counts, seeds,
+evaluation sizes), the budget (epochs, time), ``model``: the model's own config (models/), and
+``optim``: one `Optim` (bench/optim.py; batch, lr, betas, clipping, schedule). Time budgets are
+training time per model; the totals in `expected` include data generation, evaluation and
+throughput.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from bench.optim import Optim
+from models.classifier import ClassifierConfig
+from models.draw import DRAWConfig
+from models.ram import RamConfig
+
+# Model-config fields that a job does not set: the task fills them in from the dataset (image size,
+# channels) and from the unit (its glimpse count, the loss protocol), so one job's model config
+# serves every glimpse count and every variant of the same architecture.
+FROM_DATA = ("height", "width", "channels", "glimpses", "per_step_loss")
 
 
 @dataclass(frozen=True)
 class ClassifierJob:
-    """The glimpse classifier. ``per_step_loss``: one model at max(glimpses) trained with the loss
-    at every step, evaluated at each T ("per-step" protocol); otherwise one model per T ("separate")."""
+    """The glimpse classifier ``model`` trained with ``optim`` on ``dataset``. ``per_step_loss``: one
+    model at max(glimpses) trained with the loss at every step, evaluated at each T ("per-step"
+    protocol); otherwise one model per T ("separate")."""
 
     dataset: str = "cluttered60"
     glimpses: tuple[int, ...] = (1, 2, 4, 8)
     per_step_loss: bool = True
-    read_n: int = 12
-    hidden: int = 256
-    batch_size: int = 64
-    lr: float = 1e-3
-    clip_norm: float = 10.0
-    schedule: str = "constant"  # "constant" or "wsd" (bench/schedule.py): warm-up, stable, decay
-    warmup_epochs: float = 0.0
-    decay_epochs: float = 0.0  # the last decay_epochs of the epoch budget
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)  # read_n, hidden, window_init, ...
+    optim: Optim = Optim()
     epochs: int = 100
     time_budget_min: float | None = None  # training time per model
     train_limit: int | None = None  # train images per epoch; None = the 50,000 of the split
@@ -34,27 +42,17 @@ class ClassifierJob:
     test_limit: int | None = None  # None = the whole fixed test split
     seeds_by_glimpses: tuple[tuple[int, tuple[int, ...]], ...] = ()  # ((T, seeds), ...) overrides
     seeds: tuple[int, ...] | None = None  # None = the suite's seeds; --seeds overrides both
-    window_init: str = "cover"  # "cover" or "default" (models/attention.py WindowHead)
     variant: str = ""  # a recipe study's label for this job, part of its unit ids (bench/recipe_study.py)
     kind: str = "classifier"
 
 
 @dataclass(frozen=True)
 class DrawJob:
+    """DRAW ``model`` trained with ``optim`` on ``dataset``, scored by the ELBO and the IWAE bound."""
+
     dataset: str = "binarized"
-    steps: int = 64
-    read_n: int = 2
-    write_n: int = 5
-    enc_hidden: int = 256
-    dec_hidden: int = 256
-    z_size: int = 100
-    attention: bool = True
-    batch_size: int = 64
-    lr: float = 1e-3
-    clip_norm: float = 10.0
-    schedule: str = "constant"  # "constant" or "wsd" (bench/schedule.py): warm-up, stable, decay
-    warmup_epochs: float = 0.0
-    decay_epochs: float = 0.0  # the last decay_epochs of the epoch budget
+    model: DRAWConfig = field(default_factory=DRAWConfig)  # steps, read_n, write_n, z_size, attention, ...
+    optim: Optim = Optim()
     epochs: int = 100
     time_budget_min: float | None = None
     train_limit: int | None = None
@@ -63,7 +61,6 @@ class DrawJob:
     iwae_k: int = 1000
     iwae_limit: int | None = 1000  # test images for the importance-weighted bound
     samples: int = 8  # generated images kept (every step) for the report
-    window_init: str = "cover"  # "cover" or "default" (models/attention.py WindowHead)
     variant: str = ""  # a recipe study's label for this job, part of its unit ids (bench/recipe_study.py)
     kind: str = "draw"
 
@@ -134,14 +131,13 @@ QUICK = Suite(
     jobs=(
         # lr 2e-3 sometimes stays on the ~2.2-loss plateau (not yet looking at the digit) for a whole
         # epoch, or falls back onto it; 1e-3 left it within 500 batches for every seed tried (0, 2).
-        ClassifierJob(dataset="cluttered60", glimpses=(1, 2, 4, 8), per_step_loss=True, hidden=256,
-                      batch_size=64, lr=1e-3, epochs=50, time_budget_min=3.5, valid_limit=1000,
-                      test_limit=None),
+        ClassifierJob(dataset="cluttered60", glimpses=(1, 2, 4, 8), per_step_loss=True, optim=Optim(lr=1e-3),
+                      epochs=50, time_budget_min=3.5, valid_limit=1000),
         # Without attention: with a 2x2 read, DRAW sits on the ~200-nat "mean digit" plateau for its
         # first tens of thousands of images (measured), longer than this suite's budget.
-        DrawJob(dataset="binarized", steps=16, read_n=2, write_n=5, enc_hidden=128, dec_hidden=128, z_size=20,
-                attention=False, batch_size=64, lr=3e-3, epochs=50, time_budget_min=2.5, valid_limit=1000,
-                test_limit=None, iwae_k=50, iwae_limit=500, samples=8),
+        DrawJob(dataset="binarized",
+                model=DRAWConfig(steps=16, enc_hidden=128, dec_hidden=128, z_size=20, attention=False),
+                optim=Optim(lr=3e-3), epochs=50, time_budget_min=2.5, valid_limit=1000, iwae_k=50, iwae_limit=500),
         ThroughputJob(model="classifier", height=60, width=60, glimpses=8, batch_sizes=(64,), repeats=5,
                       min_time_s=0.3),
         ThroughputJob(model="draw", height=28, width=28, steps=16, hidden=128, z_size=20, batch_sizes=(64,),
@@ -155,21 +151,21 @@ QUICK = Suite(
     ),
 )
 
+# Warm-up, stable, decay (bench/schedule.py): constant 1e-3 flattened near 8% by epoch 22; a cosine
+# decay over 60 epochs reached 4.5% (3,000 test images, T = 8). The decay comes last, so a run
+# extended to more epochs restarts its decay from the stable phase.
+TABLE1_OPTIM = Optim(lr=1e-3, schedule="wsd", warmup_epochs=1.0, decay_epochs=40.0)
+
 TABLE1 = Suite(
     name="table1",
     description="Table 1: the glimpse classifier on 100x100 cluttered MNIST, T = 1, 2, 4, 8 trained separately "
                 "(3 seeds at T = 4, 8), the per-step-loss model, the 2-layer conv net and the sklearn baseline.",
     expected="days on a 2-core CPU; about 2-4 h on one GPU",
     jobs=(
-        # Warm-up, stable, decay: constant 1e-3 flattened near 8% by epoch 22; a cosine decay over 60
-        # epochs reached 4.5% (3,000 test images, T = 8). The decay comes last, so a run extended to
-        # more epochs restarts its decay from the stable phase (bench/schedule.py).
-        ClassifierJob(dataset="cluttered100", glimpses=(1, 2, 4, 8), per_step_loss=False, batch_size=64,
-                      lr=1e-3, epochs=100, schedule="wsd", warmup_epochs=1.0, decay_epochs=40.0,
-                      seeds_by_glimpses=((1, (0,)), (2, (0,)), (4, (0, 1, 2)), (8, (0, 1, 2)))),
+        ClassifierJob(dataset="cluttered100", glimpses=(1, 2, 4, 8), per_step_loss=False, optim=TABLE1_OPTIM,
+                      epochs=100, seeds_by_glimpses=((1, (0,)), (2, (0,)), (4, (0, 1, 2)), (8, (0, 1, 2)))),
         ClassifierJob(dataset="cluttered100", glimpses=(1, 2, 3, 4, 5, 6, 7, 8), per_step_loss=True,
-                      batch_size=64, lr=1e-3, epochs=100, schedule="wsd", warmup_epochs=1.0, decay_epochs=40.0,
-                      seeds=(0,)),
+                      optim=TABLE1_OPTIM, epochs=100, seeds=(0,)),
         BaselineJob(model="conv", dataset="cluttered100", epochs=20, seeds=(0,)),
         BaselineJob(model="sklearn", dataset="cluttered100", train_limit=20000, seeds=(0,)),
     ),
@@ -181,6 +177,10 @@ TABLE1 = Suite(
     seeds=(0, 1, 2),
 )
 
+# Warm-up, stable, decay as in table1: a longer budget later restarts the decay from the stable
+# phase, so 100 epochs can be extended if the bound is still falling.
+TABLE2_OPTIM = Optim(lr=1e-3, schedule="wsd", warmup_epochs=1.0, decay_epochs=30.0)
+
 TABLE2 = Suite(
     name="table2",
     description="Table 2: DRAW (64 steps, read 2x2, write 5x5, LSTM 256, z 100) with and without attention "
@@ -190,12 +190,10 @@ TABLE2 = Suite(
     jobs=(
         # K = 1000 costs 1000 DRAW passes per image (about 3 s of one CPU core each, so about an hour
         # for the 1,000 test images of the importance bound); the ELBO covers all 10,000.
-        # Warm-up, stable, decay as in table1: a longer budget later restarts the decay from the
-        # stable phase, so 100 epochs can be extended if the bound is still falling.
-        DrawJob(dataset="binarized", attention=True, epochs=100, schedule="wsd", warmup_epochs=1.0,
-                decay_epochs=30.0, iwae_k=1000, iwae_limit=1000),
-        DrawJob(dataset="binarized", attention=False, epochs=100, schedule="wsd", warmup_epochs=1.0,
-                decay_epochs=30.0, iwae_k=1000, iwae_limit=1000),
+        DrawJob(dataset="binarized", model=DRAWConfig(attention=True), optim=TABLE2_OPTIM, epochs=100,
+                iwae_k=1000, iwae_limit=1000),
+        DrawJob(dataset="binarized", model=DRAWConfig(attention=False), optim=TABLE2_OPTIM, epochs=100,
+                iwae_k=1000, iwae_limit=1000),
     ),
     targets=(
         # the paper reports the variational bound; the importance-weighted bound is recorded beside it
@@ -209,8 +207,8 @@ TWODIGIT = Suite(
     description="DRAW with attention on two-digit 60x60 MNIST; samples and drawing sequences for the report.",
     expected="hours on a 2-core CPU; under an hour on one GPU",
     jobs=(
-        DrawJob(dataset="twodigit60", steps=64, read_n=12, write_n=12, enc_hidden=256, dec_hidden=256, z_size=100,
-                epochs=100, iwae_k=100, iwae_limit=100, samples=16),
+        DrawJob(dataset="twodigit60", model=DRAWConfig(steps=64, read_n=12, write_n=12), epochs=100, iwae_k=100,
+                iwae_limit=100, samples=16),
     ),
     targets=(),
 )
@@ -231,21 +229,14 @@ THROUGHPUT = Suite(
 
 @dataclass(frozen=True)
 class RamJob:
-    """RAM (models/ram.py), one model per glimpse count ("separate" protocol). Evaluation takes the
-    location policy's mean (no sampling); the record says so (``location: mean``)."""
+    """RAM ``model`` (models/ram.py) trained with ``optim``, one model per glimpse count ("separate"
+    protocol). Evaluation takes the location policy's mean (no sampling); the record says so
+    (``location: mean``)."""
 
     dataset: str = "cluttered100"
     glimpses: tuple[int, ...] = (4, 8)
-    patch: int = 12
-    scales: int = 4
-    glimpse_hidden: int = 128
-    location_hidden: int = 128
-    glimpse_size: int = 256
-    hidden: int = 256
-    location_std: float = 0.2
-    batch_size: int = 64
-    lr: float = 1e-3
-    clip_norm: float = 10.0
+    model: RamConfig = field(default_factory=RamConfig)  # patch, scales, layer sizes, location_std
+    optim: Optim = Optim()
     epochs: int = 100
     time_budget_min: float | None = None
     train_limit: int | None = None
@@ -259,15 +250,13 @@ class RamJob:
 @dataclass(frozen=True)
 class PluginJob:
     """A user's glimpse model (bench/plugins.py, docs/plugins.md) in place of a suite's glimpse jobs:
-    same data, glimpse counts, protocol, seeds and budget."""
+    same data, glimpse counts, protocol, seeds, optimiser and budget."""
 
     model: str = ""  # module.path:build or a glimpse.models entry-point name
     dataset: str = "cluttered60"
     glimpses: tuple[int, ...] = (8,)
     per_step_loss: bool = False
-    batch_size: int = 64
-    lr: float = 1e-3
-    clip_norm: float = 10.0
+    optim: Optim = Optim()
     epochs: int = 100
     time_budget_min: float | None = None
     train_limit: int | None = None
@@ -285,7 +274,7 @@ GLIMPSE_KINDS = ("classifier", "ram", "plugin")
 TABLE1 = replace(
     TABLE1,
     description=TABLE1.description + " RAM (hard attention, 12x12, 4 scales) at T = 4, 8 (3 seeds).",
-    jobs=TABLE1.jobs + (RamJob(dataset="cluttered100", glimpses=(4, 8), patch=12, scales=4,
+    jobs=TABLE1.jobs + (RamJob(dataset="cluttered100", glimpses=(4, 8), model=RamConfig(patch=12, scales=4),
                                seeds_by_glimpses=((4, (0, 1, 2)), (8, (0, 1, 2)))),),
     targets=tuple(replace(t, where=t.where + (("model", "classifier"),)) for t in TABLE1.targets) + (
         Target("test_error", "<", 0.0811, (("glimpses", 8), ("model", "ram")), "RAM paper: 8.11%"),
@@ -301,7 +290,7 @@ RAM60 = Suite(
     jobs=(
         # 3 scales: the largest patch (48 px) covers most of the 60 px canvas; ANCHORS.md does not give
         # the RAM paper's retina for this variant.
-        RamJob(dataset="cluttered60", glimpses=(4, 6, 8), patch=12, scales=3),
+        RamJob(dataset="cluttered60", glimpses=(4, 6, 8), model=RamConfig(patch=12, scales=3)),
     ),
     targets=(
         Target("test_error", "<", 0.0496, (("glimpses", 4), ("model", "ram")), "RAM paper: 4.96%"),
@@ -316,15 +305,12 @@ RAM60 = Suite(
 def with_plugin(suite: Suite, spec: str) -> Suite:
     """The suite's glimpse-classifier jobs (else its RAM jobs) run with the user's model instead, so
     that each glimpse count and seed is trained once; its other jobs (DRAW, baselines, throughput)
-    are left out."""
+    are left out. Each plug-in job keeps its source's data, protocol, seeds, optimiser and budget."""
     jobs = []
     sources = [j for j in suite.jobs if j.kind == "classifier"] or [j for j in suite.jobs if j.kind == "ram"]
-    for job in sources:
-        job = PluginJob(model=spec, dataset=job.dataset, glimpses=job.glimpses,
-                        per_step_loss=getattr(job, "per_step_loss", False), batch_size=job.batch_size, lr=job.lr,
-                        clip_norm=job.clip_norm, epochs=job.epochs, time_budget_min=job.time_budget_min,
-                        train_limit=job.train_limit, valid_limit=job.valid_limit, test_limit=job.test_limit,
-                        seeds_by_glimpses=job.seeds_by_glimpses, seeds=job.seeds)
+    carried = [f.name for f in fields(PluginJob) if f.name not in ("model", "kind")]
+    for source in sources:
+        job = PluginJob(model=spec, **{k: getattr(source, k) for k in carried if hasattr(source, k)})
         if job not in jobs:
             jobs.append(job)
     if not jobs:
@@ -375,3 +361,55 @@ def listing() -> str:
             lines.append("    targets: " + "; ".join(t.describe() + (f" ({t.note})" if t.note else "")
                                                for t in s.targets))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- settings by name, and the form records keep
+
+def as_record(obj) -> dict:
+    """A suite or a job as records keep it: plain data, a job's ``model`` and ``optim`` nested, and
+    its model config without the fields the task fills in from the data (``FROM_DATA``)."""
+    if isinstance(obj, Suite):
+        return {**asdict(obj), "jobs": [as_record(j) for j in obj.jobs]}
+    out = asdict(obj)
+    if isinstance(out.get("model"), dict):
+        out["model"] = {k: v for k, v in out["model"].items() if k not in FROM_DATA}
+    return out
+
+
+def flat(job: dict) -> dict:
+    """A job as a record keeps it, in one flat dict of settings: ``model`` and ``optim`` nested
+    (records made since jobs hold configs) are spread into it; a flat record (made before) passes
+    through. Names are the ones a user sets: lr, read_n, window_init, epochs, ..."""
+    out = {}
+    for key, value in job.items():
+        if key in ("model", "optim") and isinstance(value, dict):
+            out.update({k: v for k, v in value.items() if not (key == "model" and k in FROM_DATA)})
+        else:
+            out[key] = value
+    return out
+
+
+def settings(job) -> dict:
+    """Every setting of a job by the name a user gives it: its own fields, its model's (those not
+    from the data) and its optimiser's, in one flat dict."""
+    return flat(as_record(job))
+
+
+def with_settings(job, **changes):
+    """``job`` with settings replaced by name (see `settings`), each in the part that holds it:
+    ``with_settings(job, lr=2e-3, read_n=8, epochs=20)``."""
+    model = getattr(job, "model", None)
+    in_model = set() if model is None or isinstance(model, str) else {f.name for f in fields(model)} - set(FROM_DATA)
+    in_optim = {f.name for f in fields(Optim)} if hasattr(job, "optim") else set()
+    own = set(settings(job)) - in_model - in_optim
+    model_changes, optim_changes, own_changes = {}, {}, {}
+    for name, value in changes.items():
+        if name not in own | in_model | in_optim:
+            raise SuiteError(f"a {job.kind} job has no setting {name!r}; its settings: "
+                             f"{', '.join(sorted(own | in_model | in_optim))}")
+        (model_changes if name in in_model else optim_changes if name in in_optim else own_changes)[name] = value
+    if model_changes:
+        own_changes["model"] = replace(model, **model_changes)
+    if optim_changes:
+        own_changes["optim"] = replace(job.optim, **optim_changes)
+    return replace(job, **own_changes)

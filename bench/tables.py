@@ -43,11 +43,14 @@ def _read(record_path: str) -> dict:
 
 
 def _unit_job(rec: dict, unit: str) -> dict:
-    """The suite job a unit ran (stored with the unit; older records: matched in the suite config)."""
+    """The settings of the suite job a unit ran, flat (bench/suites.py `flat`): stored with the unit;
+    older records: matched in the suite config."""
+    from bench.suites import flat
+
     job = rec.get("jobs", {}).get(unit, {}).get("job")
     if job:
-        return job
-    for j in rec.get("config", {}).get("suite", {}).get("jobs", []):
+        return flat(job)
+    for j in map(flat, rec.get("config", {}).get("suite", {}).get("jobs", [])):
         if unit.startswith(f"{j.get('kind')}-{j.get('dataset')}-") and (
                 j.get("kind") != "classifier" or ("-perstep-" in unit) == bool(j.get("per_step_loss"))) and (
                 j.get("kind") != "draw" or ("-attn-" in unit) == bool(j.get("attention"))):
@@ -166,6 +169,7 @@ def _classifier_cost(g: pd.DataFrame, height: int, width: int) -> tuple[int, int
 
 def _draw_cost(g: pd.DataFrame, dataset: str, attention: bool, steps: int) -> tuple[int, int] | None:
     """DRAW's cost from its job in the record's suite config (records made before the cost was recorded)."""
+    from bench.suites import flat
     from datasets.variants import get_spec
     from models.draw import DRAW, DRAWConfig
 
@@ -173,13 +177,14 @@ def _draw_cost(g: pd.DataFrame, dataset: str, attention: bool, steps: int) -> tu
         rec = json.loads(Path(g["record"].iloc[0]).read_text())
     except (OSError, ValueError):
         return None
-    for job in rec.get("config", {}).get("suite", {}).get("jobs", []):
+    for job in map(flat, rec.get("config", {}).get("suite", {}).get("jobs", [])):
         if job.get("kind") == "draw" and (job.get("dataset"), job.get("attention"), job.get("steps")) == \
                 (dataset, attention, steps):
             spec = get_spec(dataset)
             model = DRAW(DRAWConfig(height=spec.height, width=spec.width, steps=steps, read_n=job["read_n"],
                                     write_n=job["write_n"], enc_hidden=job["enc_hidden"],
-                                    dec_hidden=job["dec_hidden"], z_size=job["z_size"], attention=attention))
+                                    dec_hidden=job["dec_hidden"], z_size=job["z_size"], attention=attention,
+                                    initial_state=job.get("initial_state", "zero")))
             return model.param_count(), model.flops_per_image()
     return None
 

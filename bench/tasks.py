@@ -8,12 +8,13 @@ fixed sets of `data_seed` (0 unless `bench eval --seed` asks for other test clut
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
 
 from bench.distributed import all_reduce_sum, example_noise, per_rank_batch, positions
+from bench.optim import Optim
 from models.bounds import elbo_bound, eval_mode, iwae_bound
 from datasets.torch_data import iterate_batches
 from datasets.variants import get_spec
@@ -44,24 +45,23 @@ class _Base:
         return asdict(self.config())
 
     def describe(self) -> dict:
-        j = self.job
+        """What a checkpoint must match to be resumed: the model built, the data and the optimiser
+        (a schedule or betas only when not the default, as checkpoints made before them have none)."""
+        j, o = self.job, self.job.optim
         return {"task": j.kind, "dataset": j.dataset, "seed": self.seed, "model": self.model_description(),
-                "batch_size": j.batch_size, "lr": j.lr, "train_limit": j.train_limit, "valid_limit": j.valid_limit,
-                **({"schedule": asdict(self.schedule())} if self.schedule().kind != "constant" else {})}
+                "batch_size": o.batch_size, "lr": o.lr, "train_limit": j.train_limit, "valid_limit": j.valid_limit,
+                **({"schedule": asdict(self.schedule())} if self.schedule().kind != "constant" else {}),
+                **({"betas": list(o.betas)} if o.betas != Optim().betas else {})}
 
     def schedule(self):
-        from bench.schedule import Schedule
-
-        j = self.job
-        return Schedule(getattr(j, "schedule", "constant"), getattr(j, "warmup_epochs", 0.0),
-                        getattr(j, "decay_epochs", 0.0))
+        return self.job.optim.lr_schedule()
 
     def batches_per_epoch(self) -> int:
         from datasets.variants import SPLITS
 
         _, lo, hi = SPLITS["train"]
         n = hi - lo if self.job.train_limit is None else min(self.job.train_limit, hi - lo)
-        return max(n // self.job.batch_size, 1)
+        return max(n // self.job.optim.batch_size, 1)
 
     def build(self):
         from models.training import seed_everything
@@ -70,9 +70,8 @@ class _Base:
         return self.model_class()(self.config()).to(self.device)
 
     def batches(self, epoch: int):
-        return iterate_batches(self.job.dataset, "train", per_rank_batch(self.job.batch_size, self.world_size),
-                               seed=self.seed,
-                               epoch=epoch, shuffle=True, device=self.device, data_dir=self.data_dir,
+        return iterate_batches(self.job.dataset, "train", per_rank_batch(self.job.optim.batch_size, self.world_size),
+                               seed=self.seed, epoch=epoch, shuffle=True, device=self.device, data_dir=self.data_dir,
                                drop_last=True, limit=self.job.train_limit, shard=self._shard())
 
     def eval_batches(self, split: str, limit: int | None):
@@ -100,11 +99,9 @@ class ClassifierTask(_Base):
         self.eval_glimpses = tuple(eval_glimpses or (glimpses,))
 
     def config(self):
-        from models.classifier import ClassifierConfig
-
-        return ClassifierConfig(height=self.height, width=self.width, channels=1, glimpses=self.glimpses,
-                                read_n=self.job.read_n, hidden=self.job.hidden, per_step_loss=self.job.per_step_loss,
-                                window_init=self.job.window_init)
+        """The job's model config with what the data and this unit decide: image size, T, loss protocol."""
+        return replace(self.job.model, height=self.height, width=self.width, channels=1, glimpses=self.glimpses,
+                       per_step_loss=self.job.per_step_loss)
 
     def model_class(self):
         from models.classifier import GlimpseClassifier
@@ -116,8 +113,8 @@ class ClassifierTask(_Base):
 
     def metric_params(self, model) -> dict:
         """What every metric of this model carries: the model, its attention type and its cost."""
-        return {"model": "classifier", "read_n": self.job.read_n, "hidden": self.job.hidden,
-                **cost_params(model, "soft")}
+        m = self.job.model
+        return {"model": "classifier", "read_n": m.read_n, "hidden": m.hidden, **cost_params(model, "soft")}
 
     def evaluate(self, model, split: str, limit: int | None = -1) -> dict[str, float]:
         limit = self.limit(split) if limit == -1 else limit
@@ -145,7 +142,7 @@ class ClassifierTask(_Base):
         with eval_mode(model):
             out = model(x, keep_windows=True)
         arrays = {"images": (x[:, 0].cpu().numpy() * 255).round().astype(np.uint8), "labels": y.cpu().numpy(),
-                  "predictions": out.logits.argmax(-1).cpu().numpy(), "read_n": np.array(self.job.read_n)}
+                  "predictions": out.logits.argmax(-1).cpu().numpy(), "read_n": np.array(self.job.model.read_n)}
         if out.windows:
             for k in ("gx", "gy", "delta", "sigma2"):
                 arrays[k] = torch.stack([getattr(w, k) for w in out.windows], 1).cpu().numpy().astype(np.float32)
@@ -158,12 +155,8 @@ class DrawTask(_Base):
     select = "nll_elbo"
 
     def config(self):
-        from models.draw import DRAWConfig
-
-        j = self.job
-        return DRAWConfig(height=self.height, width=self.width, channels=1, steps=j.steps, read_n=j.read_n,
-                          write_n=j.write_n, enc_hidden=j.enc_hidden, dec_hidden=j.dec_hidden, z_size=j.z_size,
-                          attention=j.attention, window_init=j.window_init)
+        """The job's model config at the dataset's image size."""
+        return replace(self.job.model, height=self.height, width=self.width, channels=1)
 
     def model_class(self):
         from models.draw import DRAW
@@ -173,22 +166,22 @@ class DrawTask(_Base):
     def batches(self, epoch: int):
         """(x, y, where): ``where`` keys each example's noise by its epoch position, so the noise,
         like the data, is the same on any world size."""
-        b = per_rank_batch(self.job.batch_size, self.world_size)
+        b = per_rank_batch(self.job.optim.batch_size, self.world_size)
         for k, (x, y) in enumerate(super().batches(epoch)):
             yield x, y, (("train", self.seed, epoch), positions(k * b, x.shape[0], self._shard()))
 
     def noise(self, where, samples: int = 1) -> torch.Tensor:
         """(T, len(pos) * samples, z) posterior noise, image-major, a function of (key, position)."""
         key, pos = where
-        j = self.job
-        e = example_noise(key, pos, (samples, j.steps, j.z_size), self.device)
+        m = self.job.model
+        e = example_noise(key, pos, (samples, m.steps, m.z_size), self.device)
         return e.flatten(0, 1).transpose(0, 1).contiguous()
 
     def loss(self, model, batch):
         return model.loss(batch[0], self.noise(batch[2]) if len(batch) > 2 else None)[0]
 
     def metric_params(self, model) -> dict:
-        return cost_params(model, "soft" if self.job.attention else "none")
+        return cost_params(model, "soft" if self.job.model.attention else "none")
 
     def _keyed_noise(self, key: tuple):
         """models.bounds NoiseFn: the noise of each image is a function of (key, its position in the
@@ -286,12 +279,8 @@ class RamTask(ClassifierTask):
     loop's checkpoints keep); evaluation (eval mode) takes the location policy's mean."""
 
     def config(self):
-        from models.ram import RamConfig
-
-        j = self.job
-        return RamConfig(height=self.height, width=self.width, channels=1, glimpses=self.glimpses, patch=j.patch,
-                         scales=j.scales, glimpse_hidden=j.glimpse_hidden, location_hidden=j.location_hidden,
-                         glimpse_size=j.glimpse_size, hidden=j.hidden, location_std=j.location_std)
+        """The job's model config with the dataset's image size and this unit's T."""
+        return replace(self.job.model, height=self.height, width=self.width, channels=1, glimpses=self.glimpses)
 
     def model_class(self):
         from models.ram import RecurrentAttentionModel
@@ -299,8 +288,8 @@ class RamTask(ClassifierTask):
         return RecurrentAttentionModel
 
     def metric_params(self, model) -> dict:
-        j = self.job
-        return {"model": "ram", "patch": j.patch, "scales": j.scales, "hidden": j.hidden, "location": "mean",
+        m = self.job.model
+        return {"model": "ram", "patch": m.patch, "scales": m.scales, "hidden": m.hidden, "location": "mean",
                 **cost_params(model, "hard")}
 
     def glimpse_paths(self, model, count: int = 8) -> dict[str, np.ndarray]:
@@ -310,7 +299,7 @@ class RamTask(ClassifierTask):
             out = model(x, keep_windows=True)
         boxes = model.glimpse_boxes(out.locations)
         return {"images": (x[:, 0].cpu().numpy() * 255).round().astype(np.uint8), "labels": y.cpu().numpy(),
-                "predictions": out.logits.argmax(-1).cpu().numpy(), "read_n": np.array(self.job.patch),
+                "predictions": out.logits.argmax(-1).cpu().numpy(), "read_n": np.array(self.job.model.patch),
                 "gx": boxes["gx"].cpu().numpy().astype(np.float32), "gy": boxes["gy"].cpu().numpy().astype(np.float32),
                 "delta": np.ones(tuple(out.locations.shape[:2]), dtype=np.float32)}
 

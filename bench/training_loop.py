@@ -17,14 +17,14 @@ import copy
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 import torch
 from torch import nn
 
-from bench import checkpoints, distributed
+from bench import checkpoints, distributed, plateau
 from bench.schedule import Schedule
 
 CHECKPOINT_FORMAT = "glimpse-train-1"
@@ -34,7 +34,8 @@ CHECKPOINT_FORMAT = "glimpse-train-1"
 class LoopConfig:
     epochs: int = 10
     time_budget_s: float | None = None  # training time (valid/test excluded); None = epochs only
-    lr: float = 1e-3
+    lr: float = 1e-3  # Adam's base rate (a job's Optim gives lr, betas, clip_norm and the schedule)
+    betas: tuple[float, float] = (0.9, 0.999)
     clip_norm: float = 10.0
     checkpoint_every_s: float = 300.0
     max_batches: int | None = None  # per epoch; the dry run uses 1
@@ -44,6 +45,8 @@ class LoopConfig:
     schedule: Schedule = field(default_factory=Schedule)  # learning-rate schedule over the epoch budget
     batches_per_epoch: int | None = None  # needed by a schedule other than "constant"
     compact_checkpoints: bool = False  # Adam's moments in bfloat16 on disk (bench/checkpoints.py pack)
+    on_relapse: str = "continue"  # or "rollback": see _Loop.relapse (a job's Optim.on_relapse)
+    relapse_rule: plateau.Plateau | None = None  # the relapse rule; None: the one of the task's select metric
 
 
 class Task(Protocol):
@@ -77,6 +80,8 @@ class LoopResult:
     stopped_by: str  # "epochs" | "time_budget"
     resumed: bool = False
     extra: dict = field(default_factory=dict)
+    rollbacks: list[dict] = field(default_factory=list)  # on_relapse="rollback": each relapse undone
+    lr_scale: float = 1.0  # the multiplier of the schedule the rollbacks left
 
 
 def rng_states() -> dict:
@@ -96,6 +101,18 @@ def _state_to_cpu(state: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else copy.deepcopy(v) for k, v in state.items()}
 
 
+def description_diff(task: Task, stored: dict) -> dict:
+    """{key: (checkpoint's, now)} where the task differs from the description a checkpoint stored.
+    A model field the checkpoint predates counts as the field's default (e.g. DRAW's initial_state)."""
+    ours, theirs = task.describe(), dict(stored)
+    config = getattr(task, "config", None)
+    if callable(config) and isinstance(ours.get("model"), dict) and isinstance(theirs.get("model"), dict):
+        defaults = {f.name: f.default for f in fields(type(config())) if f.default is not MISSING}
+        theirs["model"] = {**{k: defaults[k] for k in ours["model"] if k not in theirs["model"] and k in defaults},
+                           **theirs["model"]}
+    return {k: (theirs.get(k), ours.get(k)) for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)}
+
+
 def _is_terminal() -> bool:
     return sys.stderr.isatty()
 
@@ -109,7 +126,7 @@ class _Loop:
         self.on_step = on_step
         self.model = task.build()
         self.train_model = wrap(self.model) if wrap else self.model
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.images_seen, self.train_time_s = 0, 0.0
         self.curve: list[dict] = []
@@ -123,13 +140,21 @@ class _Loop:
         self.status: dict | None = None
         self.images_at_start = 0
         self.last_save = time.monotonic()
+        self.lr_scale = 1.0  # halved by each rollback; multiplies the schedule for the rest of the run
+        self.rollbacks: list[dict] = []
+        self.relapse_rule = cfg.relapse_rule or plateau.for_metric(f"valid_{task.select}")
+        if cfg.on_relapse not in ("continue", "rollback"):
+            raise TrainingError(f"on_relapse must be 'continue' or 'rollback', got {cfg.on_relapse!r}")
+        if cfg.on_relapse == "rollback" and self.relapse_rule is None:
+            raise TrainingError(f"on_relapse='rollback' needs a plateau rule: none is known for the metric "
+                                f"valid_{task.select}; give LoopConfig.relapse_rule")
         if cfg.schedule.kind != "constant" and not cfg.batches_per_epoch:
             raise TrainingError(f"schedule {cfg.schedule.kind!r} needs LoopConfig.batches_per_epoch")
 
     def lr_at(self, epoch: int, batches_done: int) -> float:
         """The learning rate of the step that ends after ``batches_done`` batches of ``epoch``."""
         n = self.cfg.batches_per_epoch or 1
-        return self.cfg.lr * self.cfg.schedule.factor(epoch + min(batches_done, n) / n, self.cfg.epochs)
+        return self.cfg.lr * self.lr_scale * self.cfg.schedule.factor(epoch + min(batches_done, n) / n, self.cfg.epochs)
 
     def stable_path(self) -> Path | None:
         """Where the state at the start of the decay is kept, so that a longer run can restart its decay."""
@@ -145,7 +170,7 @@ class _Loop:
             "epoch_loss": (self.epoch_loss_sum, self.epoch_loss_n),
             "curve": self.curve, "best": self.best, "best_state": self.best_state,
             "finished": self.finished, "stopped_by": self.stopped_by, "rng": self.safe_rng,
-            "decay_saved": self.decay_saved,
+            "decay_saved": self.decay_saved, "lr_scale": self.lr_scale, "rollbacks": self.rollbacks,
         }
 
     def save(self) -> None:
@@ -194,10 +219,8 @@ class _Loop:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ResumeMismatch(f"{self.ckpt}: not a training checkpoint of this harness "
                                 f"(format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
-        ours, theirs = self.task.describe(), state["task"]
-        if ours != theirs:
-            diff = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(ours) | set(theirs))
-                    if ours.get(k) != theirs.get(k)}
+        diff = description_diff(self.task, state["task"])
+        if diff:
             raise ResumeMismatch(f"{self.ckpt}: checkpoint was made for another configuration "
                                 f"(checkpoint vs now: {diff}); resume with the same settings or start afresh")
         self.model.load_state_dict(state["model"])
@@ -208,6 +231,8 @@ class _Loop:
         self.epoch_loss_sum, self.epoch_loss_n = state["epoch_loss"]
         self.safe_rng = state["rng"]
         self.decay_saved = state.get("decay_saved", False)
+        self.lr_scale = state.get("lr_scale", 1.0)  # checkpoints made before rollbacks existed: none
+        self.rollbacks = list(state.get("rollbacks", []))
         self.made_for_epochs = state["loop"]["epochs"]  # the budget whose schedule the state followed
         set_rng_states(self.safe_rng)
 
@@ -304,8 +329,10 @@ class _Loop:
             "train_time_s": round(self.train_time_s, 3), "valid_time_s": round(time.perf_counter() - t0, 3),
             "partial_epoch": bool(partial),
         }
-        self.curve.append(entry)
+        if self.relapse(entry):
+            return
         value = metrics[self.task.select]
+        self.curve.append(entry)
         if value < self.best["value"] or self.best_state is None:
             self.best = {"epoch": self.epoch + 1, "value": value, "metrics": metrics}
             self.best_state = _state_to_cpu(self.model.state_dict())
@@ -313,6 +340,31 @@ class _Loop:
         self.log(f"epoch {self.epoch + 1}: train loss {loss_txt}, valid {self.task.select} {value:.4g} "
                  f"(best {self.best['value']:.4g} @ {self.best['epoch']}), {self.images_seen} images, "
                  f"{self.train_time_s:.0f} s training")
+
+    def relapse(self, entry: dict) -> bool:
+        """With on_relapse="rollback", undo a relapse (bench/plateau.py): load the best-valid weights,
+        start Adam afresh (its moments belong to the diverged weights) and halve ``lr_scale`` for the
+        rest of the run. The data position is kept: training goes on with the next fresh batches.
+        Returns whether it rolled back (the entry is then in the curve, marked)."""
+        rule = self.relapse_rule
+        value = entry.get(rule.metric) if rule is not None else None
+        if (self.cfg.on_relapse != "rollback" or self.best_state is None or value is None
+                or not plateau.is_relapse(self.curve, value, rule)):
+            return False
+        self.lr_scale *= 0.5
+        event = {"epoch": self.epoch + 1, "step": self.step, "images_seen": self.images_seen,
+                 "metric": rule.metric, "value": value, "best_epoch": self.best["epoch"],
+                 "best_value": self.best["value"], "lr_scale": self.lr_scale}
+        self.rollbacks.append(event)
+        self.curve.append({**entry, "rollback": True})
+        self.model.load_state_dict(self.best_state)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr,
+                                    betas=tuple(self.cfg.betas))
+        self.log(f"RELAPSE at epoch {self.epoch + 1}: {rule.metric} {value:.4g} is more than "
+                 f"{rule.relapse_margin:g} above the best {self.best['value']:.4g} (epoch {self.best['epoch']}); "
+                 f"ROLLED BACK to the epoch-{self.best['epoch']} weights, Adam reset, learning rate now "
+                 f"x{self.lr_scale:g} of the schedule for the rest of the run (rollback {len(self.rollbacks)})")
+        return True
 
     def run(self) -> None:
         while not self.finished:
@@ -369,4 +421,4 @@ def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, res
     if loop.best_state is not None:
         loop.model.load_state_dict(loop.best_state)
     return LoopResult(loop.model, loop.curve, loop.best, loop.step, loop.images_seen, loop.train_time_s,
-                      loop.epoch, loop.stopped_by, resumed)
+                      loop.epoch, loop.stopped_by, resumed, rollbacks=list(loop.rollbacks), lr_scale=loop.lr_scale)

@@ -2,13 +2,16 @@
 
 A config is a ``@dataclass`` subclass of :class:`ConfigMixin` whose defaults are the paper's
 Table 3 values. ``to_dict`` / ``from_dict`` round-trip it through JSON-safe dicts (saved next to
-every result and inside every checkpoint); ``diff`` names the fields that differ.
+every result and inside every checkpoint); ``diff`` names the fields that differ. ``check_images``
+and ``param_count`` are the models' shared input check and size.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, TypeVar
+
+import torch
 
 C = TypeVar("C", bound="ConfigMixin")
 
@@ -73,6 +76,18 @@ def _coerce(cls_name: str, name: str, value: Any, default: Any) -> Any:
 def dict_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{key: (a's value, b's value)} for every key whose values differ; a missing key reads None."""
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_images(x, model: str, shape: tuple[int, int, int]):
+    """``x`` itself when it is a float (B, C, H, W) batch with (C, H, W) = ``shape``, else a ValueError
+    that says how to fix it."""
+    if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != tuple(shape):
+        got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"{model} expects images of shape (B, {shape[0]}, {shape[1]}, {shape[2]}), got {got}; "
+                         f"add a channel axis with x.unsqueeze(1) or set the config's height/width/channels")
+    if not x.is_floating_point():
+        raise ValueError(f"{model} expects float images in [0, 1], got dtype {x.dtype}; convert with x.float() / 255")
+    return x
 
 
 def param_count(module) -> int:

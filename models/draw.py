@@ -12,18 +12,17 @@ Per step t = 1..T (equations 3-8 of the paper):
 Loss L = Lx + Lz in nats per image: Lx = -log Bernoulli(x | sigmoid(c_T)) summed over pixels,
 Lz = sum_t KL(N(mu_t, sigma_t) || N(0, I)) = sum_t 0.5 * sum(mu^2 + sigma^2 - 2 log sigma - 1).
 
-The initial canvas c_0 and the initial LSTM states (h and cell) are zero, not learned.
+Initial states (``DRAWConfig.initial_state``): "zero" starts from c_0 = h^enc_0 = h^dec_0 = 0; "learned"
+makes them learned biases as the paper does (sec. 2.1), the parameters ``canvas_0``, ``h_enc_0`` and
+``h_dec_0`` (zero at initialisation). The LSTM cells start at zero either way (the paper names none).
 
-Parameters are laid out as plain modules (``encoder``/``decoder`` are ``nn.LSTMCell``s,
-``posterior`` an ``nn.Linear``, ``read``/``write`` the shared kernel's modules) so that the state
-dict is readable and shared with ``models.reference.naive_draw``. ``_step`` below is one step of
-the equations above, written with the fused products (``_fused``: one GEMM for every product with
-h^dec, one for every product with h^enc).
+Parameters are plain modules (``encoder``/``decoder`` ``nn.LSTMCell``s, ``posterior`` an ``nn.Linear``,
+``read``/``write`` the shared kernel's), so the state dict is that of ``models.reference.naive_draw``.
 
-``forward`` chooses the path at one point: on CPU with attention and the native loops, when no
-windows or canvases are asked for (``loss()``, the bounds), the whole pass runs as one autograd
-node with native per-step loops (``models.fast.draw_sequence``); everything else steps through
-``_step`` with the fused products of ``models.fast.fused``.
+One dispatch point in ``forward`` picks the path: ``models.fast.draw_sequence`` runs the whole pass as
+one autograd node when ``usable`` (CPU, the native loops, zero initial states) and no windows or
+canvases are asked for (``loss()``, the bounds); every other pass loops over ``_step``, the equations
+above with the products fused by ``models.fast.fused`` (one GEMM for those with h^dec, one for h^enc).
 """
 
 from __future__ import annotations
@@ -37,12 +36,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from models import flops
-from models.fast import draw_sequence, fused
 from models.attention import make_read, make_write, read, window_from_params, write
-from models.common import ConfigMixin, param_count
+from models.common import ConfigMixin, check_images, param_count
+from models.fast import draw_sequence, fused
 from models.lstm import lstm_pointwise
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+CHOICES = {"window_init": ("cover", "default"), "initial_state": ("zero", "learned")}
 
 
 @dataclass
@@ -60,17 +60,16 @@ class DRAWConfig(ConfigMixin):
     z_size: int = 100
     attention: bool = True
     window_init: str = "cover"  # models/attention.py WindowHead: "cover" or "default" (public ports)
+    initial_state: str = "zero"  # c_0, h^enc_0, h^dec_0: "zero", or "learned" biases (the paper)
 
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "window_init":
-                if v not in ("cover", "default"):
-                    raise ValueError(f"DRAWConfig.window_init must be 'cover' or 'default', got {v!r}")
-            elif f.name == "attention":
-                if not isinstance(v, bool):
-                    raise ValueError(f"DRAWConfig.attention must be True or False, got {v!r}")
-            elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if f.name in CHOICES and v not in CHOICES[f.name]:
+                raise ValueError(f"DRAWConfig.{f.name} must be one of {CHOICES[f.name]}, got {v!r}")
+            if f.type == "bool" and not isinstance(v, bool):
+                raise ValueError(f"DRAWConfig.{f.name} must be True or False, got {v!r}")
+            if f.type == "int" and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"DRAWConfig.{f.name} must be a positive integer, got {v!r}")
         if self.attention and (self.read_n < 2 or self.write_n < 2):
             raise ValueError(f"attention needs read_n and write_n >= 2 (a grid has a stride), "
@@ -127,30 +126,19 @@ class DRAW(nn.Module):
         self.encoder = nn.LSTMCell(self.read.out_features + cfg.dec_hidden, cfg.enc_hidden)
         self.posterior = nn.Linear(cfg.enc_hidden, 2 * cfg.z_size)
         self.decoder = nn.LSTMCell(cfg.z_size, cfg.dec_hidden)
+        if cfg.initial_state == "learned":  # only then: a "zero" model keeps its state dict
+            self.canvas_0 = nn.Parameter(torch.zeros(c, h, w))
+            self.h_enc_0 = nn.Parameter(torch.zeros(cfg.enc_hidden))
+            self.h_dec_0 = nn.Parameter(torch.zeros(cfg.dec_hidden))
         self._compiled = None
 
-    # -- fused weights, rebuilt from the modules on every call (cheap, differentiable) --------
-    def _fused(self):
+    def initial_states(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c_0 (C, H, W), h^enc_0, h^dec_0): the learned biases, or zeros."""
         cfg = self.config
-        nr = self.read.out_features
-        enc, dec = self.encoder, self.decoder
-        enc_w = enc.weight_ih
-        enc_b = enc.bias_ih + enc.bias_hh
-        dec_b = dec.bias_ih + dec.bias_hh
-        # Rows of the h^dec GEMM: decoder recurrence | encoder input | read window | write window | patch.
-        w_dec = [dec.weight_hh, enc_w[:, nr:]]
-        b_dec = [dec_b, enc_b]
-        if cfg.attention:
-            w_dec += [self.read.head.linear.weight, self.write.head.linear.weight, self.write.patch.weight]
-            b_dec += [self.read.head.linear.bias, self.write.head.linear.bias, self.write.patch.bias]
-        else:
-            w_dec += [self.write.linear.weight]
-            b_dec += [self.write.linear.bias]
-        # Rows of the h^enc GEMM: posterior (mu, log sigma) | encoder recurrence.
-        w_enc = torch.cat([self.posterior.weight, enc.weight_hh], dim=0)
-        b_enc = torch.cat([self.posterior.bias, torch.zeros_like(enc_b)], dim=0)
-        return dict(w_dec=torch.cat(w_dec, 0).t(), b_dec=torch.cat(b_dec, 0), w_enc=w_enc.t(), b_enc=b_enc,
-                    w_read=enc_w[:, :nr].t(), w_z=dec.weight_ih.t())
+        if cfg.initial_state == "learned":
+            return self.canvas_0, self.h_enc_0, self.h_dec_0
+        zeros = self.decoder.weight_ih.new_zeros
+        return zeros(cfg.channels, cfg.height, cfg.width), zeros(cfg.enc_hidden), zeros(cfg.dec_hidden)
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None, windows: bool = True,
                 canvases: bool = False, generator: torch.Generator | None = None) -> DRAWOutput:
@@ -160,64 +148,40 @@ class DRAW(nn.Module):
         from ``generator`` if given). Returns a ``DRAWOutput``.
         """
         cfg = self.config
-        x = self._check_images(x)
-        b, T, zs, he, hd = x.shape[0], cfg.steps, cfg.z_size, cfg.enc_hidden, cfg.dec_hidden
+        x = check_images(x, "DRAW", (cfg.channels, cfg.height, cfg.width))
+        b, T, zs = x.shape[0], cfg.steps, cfg.z_size
         if noise is None:
             noise = torch.randn(T, b, zs, device=x.device, dtype=x.dtype, generator=generator)
         elif noise.shape != (T, b, zs):
             raise ValueError(f"noise must have shape (steps, batch, z_size) = {(T, b, zs)}, got {tuple(noise.shape)}")
-        p = self._fused()
+        p = fused.weights(self)
         if (not (windows or canvases) and (self._compiled is None or not torch.is_grad_enabled())
                 and draw_sequence.usable(self, x, noise)):
             canvas, mu, log_sigma, z = draw_sequence.run(self, x, noise, p)  # native per-step loops
             return self._output(x, noise, canvas, mu, log_sigma, z)
-        ng = 4 * he
-        canvas = x.new_zeros(x.shape)
-        dec_out = p["b_dec"].expand(b, -1).split(self._blocks()["dec"], dim=1)
-        state = (canvas, dec_out, x.new_zeros(b, ng), x.new_zeros(b, he), x.new_zeros(b, hd))
-        if not cfg.attention:  # the x half of the full read is the same every step: one product
-            nr = self.read.out_features
-            enc_x = x.flatten(1) @ p["w_read"][: nr // 2]
-            p["w_read"] = p["w_read"][nr // 2:]
-        else:
-            enc_x = None
-        weights = tuple(p[k] for k in fused.PRODUCTS)
-        if self._compiled is not None and torch.is_grad_enabled():
-            step = lambda t, *args: self._compiled(*args)  # noqa: E731
-        else:
-            prod = fused.products(p, self._blocks(), T, b, fused.POOLS.setdefault(self, {}))
-            step = lambda t, x, enc_x, state, eps, weights: self._step(prod, t, x, enc_x, state, eps)  # noqa: E731
+        state, enc_x = fused.initial_state(self, p, x, *self.initial_states())  # from c_0, h^enc_0, h^dec_0
+        step = fused.stepper(self, p, b)  # self._step on the fused products, or the compiled step
         mus, log_sigmas, zs_, rws, wws, cs = [], [], [], [], [], []
+        keep = windows and cfg.attention
         for t in range(T):
-            state, mu, log_sigma, z, rwin, wwin = step(t, x, enc_x, state, noise[t], weights)
+            state, mu, log_sigma, z, rwin, wwin = step(t, x, enc_x, state, noise[t])
             mus.append(mu), log_sigmas.append(log_sigma), zs_.append(z)
-            if windows and cfg.attention:
+            if keep:
                 rws.append(rwin), wws.append(wwin)
             if canvases:
                 cs.append(state[0])
-        mu, log_sigma, z = torch.stack(mus), torch.stack(log_sigmas), torch.stack(zs_)  # (T, B, z)
-        keep = windows and cfg.attention
-        return self._output(x, noise, state[0], mu, log_sigma, z, _stack_windows(rws) if keep else None,
-                            _stack_windows(wws) if keep else None, torch.stack(cs) if canvases else None)
-
-    @staticmethod
-    def _output(x, noise, canvas, mu, log_sigma, z, read_windows=None, write_windows=None, canvases=None):
-        """The DRAWOutput for c_T and every step's mu, log sigma, z (T, B, z_size)."""
-        kl = kl_standard_normal(mu, log_sigma).sum(-1).t()
-        log_q = (-0.5 * noise.square() - log_sigma - HALF_LOG_2PI).sum((0, 2))
-        log_pz = (-0.5 * z.square() - HALF_LOG_2PI).sum((0, 2))
-        recon = F.binary_cross_entropy_with_logits(canvas, x, reduction="none").flatten(1).sum(1)
-        return DRAWOutput(canvas, kl, recon, log_q, log_pz, read_windows, write_windows, canvases)
+        return self._output(x, noise, state[0], torch.stack(mus), torch.stack(log_sigmas), torch.stack(zs_),
+                            _stack_windows(rws) if keep else None, _stack_windows(wws) if keep else None,
+                            torch.stack(cs) if canvases else None)
 
     def _step(self, prod, t, x, enc_x, state, eps):
         """One DRAW step. ``state`` = (canvas c_{t-1}, column blocks of the h^dec GEMM output of
         t-1, encoder recurrence term of t-1, encoder cell, decoder cell); ``prod[k](h, t)`` are the
-        fused products, split into their column blocks (see _blocks)."""
+        fused products, split into their column blocks (see ``fused.blocks``)."""
         cfg = self.config
         canvas, dec_out, enc_rec, c_enc, c_dec = state
-        b = x.shape[0]
         x_hat = x - torch.sigmoid(canvas)
-        enc_in = dec_out[1] + enc_rec
+        enc_in = dec_out[1] + enc_rec  # the h^dec_{t-1} and h^enc_{t-1} terms of the encoder's gates
         rwin = wwin = None
         if cfg.attention:
             rwin = window_from_params(dec_out[2], cfg.height, cfg.width, cfg.read_n)
@@ -232,31 +196,20 @@ class DRAW(nn.Module):
         dec_out = prod["dec"](h_dec, t)
         if cfg.attention:
             wwin = window_from_params(dec_out[3], cfg.height, cfg.width, cfg.write_n)
-            patch = dec_out[4].view(b, cfg.channels, cfg.write_n, cfg.write_n)
+            patch = dec_out[4].view(x.shape[0], cfg.channels, cfg.write_n, cfg.write_n)
             canvas = canvas + write(patch, wwin.fx, wwin.fy, wwin.gamma)
         else:
             canvas = canvas + dec_out[2].view(x.shape)
         return (canvas, dec_out, enc_rec, c_enc, c_dec), mu, log_sigma, z, rwin, wwin
 
-    def _blocks(self) -> dict:
-        """Column widths of each fused product's output (see _fused)."""
-        cfg = self.config
-        he, hd = 4 * cfg.enc_hidden, 4 * cfg.dec_hidden
-        if cfg.attention:
-            dec = (hd, he, 5, 5, cfg.channels * cfg.write_n ** 2)
-        else:
-            dec = (hd, he, cfg.channels * cfg.height * cfg.width)
-        return dict(dec=dec, enc=(cfg.z_size, cfg.z_size, he), read=(he,), z=(hd,))
-
-    def _plain_step(self, x, enc_x, state, eps, weights):
-        prod = fused.plain_products(dict(zip(fused.PRODUCTS, weights)), self._blocks())
-        return self._step(prod, None, x, enc_x, state, eps)
-
-    def compile_step(self, enable: bool = True, **compile_kwargs) -> "DRAW":
-        """Train with the step compiled by ``torch.compile`` (fused pointwise work; the first call
-        compiles, about 30 s of CPU). Evaluation under no_grad keeps the eager step."""
-        self._compiled = torch.compile(self._plain_step, dynamic=False, **compile_kwargs) if enable else None
-        return self
+    @staticmethod
+    def _output(x, noise, canvas, mu, log_sigma, z, read_windows=None, write_windows=None, canvases=None):
+        """The loss terms from c_T and every step's mu, log sigma, z (T, B, z_size)."""
+        kl = kl_standard_normal(mu, log_sigma).sum(-1).t()
+        log_q = (-0.5 * noise.square() - log_sigma - HALF_LOG_2PI).sum((0, 2))
+        log_pz = (-0.5 * z.square() - HALF_LOG_2PI).sum((0, 2))
+        recon = F.binary_cross_entropy_with_logits(canvas, x, reduction="none").flatten(1).sum(1)
+        return DRAWOutput(canvas, kl, recon, log_q, log_pz, read_windows, write_windows, canvases)
 
     def loss(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """Mean over the batch of Lx + Lz (nats/image), and its parts as floats."""
@@ -267,7 +220,8 @@ class DRAW(nn.Module):
 
     @torch.no_grad()
     def generate(self, n: int, steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``n`` images from the prior through the decoder alone.
+        """Draw ``n`` images from the prior through the decoder alone: z_t ~ N(0, I),
+        h^dec_t = LSTM_dec(h^dec_{t-1}, z_t), c_t = c_{t-1} + write(h^dec_t).
 
         Returns the canvas after every step as probabilities sigmoid(c_t), shape (T, n, C, H, W).
         """
@@ -275,13 +229,12 @@ class DRAW(nn.Module):
         steps = cfg.steps if steps is None else steps
         if not isinstance(n, int) or n < 1 or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"generate needs n >= 1 and steps >= 1, got n={n!r}, steps={steps!r}")
-        prm = self.decoder.weight_ih
-        h = prm.new_zeros(n, cfg.dec_hidden)
-        cell = prm.new_zeros(n, cfg.dec_hidden)
-        canvas = prm.new_zeros(n, cfg.channels, cfg.height, cfg.width)
+        c_0, _, h_dec_0 = self.initial_states()
+        canvas, h = c_0.expand(n, -1, -1, -1), h_dec_0.expand(n, -1)
+        cell = h.new_zeros(n, cfg.dec_hidden)
         out = []
         for _ in range(steps):
-            z = torch.randn(n, cfg.z_size, device=prm.device, dtype=prm.dtype, generator=generator)
+            z = torch.randn(n, cfg.z_size, device=h.device, dtype=h.dtype, generator=generator)
             h, cell = self.decoder(z, (h, cell))
             canvas = canvas + self.write(h)[0]
             out.append(torch.sigmoid(canvas))
@@ -292,34 +245,15 @@ class DRAW(nn.Module):
         """Reconstructions of ``x``: sigmoid(c_t) after every step, shape (T, B, C, H, W)."""
         return torch.sigmoid(self(x, windows=False, canvases=True, generator=generator).canvases)
 
-    def _check_images(self, x: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        want = (cfg.channels, cfg.height, cfg.width)
-        if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != want:
-            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"DRAW expects images of shape (B, {want[0]}, {want[1]}, {want[2]}), got {got}; "
-                             f"add a channel axis with x.unsqueeze(1) or set DRAWConfig height/width/channels")
-        if not x.is_floating_point():
-            raise ValueError(f"DRAW expects float images in [0, 1], got dtype {x.dtype}; convert with x.float() / 255")
-        return x
-
     def param_count(self) -> int:
         return param_count(self)
 
     def flops_per_image(self, train: bool = False) -> int:
-        """FLOPs of one image's forward pass (or training step), counted from the shapes."""
-        cfg = self.config
-        c, h, w, z = cfg.channels, cfg.height, cfg.width, cfg.z_size
-        pixels = c * h * w
-        step = 3 * pixels  # x^ = x - sigmoid(c), c += write
-        step += flops.lstm_cell(self.read.out_features + cfg.dec_hidden, cfg.enc_hidden)
-        step += flops.linear(cfg.enc_hidden, 2 * z) + 3 * z + 6 * z  # posterior, sample, KL and log densities
-        step += flops.lstm_cell(z, cfg.dec_hidden)
-        if cfg.attention:
-            step += flops.window(cfg.dec_hidden, cfg.read_n, h, w) + flops.read(2 * c, h, w, cfg.read_n)
-            step += flops.window(cfg.dec_hidden, cfg.write_n, h, w) + flops.write(c, h, w, cfg.write_n)
-            step += flops.linear(cfg.dec_hidden, c * cfg.write_n ** 2)
-        else:
-            step += flops.linear(cfg.dec_hidden, pixels)
-        total = cfg.steps * step + 5 * pixels  # + the Bernoulli likelihood of c_T
-        return flops.train_step(total) if train else total
+        """FLOPs of one image's forward pass (or training step), counted from the shapes (models/flops.py)."""
+        return flops.draw(self.config, self.read.out_features, train)
+
+    def compile_step(self, enable: bool = True, **compile_kwargs) -> "DRAW":
+        """Train with the step compiled by ``torch.compile`` (fused pointwise work; the first call
+        compiles, about 30 s of CPU). Evaluation under no_grad keeps the eager step."""
+        self._compiled = fused.compile_step(self, **compile_kwargs) if enable else None
+        return self

@@ -59,6 +59,25 @@ def softmax_cross_entropy(classes: int) -> int:
     return 5 * classes
 
 
+def draw(cfg, read_features: int, train: bool = False) -> int:
+    """One image's forward pass (or training step) of DRAW (``models.draw.DRAWConfig`` ``cfg``, whose
+    read gives ``read_features`` numbers per step)."""
+    c, h, w, z = cfg.channels, cfg.height, cfg.width, cfg.z_size
+    pixels = c * h * w
+    step = 3 * pixels  # x^ = x - sigmoid(c), c += write
+    step += lstm_cell(read_features + cfg.dec_hidden, cfg.enc_hidden)
+    step += linear(cfg.enc_hidden, 2 * z) + 3 * z + 6 * z  # posterior, sample, KL and log densities
+    step += lstm_cell(z, cfg.dec_hidden)
+    if cfg.attention:
+        step += window(cfg.dec_hidden, cfg.read_n, h, w) + read(2 * c, h, w, cfg.read_n)
+        step += window(cfg.dec_hidden, cfg.write_n, h, w) + write(c, h, w, cfg.write_n)
+        step += linear(cfg.dec_hidden, c * cfg.write_n ** 2)
+    else:
+        step += linear(cfg.dec_hidden, pixels)
+    total = cfg.steps * step + 5 * pixels  # + the Bernoulli likelihood of c_T
+    return train_step(total) if train else total
+
+
 def train_step(forward: int) -> int:
     return TRAIN_FACTOR * forward
 

@@ -166,3 +166,26 @@ def test_damaged_checkpoint_is_reported(tmp_path):
     ck.write_bytes(b"not a checkpoint")
     with pytest.raises(checkpoints.CheckpointError, match="unreadable checkpoint"):
         train(ToyTask(), CFG, ck, resume=True, log=lambda m: None)
+
+
+def test_adam_takes_the_configured_betas(tmp_path):
+    """The default betas are torch's own (the same weights as a plain Adam); others reach the optimiser."""
+    from dataclasses import replace
+
+    plain = train(ToyTask(), CFG, tmp_path / "a.pt", log=lambda m: None)
+    task = ToyTask()
+    model = task.build()
+    opt = torch.optim.Adam(model.parameters(), lr=CFG.lr)
+    for epoch in range(CFG.epochs):
+        model.train()
+        for batch in task.batches(epoch):
+            loss = task.loss(model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), CFG.clip_norm)
+            opt.step()
+    final = checkpoints.load(tmp_path / "a.pt")["model"]  # the last step's weights (plain.model is the best)
+    assert all(torch.equal(final[k], v) for k, v in model.state_dict().items())
+    other = train(ToyTask(), replace(CFG, betas=(0.5, 0.9)), tmp_path / "b.pt", log=lambda m: None)
+    assert checkpoints.load(tmp_path / "b.pt")["optimizer"]["param_groups"][0]["betas"] == (0.5, 0.9)
+    assert not torch.equal(params(other.model), params(plain.model))

@@ -11,14 +11,17 @@ from pathlib import Path
 import pytest
 
 from bench import plugins, records, report, runner, suites, tables
+from bench.optim import Optim
 from bench.suites import RamJob, Suite, Target
+from models.ram import RamConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
 TINY_RAM = Suite(
     name="tiny-ram", description="test suite", expected="seconds",
-    jobs=(RamJob(dataset="cluttered60", glimpses=(2,), patch=6, scales=2, glimpse_hidden=16, location_hidden=8,
-                 glimpse_size=16, hidden=16, batch_size=16, epochs=2, train_limit=64, valid_limit=32, test_limit=32),),
+    jobs=(RamJob(dataset="cluttered60", glimpses=(2,),
+                 model=RamConfig(patch=6, scales=2, glimpse_hidden=16, location_hidden=8, glimpse_size=16, hidden=16),
+                 optim=Optim(batch_size=16), epochs=2, train_limit=64, valid_limit=32, test_limit=32),),
     targets=(Target("test_error", "<", 2.0, (("glimpses", 2), ("model", "ram"))),),
 )
 
@@ -41,7 +44,7 @@ def quiet(msg):
 def test_table1_has_ram_rows_and_ram60_covers_4_6_8():
     ram = [u for u in runner.units(suites.get("table1"), None) if u.job.kind == "ram"]
     assert sorted((u.glimpses, u.seed) for u in ram) == [(4, 0), (4, 1), (4, 2), (8, 0), (8, 1), (8, 2)]
-    assert all(u.job.patch == 12 and u.job.scales == 4 and u.job.dataset == "cluttered100" for u in ram)
+    assert all(u.job.model.patch == 12 and u.job.model.scales == 4 and u.job.dataset == "cluttered100" for u in ram)
     ram60 = runner.units(suites.get("ram60"), None)
     assert sorted({u.glimpses for u in ram60}) == [4, 6, 8] and {u.job.dataset for u in ram60} == {"cluttered60"}
     assert {u.seed for u in ram60} == {0, 1, 2}
@@ -65,7 +68,7 @@ def test_ram_run_is_recorded_tabulated_and_plotted(tiny_ram, tmp_path):
     assert len(errs) == 1
     p = errs[0]["params"]
     assert p["model"] == "ram" and p["attention_type"] == "hard" and p["location"] == "mean"
-    from models.ram import RamConfig, RecurrentAttentionModel
+    from models.ram import RecurrentAttentionModel
 
     want = RecurrentAttentionModel(RamConfig(height=60, width=60, glimpses=2, patch=6, scales=2, glimpse_hidden=16,
                                              location_hidden=8, glimpse_size=16, hidden=16))

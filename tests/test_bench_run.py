@@ -13,14 +13,17 @@ import numpy as np
 import pytest
 
 from bench import records, runner, suites
+from bench.optim import Optim
 from bench.suites import ClassifierJob, Suite, Target, ThroughputJob
+from models.classifier import ClassifierConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
 TINY = Suite(
     name="tiny", description="test suite", expected="seconds",
-    jobs=(ClassifierJob(dataset="cluttered60", glimpses=(1, 2), per_step_loss=True, read_n=4, hidden=16,
-                        batch_size=16, epochs=2, train_limit=64, valid_limit=32, test_limit=32),
+    jobs=(ClassifierJob(dataset="cluttered60", glimpses=(1, 2), per_step_loss=True,
+                        model=ClassifierConfig(read_n=4, hidden=16), optim=Optim(batch_size=16), epochs=2,
+                        train_limit=64, valid_limit=32, test_limit=32),
           ThroughputJob(model="classifier", height=60, width=60, glimpses=2, hidden=16, batch_sizes=(8,),
                         repeats=2, min_time_s=0.0)),
     targets=(Target("test_error", "<", 2.0, (("glimpses", 2),)),),
@@ -219,7 +222,8 @@ def test_resume_refuses_a_changed_recipe_and_runs_jobs_the_suite_gained(tiny, mo
 
     runner.run(tiny("run"), log=quiet)
     clf = TINY.jobs[0]
-    monkeypatch.setitem(suites.SUITES, "tiny", replace(TINY, jobs=(replace(clf, lr=0.002),) + TINY.jobs[1:]))
+    faster = suites.with_settings(clf, lr=0.002)
+    monkeypatch.setitem(suites.SUITES, "tiny", replace(TINY, jobs=(faster,) + TINY.jobs[1:]))
     with pytest.raises(resume.RecipeChanged, match=r"classifier lr: record 0\.001, given 0\.002"):
         runner.run(tiny("run", resume=True), log=quiet)
     monkeypatch.setitem(suites.SUITES, "tiny", replace(TINY, jobs=TINY.jobs[:1]))

@@ -78,3 +78,25 @@ def test_rows_never_pool_budgets_and_mark_a_run_left_on_the_plateau(tmp_path):
     assert "budget 4 min" in short and "budget 100 epochs" in long and "wsd lr 0.001, batch 64" in long
     assert "2-3 epochs, 0.10-0.15 M images, 0.40-0.60 core-h" in long  # 2 threads x 360 s per epoch
     assert "seed 1 never left the starting plateau" in short and "plateau" not in long
+
+
+def test_draw_cost_counts_learned_initial_states(tmp_path):
+    """DRAW's cost from its job in the suite config counts the learned c_0, h^enc_0, h^dec_0; a job
+    recorded without ``initial_state`` (before it existed) starts from zeros."""
+    import json
+
+    import pandas as pd
+
+    from models.draw import DRAW, DRAWConfig
+
+    job = {"kind": "draw", "dataset": "binarized", "attention": True, "steps": 4, "read_n": 2, "write_n": 5,
+           "enc_hidden": 8, "dec_hidden": 6, "z_size": 3}
+    costs = {}
+    for init in (None, "zero", "learned"):
+        path = tmp_path / f"{init}.json"
+        jobs = [job if init is None else dict(job, initial_state=init)]
+        path.write_text(json.dumps({"config": {"suite": {"jobs": jobs}}}))
+        costs[init] = tables._draw_cost(pd.DataFrame({"record": [str(path)]}), "binarized", True, 4)
+    learned = DRAW(DRAWConfig(steps=4, enc_hidden=8, dec_hidden=6, z_size=3, initial_state="learned"))
+    assert costs[None] == costs["zero"]
+    assert costs["learned"][0] == learned.param_count() == costs["zero"][0] + 28 * 28 + 8 + 6

@@ -103,10 +103,12 @@ def test_rank_batches_are_strides_of_the_one_process_batches(mnist_data, world):
 
 
 def test_draw_noise_on_two_ranks_is_the_one_process_noise(mnist_data):
+    from bench.optim import Optim
     from bench.suites import DrawJob
     from bench.tasks import DrawTask
+    from models.draw import DRAWConfig
 
-    job = DrawJob(steps=3, z_size=4, batch_size=8, train_limit=40)
+    job = DrawJob(model=DRAWConfig(steps=3, z_size=4), optim=Optim(batch_size=8), train_limit=40)
     one = list(DrawTask(job, 5).batches(2))
     ranks = [list(DrawTask(job, 5, rank=r, world_size=2).batches(2)) for r in range(2)]
     assert len(one) == len(ranks[0]) == len(ranks[1]) == 5

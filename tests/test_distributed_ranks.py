@@ -20,18 +20,23 @@ import pytest
 import torch
 
 from bench import checkpoints, distributed
+from bench.optim import Optim
 from bench.suites import ClassifierJob, DrawJob
 from bench.tasks import ClassifierTask, DrawTask
 from bench.training_loop import LoopConfig, train
+from models.classifier import ClassifierConfig
+from models.draw import DRAWConfig
 
 pytestmark = pytest.mark.slow
 
 B = 16
 CFG = LoopConfig(epochs=2, max_batches=3, lr=1e-2, progress=False, checkpoint_every_s=1e9)
-CLS_JOB = ClassifierJob(dataset="cluttered60", glimpses=(1, 2), per_step_loss=True, read_n=4, hidden=32,
-                        batch_size=B, valid_limit=101, test_limit=251)
-DRAW_JOB = DrawJob(dataset="binarized", steps=3, read_n=2, write_n=3, enc_hidden=16, dec_hidden=16, z_size=4,
-                   batch_size=B, valid_limit=101, test_limit=251, iwae_k=3, iwae_limit=21)
+CLS_JOB = ClassifierJob(dataset="cluttered60", glimpses=(1, 2), per_step_loss=True,
+                        model=ClassifierConfig(read_n=4, hidden=32), optim=Optim(batch_size=B), valid_limit=101,
+                        test_limit=251)
+DRAW_JOB = DrawJob(dataset="binarized",
+                   model=DRAWConfig(steps=3, read_n=2, write_n=3, enc_hidden=16, dec_hidden=16, z_size=4),
+                   optim=Optim(batch_size=B), valid_limit=101, test_limit=251, iwae_k=3, iwae_limit=21)
 
 
 def cls_task(rank=0, world=1):

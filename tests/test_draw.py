@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 from models.common import ConfigError
 from models.draw import DRAW, DRAWConfig, kl_standard_normal
 from models.reference.naive_draw import NaiveDRAW
+
+REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,7 +41,8 @@ def test_config_round_trip_and_errors():
     cfg = DRAWConfig(attention=False, steps=7)
     assert DRAWConfig.from_dict(cfg.to_dict()) == cfg
     assert DRAWConfig().to_dict() == dict(height=28, width=28, channels=1, steps=64, read_n=2, write_n=5,
-                                          enc_hidden=256, dec_hidden=256, z_size=100, attention=True, window_init="cover")
+                                          enc_hidden=256, dec_hidden=256, z_size=100, attention=True,
+                                          window_init="cover", initial_state="zero")
     with pytest.raises(ConfigError, match="stepz"):
         DRAWConfig.from_dict({"stepz": 3})
     with pytest.raises(ValueError, match="steps"):
@@ -46,6 +50,10 @@ def test_config_round_trip_and_errors():
     with pytest.raises(ValueError, match="read_n"):
         DRAWConfig(read_n=1)
     DRAWConfig(read_n=1, attention=False)  # no grid without attention
+    with pytest.raises(ValueError, match=r"initial_state must be one of \('zero', 'learned'\), got 'learnt'"):
+        DRAWConfig(initial_state="learnt")
+    with pytest.raises(ConfigError, match="initial_state must be a string"):
+        DRAWConfig.from_dict({"initial_state": True})
 
 
 @pytest.mark.parametrize("attention", [True, False])
@@ -128,8 +136,9 @@ def test_shapes_and_probabilities(attention, h, w, c, rn, wn):
     assert m.param_count() > 0 and m.flops_per_image(train=True) == 3 * m.flops_per_image()
 
 
-def test_reconstruct_last_canvas_is_forward_canvas():
-    cfg = small()
+@pytest.mark.parametrize("initial_state", ["zero", "learned"])
+def test_reconstruct_last_canvas_is_forward_canvas(initial_state):
+    cfg = small(initial_state=initial_state)
     m = DRAW(cfg)
     x = binary(2, cfg)
     noise = torch.randn(cfg.steps, 2, cfg.z_size)
@@ -305,3 +314,149 @@ def test_pooled_buffers_are_reused_and_freed_with_the_model(path):
     del m, pool, held
     gc.collect()
     assert model() is None and buffer() is None
+
+
+# -- learned initial states: c_0, h^enc_0, h^dec_0 as learned biases (the paper, sec. 2.1) ------------
+
+INITIAL = ("canvas_0", "h_enc_0", "h_dec_0")
+
+
+def learned(attention=True, dtype=torch.float64, seed=0, **kw):
+    """A DRAW with initial_state="learned" whose initial states are random (zero at initialisation
+    would hide a state that is not used), and a NaiveDRAW with the same weights."""
+    torch.manual_seed(seed)
+    cfg = small(attention, initial_state="learned", **kw)
+    m = DRAW(cfg).to(dtype)
+    with torch.no_grad():
+        for name in INITIAL:
+            getattr(m, name).normal_()
+    naive = NaiveDRAW(cfg).to(dtype)
+    naive.load_state_dict(m.state_dict())
+    return m, naive
+
+
+def test_initial_state_parameters_exist_only_when_learned():
+    """A "zero" model keeps the state dict of the checkpoints written before the option existed;
+    "learned" adds exactly c_0 (C, H, W), h^enc_0 and h^dec_0, zero at initialisation."""
+    cfg = small(c=3, h=12, w=16, rn=3, wn=4)
+    zero, learnt = DRAW(cfg), DRAW(cfg.replace(initial_state="learned"))
+    assert not set(zero.state_dict()) & set(INITIAL)
+    assert [k for k in learnt.state_dict() if k not in INITIAL] == list(zero.state_dict())
+    assert set(learnt.state_dict()) - set(zero.state_dict()) == set(INITIAL)
+    assert [tuple(learnt.state_dict()[k].shape) for k in INITIAL] == [(3, 12, 16), (24,), (20,)]
+    assert all(not getattr(learnt, k).any() for k in INITIAL)
+    assert learnt.param_count() == zero.param_count() + 3 * 12 * 16 + 24 + 20
+    with pytest.raises(RuntimeError, match="Missing key"):
+        learnt.load_state_dict(zero.state_dict())
+
+
+@pytest.mark.parametrize("attention", [True, False])
+@pytest.mark.parametrize("h,w,c,rn,wn", [SHAPES[0], SHAPES[2]])
+def test_learned_initial_states_parity_with_naive(attention, h, w, c, rn, wn):
+    """Float64, same weights and noise: DRAW with learned c_0, h^enc_0, h^dec_0 equals the reference,
+    values and every parameter's gradient, the initial states' included."""
+    fast, naive = learned(attention, h=h, w=w, c=c, rn=rn, wn=wn)
+    x = binary(3, fast.config).double()
+    noise = torch.randn(fast.config.steps, 3, fast.config.z_size, dtype=torch.float64)
+    out = fast(x, noise)
+    canvas, recon, kl = naive(x, noise)
+    torch.testing.assert_close(out.canvas_logits, canvas, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.reconstruction, recon, rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(out.kl, kl, rtol=1e-10, atol=1e-10)
+    fast.loss(x, noise)[0].backward()
+    naive.loss(x, noise).backward()
+    gn = dict(naive.named_parameters())
+    for name, p in fast.named_parameters():
+        assert p.grad is not None and (name not in INITIAL or p.grad.abs().sum() > 0), name
+        torch.testing.assert_close(p.grad, gn[name].grad, rtol=1e-8, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_learned_initial_states_gradcheck(attention):
+    """Float64 gradcheck of a tiny learned-init DRAW's per-image loss w.r.t. every parameter."""
+    m, _ = learned(attention, h=6, w=5, rn=2, wn=2, steps=3, enc_hidden=3, dec_hidden=3, z_size=2)
+    x = binary(2, m.config).double()
+    noise = torch.randn(3, 2, 2, dtype=torch.float64)
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+
+    def loss(*ps):
+        return torch.func.functional_call(m, dict(zip(names, ps)), (x, noise), {"windows": False}).loss
+
+    assert torch.autograd.gradcheck(loss, params, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_first_read_window_and_encoder_input_come_from_h_dec_0():
+    """Step 1 reads where h^dec_0 points: its window is W_read [h^dec_0, 1], and moving h^dec_0 moves it."""
+    from models.attention import window_from_params
+
+    m, _ = learned()
+    cfg, x = m.config, binary(2, m.config).double()
+    with torch.no_grad():
+        want = window_from_params(m.read.head.linear(m.h_dec_0)[None], cfg.height, cfg.width, cfg.read_n)
+        got = m(x).read_windows
+        for k in ("gx", "gy", "sigma2", "delta", "gamma"):
+            torch.testing.assert_close(getattr(got, k)[:, 0], getattr(want, k).expand(2), rtol=1e-12, atol=1e-12)
+        m.h_dec_0.add_(0.5)
+        assert not torch.allclose(m(x).read_windows.gx[:, 0], got.gx[:, 0])
+
+
+def test_generate_starts_from_the_learned_initial_states():
+    """generate(n, steps=1): z_1 ~ N(0, I), h^dec_1 = LSTM_dec(h^dec_0, z_1), c_1 = c_0 + write(h^dec_1)."""
+    m, _ = learned()
+    cfg = m.config
+    got = m.generate(4, steps=1, generator=torch.Generator().manual_seed(7))[0]
+    z = torch.randn(4, cfg.z_size, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        h, _ = m.decoder(z, (m.h_dec_0.expand(4, -1), torch.zeros(4, cfg.dec_hidden, dtype=torch.float64)))
+        want = torch.sigmoid(m.canvas_0 + m.write(h)[0])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_learned_initial_states_train_through_the_step_path(monkeypatch):
+    """The sequence path does not take learned initial states: loss() steps through _step, and Adam
+    on one batch lowers the loss and moves c_0, h^enc_0 and h^dec_0."""
+    from models.fast import draw_sequence
+
+    def refuse(*args):
+        raise AssertionError("the sequence path took a learned-init model")
+
+    monkeypatch.setattr(draw_sequence, "run", refuse)
+    m, _ = learned(dtype=torch.float32, steps=4)
+    x = binary(4, m.config)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss, parts = m.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(parts["loss"])
+    assert losses[-1] < 0.95 * losses[0], losses  # about 636 -> 594 nats
+    moved = dict(m.named_parameters())
+    start, _ = learned(dtype=torch.float32, steps=4)
+    assert all(not torch.equal(moved[k], getattr(start, k)) for k in INITIAL)
+
+
+DRAW_CHECKPOINTS = sorted((REPO / "results" / "checkpoints").rglob("draw-*.pt"))
+
+
+@pytest.mark.parametrize("path", DRAW_CHECKPOINTS, ids=[f"{p.parent.name}/{p.stem}" for p in DRAW_CHECKPOINTS])
+def test_committed_checkpoints_load_strictly(path):
+    """Every committed DRAW checkpoint, finished or a continuation still training, loads with
+    strict=True into the model its stored config builds (which predates initial_state, so "zero"),
+    and a continuation's Adam state fits the parameters in order."""
+    from bench import checkpoints
+
+    state = checkpoints.load(path)
+    cfg = DRAWConfig.from_dict(state["task"]["model"])
+    assert cfg.initial_state == "zero"
+    m = DRAW(cfg)
+    m.load_state_dict(state["model"], strict=True)
+    if state.get("best_state") is not None:
+        m.load_state_dict(state["best_state"], strict=True)
+    if "optimizer" in state:
+        opt = torch.optim.Adam(m.parameters())
+        opt.load_state_dict(state["optimizer"])
+        for p in m.parameters():
+            assert opt.state[p]["exp_avg"].shape == p.shape

@@ -31,3 +31,9 @@ def test_small_wobbles_are_not_relapses():
 def test_draw_curve_uses_the_elbo():
     r = plateau.analyse(curve([210, 190, 140, 120, 131], key="valid_nll_elbo"), plateau.DRAW)
     assert r["escaped"]["epoch"] == 3 and [x["epoch"] for x in r["relapses"]] == [5]
+
+
+def test_a_draw_run_that_draws_more_than_the_mean_image_has_left():
+    """One epoch of attention DRAW (186, then 152 nats) has left the ~200-nat plateau; 195-210 has not."""
+    assert not plateau.analyse(curve([186.2, 152.2], key="valid_nll_elbo"), plateau.DRAW)["on_plateau"]
+    assert plateau.analyse(curve([207.0, 198.5, 195.0], key="valid_nll_elbo"), plateau.DRAW)["on_plateau"]

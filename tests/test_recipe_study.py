@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 
 from bench import recipe_study, records, suites
+from bench.optim import Optim
 from bench.suites import ClassifierJob, Suite
+from models.classifier import ClassifierConfig
 
 BASE = Suite(name="tinybase", description="", expected="",
-             jobs=(ClassifierJob(dataset="cluttered60", glimpses=(1, 2), per_step_loss=False, read_n=4, hidden=16,
-                                 batch_size=16, epochs=2, train_limit=64, valid_limit=32, test_limit=32),))
+             jobs=(ClassifierJob(dataset="cluttered60", glimpses=(1, 2), per_step_loss=False,
+                                 model=ClassifierConfig(read_n=4, hidden=16), optim=Optim(batch_size=16), epochs=2,
+                                 train_limit=64, valid_limit=32, test_limit=32),))
 
 
 def test_parse_variant_checks_fields():
@@ -19,6 +22,17 @@ def test_parse_variant_checks_fields():
     for bad in ("no label", "x:nofield=1", "x:lr", "bad label:lr=1"):
         with pytest.raises(recipe_study.StudyError):
             recipe_study.parse_variant(bad, job)
+
+
+def test_a_tuple_value_and_common_settings():
+    job = recipe_study.base_job("table2:0")
+    assert recipe_study.parse_variant("b05:betas=(0.5, 0.999),lr=2e-3", job) == \
+        ("b05", {"betas": (0.5, 0.999), "lr": 2e-3})
+    suite = recipe_study.study_suite("s", job, ["a:", "b:initial_state=learned"], None, 0, "iwae_limit=10,iwae_k=5")
+    assert [(j.iwae_limit, j.iwae_k, j.model.initial_state) for j in suite.jobs] == \
+        [(10, 5, "zero"), (10, 5, "learned")]
+    with pytest.raises(recipe_study.StudyError, match="not name=value"):
+        recipe_study.study_suite("s", job, ["a:"], None, 0, "no_such=1")
 
 
 def test_a_study_trains_each_variant_on_the_same_images(tmp_path, monkeypatch, mnist_data, capsys):
@@ -52,9 +66,9 @@ def test_window_init_study_is_a_recipe_study(model, monkeypatch):
     variants = [argv[i + 1] for i, a in enumerate(argv) if a == "--variant"]
     glimpses = int(argv[argv.index("--glimpses") + 1]) if "--glimpses" in argv else None
     suite = recipe_study.study_suite(argv[0], job, variants, glimpses, 0)
-    assert [(j.variant, j.window_init) for j in suite.jobs] == [("cover", "cover"), ("default", "default")]
+    assert [(j.variant, j.model.window_init) for j in suite.jobs] == [("cover", "cover"), ("default", "default")]
     assert all(j.kind == model for j in suite.jobs)
     if model == "classifier":
         assert all(j.glimpses == (8,) and j.dataset == "cluttered100" for j in suite.jobs)
     else:
-        assert all(j.attention and j.dataset == "binarized" for j in suite.jobs)
+        assert all(j.model.attention and j.dataset == "binarized" for j in suite.jobs)

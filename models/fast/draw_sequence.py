@@ -8,14 +8,22 @@ them (models/fast/native_draw_body.h: write, error image, read, LSTM gates, late
 backward runs the steps in reverse with the same structure, and forms every weight gradient as
 one GEMM over all steps' rows at the end.
 
-The fused weights are those of ``DRAW._fused`` with each bias as a last row (see
+The fused weights are those of ``models.fast.fused.weights`` with each bias as a last row (see
 ``models.fast.fused._Rows``): W_dec ([h^dec, 1] -> decoder recurrence | encoder input | read window |
 write window | patch), W_enc ([h^enc, 1] -> mu | log sigma | encoder recurrence), W_read (glimpse
 -> encoder gates) and W_z (z -> decoder gates). Outputs: c_T and every step's mu, log sigma and
 z; the losses are formed from them outside, by autograd.
 
+Without attention the read is the whole of [x, x^_t] and the write a linear map to every pixel:
+W_dec's columns are decoder recurrence | encoder input | canvas increment, the x half of the read
+(x W_read_x) is the same every step and is one GEMM per pass (its weight gradient x^T sum_t G_t one
+more), and the per-step glimpse is x^_t alone. Between the GEMMs the canvas work is pointwise
+(c_t = c_{t-1} + D_t[increment], x^_{t+1} = x - sigmoid(c_t)), done with in-place torch ops into
+the workspace; the LSTM and latent loops are the attention version's.
+
 Backward, per step t = T..1 (D_t, E_t are the fused products' outputs, G_D, G_E their gradients):
     G_D[t] = [da^dec_{t+1} | da^enc_{t+1} | d read window_{t+1} | d write window_t | d patch_t]
+             (without attention [da^dec_{t+1} | da^enc_{t+1} | dc_t], dc_t the gradient of c_t)
     dh^dec_t = G_D[t] W_dec^T;  da^dec_t, dc^dec_{t-1} from the LSTM's pointwise backward
     dz_t = dz_t(outside) + da^dec_t W_z^T;  G_E[t] = [dmu_t + dz_t | dls_t + dz_t eps_t sigma_t | da^enc_{t+1}]
     dh^enc_t = G_E[t] W_enc^T;  da^enc_t, dc^enc_{t-1};  dr_t = da^enc_t W_read^T
@@ -26,6 +34,7 @@ tests/test_draw_sequence.py.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -48,6 +57,7 @@ class Geometry:
     enc_hidden: int
     dec_hidden: int
     z_size: int
+    attention: bool = True
 
     @property
     def pixels(self) -> int:
@@ -55,9 +65,12 @@ class Geometry:
 
     @property
     def read_size(self) -> int:
-        return 2 * self.channels * self.read_n ** 2
+        """Features of the per-step glimpse r_t: both images' n x n reads, or (no attention) x^_t
+        alone, the x half being one product per pass."""
+        return 2 * self.channels * self.read_n ** 2 if self.attention else self.pixels
 
-    # Column blocks of D = [h^dec, 1] W_dec and of E = [h^enc, 1] W_enc.
+    # Column blocks of D = [h^dec, 1] W_dec and of E = [h^enc, 1] W_enc. Without attention D has no
+    # window blocks: col_read = col_write = col_patch is where the canvas increment starts.
     @property
     def col_enc_in(self) -> int:
         return 4 * self.dec_hidden
@@ -68,15 +81,16 @@ class Geometry:
 
     @property
     def col_write(self) -> int:
-        return self.col_read + 5
+        """The first column of step t's own outputs in D_t (the others feed step t + 1)."""
+        return self.col_read + 5 * self.attention
 
     @property
     def col_patch(self) -> int:
-        return self.col_write + 5
+        return self.col_write + 5 * self.attention
 
     @property
     def n_dec(self) -> int:
-        return self.col_patch + self.channels * self.write_n ** 2
+        return self.col_patch + (self.channels * self.write_n ** 2 if self.attention else self.pixels)
 
     @property
     def n_enc(self) -> int:
@@ -114,23 +128,33 @@ class _Workspace:
         self.tc_enc, self.tc_dec = e(S, B, he), e(S, B, hd)
         self.sig = e(S, B, g.pixels)  # sigmoid(c_t), t = 0..T-1
         rn, wn, H, W = g.read_n, g.write_n, g.height, g.width
-        self.rparams, self.rv, self.rfx, self.rfy = e(S, B, 5), e(S, B, 5), e(S, B, rn, W), e(S, B, rn, H)
-        self.wparams, self.wv, self.wfx, self.wfy = e(S, B, 5), e(S, B, 5), e(S, B, wn, W), e(S, B, wn, H)
-        self.patch = e(S, B, g.channels * wn * wn)
+        if g.attention:
+            self.rparams, self.rv, self.rfx, self.rfy = e(S, B, 5), e(S, B, 5), e(S, B, rn, W), e(S, B, rn, H)
+            self.wparams, self.wv, self.wfx, self.wfy = e(S, B, 5), e(S, B, 5), e(S, B, wn, W), e(S, B, wn, H)
+            self.patch = e(S, B, g.channels * wn * wn)
+        else:
+            self.enc_x = e(B, 4 * he)  # x W_read_x: the x half of every step's read
         if keep:
             self.g_dec, self.g_enc = e(T + 1, B, g.n_dec), e(T, B, g.n_enc)
-            self.dcanvas, self.dr = e(B, g.pixels), e(B, g.read_size)
+            self.dr = e(B, g.read_size)
             self.dc_enc, self.dc_dec, self.dh_enc, self.dh_dec = e(B, he), e(B, hd), e(B, he), e(B, hd)
-            self.dz, self.scratch = e(B, zs), e(B * (10 + max(rn, wn) * (H + W)))
+            self.dz = e(B, zs)
+            if g.attention:
+                self.dcanvas, self.scratch = e(B, g.pixels), e(B * (10 + max(rn, wn) * (H + W)))
+            else:
+                self.dsig = e(B, g.pixels)  # sigmoid'(c_t) = s_t (1 - s_t)
         # Per-slot addresses and views, made once: the step loops then index lists (building a view
         # and asking its address costs microseconds, and a pass makes thousands).
         self.p = SimpleNamespace(**{k: slot_pointers(v) for k, v in vars(self).items() if torch.is_tensor(v)})
-        self.v = SimpleNamespace(**{k: list(getattr(self, k).unbind(0)) for k in ("h_dec", "h_enc", "r", "d", "e")})
-        enc_in = slice(g.col_enc_in, g.col_read)
+        self.v = SimpleNamespace(**{k: list(getattr(self, k).unbind(0))
+                                    for k in ("h_dec", "h_enc", "r", "d", "e", "sig")})
+        enc_in, own = slice(g.col_enc_in, g.col_read), slice(g.col_patch, None)
         self.d_rec, self.d_enc_in = [d[:, :4 * hd] for d in self.v.d], [d[:, enc_in] for d in self.v.d]
+        self.d_write = [d[:, own] for d in self.v.d]  # D_t's own block (no attention: the canvas increment)
         if keep:
             self.v.g_dec, self.v.g_enc = list(self.g_dec.unbind(0)), list(self.g_enc.unbind(0))
             self.g_dec_rec, self.g_dec_enc_in = [t[:, :4 * hd] for t in self.v.g_dec], [t[:, enc_in] for t in self.v.g_dec]
+            self.g_write = [t[:, own] for t in self.v.g_dec]
 
 
 def slot_pointers(t: torch.Tensor) -> list[int]:
@@ -182,10 +206,11 @@ def _check_forward(ws: _Workspace, k: _Kernels, x, eps, canvas, mu, log_sigma, z
     passes the same integers and other slots of the same buffers (the slot address lists end with
     their buffers, so a slot past the end raises IndexError)."""
     B, he, hd, zs, n = g.batch, g.enc_hidden, g.dec_hidden, g.z_size, ws.slot(1)
-    cols, dims = g.canvas_args(x.dtype)
-    k.checked["draw_canvas_forward"].check(
-        x, canvas, ws.sig[0], ws.d[0], g.n_dec, *cols, 1, 1, ws.wparams[0], ws.wv[0], ws.wfx[0], ws.wfy[0],
-        ws.patch[0], ws.rparams[0], ws.rv[0], ws.rfx[0], ws.rfy[0], ws.r[0], 0, B, *dims, threads)
+    if g.attention:  # without attention the canvas step is torch ops, which check their own shapes
+        cols, dims = g.canvas_args(x.dtype)
+        k.checked["draw_canvas_forward"].check(
+            x, canvas, ws.sig[0], ws.d[0], g.n_dec, *cols, 1, 1, ws.wparams[0], ws.wv[0], ws.wfx[0], ws.wfy[0],
+            ws.patch[0], ws.rparams[0], ws.rv[0], ws.rfx[0], ws.rfy[0], ws.r[0], 0, B, *dims, threads)
     k.checked["lstm_forward_strided"].check(
         ws.gates_enc, 4 * he, ws.e[0][:, 2 * zs:], g.n_enc, ws.c_enc[0], ws.act_enc[0], ws.c_enc[n], ws.tc_enc[0],
         ws.h_enc[0], he + 1, B, he, threads)
@@ -199,11 +224,12 @@ def _check_backward(ws: _Workspace, k: _Kernels, x, x_t, eps, d_mu, d_log_sigma,
                     threads: int):
     """As _check_forward, for the calls of one step of the backward."""
     B, he, hd, zs = g.batch, g.enc_hidden, g.dec_hidden, g.z_size
-    cols, dims = g.canvas_args(x.dtype)
-    k.checked["draw_canvas_backward"].check(
-        x, x_t, ws.sig[0], ws.dcanvas, ws.dr, ws.g_dec[1], g.n_dec, *cols, 1, 1, ws.wparams[0], ws.wv[0],
-        ws.wfx[0], ws.wfy[0], ws.patch[0], ws.rparams[0], ws.rv[0], ws.rfx[0], ws.rfy[0], ws.scratch, 0, B, *dims,
-        threads)
+    if g.attention:
+        cols, dims = g.canvas_args(x.dtype)
+        k.checked["draw_canvas_backward"].check(
+            x, x_t, ws.sig[0], ws.dcanvas, ws.dr, ws.g_dec[1], g.n_dec, *cols, 1, 1, ws.wparams[0], ws.wv[0],
+            ws.wfx[0], ws.wfy[0], ws.patch[0], ws.rparams[0], ws.rv[0], ws.rfx[0], ws.rfy[0], ws.scratch, 0, B,
+            *dims, threads)
     k.checked["lstm_backward_strided"].check(
         ws.dh_dec, ws.dc_dec, ws.act_dec[0], ws.c_dec[0], ws.tc_dec[0], ws.g_dec[0], g.n_dec, None, 0, ws.dc_dec, B,
         hd, threads)
@@ -221,21 +247,41 @@ def _forward(ws: _Workspace, k: _Kernels, x, eps, w_dec, w_enc, w_read, w_z, g: 
     canvas = x.new_zeros(B, g.pixels)
     mu, log_sigma, z = (x.new_empty(T, B, zs) for _ in range(3))
     nd, ne, sl, P, V = g.n_dec, g.n_enc, ws.slot, ws.p, ws.v
-    cols, dims = g.canvas_args(x.dtype)
-    x_p, canvas_p, rec_offset = x.data_ptr(), canvas.data_ptr(), 2 * zs * x.element_size()
+    rec_offset = 2 * zs * x.element_size()
     eps_p, mu_p, ls_p, z_p = (slot_pointers(t) for t in (eps, mu, log_sigma, z))
     ga, gd = ws.gates_enc, ws.gates_dec
     ga_p, gd_p = ga.data_ptr(), gd.data_ptr()
 
     threads = torch.get_num_threads()  # the native loops split the batch over torch's threads (OpenMP)
     _check_forward(ws, k, x, eps, canvas, mu, log_sigma, z, g, threads)
-    tail = (0, B, *dims, threads)
 
-    def canvas_step(t, d, do_write, do_read):
-        s, r = sl(t - 1), sl(min(t, T - 1))  # write of step t (slot t - 1), read of step t + 1 (slot t)
-        k.draw_canvas_forward(
-            x_p, canvas_p, P.sig[r], P.d[d], nd, *cols, do_write, do_read, P.wparams[s], P.wv[s], P.wfx[s],
-            P.wfy[s], P.patch[s], P.rparams[r], P.rv[r], P.rfx[r], P.rfy[r], P.r[r], *tail)
+    if g.attention:
+        cols, dims = g.canvas_args(x.dtype)
+        x_p, canvas_p, tail = x.data_ptr(), canvas.data_ptr(), (0, B, *dims, threads)
+
+        def canvas_step(t, d, do_write, do_read):
+            s, r = sl(t - 1), sl(min(t, T - 1))  # write of step t (slot t - 1), read of step t + 1 (slot t)
+            k.draw_canvas_forward(
+                x_p, canvas_p, P.sig[r], P.d[d], nd, *cols, do_write, do_read, P.wparams[s], P.wv[s], P.wfx[s],
+                P.wfy[s], P.patch[s], P.rparams[r], P.rv[r], P.rfx[r], P.rfy[r], P.r[r], *tail)
+
+        def encoder_gates(prev, s):  # a^enc_t - E_{t-1}'s recurrence block
+            torch.addmm(ws.d_enc_in[prev], V.r[s], w_read, out=ga)
+    else:
+        w_read_x, w_read_h = w_read[:g.pixels], w_read[g.pixels:]
+        enc_x = torch.mm(x, w_read_x, out=ws.enc_x)
+
+        def canvas_step(t, d, do_write, do_read):
+            r = sl(min(t, T - 1))
+            if do_write:  # c_t = c_{t-1} + D_t's increment block
+                canvas.add_(ws.d_write[d])
+            if do_read:  # x^_{t+1} = x - sigmoid(c_t), kept as r_{t+1}
+                torch.sigmoid(canvas, out=V.sig[r])
+                torch.sub(x, V.sig[r], out=V.r[r])
+
+        def encoder_gates(prev, s):
+            torch.add(ws.d_enc_in[prev], enc_x, out=ga)
+            ga.addmm_(V.r[s], w_read_h)
 
     V.d[0].copy_(w_dec[-1].expand(B, -1))  # D_0: h^dec_0 = 0, only the bias row
     ws.c_enc[0], ws.c_dec[0] = 0, 0
@@ -243,7 +289,7 @@ def _forward(ws: _Workspace, k: _Kernels, x, eps, w_dec, w_enc, w_read, w_z, g: 
     for t in range(1, T + 1):
         s, n = sl(t - 1), sl(t)  # slots of step t's own buffers and of the state after it
         prev, cur = (t - 1) % 2, t % 2  # D and E of step t - 1, and of step t
-        torch.addmm(ws.d_enc_in[prev], V.r[s], w_read, out=ga)
+        encoder_gates(prev, s)
         k.lstm_forward_strided(ga_p, 4 * he, P.e[prev] + rec_offset if t > 1 else None, ne, P.c_enc[s],
                                P.act_enc[s], P.c_enc[n], P.tc_enc[s], P.h_enc[s], he + 1, B, he, threads)
         torch.mm(V.h_enc[s], w_enc, out=V.e[cur])
@@ -276,32 +322,48 @@ class DRAWSequence(torch.autograd.Function):
         d_mu, d_log_sigma, d_z = d_mu.contiguous(), d_log_sigma.contiguous(), d_z.contiguous()
         nd, ne, item = g.n_dec, g.n_enc, x.element_size()
         enc_in = slice(g.col_enc_in, g.col_read)
-        cols, dims = g.canvas_args(x.dtype)
-        dcanvas = ws.dcanvas
-        dcanvas.copy_(d_canvas.reshape(B, g.pixels))
-        x_t = x.view(B, g.channels, g.height, g.width).transpose(2, 3).contiguous()
         ws.dc_enc.zero_(), ws.dc_dec.zero_()
         ws.g_dec[T, :, :g.col_write] = 0  # no step T + 1
         ws.g_dec[0, :, g.col_write:] = 0  # no write at step 0
         ws.g_enc[T - 1, :, 2 * zs:] = 0
-        w_dec_h, w_enc_h, w_z_t, w_read_t = w_dec[:hd].t(), w_enc[:he].t(), w_z.t(), w_read.t()
+        w_read_h = w_read if g.attention else w_read[g.pixels:]  # the per-step glimpse's rows
+        w_dec_h, w_enc_h, w_z_t, w_read_t = w_dec[:hd].t(), w_enc[:he].t(), w_z.t(), w_read_h.t()
         P, V = ws.p, ws.v
-        fixed = (x.data_ptr(), x_t.data_ptr())
-        dcanvas_p, dr_p, scratch_p = dcanvas.data_ptr(), ws.dr.data_ptr(), ws.scratch.data_ptr()
+        dr_p = ws.dr.data_ptr()
         dh_dec_p, dc_dec_p, dh_enc_p, dc_enc_p, dz_p = (t.data_ptr() for t in (ws.dh_dec, ws.dc_dec, ws.dh_enc,
                                                                                  ws.dc_enc, ws.dz))
         dmu_p, dls_p, ls_p, eps_p = (slot_pointers(t) for t in (d_mu, d_log_sigma, log_sigma, eps))
         enc_in_offset, rec_offset = g.col_enc_in * item, 2 * zs * item
+        x_t = x.view(B, g.channels, g.height, g.width).transpose(2, 3).contiguous() if g.attention else None
 
         threads = torch.get_num_threads()
         _check_backward(ws, k, x, x_t, eps, d_mu, d_log_sigma, log_sigma, g, threads)
-        tail = (0, B, *dims, threads)
 
-        def canvas_step(t, do_write, do_read):
-            s, r = t - 1, min(t, T - 1)
-            k.draw_canvas_backward(
-                *fixed, P.sig[r], dcanvas_p, dr_p, P.g_dec[t], nd, *cols, do_write, do_read, P.wparams[s],
-                P.wv[s], P.wfx[s], P.wfy[s], P.patch[s], P.rparams[r], P.rv[r], P.rfx[r], P.rfy[r], scratch_p, *tail)
+        if g.attention:
+            ws.dcanvas.copy_(d_canvas.reshape(B, g.pixels))
+            cols, dims = g.canvas_args(x.dtype)
+            fixed, tail = (x.data_ptr(), x_t.data_ptr()), (0, B, *dims, threads)
+            dcanvas_p, scratch_p = ws.dcanvas.data_ptr(), ws.scratch.data_ptr()
+
+            def canvas_step(t, do_write, do_read):
+                s, r = t - 1, min(t, T - 1)
+                k.draw_canvas_backward(
+                    *fixed, P.sig[r], dcanvas_p, dr_p, P.g_dec[t], nd, *cols, do_write, do_read, P.wparams[s],
+                    P.wv[s], P.wfx[s], P.wfy[s], P.patch[s], P.rparams[r], P.rv[r], P.rfx[r], P.rfy[r], scratch_p,
+                    *tail)
+        else:
+            ws.g_write[T].copy_(d_canvas.reshape(B, g.pixels))  # the increment of step T gets dc_T
+            dsig = ws.dsig
+
+            def canvas_step(t, do_write, do_read):
+                # D_t's increment block is the gradient of c_t: that of c_{t+1} (D_{t+1}'s block) minus
+                # the read's share, dr_{t+1} s_t (1 - s_t) (x^_{t+1} = x - sigmoid(c_t)). c_0 is fixed.
+                if not 0 < t < T:
+                    return
+                s = V.sig[t]
+                torch.mul(s, s, out=dsig)
+                torch.sub(s, dsig, out=dsig)
+                torch.addcmul(ws.g_write[t + 1], ws.dr, dsig, value=-1, out=ws.g_write[t])
 
         for t in range(T, 0, -1):
             s = t - 1
@@ -321,18 +383,43 @@ class DRAWSequence(torch.autograd.Function):
         g_dec = ws.g_dec.view(rows_dec, nd)
         dw_dec = ws.h_dec.view(rows_dec, hd + 1).t() @ g_dec
         dw_enc = ws.h_enc.view(rows, he + 1).t() @ ws.g_enc.view(rows, ne)
-        dw_read = ws.r.view(rows, -1).t() @ g_dec[:rows, enc_in]
         dw_z = z.view(rows, zs).t() @ g_dec[:rows, :4 * hd]
+        if g.attention:
+            dw_read = ws.r.view(rows, -1).t() @ g_dec[:rows, enc_in]
+        else:  # the x half: x^T sum_t G_t (x is every step's); the x^ half over all steps' rows. Formed
+            # transposed, in the layout of encoder.weight_ih (W_read is a transposed view of its first
+            # columns), so autograd copies it back row by row instead of transposing 1.6M elements.
+            dw_read_t = w_read.new_empty(w_read.shape[::-1])
+            torch.mm(ws.g_dec[:T, :, enc_in].sum(0).t(), x, out=dw_read_t[:, :g.pixels])
+            torch.mm(g_dec[:rows, enc_in].t(), ws.r.view(rows, -1), out=dw_read_t[:, g.pixels:])
+            dw_read = dw_read_t.t()
         return None, None, dw_dec, dw_enc, dw_read, dw_z, None, None
 
 
+_enabled = True
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this block DRAW takes its per-step path (side-by-side timings; the native loops stay on)."""
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
 def usable(model, x: torch.Tensor, noise: torch.Tensor) -> bool:
-    """Whether a pass of ``model`` on ``x`` can take the sequence path: attention, the native loops,
-    and, with gradients on, none wanted for x or the noise."""
+    """Whether a pass of ``model`` on ``x`` can take the sequence path (with or without attention):
+    not disabled(), zero initial states, the native loops, and, with gradients on, none wanted for
+    x or the noise."""
     w = model.decoder.weight_ih
+    if not _enabled or model.config.initial_state != "zero":
+        return False
     if torch.is_grad_enabled() and (x.requires_grad or noise.requires_grad):
         return False
-    return model.config.attention and x.dtype == w.dtype == noise.dtype and native.usable(x, w, noise)
+    return x.dtype == w.dtype == noise.dtype and native.usable(x, w, noise)
 
 
 def run(model, x: torch.Tensor, noise: torch.Tensor, fused: dict):
@@ -340,7 +427,7 @@ def run(model, x: torch.Tensor, noise: torch.Tensor, fused: dict):
     autograd node when the weights need gradients, else a forward that keeps no intermediates."""
     cfg = model.config
     g = Geometry(cfg.steps, x.shape[0], cfg.channels, cfg.height, cfg.width, cfg.read_n, cfg.write_n,
-                 cfg.enc_hidden, cfg.dec_hidden, cfg.z_size)
+                 cfg.enc_hidden, cfg.dec_hidden, cfg.z_size, cfg.attention)
 
     def with_bias(w, b):
         return torch.cat([w.t(), b[:, None]], 1).t()

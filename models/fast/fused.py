@@ -1,5 +1,7 @@
 """DRAW's per-step fused products: the path of every DRAW pass that the sequence path does not take
-(CUDA, no attention, windows or canvases asked for, a compiled step).
+(CUDA, learned initial states, windows or canvases asked for, a compiled step,
+``draw_sequence.disabled()``). ``models.draw.DRAW.forward`` calls ``weights``, ``initial_state`` and
+``stepper`` here and loops over ``DRAW._step``; ``compile_step`` backs ``DRAW.compile_step``.
 
 - Every product with h^dec_t (decoder recurrence, encoder input, read window, write window, write
   patch) is one fused GEMM, every product with h^enc_t (posterior, encoder recurrence) another;
@@ -17,10 +19,12 @@ path than on the straightforward per-module step (models/reference/naive_draw.py
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
 from torch import nn
+
 
 class _Rows:
     """Every step's product input h_t and output gradient g_t, in preallocated (T*B, K) and (T*B, N)
@@ -159,3 +163,67 @@ def products(p: dict, blocks: dict, steps: int, batch: int, pool: dict) -> dict:
     if not (torch.is_grad_enabled() and p["w_dec"].requires_grad):
         return plain_products(p, blocks)
     return {k: deferred(k) for k in blocks}
+
+
+def weights(model) -> dict:
+    """DRAW's fused weights, rebuilt from its modules on every call (cheap, differentiable)."""
+    cfg, nr = model.config, model.read.out_features
+    enc, dec = model.encoder, model.decoder
+    enc_w, enc_b, dec_b = enc.weight_ih, enc.bias_ih + enc.bias_hh, dec.bias_ih + dec.bias_hh
+    # Columns of [h^dec, 1] W_dec: decoder recurrence | encoder input | read window | write window | patch.
+    w_dec, b_dec = [dec.weight_hh, enc_w[:, nr:]], [dec_b, enc_b]
+    if cfg.attention:
+        for m in (model.read.head.linear, model.write.head.linear, model.write.patch):
+            w_dec.append(m.weight), b_dec.append(m.bias)
+    else:
+        w_dec.append(model.write.linear.weight), b_dec.append(model.write.linear.bias)
+    # Columns of [h^enc, 1] W_enc: posterior (mu, log sigma) | encoder recurrence.
+    w_enc = torch.cat([model.posterior.weight, enc.weight_hh], dim=0)
+    b_enc = torch.cat([model.posterior.bias, torch.zeros_like(enc_b)], dim=0)
+    return dict(w_dec=torch.cat(w_dec, 0).t(), b_dec=torch.cat(b_dec, 0), w_enc=w_enc.t(), b_enc=b_enc,
+                w_read=enc_w[:, :nr].t(), w_z=dec.weight_ih.t())
+
+
+def blocks(cfg) -> dict:
+    """Column widths of each fused product's output (see ``weights``), for a ``DRAWConfig``."""
+    he, hd = 4 * cfg.enc_hidden, 4 * cfg.dec_hidden
+    patch = cfg.channels * cfg.write_n ** 2 if cfg.attention else cfg.channels * cfg.height * cfg.width
+    dec = (hd, he, 5, 5, patch) if cfg.attention else (hd, he, patch)
+    return dict(dec=dec, enc=(cfg.z_size, cfg.z_size, he), read=(he,), z=(hd,))
+
+
+def initial_state(model, p: dict, x: torch.Tensor, c_0, h_enc_0, h_dec_0) -> tuple:
+    """``DRAW._step``'s state before step 1, and the x term of the encoder's gates without attention.
+
+    The state carries products with h_{t-1} rather than h_{t-1}: [h^dec_0, 1] W_dec and
+    h^enc_0 W_hh^enc, and the LSTM cells (zero). Without attention the x half of the full read is
+    the same every step: one product here, and ``p["w_read"]`` keeps the x^ half (``p`` is changed).
+    """
+    cfg, b = model.config, x.shape[0]
+    dec_out = torch.addmm(p["b_dec"], h_dec_0[None], p["w_dec"]).expand(b, -1).split(blocks(cfg)["dec"], 1)
+    enc_rec = (h_enc_0 @ p["w_enc"][:, 2 * cfg.z_size:]).expand(b, -1)
+    state = (c_0.expand(x.shape), dec_out, enc_rec, x.new_zeros(b, cfg.enc_hidden), x.new_zeros(b, cfg.dec_hidden))
+    enc_x = None
+    if not cfg.attention:
+        nr = model.read.out_features
+        enc_x, p["w_read"] = x.flatten(1) @ p["w_read"][: nr // 2], p["w_read"][nr // 2:]
+    return state, enc_x
+
+
+def stepper(model, p: dict, batch: int):
+    """``step(t, x, enc_x, state, eps)``: ``model._step`` on the products of the fused weights ``p``
+    (deferred weight gradients when training), or the compiled step when training with one."""
+    if model._compiled is not None and torch.is_grad_enabled():
+        w = tuple(p[k] for k in PRODUCTS)
+        return lambda t, x, enc_x, state, eps: model._compiled(x, enc_x, state, eps, w)
+    prod = products(p, blocks(model.config), model.config.steps, batch, POOLS.setdefault(model, {}))
+    return functools.partial(model._step, prod)
+
+
+def compile_step(model, **compile_kwargs):
+    """``torch.compile`` of one step of ``model`` on plain products of the fused weights."""
+    def plain_step(x, enc_x, state, eps, w):
+        prod = plain_products(dict(zip(PRODUCTS, w)), blocks(model.config))
+        return model._step(prod, None, x, enc_x, state, eps)
+
+    return torch.compile(plain_step, dynamic=False, **compile_kwargs)

@@ -3,7 +3,9 @@
 One Python loop over steps, ``nn.LSTMCell``s and ``nn.Linear``s called one by one, the Gaussian
 filterbank rebuilt from scratch for every read and write (its own code, not ``models.attention``),
 the KL summed step by step. Its parameter names match ``models.draw.DRAW``, so
-``NaiveDRAW(cfg).load_state_dict(draw.state_dict())`` gives the same model.
+``NaiveDRAW(cfg).load_state_dict(draw.state_dict())`` gives the same model. With
+``initial_state="learned"`` c_0, h^enc_0 and h^dec_0 are the parameters ``canvas_0``, ``h_enc_0`` and
+``h_dec_0`` (the LSTM cells start at zero either way).
 """
 
 from __future__ import annotations
@@ -94,15 +96,24 @@ class NaiveDRAW(nn.Module):
         self.encoder = nn.LSTMCell(self.read.out_features + cfg.dec_hidden, cfg.enc_hidden)
         self.posterior = nn.Linear(cfg.enc_hidden, 2 * cfg.z_size)
         self.decoder = nn.LSTMCell(cfg.z_size, cfg.dec_hidden)
+        if cfg.initial_state == "learned":  # c_0, h^enc_0, h^dec_0 as learned biases (paper, sec. 2.1)
+            self.canvas_0 = nn.Parameter(torch.zeros(cfg.channels, cfg.height, cfg.width))
+            self.h_enc_0 = nn.Parameter(torch.zeros(cfg.enc_hidden))
+            self.h_dec_0 = nn.Parameter(torch.zeros(cfg.dec_hidden))
 
     def forward(self, x, noise=None):
         """Returns (canvas logits c_T, reconstruction (B,), kl (B, T)); ``noise`` is (T, B, z)."""
         cfg = self.config
         b = x.shape[0]
-        canvas = torch.zeros_like(x)
-        h_enc = torch.zeros(b, cfg.enc_hidden, dtype=x.dtype)
-        c_enc = torch.zeros(b, cfg.enc_hidden, dtype=x.dtype)
-        h_dec = torch.zeros(b, cfg.dec_hidden, dtype=x.dtype)
+        if cfg.initial_state == "learned":
+            canvas = self.canvas_0.expand(b, -1, -1, -1)
+            h_enc = self.h_enc_0.expand(b, -1)
+            h_dec = self.h_dec_0.expand(b, -1)
+        else:
+            canvas = torch.zeros_like(x)
+            h_enc = torch.zeros(b, cfg.enc_hidden, dtype=x.dtype)
+            h_dec = torch.zeros(b, cfg.dec_hidden, dtype=x.dtype)
+        c_enc = torch.zeros(b, cfg.enc_hidden, dtype=x.dtype)  # the LSTM cells start at zero either way
         c_dec = torch.zeros(b, cfg.dec_hidden, dtype=x.dtype)
         kls = []
         for t in range(cfg.steps):
