@@ -6,7 +6,8 @@ not learned the task, and its final number must not pass for a result: the runne
 and the tables mark it.
 
 - escape: the first validation point below ``escape_below``;
-- relapse: a later validation point more than ``relapse_margin`` above the best seen so far.
+- relapse: a later validation point more than ``relapse_margin`` above the best seen so far;
+- ended relapsed: the curve ends in a relapse that began at the given point (it never came back).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def is_relapse(curve: list[dict], value: float, plateau: Plateau) -> bool:
 
 def analyse(curve: list[dict], plateau: Plateau) -> dict:
     """Escape point, relapses and whether the run is still on the plateau, from a training curve."""
-    escape, best, relapses = None, float("inf"), []
+    escape, best, relapses, back = None, float("inf"), [], None
     for entry in curve:
         value = entry.get(plateau.metric)
         if value is None:
@@ -58,10 +59,12 @@ def analyse(curve: list[dict], plateau: Plateau) -> dict:
         elif escape is not None and value > best + plateau.relapse_margin:
             relapses.append({"epoch": entry["epoch"], "images_seen": entry["images_seen"], "value": value,
                              "best_before": best})
+        if escape is not None:  # relapsed since this point, if the curve ends there
+            back = back or {"epoch": entry["epoch"], "value": value} if value > best + plateau.relapse_margin else None
         best = min(best, value)
     return {"metric": plateau.metric, "escape_below": plateau.escape_below,
             "relapse_margin": plateau.relapse_margin, "escaped": escape, "relapses": relapses,
-            "on_plateau": escape is None and bool(curve)}
+            "on_plateau": escape is None and bool(curve), "ended_relapsed": back}
 
 
 def describe(result: dict, plateau: Plateau) -> str:

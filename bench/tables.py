@@ -92,19 +92,25 @@ def _training(record_path: str, units: list[str]) -> str:
 
 
 def _on_plateau(g: pd.DataFrame, record_path: str) -> str:
-    """A mark for the seeds whose run never left its starting plateau (from the record's curves,
-    so records made before the runner flagged it are marked too)."""
+    """A mark for the seeds whose run never left its starting plateau, or relapsed and never came
+    back (from the record's curves, so records made before the runner flagged it are
+    marked too)."""
     from bench import plateau
 
-    rec, stuck = _read(record_path), []
+    rec, stuck, back = _read(record_path), [], []
     if "p_job" not in g:
         return ""
     for unit, seed in sorted({(u, s) for u, s in zip(g["p_job"], g["seed"]) if isinstance(u, str)}):
         kind = plateau.for_task(rec.get("jobs", {}).get(unit, {}).get("kind", unit.split("-")[0]))
         curve = rec.get("curves", {}).get(unit)
-        if kind and curve and plateau.analyse(curve, kind)["on_plateau"]:
+        result = plateau.analyse(curve, kind) if kind and curve else {}
+        if result.get("on_plateau"):
             stuck.append(str(int(seed)))
-    return f" (seed {', '.join(stuck)} never left the starting plateau: not a result)" if stuck else ""
+        elif result.get("ended_relapsed"):
+            back.append(f"seed {int(seed)} relapsed at epoch {result['ended_relapsed']['epoch']} and never came "
+                        "back: its best-valid weights, from before, are scored")
+    marks = [f"seed {', '.join(stuck)} never left the starting plateau: not a result"] if stuck else []
+    return "".join(f" ({m})" for m in marks + back)
 
 
 def table1(df: pd.DataFrame, root: Path = Path("."), records_dir: Path = Path(".")) -> str:

@@ -37,3 +37,10 @@ def test_a_draw_run_that_draws_more_than_the_mean_image_has_left():
     """One epoch of attention DRAW (186, then 152 nats) has left the ~200-nat plateau; 195-210 has not."""
     assert not plateau.analyse(curve([186.2, 152.2], key="valid_nll_elbo"), plateau.DRAW)["on_plateau"]
     assert plateau.analyse(curve([207.0, 198.5, 195.0], key="valid_nll_elbo"), plateau.DRAW)["on_plateau"]
+
+
+def test_a_run_that_relapses_and_never_comes_back_is_told_apart_from_one_that_recovers():
+    stayed = plateau.analyse(curve([0.85, 0.30, 0.07, 0.84, 0.80, 0.67]), plateau.CLASSIFIER)
+    assert not stayed["on_plateau"] and stayed["ended_relapsed"] == {"epoch": 4, "value": 0.84}
+    recovered = plateau.analyse(curve([0.85, 0.30, 0.07, 0.82, 0.09, 0.06]), plateau.CLASSIFIER)
+    assert recovered["ended_relapsed"] is None and len(recovered["relapses"]) == 1
