@@ -34,7 +34,6 @@ tests/test_draw_sequence.py.
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -396,18 +395,8 @@ class DRAWSequence(torch.autograd.Function):
         return None, None, dw_dec, dw_enc, dw_read, dw_z, None, None
 
 
-_enabled = True
-
-
-@contextlib.contextmanager
-def disabled():
-    """Within this block DRAW takes its per-step path (side-by-side timings; the native loops stay on)."""
-    global _enabled
-    before, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = before
+_switch = native.Switch()
+disabled = _switch.disabled  # within this block DRAW takes its per-step path (the native loops stay on)
 
 
 def usable(model, x: torch.Tensor, noise: torch.Tensor) -> bool:
@@ -415,7 +404,7 @@ def usable(model, x: torch.Tensor, noise: torch.Tensor) -> bool:
     not disabled(), zero initial states, the native loops, and, with gradients on, none wanted for
     x or the noise."""
     w = model.decoder.weight_ih
-    if not _enabled or model.config.initial_state != "zero":
+    if not _switch.on or model.config.initial_state != "zero":
         return False
     if torch.is_grad_enabled() and (x.requires_grad or noise.requires_grad):
         return False

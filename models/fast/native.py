@@ -177,23 +177,28 @@ def library() -> ctypes.CDLL | None:
         return None
 
 
-_enabled = True
+class Switch:
+    """A path that is on unless a ``with switch.disabled():`` block turns it off (side-by-side timings)."""
+
+    def __init__(self):
+        self.on = True
+
+    @contextlib.contextmanager
+    def disabled(self):
+        before, self.on = self.on, False
+        try:
+            yield
+        finally:
+            self.on = before
 
 
-@contextlib.contextmanager
-def disabled():
-    """Within this block every model takes the PyTorch path (for side-by-side timings and tests)."""
-    global _enabled
-    before, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = before
+_switch = Switch()
+disabled = _switch.disabled  # within this block every model takes the PyTorch path (timings and tests)
 
 
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the native loops can take these tensors: CPU, one float32/float64 dtype, not tracing."""
-    if not _enabled:
+    if not _switch.on:
         return False
     t0 = tensors[0]
     if t0.dtype not in _DTYPES or t0.device.type != "cpu" or torch.compiler.is_compiling():
