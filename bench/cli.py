@@ -120,8 +120,8 @@ def cmd_run(args) -> int:
         plugins.load_builder(args.model)  # an unknown module or name is refused before any work
         suites.with_plugin(suites.get(args.suite), args.model)
     opts = runner.RunOptions(suite=args.suite, glimpses=args.glimpses, seeds=args.seeds, device=args.device,
-                             epochs=args.epochs, time_budget_min=args.time_budget, data_dir=args.data_dir,
-                             out=args.out, resume=args.resume, dry_run=args.dry_run, reference=args.reference,
+                             epochs=args.epochs, time_budget_min=args.time_budget, on_relapse=args.on_relapse,
+                             data_dir=args.data_dir, out=args.out, resume=args.resume, dry_run=args.dry_run, reference=args.reference,
                              threads=args.threads,
                              checkpoint_dir=args.checkpoint_dir, model=args.model,
                              checkpoint_every_s=args.checkpoint_every, compact_checkpoints=args.compact_checkpoints,
@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=positive(int), help="epochs per model (overrides the suite)")
     r.add_argument("--time-budget", type=positive(float), metavar="MIN",
                    help="training minutes per model (overrides the suite)")
+    r.add_argument("--on-relapse", choices=("continue", "rollback"),
+                   help="a recipe setting of every trained model (default: the suite's, continue): rollback "
+                        "returns to the best-valid weights and halves the rate when validation relapses")
     r.add_argument("--data-dir", help="data root (default: $GLIMPSE_DATA, else ./data)")
     r.add_argument("--out", help="record path (default runs/records/<machine>/<utc>_<sha>.json, git-ignored; "
                                  "a path under results/ is indexed in results/index.csv)")

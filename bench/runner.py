@@ -45,6 +45,7 @@ class RunOptions:
     device: str = "auto"
     epochs: int | None = None
     time_budget_min: float | None = None
+    on_relapse: str | None = None  # a recipe setting (bench/optim.py); None = the suite's
     data_dir: str | None = None
     out: str | None = None
     resume: bool = False
@@ -125,7 +126,7 @@ class Runner:
         suite = suites.get(opts.suite)
         if opts.model:
             suite = suites.with_plugin(suite, opts.model)
-        self.suite = suites.override(suite, opts.glimpses, opts.epochs, opts.time_budget_min)
+        self.suite = suites.override(suite, opts.glimpses, opts.epochs, opts.time_budget_min, opts.on_relapse)
         if opts.dry_run:
             self.suite = replace(self.suite, jobs=tuple(_dry(j) for j in self.suite.jobs))
         self.units = units(self.suite, opts.seeds)

@@ -335,8 +335,9 @@ def get(name: str) -> Suite:
 
 
 def override(suite: Suite, glimpses: tuple[int, ...] | None = None, epochs: int | None = None,
-             time_budget_min: float | None = None) -> Suite:
-    """The suite with command-line overrides applied to every job they concern."""
+             time_budget_min: float | None = None, on_relapse: str | None = None) -> Suite:
+    """The suite with command-line overrides applied to every job they concern. ``on_relapse`` is
+    part of the recipe: a record resumed with another value is refused."""
     jobs = []
     for job in suite.jobs:
         if job.kind in GLIMPSE_KINDS and glimpses is not None:
@@ -347,6 +348,8 @@ def override(suite: Suite, glimpses: tuple[int, ...] | None = None, epochs: int 
                 job = replace(job, epochs=epochs)
             if time_budget_min is not None:
                 job = replace(job, time_budget_min=time_budget_min)
+        if on_relapse is not None and hasattr(job, "optim"):
+            job = replace(job, optim=replace(job.optim, on_relapse=on_relapse))
         jobs.append(job)
     return replace(suite, jobs=tuple(jobs))
 

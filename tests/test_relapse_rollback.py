@@ -4,6 +4,7 @@ weights back, resets Adam and halves the learning rate for the rest of the run; 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +138,17 @@ def test_the_setting_flows_from_the_job_and_old_records_resume():
     loop_cfg = runner._loop_config(rollback[0], _Task())
     assert loop_cfg.on_relapse == "rollback" and loop_cfg.relapse_rule is plateau.CLASSIFIER
     assert runner._loop_config(jobs[0], _Task()).on_relapse == "continue"
+
+
+def test_on_relapse_from_the_command_line_is_part_of_the_recipe():
+    from bench import records
+    from bench.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--suite", "table1", "--on-relapse", "rollback"])
+    assert args.on_relapse == "rollback"
+    table1 = suites.override(suites.TABLE1, on_relapse=args.on_relapse)
+    assert {j.optim.on_relapse for j in table1.jobs if hasattr(j, "optim")} == {"rollback"}
+    assert [j.kind for j in table1.jobs] == [j.kind for j in suites.TABLE1.jobs]
+    recorded = records.read(Path(__file__).resolve().parent.parent / "results/runs/long/table1-wsd100.json")["config"]["suite"]["jobs"]
+    with pytest.raises(resume.RecipeChanged, match="classifier on_relapse: record 'continue', given 'rollback'"):
+        resume.check_recipe(recorded, table1.jobs)
