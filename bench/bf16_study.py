@@ -66,7 +66,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from bench import records
 from datasets.fileio import atomic_write_bytes
 from models.draw import DRAW, DRAWConfig
-from models.fast import draw_sequence, native
+from models.fast import draw_sequence, fused, native
 
 BF16 = torch.bfloat16
 MODELS = {"noattn": False, "attn": True}
@@ -184,7 +184,7 @@ def geometry(cfg: DRAWConfig, batch: int) -> draw_sequence.Geometry:
 def step_weights(model: DRAW) -> dict[str, torch.Tensor]:
     """The four fused weights (biases as last rows) as ``draw_sequence.run`` passes them, detached."""
     with torch.no_grad():
-        p = model._fused()
+        p = fused.weights(model)
         bias = lambda w, b: torch.cat([w.t(), b[:, None]], 1).t()  # noqa: E731 (draw_sequence.run's with_bias)
         return {"w_dec": bias(p["w_dec"], p["b_dec"]), "w_enc": bias(p["w_enc"], p["b_enc"]),
                 "w_read": p["w_read"], "w_z": p["w_z"]}
