@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.optim import ON_RELAPSE
 from datasets.cliargs import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, UsageError, check_data_dir,
                               check_output_file, check_output_folder, integer, message)
 
@@ -265,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=positive(int), help="epochs per model (overrides the suite)")
     r.add_argument("--time-budget", type=positive(float), metavar="MIN",
                    help="training minutes per model (overrides the suite)")
-    r.add_argument("--on-relapse", choices=("continue", "rollback"),
+    r.add_argument("--on-relapse", choices=ON_RELAPSE,
                    help="a recipe setting of every trained model (default: the suite's, continue): rollback "
                         "returns to the best-valid weights and halves the rate when validation relapses")
     r.add_argument("--data-dir", help="data root (default: $GLIMPSE_DATA, else ./data)")

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from bench import checkpoints, distributed, plateau
+from bench.optim import ON_RELAPSE
 from bench.schedule import Schedule
 
 CHECKPOINT_FORMAT = "glimpse-train-1"
@@ -143,8 +144,8 @@ class _Loop:
         self.lr_scale = 1.0  # halved by each rollback; multiplies the schedule for the rest of the run
         self.rollbacks: list[dict] = []
         self.relapse_rule = cfg.relapse_rule or plateau.for_metric(f"valid_{task.select}")
-        if cfg.on_relapse not in ("continue", "rollback"):
-            raise TrainingError(f"on_relapse must be 'continue' or 'rollback', got {cfg.on_relapse!r}")
+        if cfg.on_relapse not in ON_RELAPSE:
+            raise TrainingError(f"on_relapse must be one of {', '.join(map(repr, ON_RELAPSE))}, got {cfg.on_relapse!r}")
         if cfg.on_relapse == "rollback" and self.relapse_rule is None:
             raise TrainingError(f"on_relapse='rollback' needs a plateau rule: none is known for the metric "
                                 f"valid_{task.select}; give LoopConfig.relapse_rule")
