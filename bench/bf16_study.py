@@ -1,6 +1,6 @@
 """bfloat16 matrix products for DRAW on this CPU: what they would buy in speed and cost in fidelity.
 
-    python -m bench.bf16_study [--part gemm train] [--model noattn attn] [--rounds 9] [--batch 64]
+    python -m bench.bf16_study [--part gemm step train] [--model noattn attn] [--rounds 9] [--batch 64]
                                [--train-steps 300] [--data auto|mnist|synthetic] [--json out.json]
 
 Part ``gemm``: every matrix product of one training step of DRAW on the sequence path
@@ -23,6 +23,11 @@ write 5x5, batch 64), with the operands' shapes and strides of ``_forward`` and 
   its GEMM fraction f = floor / step and the best step speed-up 1 / ((1 - f) + f / s) (Amdahl, s the
   floor's speed-up), per round, median and IQR.
 
+Part ``step``: the option itself (``bench run --training-products bfloat16``, models/fast/products.py)
+at the paper's size: one Adam training step on the sequence path with float32 products against the
+same step with bf16 operands, the two alternated round by round (order reversed every other round),
+CPU time; the ratio float32 / bf16 per round, median and IQR.
+
 Part ``train``: a small DRAW (default T = 16, LSTMs 128, z 20, batch 64, Adam 1e-3, clip 10) trained
 for ``--train-steps`` steps on the same batches (binarized MNIST from datasets.torch_data, or synthetic
 binary images) and the same noise by several variants, one step each in turn (the order reversed
@@ -38,6 +43,9 @@ every other step):
 - ``bf16_gemm_sequence``: the sequence path with every matrix product (forward, input and weight
   gradients) computed in bf16 and converted back (``Bf16Gemms``, a TorchDispatchMode: an emulation
   of a bf16 GEMM option, its time is not that option's);
+- ``bf16_products_sequence``: the sequence path with the option itself (models/fast/products.py,
+  ``bench run --training-products bfloat16``): bf16 operand copies, float32 everything else; its
+  time is the option's;
 - ``f32_step_seed1``: the reference from another initialisation and noise: the scale of differences
   that do not matter.
 
@@ -50,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -66,11 +75,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from bench import records
 from datasets.fileio import atomic_write_bytes
 from models.draw import DRAW, DRAWConfig
-from models.fast import draw_sequence, fused, native
+from models.fast import draw_sequence, fused, native, products
 
 BF16 = torch.bfloat16
 MODELS = {"noattn": False, "attn": True}
-VARIANTS = ("f32_step", "bf16_autocast_step", "f32_sequence", "bf16_gemm_sequence", "f32_step_seed1")
+VARIANTS = ("f32_step", "bf16_autocast_step", "f32_sequence", "bf16_gemm_sequence", "bf16_products_sequence",
+            "f32_step_seed1")
 REFERENCE = "f32_step"
 BF16_FLAGS = ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "avx512_fp16")
 
@@ -354,6 +364,31 @@ def _train_stepper(model: DRAW, x: torch.Tensor, noise: torch.Tensor) -> Callabl
     return step
 
 
+def measure_step(attention: bool, rounds: int = 9, batch: int = 64, cfg: DRAWConfig | None = None) -> dict:
+    """Part ``step`` (see the module doc)."""
+    cfg = cfg or DRAWConfig(attention=attention)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = DRAW(cfg)
+        x = (torch.rand(batch, cfg.channels, cfg.height, cfg.width) < 0.3).float()
+        noise = torch.randn(cfg.steps, batch, cfg.z_size)
+        assert draw_sequence.usable(model, x, noise), "the step must take the sequence path"
+        step = _train_stepper(model, x, noise)
+
+        def bf16_step():
+            with products.training(BF16):
+                step()
+        times = _interleaved({"f32": step, "bf16": bf16_step}, rounds)
+    finally:
+        torch.set_num_threads(before)
+    return {"config": {"attention": attention, "steps": cfg.steps, "batch": batch, "enc_hidden": cfg.enc_hidden,
+                       "dec_hidden": cfg.dec_hidden, "z_size": cfg.z_size}, "clock": "cpu", "rounds": rounds,
+            "f32_s": _stat(times["f32"]), "bf16_s": _stat(times["bf16"]),
+            "speedup": _stat([a / b for a, b in zip(times["f32"], times["bf16"])])}
+
+
 def measure_gemms(attention: bool, rounds: int = 9, batch: int = 64, cfg: DRAWConfig | None = None,
                   step: bool = True, min_call_s: float = 2e-3, seed: int = 0) -> dict:
     """Part 1 for DRAW with or without attention (see the module doc). One thread, CPU seconds."""
@@ -488,12 +523,15 @@ def data_batches(source: str, n: int, batch: int, seed: int = 0, n_valid: int = 
         try:
             from datasets.torch_data import iterate_batches
 
-            it = iterate_batches("binarized", "train", batch, seed=seed, epoch=0, shuffle=True, drop_last=True)
-            train = [x for x, _ in (next(it) for _ in range(n))]
+            train, epoch = [], 0
+            while len(train) < n:  # epochs 0, 1, ... (each freshly binarized and shuffled)
+                it = iterate_batches("binarized", "train", batch, seed=seed, epoch=epoch, shuffle=True, drop_last=True)
+                train += [x for x, _ in itertools.islice(it, n - len(train))]
+                epoch += 1
             it = iterate_batches("binarized", "valid", batch, seed=seed, drop_last=True)
-            valid = [x for x, _ in (next(it) for _ in range(n_valid))]
-            return "binarized MNIST (datasets.torch_data.iterate_batches('binarized'): train epoch 0, valid)", \
-                train, valid
+            valid = [x for x, _ in itertools.islice(it, n_valid)]
+            return (f"binarized MNIST (datasets.torch_data.iterate_batches('binarized'): train epochs 0-{epoch - 1}, "
+                    "valid)"), train, valid
         except Exception as e:  # noqa: BLE001 - auto falls back, mnist says why
             if source == "mnist":
                 raise
@@ -527,7 +565,8 @@ class _Run:
     def contexts(self):
         step_path = self.name.endswith("_step") or "_step_" in self.name
         path = draw_sequence.disabled() if step_path else contextlib.nullcontext()
-        whole = self.mode if self.mode is not None else contextlib.nullcontext()
+        whole = self.mode if self.mode is not None else (
+            products.training(BF16) if self.name == "bf16_products_sequence" else contextlib.nullcontext())
         fwd = torch.autocast("cpu", dtype=BF16) if self.name == "bf16_autocast_step" else contextlib.nullcontext()
         return path, whole, fwd
 
@@ -661,7 +700,7 @@ def _print_train(model: str, r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m bench.bf16_study", description=__doc__.split("\n")[0])
-    ap.add_argument("--part", nargs="+", default=["gemm", "train"], choices=["gemm", "train"])
+    ap.add_argument("--part", nargs="+", default=["gemm", "step", "train"], choices=["gemm", "step", "train"])
     ap.add_argument("--model", nargs="+", default=list(MODELS), choices=list(MODELS),
                     help="DRAW without attention (noattn) and with (attn)")
     ap.add_argument("--rounds", type=int, default=9, help="part gemm: rounds (medians and IQRs over them)")
@@ -678,7 +717,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     res: dict = {"started": records.utc_now(), "commit": records.commit_info(), "machine": records.machine_info(),
                  "cpu": cpu_info(), "native": native.library() is not None, "threads": 1,
-                 "load_average_1min": os.getloadavg()[0], "gemm": {}, "train": {}}
+                 "load_average_1min": os.getloadavg()[0], "gemm": {}, "step": {}, "train": {}}
     print(f"CPU {res['cpu']['cpu_model']}, flags {' '.join(res['cpu']['flags']) or '-'}, oneDNN bf16 "
           f"{res['cpu']['mkldnn_bf16']}, torch {res['cpu']['torch']}, native loops {res['native']}, load "
           f"{res['load_average_1min']:.2f}", flush=True)
@@ -689,6 +728,13 @@ def main(argv: list[str] | None = None) -> dict:
                              dec_hidden=args.hidden or 256, z_size=args.z_size or 100)
             res["gemm"][model] = r = measure_gemms(a, args.rounds, args.batch, cfg, step=not args.no_step)
             _print_gemm(model, r)
+        if "step" in args.part:
+            cfg = DRAWConfig(attention=a, steps=args.steps or 64, enc_hidden=args.hidden or 256,
+                             dec_hidden=args.hidden or 256, z_size=args.z_size or 100)
+            res["step"][model] = r = measure_step(a, args.rounds, args.batch, cfg)
+            print(f"\n== training step with bf16 products (the option), DRAW {model}, batch {args.batch}: float32 "
+                  f"{r['f32_s']['median']:.3f} s, bf16 {r['bf16_s']['median']:.3f} s (CPU); speed-up "
+                  f"{r['speedup']['median']:.2f} (IQR {r['speedup']['iqr']:.2f}) over {args.rounds} rounds", flush=True)
         if "train" in args.part:
             cfg = train_config(a, args.steps or 16, args.hidden or 128, args.z_size or 20)
             res["train"][model] = r = train_fidelity(a, args.train_steps, args.batch, cfg, tuple(args.variants),

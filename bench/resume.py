@@ -54,11 +54,12 @@ def budget(job) -> dict:
 class Sitting:
     """One process's work on a record: appended to ``record["segments"]`` and kept up to date."""
 
-    def __init__(self, record: dict, machine: dict):
+    def __init__(self, record: dict, machine: dict, training_products: str = "float32"):
         self.wall0, self.cpu0 = time.time(), time.process_time()
         self.progress: list[dict] = []  # the training loop's status of each unit run in this sitting
         self.entry = {"machine": machine, "commit": records.commit_info(), "started_at": records.utc_now(),
-                      "finished_at": None, "images_seen": 0, "wall_s": 0.0, "cpu_s": 0.0, "status": "running"}
+                      "finished_at": None, "images_seen": 0, "wall_s": 0.0, "cpu_s": 0.0, "status": "running",
+                      "training_products": training_products}
         record.setdefault("segments", []).append(self.entry)
 
     def track(self, progress: dict) -> dict:

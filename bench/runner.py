@@ -37,6 +37,10 @@ class ResumeError(RunError, UsageError):
     """--resume given a record that cannot be resumed (bad input: exit status 2)."""
 
 
+class SettingError(RunError, UsageError):
+    """An option this machine or suite cannot honour (bad input: exit status 2)."""
+
+
 @dataclass
 class RunOptions:
     suite: str = "quick"
@@ -56,6 +60,7 @@ class RunOptions:
     model: str | None = None  # a plug-in glimpse model (bench/plugins.py) in place of the suite's glimpse jobs
     checkpoint_every_s: float = 300.0
     compact_checkpoints: bool = False
+    training_products: str = "float32"  # DRAW's training products on CPU (models/fast/products.py); per sitting
     progress: bool | None = None
     rank: int = 0
     world_size: int = 1
@@ -142,11 +147,37 @@ class Runner:
 
             torch.set_num_threads(opts.threads)
         self.machine = records.machine_info(self.device, opts.threads, opts.world_size, opts.backend)
+        self.products = self._training_products()
         self.ctx = distributed.DistContext(opts.rank, opts.world_size, 0, opts.backend, self.device)
         self.argv = argv or []
         self.peak: float | None = None
         self.artifacts: dict[str, np.ndarray] = {}
         self.sitting: resume.Sitting | None = None  # set when the record is opened
+
+    def _training_products(self):
+        """--training-products checked against this machine and the suite's DRAW jobs: the operand dtype
+        of DRAW's training products (None: float32), set for the run by ``run``."""
+        from models.fast import native, products
+
+        name = self.opts.training_products
+        try:
+            dtype = products.check(name)
+        except ValueError as e:
+            raise SettingError(f"--training-products: {e}") from None
+        if dtype is None:
+            return None
+        if self.device != "cpu":
+            raise SettingError(f"--training-products {name} applies to DRAW's CPU sequence path; on {self.device} "
+                               "train with float32 products")
+        if native.library() is None:
+            raise SettingError(f"--training-products {name} needs the native CPU loops, which did not build here "
+                               "(see the warning above); train with float32 products")
+        per_step = [j for j in self.suite.jobs if j.kind == "draw" and j.model.initial_state != "zero"]
+        if per_step:
+            raise SettingError(f"--training-products {name}: DRAW with initial_state "
+                               f"{per_step[0].model.initial_state!r} trains on the per-step path, which has no "
+                               f"{name} products; train it with float32 products")
+        return dtype
 
     # ------------------------------------------------------------ record bookkeeping
     def config(self) -> dict:
@@ -179,10 +210,10 @@ class Runner:
             self._load_artifacts(path)
             self.log(f"resuming {path}" + (f"; the suite gained {added} job(s) since, whose units run after the "
                                              "record's" if added else ""))
-            self.sitting = resume.Sitting(record, self.machine)
+            self.sitting = resume.Sitting(record, self.machine, training_products=o.training_products)
             return record, path
         record = records.new_record(self.suite.name, self.config(), seeds, self.machine, self.argv)
-        self.sitting = resume.Sitting(record, self.machine)
+        self.sitting = resume.Sitting(record, self.machine, training_products=o.training_products)
         if o.out:
             path = Path(o.out)
         elif o.dry_run:
@@ -376,6 +407,8 @@ class Runner:
                 "best_epoch": res.best["epoch"], "resumed": res.resumed}
         model, seed = res.model, unit.seed
         flags = self._plateau(unit, res.curve, info, record)
+        if job.kind == "draw":
+            info["training_products"] = res.images_by_products  # images trained with each (models/fast/products.py)
         if job.optim.on_relapse != "continue" or res.rollbacks:
             info["rollbacks"] = res.rollbacks  # each relapse undone (bench/training_loop.py _Loop.relapse)
             info["lr_scale"] = res.lr_scale
@@ -644,4 +677,8 @@ def summary_table(record: dict) -> str:
 
 def run(opts: RunOptions, log: Callable[[str], None] = print, argv: list[str] | None = None) -> tuple[dict, Path]:
     os.environ.setdefault("OMP_NUM_THREADS", str(opts.threads or os.cpu_count() or 1))
-    return Runner(opts, log, argv).run()
+    from models.fast import products
+
+    runner = Runner(opts, log, argv)
+    with products.training(runner.products):
+        return runner.run()

@@ -88,7 +88,19 @@ def _training(record_path: str, units: list[str]) -> str:
         recipe += (f"; {_range([d['epochs'] for d in done], str)} epochs, "
                    f"{_range([d['images_seen'] / 1e6 for d in done], lambda v: f'{v:.2f}')} M images, "
                    f"{_range([d['train_time_s'] * threads / 3600 for d in done], lambda v: f'{v:.2f}')} core-h")
+    recipe += _products(done)
     return recipe
+
+
+def _products(done: list[dict]) -> str:
+    """What share of the images trained with products other than float32 (bench run --training-products)."""
+    shares = []
+    for d in done:
+        counts = d.get("training_products") or {}
+        total = sum(counts.values())
+        if total and set(counts) != {"float32"}:
+            shares.append(", ".join(f"{k} {v / total:.0%}" for k, v in sorted(counts.items()) if k != "float32"))
+    return f"; training products {'; '.join(sorted(set(shares)))} of images (evaluated in float32)" if shares else ""
 
 
 def _on_plateau(g: pd.DataFrame, record_path: str) -> str:
@@ -117,8 +129,10 @@ def table1(df: pd.DataFrame, root: Path = Path("."), records_dir: Path = Path(".
     rows = ["| model | protocol | glimpses | recipe and training per model | test error: mean +- std (every seed) "
             "| seeds | record | paper | attention | params | MFLOP/image |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    if "p_protocol" not in df or "p_dataset" not in df:  # records of DRAW alone
+        return "\n".join(rows)
     paper_by_t = {p["glimpses"]: p["error"] for p in paper.TABLE1 if p["model"].startswith("Differentiable")}
-    err = df[(df["name"] == "test_error") & (df.get("p_dataset") == "cluttered100")]
+    err = df[(df["name"] == "test_error") & (df["p_dataset"] == "cluttered100")]
     clf = err[err["p_protocol"].isin(["separate", "per-step"]) & _is_classifier(err)]
     groups = sorted(clf.groupby(["record", "p_protocol", "p_glimpses"]),
                     key=lambda kv: (kv[0][0], kv[0][1] != "separate", kv[0][2]))

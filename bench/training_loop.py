@@ -27,6 +27,7 @@ from torch import nn
 from bench import checkpoints, distributed, plateau
 from bench.optim import ON_RELAPSE
 from bench.schedule import Schedule
+from models.fast import products
 
 CHECKPOINT_FORMAT = "glimpse-train-1"
 
@@ -83,6 +84,7 @@ class LoopResult:
     extra: dict = field(default_factory=dict)
     rollbacks: list[dict] = field(default_factory=list)  # on_relapse="rollback": each relapse undone
     lr_scale: float = 1.0  # the multiplier of the schedule the rollbacks left
+    images_by_products: dict = field(default_factory=dict)  # images trained with each training-products setting
 
 
 def rng_states() -> dict:
@@ -143,6 +145,7 @@ class _Loop:
         self.last_save = time.monotonic()
         self.lr_scale = 1.0  # halved by each rollback; multiplies the schedule for the rest of the run
         self.rollbacks: list[dict] = []
+        self.images_by_products: dict[str, int] = {}  # models/fast/products.py setting -> images trained with it
         self.relapse_rule = cfg.relapse_rule or plateau.for_metric(f"valid_{task.select}")
         if cfg.on_relapse not in ON_RELAPSE:
             raise TrainingError(f"on_relapse must be one of {', '.join(map(repr, ON_RELAPSE))}, got {cfg.on_relapse!r}")
@@ -172,6 +175,7 @@ class _Loop:
             "curve": self.curve, "best": self.best, "best_state": self.best_state,
             "finished": self.finished, "stopped_by": self.stopped_by, "rng": self.safe_rng,
             "decay_saved": self.decay_saved, "lr_scale": self.lr_scale, "rollbacks": self.rollbacks,
+            "images_by_products": self.images_by_products,
         }
 
     def save(self) -> None:
@@ -234,6 +238,8 @@ class _Loop:
         self.decay_saved = state.get("decay_saved", False)
         self.lr_scale = state.get("lr_scale", 1.0)  # checkpoints made before rollbacks existed: none
         self.rollbacks = list(state.get("rollbacks", []))
+        # checkpoints made before the setting existed: every image with float32 products
+        self.images_by_products = dict(state.get("images_by_products", {"float32": state["images_seen"]}))
         self.made_for_epochs = state["loop"]["epochs"]  # the budget whose schedule the state followed
         set_rng_states(self.safe_rng)
 
@@ -258,6 +264,7 @@ class _Loop:
         self.epoch_complete = False
         t_last = time.perf_counter()  # training time includes making the batch
         decay_start = cfg.schedule.decay_start(cfg.epochs)
+        products_now = products.name_of(products.training_dtype())
         for i, batch in enumerate(batches):
             if i < self.batch_in_epoch:  # done before the interruption
                 t_last = time.perf_counter()
@@ -299,6 +306,8 @@ class _Loop:
             self.step += 1
             self.batch_in_epoch = i + 1
             self.images_seen += task.batch_images(batch) * self.world_size
+            self.images_by_products[products_now] = (self.images_by_products.get(products_now, 0)
+                                                     + task.batch_images(batch) * self.world_size)
             self.safe_rng = rng_states()
             self.report_status()
             bar.update(1)
@@ -422,4 +431,5 @@ def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, res
     if loop.best_state is not None:
         loop.model.load_state_dict(loop.best_state)
     return LoopResult(loop.model, loop.curve, loop.best, loop.step, loop.images_seen, loop.train_time_s,
-                      loop.epoch, loop.stopped_by, resumed, rollbacks=list(loop.rollbacks), lr_scale=loop.lr_scale)
+                      loop.epoch, loop.stopped_by, resumed, rollbacks=list(loop.rollbacks), lr_scale=loop.lr_scale,
+                      images_by_products=dict(loop.images_by_products))

@@ -108,6 +108,16 @@ def test_cli_writes_json(tmp_path):
                            "--rounds", "1", "--no-step", "--train-steps", "2", "--window", "1", "--data",
                            "synthetic", "--variants", "f32_step", "bf16_autocast_step", "--json", str(out)])
     rec = json.loads(out.read_text())
-    assert set(rec) >= {"cpu", "machine", "commit", "gemm", "train"} and "step_s" not in rec["gemm"]["noattn"]
+    assert set(rec) >= {"cpu", "machine", "commit", "gemm", "step", "train"} and "step_s" not in rec["gemm"]["noattn"]
     assert set(rec["train"]["noattn"]["variants"]) == {"f32_step", "bf16_autocast_step"}
     assert res["cpu"]["mkldnn_bf16"] in (True, False)
+
+
+@pytest.mark.skipif(native.library() is None, reason="the option needs the native CPU loops")
+@pytest.mark.parametrize("attention", [False, True])
+def test_step_part_times_the_option_against_float32(attention):
+    r = bf16_study.measure_step(attention, rounds=2, batch=4, cfg=_cfg(attention))
+    assert r["rounds"] == 2 and r["config"]["attention"] is attention
+    assert r["f32_s"]["median"] > 0 and r["bf16_s"]["median"] > 0
+    assert r["speedup"]["median"] == pytest.approx(r["f32_s"]["median"] / r["bf16_s"]["median"], rel=1.0)
+    json.dumps(r)

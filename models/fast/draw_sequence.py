@@ -41,6 +41,7 @@ from types import SimpleNamespace
 import torch
 
 from models.fast import native
+from models.fast.products import Products, training_dtype
 from models.attention import _window_consts
 
 
@@ -154,6 +155,42 @@ class _Workspace:
             self.v.g_dec, self.v.g_enc = list(self.g_dec.unbind(0)), list(self.g_enc.unbind(0))
             self.g_dec_rec, self.g_dec_enc_in = [t[:, :4 * hd] for t in self.v.g_dec], [t[:, enc_in] for t in self.v.g_dec]
             self.g_write = [t[:, own] for t in self.v.g_dec]
+            self.g_dec_late = [t[:, g.col_read:] for t in self.v.g_dec]  # the blocks step t itself completes
+        self.operands: _Operands | None = None
+
+
+class _Operands:
+    """The left operands of a training pass's matrix products and weight gradients. With the pass's
+    own precision these are the workspace's buffers; with another (models/fast/products.py), copies
+    in that dtype, each row cast once when it is complete: [h^dec_t, 1], [h^enc_t, 1], z_t, the
+    glimpse x^_t (without attention; with it the glimpse's product stays in the pass's dtype: k = 8
+    gains nothing), and the rows of G_D and G_E. Unwritten copies hold NaN, so a row the pass forgot
+    to cast shows in every result."""
+
+    def __init__(self, ws: _Workspace, g: Geometry, dtype: torch.dtype | None):
+        T, B, hd, he, zs = g.steps, g.batch, g.dec_hidden, g.enc_hidden, g.z_size
+        if dtype is None:
+            self.h_dec, self.h_enc, self.r, self.g_dec, self.g_enc = ws.h_dec, ws.h_enc, ws.r, ws.g_dec, ws.g_enc
+            self.z = None  # the pass's own z (see rows)
+        else:
+            nan = lambda *shape: torch.full(shape, float("nan"), dtype=dtype)  # noqa: E731
+            self.h_dec, self.h_enc, self.z = nan(T + 1, B, hd + 1), nan(T, B, he + 1), nan(T, B, zs)
+            self.h_dec[0] = ws.h_dec[0]  # h^dec_0 = 0 and the bias column
+            self.r = None if g.attention else nan(T, B, g.read_size)
+            self.g_dec, self.g_enc = nan(T + 1, B, g.n_dec), nan(T, B, g.n_enc)
+            self.g_dec[T, :, :g.col_read] = 0  # no step T + 1 (the pass's own rows are zeroed likewise)
+        enc_in = slice(g.col_enc_in, g.col_read)
+        v = lambda t: list(t.unbind(0)) if t is not None else None  # noqa: E731
+        self.v = SimpleNamespace(h_dec=v(self.h_dec), h_enc=v(self.h_enc), r=v(self.r), g_enc=v(self.g_enc),
+                                 g_dec=v(self.g_dec))
+        self.v.g_dec_rec = [t[:, :4 * hd] for t in self.v.g_dec]
+        self.v.g_dec_enc_in = [t[:, enc_in] for t in self.v.g_dec]
+        self.v.g_dec_late = [t[:, g.col_read:] for t in self.v.g_dec]
+
+    def rows(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """z's operand buffer and its rows for this pass (with the pass's precision, z itself)."""
+        zl = z if self.z is None else self.z
+        return zl, list(zl.unbind(0))
 
 
 def slot_pointers(t: torch.Tensor) -> list[int]:
@@ -171,13 +208,16 @@ _POOL_SIZE = 2
 class _Lease:
     """A workspace taken from the owner's pool; it goes back when the lease (held by the graph) dies."""
 
-    def __init__(self, owner, g: Geometry, dtype: torch.dtype, keep: bool = True):
+    def __init__(self, owner, g: Geometry, dtype: torch.dtype, keep: bool = True,
+                 operand_dtype: torch.dtype | None = None):
         pool = _POOLS.setdefault(owner, {})
-        key = (g, dtype, keep)
+        key = (g, dtype, keep, operand_dtype)
         if key not in pool and len(pool) >= 4:
             pool.clear()
         free = pool.setdefault(key, [])
         self.ws = free.pop() if free else _Workspace(g, dtype, keep)
+        if keep and self.ws.operands is None:
+            self.ws.operands = _Operands(self.ws, g, operand_dtype)
         weakref.finalize(self, _Lease._release, free, self.ws)
 
     @staticmethod
@@ -239,13 +279,22 @@ def _check_backward(ws: _Workspace, k: _Kernels, x, x_t, eps, d_mu, d_log_sigma,
         ws.g_enc[0][:, 2 * zs:], g.n_enc, ws.dc_enc, B, he, threads)
 
 
-def _forward(ws: _Workspace, k: _Kernels, x, eps, w_dec, w_enc, w_read, w_z, g: Geometry):
+def _forward(ws: _Workspace, k: _Kernels, x, eps, w_dec, w_enc, w_read, w_z, g: Geometry,
+             pr: Products | None = None, low: tuple | None = None):
     """The T steps with no graph, x (B, P): (c_T (B, P), mu, log sigma, z (T, B, z_size)); the
-    intermediates stay in ``ws`` (every step's when it keeps them)."""
+    intermediates stay in ``ws`` (every step's when it keeps them). ``pr`` and ``low`` (the weights
+    W_dec, W_enc, W_read, W_z in the operand dtype): the products of a training pass in another
+    precision, their left operands cast into ``ws.operands``."""
     T, B, he, hd, zs = g.steps, g.batch, g.enc_hidden, g.dec_hidden, g.z_size
     canvas = x.new_zeros(B, g.pixels)
     mu, log_sigma, z = (x.new_empty(T, B, zs) for _ in range(3))
     nd, ne, sl, P, V = g.n_dec, g.n_enc, ws.slot, ws.p, ws.v
+    pr = pr or Products(None)
+    lw_dec, lw_enc, lw_read, lw_z = low or (w_dec, w_enc, w_read, w_z)
+    if pr.dtype is None:  # the products read the workspace's own rows (two slots when it keeps none)
+        L, z_rows = V, list(z.unbind(0))
+    else:
+        L, z_rows = ws.operands.v, ws.operands.rows(z)[1]
     rec_offset = 2 * zs * x.element_size()
     eps_p, mu_p, ls_p, z_p = (slot_pointers(t) for t in (eps, mu, log_sigma, z))
     ga, gd = ws.gates_enc, ws.gates_dec
@@ -278,9 +327,12 @@ def _forward(ws: _Workspace, k: _Kernels, x, eps, w_dec, w_enc, w_read, w_z, g: 
                 torch.sigmoid(canvas, out=V.sig[r])
                 torch.sub(x, V.sig[r], out=V.r[r])
 
+        lw_read_h = lw_read[g.pixels:]
+
         def encoder_gates(prev, s):
             torch.add(ws.d_enc_in[prev], enc_x, out=ga)
-            ga.addmm_(V.r[s], w_read_h)
+            pr.cast(L.r[s], V.r[s])
+            pr.mm(L.r[s], lw_read_h, ga, accumulate=True)
 
     V.d[0].copy_(w_dec[-1].expand(B, -1))  # D_0: h^dec_0 = 0, only the bias row
     ws.c_enc[0], ws.c_dec[0] = 0, 0
@@ -291,12 +343,15 @@ def _forward(ws: _Workspace, k: _Kernels, x, eps, w_dec, w_enc, w_read, w_z, g: 
         encoder_gates(prev, s)
         k.lstm_forward_strided(ga_p, 4 * he, P.e[prev] + rec_offset if t > 1 else None, ne, P.c_enc[s],
                                P.act_enc[s], P.c_enc[n], P.tc_enc[s], P.h_enc[s], he + 1, B, he, threads)
-        torch.mm(V.h_enc[s], w_enc, out=V.e[cur])
+        pr.cast(L.h_enc[s], V.h_enc[s])
+        pr.mm(L.h_enc[s], lw_enc, V.e[cur])
         k.draw_latent_forward(P.e[cur], ne, eps_p[t - 1], mu_p[t - 1], ls_p[t - 1], z_p[t - 1], B, zs)
-        torch.addmm(ws.d_rec[prev], z[t - 1], w_z, out=gd)
+        pr.cast(z_rows[t - 1], z[t - 1])
+        pr.mm(z_rows[t - 1], lw_z, gd, add=ws.d_rec[prev])
         k.lstm_forward_strided(gd_p, 4 * hd, None, 0, P.c_dec[s], P.act_dec[s], P.c_dec[n], P.tc_dec[s],
                                P.h_dec[n], hd + 1, B, hd, threads)
-        torch.mm(V.h_dec[n], w_dec, out=V.d[cur])
+        pr.cast(L.h_dec[n], V.h_dec[n])
+        pr.mm(L.h_dec[n], lw_dec, V.d[cur])
         canvas_step(t, cur, 1, int(t < T))
     return canvas, mu, log_sigma, z
 
@@ -304,11 +359,14 @@ def _forward(ws: _Workspace, k: _Kernels, x, eps, w_dec, w_enc, w_read, w_z, g: 
 class DRAWSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, eps, w_dec, w_enc, w_read, w_z, g: Geometry, owner):
-        lease = _Lease(owner, g, x.dtype)
+        pr = Products(training_dtype())
+        lease = _Lease(owner, g, x.dtype, operand_dtype=pr.dtype)
         k = _Kernels(x.dtype)
         x, eps = x.reshape(g.batch, g.pixels).contiguous(), eps.contiguous()
-        canvas, mu, log_sigma, z = _forward(lease.ws, k, x, eps, w_dec, w_enc, w_read, w_z, g)
-        ctx.lease, ctx.g, ctx.k = lease, g, k
+        low = tuple(pr.weight(w) for w in (w_dec, w_enc, w_read, w_z))
+        canvas, mu, log_sigma, z = _forward(lease.ws, k, x, eps, w_dec, w_enc, w_read, w_z, g, pr, low)
+        ctx.lease, ctx.g, ctx.k, ctx.pr = lease, g, k, pr
+        ctx.low = low if pr.dtype is not None else None  # else the saved weights themselves
         ctx.save_for_backward(x, eps, w_dec, w_enc, w_read, w_z, log_sigma, z)
         return canvas.view(g.batch, g.channels, g.height, g.width), mu, log_sigma, z
 
@@ -325,9 +383,11 @@ class DRAWSequence(torch.autograd.Function):
         ws.g_dec[T, :, :g.col_write] = 0  # no step T + 1
         ws.g_dec[0, :, g.col_write:] = 0  # no write at step 0
         ws.g_enc[T - 1, :, 2 * zs:] = 0
-        w_read_h = w_read if g.attention else w_read[g.pixels:]  # the per-step glimpse's rows
-        w_dec_h, w_enc_h, w_z_t, w_read_t = w_dec[:hd].t(), w_enc[:he].t(), w_z.t(), w_read_h.t()
-        P, V = ws.p, ws.v
+        pr, (lw_dec, lw_enc, lw_read, lw_z) = ctx.pr, ctx.low or (w_dec, w_enc, w_read, w_z)
+        lw_read_h = lw_read if g.attention else lw_read[g.pixels:]  # the per-step glimpse's rows
+        w_dec_h, w_enc_h, w_z_t, w_read_t = lw_dec[:hd].t(), lw_enc[:he].t(), lw_z.t(), lw_read_h.t()
+        P, V, O = ws.p, ws.v, ws.operands
+        L = O.v
         dr_p = ws.dr.data_ptr()
         dh_dec_p, dc_dec_p, dh_enc_p, dc_enc_p, dz_p = (t.data_ptr() for t in (ws.dh_dec, ws.dc_dec, ws.dh_enc,
                                                                                  ws.dc_enc, ws.dz))
@@ -364,25 +424,33 @@ class DRAWSequence(torch.autograd.Function):
                 torch.sub(s, dsig, out=dsig)
                 torch.addcmul(ws.g_write[t + 1], ws.dr, dsig, value=-1, out=ws.g_write[t])
 
+        # Each row of G_D and G_E is cast into its operand copy as it is complete: G_D[t]'s own blocks
+        # after step t's canvas backward, its recurrence and encoder-input blocks (step t + 1's) as the
+        # LSTMs' backward writes them in the step before; G_E[t] after the latent backward.
         for t in range(T, 0, -1):
             s = t - 1
             canvas_step(t, 1, int(t < T))
-            torch.mm(V.g_dec[t], w_dec_h, out=ws.dh_dec)
+            pr.cast(L.g_dec_late[t], ws.g_dec_late[t])
+            pr.mm(L.g_dec[t], w_dec_h, ws.dh_dec)
             k.lstm_backward_strided(dh_dec_p, dc_dec_p, P.act_dec[s], P.c_dec[s], P.tc_dec[s], P.g_dec[s], nd, None, 0,
                                     dc_dec_p, B, hd, threads)
-            torch.addmm(d_z[s], ws.g_dec_rec[s], w_z_t, out=ws.dz)
+            pr.cast(L.g_dec_rec[s], ws.g_dec_rec[s])
+            pr.mm(L.g_dec_rec[s], w_z_t, ws.dz, add=d_z[s])
             k.draw_latent_backward(dz_p, dmu_p[s], dls_p[s], ls_p[s], eps_p[s], P.g_enc[s], ne, B, zs)
-            torch.mm(V.g_enc[s], w_enc_h, out=ws.dh_enc)
+            pr.cast(L.g_enc[s], V.g_enc[s])
+            pr.mm(L.g_enc[s], w_enc_h, ws.dh_enc)
             k.lstm_backward_strided(dh_enc_p, dc_enc_p, P.act_enc[s], P.c_enc[s], P.tc_enc[s],
                                     P.g_dec[s] + enc_in_offset, nd, P.g_enc[s - 1] + rec_offset if s else None, ne,
                                     dc_enc_p, B, he, threads)
-            torch.mm(ws.g_dec_enc_in[s], w_read_t, out=ws.dr)
+            pr.cast(L.g_dec_enc_in[s], ws.g_dec_enc_in[s])
+            pr.mm(L.g_dec_enc_in[s], w_read_t, ws.dr)
         canvas_step(0, 0, 1)
+        pr.cast(L.g_dec_late[0], ws.g_dec_late[0])
         rows_dec, rows = (T + 1) * B, T * B
-        g_dec = ws.g_dec.view(rows_dec, nd)
-        dw_dec = ws.h_dec.view(rows_dec, hd + 1).t() @ g_dec
-        dw_enc = ws.h_enc.view(rows, he + 1).t() @ ws.g_enc.view(rows, ne)
-        dw_z = z.view(rows, zs).t() @ g_dec[:rows, :4 * hd]
+        g_dec, lg_dec, z_op = ws.g_dec.view(rows_dec, nd), O.g_dec.view(rows_dec, nd), O.rows(z)[0]
+        dw_dec = pr.gram(O.h_dec.view(rows_dec, hd + 1), lg_dec, x.dtype)
+        dw_enc = pr.gram(O.h_enc.view(rows, he + 1), O.g_enc.view(rows, ne), x.dtype)
+        dw_z = pr.gram(z_op.view(rows, zs), lg_dec[:rows, :4 * hd], x.dtype)
         if g.attention:
             dw_read = ws.r.view(rows, -1).t() @ g_dec[:rows, enc_in]
         else:  # the x half: x^T sum_t G_t (x is every step's); the x^ half over all steps' rows. Formed
@@ -390,7 +458,7 @@ class DRAWSequence(torch.autograd.Function):
             # columns), so autograd copies it back row by row instead of transposing 1.6M elements.
             dw_read_t = w_read.new_empty(w_read.shape[::-1])
             torch.mm(ws.g_dec[:T, :, enc_in].sum(0).t(), x, out=dw_read_t[:, :g.pixels])
-            torch.mm(g_dec[:rows, enc_in].t(), ws.r.view(rows, -1), out=dw_read_t[:, g.pixels:])
+            pr.gram(lg_dec[:rows, enc_in], O.r.view(rows, -1), x.dtype, out=dw_read_t[:, g.pixels:])
             dw_read = dw_read_t.t()
         return None, None, dw_dec, dw_enc, dw_read, dw_z, None, None
 

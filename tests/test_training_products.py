@@ -1,0 +1,84 @@
+"""The precision of DRAW's training products (models/fast/products.py) on the sequence path.
+
+The operand copies are checked in float64 with float64 copies: every copy is then exact, so any row
+the pass casts late, early or never (the copies start as NaN) shows as a difference from the plain
+products. bf16 operands are checked against float32 within bf16's rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.draw import DRAW, DRAWConfig
+from models.fast import draw_sequence, native, products
+from tests.test_draw_sequence import CONFIGS, NO_ATTENTION, _data, _grads, _objective, _uses_sequence
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(not native.usable(torch.zeros(1)), reason="needs the native CPU loops")]
+
+
+@pytest.mark.parametrize("kw", CONFIGS + NO_ATTENTION)
+def test_operand_copies_in_the_pass_dtype_change_nothing(kw):
+    torch.manual_seed(0)
+    cfg = DRAWConfig(**kw)
+    model = DRAW(cfg).double()
+    x, noise = _data(cfg, 5, torch.float64)
+    want, want_g = _grads(model, lambda: _objective(model(x, noise, windows=False)))
+    with products.training(torch.float64):
+        assert _uses_sequence(model, lambda: model(x, noise, windows=False))
+        got, got_g = _grads(model, lambda: _objective(model(x, noise, windows=False)))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for k in want_g:
+        torch.testing.assert_close(got_g[k], want_g[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_bf16_products_track_float32(attention):
+    """The paper's model at batch 16: the loss within 1e-3 relative, each parameter's gradient within
+    5% (Frobenius) of float32's, where float32 against float64 is below 1e-4."""
+    torch.manual_seed(0)
+    cfg = DRAWConfig(attention=attention)
+    model = DRAW(cfg)
+    x, noise = _data(cfg, 16, torch.float32)
+    want, want_g = _grads(model, lambda: _objective(model(x, noise, windows=False)))
+    with products.training(torch.bfloat16):
+        got, got_g = _grads(model, lambda: _objective(model(x, noise, windows=False)))
+    assert torch.isfinite(got) and abs(got - want) <= 1e-3 * abs(want)
+    for k in want_g:
+        err = (got_g[k] - want_g[k]).norm() / want_g[k].norm().clamp_min(1e-30)
+        assert err <= 0.05, (k, float(err))
+    assert any((got_g[k] != want_g[k]).any() for k in want_g)  # the setting took effect
+
+
+def test_evaluation_ignores_the_setting():
+    torch.manual_seed(0)
+    cfg = DRAWConfig(**CONFIGS[0])
+    model = DRAW(cfg)
+    x, noise = _data(cfg, 4, torch.float32)
+    with torch.no_grad():
+        want = model(x, noise, windows=False).loss
+        with products.training(torch.bfloat16):
+            got = model(x, noise, windows=False).loss
+    assert torch.equal(got, want)
+
+
+def test_check_names_what_is_wrong(monkeypatch):
+    assert products.check("float32") is None
+    with pytest.raises(ValueError, match="expected one of float32, bfloat16"):
+        products.check("fp8")
+    monkeypatch.setattr(products, "bf16_supported", lambda: False)
+    with pytest.raises(ValueError, match="no native bf16"):
+        products.check("bfloat16")
+    monkeypatch.setattr(products, "bf16_supported", lambda: True)
+    assert products.check("bfloat16") is torch.bfloat16
+
+
+def test_workspaces_of_each_precision_are_pooled_apart():
+    cfg = DRAWConfig(**CONFIGS[0])
+    model = DRAW(cfg)
+    x, noise = _data(cfg, 3, torch.float32)
+    for dtype in (None, torch.bfloat16, None):
+        with products.training(dtype):
+            _grads(model, lambda: _objective(model(x, noise, windows=False)))
+    keys = {k[3] for k in draw_sequence._POOLS[model]}
+    assert keys == {None, torch.bfloat16}
