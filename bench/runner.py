@@ -203,6 +203,8 @@ class Runner:
                                "to extend it, or start a new run without --resume)")
             if o.checkpoint_dir is None:  # where the record's checkpoints were written
                 o.checkpoint_dir = record["config"].get("options", {}).get("checkpoint_dir")
+            else:  # moved there: later resumes look there too
+                record["config"].setdefault("options", {})["checkpoint_dir"] = o.checkpoint_dir
             record["status"] = "incomplete"
             record["config"]["suite"] = suites.as_record(self.suite)  # the budget applied from now on
             record.setdefault("resumed_at", []).append(records.utc_now())

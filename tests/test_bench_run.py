@@ -237,3 +237,33 @@ def test_resume_refuses_a_changed_recipe_and_runs_jobs_the_suite_gained(tiny, mo
     assert sum("complete in the record, skipped" in line for line in lines) == 2
     assert rec["status"] == "complete" and rec["jobs"]["classifier-translated60-T1-s0"]["status"] == "complete"
     assert len(rec["segments"]) == 2
+
+
+def test_checkpoints_moved_elsewhere_are_found_and_remembered(tiny, monkeypatch, tmp_path):
+    from bench import tasks
+    orig, calls = tasks.ClassifierTask.loss, {"n": 0}
+
+    def crashing(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] in (3, 6):  # once in each of the first two sittings
+            raise KeyboardInterrupt
+        return orig(self, model, batch)
+
+    monkeypatch.setattr(tasks.ClassifierTask, "loss", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(tiny("run"), log=quiet)
+    moved = tmp_path / "kept"
+    (tmp_path / "ckpt").rename(moved)
+    opts = tiny("run", resume=True)
+    opts.checkpoint_dir = str(moved)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(opts, log=quiet)
+    r = records.read(tiny("run").out)
+    assert r["config"]["options"]["checkpoint_dir"] == str(moved)
+    monkeypatch.setattr(tasks.ClassifierTask, "loss", orig)
+    again = tiny("run", resume=True)
+    again.checkpoint_dir = None  # the record says where
+    done, _ = runner.run(again, log=quiet)
+    unit = next(iter(done["jobs"]))
+    assert done["status"] == "complete" and done["jobs"][unit]["resumed"]
+    assert done["jobs"][unit]["checkpoint"].startswith(str(moved)) and not (tmp_path / "ckpt").exists()
