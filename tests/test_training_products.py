@@ -34,19 +34,20 @@ def test_operand_copies_in_the_pass_dtype_change_nothing(kw):
 
 @pytest.mark.parametrize("attention", [True, False])
 def test_bf16_products_track_float32(attention):
-    """The paper's model at batch 16: the loss within 1e-3 relative, each parameter's gradient within
-    5% (Frobenius) of float32's, where float32 against float64 is below 1e-4."""
+    """The paper's model (16 of its 64 steps: CPUs without bf16 emulate the products) at batch 8: the
+    loss within 1e-3 relative, each parameter's gradient within 2.5% (Frobenius) of float32's (0.4-0.8%
+    measured on AMD EPYC)."""
     torch.manual_seed(0)
-    cfg = DRAWConfig(attention=attention)
+    cfg = DRAWConfig(attention=attention, steps=16)
     model = DRAW(cfg)
-    x, noise = _data(cfg, 16, torch.float32)
+    x, noise = _data(cfg, 8, torch.float32)
     want, want_g = _grads(model, lambda: _objective(model(x, noise, windows=False)))
     with products.training(torch.bfloat16):
         got, got_g = _grads(model, lambda: _objective(model(x, noise, windows=False)))
     assert torch.isfinite(got) and abs(got - want) <= 1e-3 * abs(want)
     for k in want_g:
         err = (got_g[k] - want_g[k]).norm() / want_g[k].norm().clamp_min(1e-30)
-        assert err <= 0.05, (k, float(err))
+        assert err <= 0.025, (k, float(err))
     assert any((got_g[k] != want_g[k]).any() for k in want_g)  # the setting took effect
 
 
