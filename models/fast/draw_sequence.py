@@ -316,7 +316,7 @@ def _forward(ws: _Workspace, k: _Kernels, x, eps, w_dec, w_enc, w_read, w_z, g: 
         def encoder_gates(prev, s):  # a^enc_t - E_{t-1}'s recurrence block
             torch.addmm(ws.d_enc_in[prev], V.r[s], w_read, out=ga)
     else:
-        w_read_x, w_read_h = w_read[:g.pixels], w_read[g.pixels:]
+        w_read_x = w_read[:g.pixels]
         enc_x = torch.mm(x, w_read_x, out=ws.enc_x)
 
         def canvas_step(t, d, do_write, do_read):
