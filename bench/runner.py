@@ -156,28 +156,41 @@ class Runner:
 
     def _training_products(self):
         """--training-products checked against this machine and the suite's DRAW jobs: the operand dtype
-        of DRAW's training products (None: float32), set for the run by ``run``."""
-        from models.fast import native, products
+        of DRAW's training products (None: float32), set for the run by ``run``. ``auto`` becomes
+        bfloat16 where it would be accepted, else float32 (``opts.training_products`` says which)."""
+        from models.fast import products
 
         name = self.opts.training_products
+        if name == "auto":
+            try:
+                self.opts.training_products = "bfloat16"
+                return self._training_products()
+            except SettingError:
+                self.opts.training_products = "float32"
+                return None
         try:
             dtype = products.check(name)
         except ValueError as e:
             raise SettingError(f"--training-products: {e}") from None
         if dtype is None:
             return None
+        problem = self._why_not_low_precision()
+        if problem:
+            raise SettingError(f"--training-products {name}: {problem}; train with float32 products")
+        return dtype
+
+    def _why_not_low_precision(self) -> str | None:
+        from models.fast import native
+
         if self.device != "cpu":
-            raise SettingError(f"--training-products {name} applies to DRAW's CPU sequence path; on {self.device} "
-                               "train with float32 products")
+            return f"it applies to DRAW's CPU sequence path, not {self.device}"
         if native.library() is None:
-            raise SettingError(f"--training-products {name} needs the native CPU loops, which did not build here "
-                               "(see the warning above); train with float32 products")
+            return "it needs the native CPU loops, which did not build here (see the warning above)"
         per_step = [j for j in self.suite.jobs if j.kind == "draw" and j.model.initial_state != "zero"]
         if per_step:
-            raise SettingError(f"--training-products {name}: DRAW with initial_state "
-                               f"{per_step[0].model.initial_state!r} trains on the per-step path, which has no "
-                               f"{name} products; train it with float32 products")
-        return dtype
+            return (f"DRAW with initial_state {per_step[0].model.initial_state!r} trains on the per-step path, "
+                    "which has no such products")
+        return None
 
     # ------------------------------------------------------------ record bookkeeping
     def config(self) -> dict:

@@ -65,3 +65,12 @@ def test_what_cannot_be_honoured_is_refused(tiny, monkeypatch):
     with pytest.raises(runner.SettingError, match="no native bf16 matrix products"):
         runner.run(tiny(training_products="bfloat16"), log=lambda m: None)
     assert products.training_dtype() is None
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_auto_takes_bf16_where_it_would_be_accepted(tiny, monkeypatch, supported):
+    monkeypatch.setattr(products, "bf16_supported", lambda: supported)
+    rec, _ = runner.run(tiny(training_products="auto"), log=lambda m: None)
+    name = "bfloat16" if supported else "float32"
+    assert rec["segments"][0]["training_products"] == name
+    assert rec["jobs"][UNIT]["training_products"] == {name: 64}
