@@ -65,21 +65,27 @@ def _uses_sequence(model, fn) -> bool:
     return _calls(fn) > 0
 
 
-@pytest.mark.parametrize("kw", CONFIGS + NO_ATTENTION)
-def test_float64_parity_with_the_autograd_path(kw):
-    """Values and every parameter's gradient equal those of the PyTorch-only step path (autograd
-    through every op, native loops off) to float64 rounding. Odd batch (5)."""
+def assert_float64_pass_unchanged_within(kw, context):
+    """A float64 pass of a model of config ``kw`` at an odd batch (5) on the sequence path: its value
+    and every parameter's gradient are those of the same pass within ``context``, to float64 rounding."""
     torch.manual_seed(0)
     cfg = DRAWConfig(**kw)
     model = DRAW(cfg).double()
     x, noise = _data(cfg, 5, torch.float64)
     assert _uses_sequence(model, lambda: model(x, noise, windows=False))
     got, got_g = _grads(model, lambda: _objective(model(x, noise, windows=False)))
-    with native.disabled():
+    with context:
         want, want_g = _grads(model, lambda: _objective(model(x, noise, windows=False)))
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     for k in want_g:
         torch.testing.assert_close(got_g[k], want_g[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+@pytest.mark.parametrize("kw", CONFIGS + NO_ATTENTION)
+def test_float64_parity_with_the_autograd_path(kw):
+    """Values and every parameter's gradient equal those of the PyTorch-only step path (autograd
+    through every op, native loops off) to float64 rounding."""
+    assert_float64_pass_unchanged_within(kw, native.disabled())
 
 
 @pytest.mark.parametrize("attention", [True, False])

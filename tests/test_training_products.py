@@ -11,7 +11,8 @@ import torch
 
 from models.draw import DRAW, DRAWConfig
 from models.fast import draw_sequence, native, products
-from tests.test_draw_sequence import CONFIGS, NO_ATTENTION, _data, _grads, _objective, _uses_sequence
+from tests.test_draw_sequence import (CONFIGS, NO_ATTENTION, _data, _grads, _objective,
+                                      assert_float64_pass_unchanged_within)
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(not native.usable(torch.zeros(1)), reason="needs the native CPU loops")]
@@ -19,17 +20,7 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 
 @pytest.mark.parametrize("kw", CONFIGS + NO_ATTENTION)
 def test_operand_copies_in_the_pass_dtype_change_nothing(kw):
-    torch.manual_seed(0)
-    cfg = DRAWConfig(**kw)
-    model = DRAW(cfg).double()
-    x, noise = _data(cfg, 5, torch.float64)
-    want, want_g = _grads(model, lambda: _objective(model(x, noise, windows=False)))
-    with products.training(torch.float64):
-        assert _uses_sequence(model, lambda: model(x, noise, windows=False))
-        got, got_g = _grads(model, lambda: _objective(model(x, noise, windows=False)))
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    for k in want_g:
-        torch.testing.assert_close(got_g[k], want_g[k], rtol=1e-10, atol=1e-12, msg=k)
+    assert_float64_pass_unchanged_within(kw, products.training(torch.float64))
 
 
 @pytest.mark.parametrize("attention", [True, False])
