@@ -48,6 +48,13 @@ def glimpse_list(text: str) -> tuple[int, ...]:
     return tuple(sorted(values))
 
 
+def job_list(text: str) -> tuple[int, ...]:
+    values = int_list(text, "job")
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"bad job list {text!r}: job numbers (bench run --list) are >= 0")
+    return tuple(dict.fromkeys(values))
+
+
 def seed_list(text: str) -> tuple[int, ...]:
     values = int_list(text, "seed")
     if any(v < 0 for v in values):
@@ -120,7 +127,8 @@ def cmd_run(args) -> int:
 
         plugins.load_builder(args.model)  # an unknown module or name is refused before any work
         suites.with_plugin(suites.get(args.suite), args.model)
-    opts = runner.RunOptions(suite=args.suite, glimpses=args.glimpses, seeds=args.seeds, device=args.device,
+    opts = runner.RunOptions(suite=args.suite, glimpses=args.glimpses, jobs=args.jobs, seeds=args.seeds,
+                             device=args.device,
                              epochs=args.epochs, time_budget_min=args.time_budget, on_relapse=args.on_relapse,
                              data_dir=args.data_dir, out=args.out, resume=args.resume, dry_run=args.dry_run, reference=args.reference,
                              threads=args.threads,
@@ -262,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the suite's glimpse models; see docs/plugins.md")
     r.add_argument("--list", action="store_true", help="list the suites with their expected time and targets")
     r.add_argument("--glimpses", type=glimpse_list, help="glimpse counts for the classifier, e.g. 1,2,4,8")
+    r.add_argument("--jobs", type=job_list,
+                   help="only these jobs of the suite, by the numbers --list gives them, e.g. 1 (a record of "
+                        "those jobs alone: run two jobs of one suite side by side as two records)")
     r.add_argument("--seeds", type=seed_list, help="seeds, e.g. 0,1,2 (default: the suite's)")
     r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     r.add_argument("--epochs", type=positive(int), help="epochs per model (overrides the suite)")

@@ -45,6 +45,7 @@ class SettingError(RunError, UsageError):
 class RunOptions:
     suite: str = "quick"
     glimpses: tuple[int, ...] | None = None
+    jobs: tuple[int, ...] | None = None  # the suite's jobs to run, by index (suites.listing); None = all
     seeds: tuple[int, ...] | None = None
     device: str = "auto"
     epochs: int | None = None
@@ -131,7 +132,11 @@ class Runner:
         suite = suites.get(opts.suite)
         if opts.model:
             suite = suites.with_plugin(suite, opts.model)
-        self.suite = suites.override(suite, opts.glimpses, opts.epochs, opts.time_budget_min, opts.on_relapse)
+        try:
+            self.suite = suites.override(suite, opts.glimpses, opts.epochs, opts.time_budget_min, opts.on_relapse,
+                                         opts.jobs)
+        except ValueError as e:
+            raise SettingError(f"--jobs: {e}") from None
         if opts.dry_run:
             self.suite = replace(self.suite, jobs=tuple(_dry(j) for j in self.suite.jobs))
         self.units = units(self.suite, opts.seeds)
@@ -207,6 +212,10 @@ class Runner:
             if record["suite"] != self.suite.name:
                 raise ResumeError(f"{path} is a record of suite {record['suite']!r}, not {self.suite.name!r}; "
                                f"resume with --suite {record['suite']}")
+            made_with = record["config"].get("options", {}).get("jobs")
+            if made_with is not None and list(made_with) != list(o.jobs or ()):
+                raise ResumeError(f"{path} was made with --jobs {','.join(map(str, made_with))} (only those jobs of "
+                                  f"suite {self.suite.name}); resume it with the same --jobs")
             try:
                 added = resume.check_recipe(record["config"]["suite"]["jobs"], self.suite.jobs)
             except resume.RecipeChanged as e:

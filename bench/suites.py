@@ -335,11 +335,20 @@ def get(name: str) -> Suite:
 
 
 def override(suite: Suite, glimpses: tuple[int, ...] | None = None, epochs: int | None = None,
-             time_budget_min: float | None = None, on_relapse: str | None = None) -> Suite:
-    """The suite with command-line overrides applied to every job they concern. ``on_relapse`` is
-    part of the recipe: a record resumed with another value is refused."""
+             time_budget_min: float | None = None, on_relapse: str | None = None,
+             job_indices: tuple[int, ...] | None = None) -> Suite:
+    """The suite with command-line overrides applied to every job they concern, and with only the
+    jobs ``job_indices`` names (as ``listing`` numbers them; ValueError for one it has not).
+    ``on_relapse`` is part of the recipe: a record resumed with another value is refused."""
+    picked = suite.jobs
+    if job_indices is not None:
+        bad = [i for i in job_indices if not 0 <= i < len(suite.jobs)]
+        if bad:
+            raise ValueError(f"suite {suite.name} has no job {bad[0]}; its jobs are "
+                             + "; ".join(f"{i}: {describe_job(j)}" for i, j in enumerate(suite.jobs)))
+        picked = tuple(suite.jobs[i] for i in sorted(set(job_indices)))
     jobs = []
-    for job in suite.jobs:
+    for job in picked:
         if job.kind in GLIMPSE_KINDS and glimpses is not None:
             job = replace(job, glimpses=tuple(glimpses), seeds_by_glimpses=tuple(
                 (t, s) for t, s in job.seeds_by_glimpses if t in glimpses))
@@ -363,7 +372,22 @@ def listing() -> str:
         if s.targets:
             lines.append("    targets: " + "; ".join(t.describe() + (f" ({t.note})" if t.note else "")
                                                for t in s.targets))
+        lines.append("    jobs (--jobs): " + "; ".join(f"{i}: {describe_job(j)}" for i, j in enumerate(s.jobs)))
     return "\n".join(lines)
+
+
+def describe_job(job) -> str:
+    """A few words naming a job: its kind, model and data."""
+    if job.kind == "draw":
+        return f"DRAW {'with' if job.model.attention else 'without'} attention on {job.dataset}"
+    if job.kind == "throughput":
+        return f"throughput of the {'DRAW' if job.model == 'draw' else job.model}"
+    if job.kind == "baseline":
+        return f"{job.model} baseline on {job.dataset}"
+    t = ",".join(map(str, job.glimpses))
+    name = {"classifier": "classifier", "ram": "RAM"}.get(job.kind, f"plug-in {getattr(job, 'model', '')}")
+    per_step = " (per-step loss)" if getattr(job, "per_step_loss", False) else ""
+    return f"{name}{per_step} on {job.dataset}, T = {t}"
 
 
 # ---------------------------------------------------------------- settings by name, and the form records keep

@@ -36,6 +36,30 @@ def test_table1_protocol_and_seeds():
     assert runner.units(suites.get("table1"), (5,))[0].seed == 5  # --seeds overrides every job
 
 
+def test_jobs_pick_a_part_of_a_suite_by_the_numbers_listing_gives():
+    table2 = suites.get("table2")
+    assert ("    jobs (--jobs): 0: DRAW with attention on binarized; 1: DRAW without attention on binarized"
+            in suites.listing().splitlines())
+    alone = suites.override(table2, job_indices=(1,))
+    assert [u.id for u in runner.units(alone, None)] == ["draw-binarized-noattn-T64-s0"]
+    assert suites.override(table2, job_indices=(1, 0, 1)).jobs == table2.jobs  # in the suite's order, once
+    with pytest.raises(ValueError, match="suite table2 has no job 2; its jobs are 0: DRAW with attention"):
+        suites.override(table2, job_indices=(2,))
+    with pytest.raises(runner.SettingError, match="--jobs: suite table2 has no job 7"):
+        runner.Runner(runner.RunOptions(suite="table2", jobs=(7,)))
+
+
+def test_a_record_of_some_jobs_resumes_with_the_same_jobs(tmp_path, mnist_data):
+    opts = dict(suite="quick", jobs=(2,), dry_run=True, threads=1, progress=False, out=str(tmp_path / "r.json"),
+                checkpoint_dir=str(tmp_path / "ckpt"))
+    rec, path = runner.run(runner.RunOptions(**opts), log=lambda m: None)
+    assert list(rec["jobs"]) == ["throughput-classifier"] and list(rec["config"]["options"]["jobs"]) == [2]
+    rec["status"] = "incomplete"
+    records.write(rec, path)
+    with pytest.raises(runner.ResumeError, match="made with --jobs 2 .*resume it with the same --jobs"):
+        runner.run(runner.RunOptions(**{**opts, "jobs": None, "resume": True}), log=lambda m: None)
+
+
 def test_quick_fits_its_time_budget():
     budget = sum((getattr(j, "time_budget_min", None) or 0) for j in suites.QUICK.jobs)
     assert budget <= 7, "training budgets must leave room for data, evaluation and throughput within 10 min"
