@@ -127,7 +127,8 @@ def cmd_run(args) -> int:
 
         plugins.load_builder(args.model)  # an unknown module or name is refused before any work
         suites.with_plugin(suites.get(args.suite), args.model)
-    opts = runner.RunOptions(suite=args.suite, glimpses=args.glimpses, jobs=args.jobs, seeds=args.seeds,
+    opts = runner.RunOptions(suite=args.suite, glimpses=args.glimpses, jobs=args.jobs,
+                             units=tuple(args.units) if args.units else None, seeds=args.seeds,
                              device=args.device,
                              epochs=args.epochs, time_budget_min=args.time_budget, on_relapse=args.on_relapse,
                              data_dir=args.data_dir, out=args.out, resume=args.resume, dry_run=args.dry_run, reference=args.reference,
@@ -273,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--jobs", type=job_list,
                    help="only these jobs of the suite, by the numbers --list gives them, e.g. 1 (a record of "
                         "those jobs alone: run two jobs of one suite side by side as two records)")
+    r.add_argument("--units", nargs="+", metavar="GLOB",
+                   help="this sitting trains only the units whose ids match (e.g. 'classifier-*-T4-*'); the "
+                        "others stay unfinished in the record for a later --resume")
     r.add_argument("--seeds", type=seed_list, help="seeds, e.g. 0,1,2 (default: the suite's)")
     r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     r.add_argument("--epochs", type=positive(int), help="epochs per model (overrides the suite)")

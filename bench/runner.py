@@ -8,6 +8,7 @@ the same record: finished units are kept, unfinished ones continue from their ch
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import math
 import os
@@ -46,6 +47,7 @@ class RunOptions:
     suite: str = "quick"
     glimpses: tuple[int, ...] | None = None
     jobs: tuple[int, ...] | None = None  # the suite's jobs to run, by index (suites.listing); None = all
+    units: tuple[str, ...] | None = None  # this sitting trains only the units matching these globs; others wait
     seeds: tuple[int, ...] | None = None
     device: str = "auto"
     epochs: int | None = None
@@ -220,9 +222,13 @@ class Runner:
                 added = resume.check_recipe(record["config"]["suite"]["jobs"], self.suite.jobs)
             except resume.RecipeChanged as e:
                 raise resume.RecipeChanged(f"cannot resume {path}: {e}") from None
-            if not self._pending(record):
+            pending = self._pending(record)
+            if not pending:
                 raise ResumeError(f"{path} is complete; nothing to resume (give a larger --epochs or --time-budget "
                                "to extend it, or start a new run without --resume)")
+            if not any(self._wanted(u) for u in pending):
+                raise ResumeError(f"{path}: no unfinished unit matches --units {' '.join(o.units)}; its unfinished "
+                                  f"units are {', '.join(u.id for u in pending)}")
             if o.checkpoint_dir is None:  # where the record's checkpoints were written
                 o.checkpoint_dir = record["config"].get("options", {}).get("checkpoint_dir")
             else:  # moved there: later resumes look there too
@@ -256,6 +262,10 @@ class Runner:
 
     def _pending(self, record: dict) -> list[Unit]:
         return [u for u in self.units if not self._finished(record, u)]
+
+    def _wanted(self, unit: Unit) -> bool:
+        """Whether this sitting trains ``unit`` (--units; every unit without it)."""
+        return self.opts.units is None or any(fnmatch.fnmatchcase(unit.id, p) for p in self.opts.units)
 
     def _sweep_path(self, path: Path) -> Path:
         """--sweep-parallel: each rank's own record, NAME.rankR-of-W.json."""
@@ -328,10 +338,15 @@ class Runner:
             self.log(f"note: this CPU is busy (load {load:.1f} on {self.machine['cores']} cores); with other work "
                      "running, --threads 1 is often several times faster than the default")
         self.save(record, path)
+        waiting = []
         try:
             for i, unit in enumerate(self.units):
                 if self._finished(record, unit):
                     self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: complete in the record, skipped")
+                    continue
+                if not self._wanted(unit):
+                    self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: not in --units, left for another sitting")
+                    waiting.append(unit.id)
                     continue
                 extending = record["jobs"].get(unit.id, {}).get("status") == "complete"
                 self.log(f"[{i + 1}/{len(self.units)}] {unit.id}" + (" (extending its budget)" if extending else ""))
@@ -355,6 +370,10 @@ class Runner:
         except BaseException as e:
             self._stop(record, path, "failed", f"{type(e).__name__}: {e}")
             raise
+        if waiting:  # the record goes on in another sitting
+            self.log(f"{len(waiting)} unit(s) not in --units wait for another sitting: {', '.join(waiting)}")
+            self._stop(record, path, "incomplete", f"units left for another sitting (--units): {len(waiting)}")
+            return record, path
         record["status"] = "complete"
         record["finished_at"] = records.utc_now()
         if self.sitting is not None:

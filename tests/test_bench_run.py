@@ -267,3 +267,18 @@ def test_checkpoints_moved_elsewhere_are_found_and_remembered(tiny, monkeypatch,
     unit = next(iter(done["jobs"]))
     assert done["status"] == "complete" and done["jobs"][unit]["resumed"]
     assert done["jobs"][unit]["checkpoint"].startswith(str(moved)) and not (tmp_path / "ckpt").exists()
+
+
+def test_units_trains_some_units_and_leaves_the_rest_for_a_later_sitting(tiny):
+    lines = []
+    rec, _ = runner.run(tiny("run", units=("throughput-*",)), log=lines.append)
+    assert rec["status"] == "incomplete" and "units left for another sitting" in rec["error"]
+    clf = runner.units(TINY, None)[0].id
+    assert rec["jobs"]["throughput-classifier"]["status"] == "complete" and clf not in rec["jobs"]
+    assert any(f"{clf}: not in --units, left for another sitting" in line for line in lines)
+    assert not rec.get("targets")  # targets are checked on the whole record only
+    with pytest.raises(runner.ResumeError, match=f"no unfinished unit matches --units other-\\*; .* {clf}"):
+        runner.run(tiny("run", resume=True, units=("other-*",)), log=quiet)
+    done, _ = runner.run(tiny("run", resume=True), log=quiet)
+    assert done["status"] == "complete" and done["jobs"][clf]["status"] == "complete" and done["targets"]
+    assert len(done["segments"]) == 2
