@@ -81,15 +81,25 @@ def _training(record_path: str, units: list[str]) -> str:
     recipe = f"{job.get('schedule', 'constant')} lr {job.get('lr')}, batch {job.get('batch_size')}"
     if job.get("schedule") == "wsd":
         recipe += f" (warm-up {job.get('warmup_epochs'):g}, decay {job.get('decay_epochs'):g} ep)"
-    recipe += f", {job.get('window_init', 'default')} init"
+    if job.get("kind") in ("classifier", "draw"):  # the soft-attention models' first window
+        recipe += f", {job.get('window_init', 'default')} init"
     minutes = job.get("time_budget_min")
     recipe += f"; budget {minutes:g} min" if minutes else f"; budget {job.get('epochs')} epochs"
     if all("images_seen" in d for d in done):
         recipe += (f"; {_range([d['epochs'] for d in done], str)} epochs, "
                    f"{_range([d['images_seen'] / 1e6 for d in done], lambda v: f'{v:.2f}')} M images, "
                    f"{_range([d['train_time_s'] * threads / 3600 for d in done], lambda v: f'{v:.2f}')} core-h")
-    recipe += _products(done)
+    recipe += _products(done) + _rollbacks(job, done, units)
     return recipe
+
+
+def _rollbacks(job: dict, done: list[dict], units: list[str]) -> str:
+    """The relapse setting when it is not the default, and each unit's rollbacks (bench/optim.py)."""
+    if job.get("on_relapse", "continue") == "continue":
+        return ""
+    back = [f"{u.rsplit('-', 1)[-1]} at epoch{'s' if len(d['rollbacks']) > 1 else ''} "
+            f"{', '.join(str(r['epoch']) for r in d['rollbacks'])}" for u, d in zip(units, done) if d.get("rollbacks")]
+    return f"; on relapse: {job['on_relapse']}" + (f" (rolled back: {'; '.join(back)})" if back else "")
 
 
 def _products(done: list[dict]) -> str:
@@ -245,7 +255,8 @@ def glimpse_model_rows(err: pd.DataFrame, root: Path, published: list[dict]) -> 
         g = g.sort_values("seed")
         ref = ram_paper.get(int(t)) if model == "ram" else None
         location = _first(g, "p_location")
-        settings = f"location at evaluation: {location}" if location else ""
+        settings = "; ".join(x for x in (_training(record, _units(g)),
+                                         f"location at evaluation: {location}" if location else "") if x)
         rows.append(f"| {_model_label(model, g)} | {protocol} | {int(t)} | {settings} | "
                     f"{_spread(list(g['value']), _pct)} | "
                     f"{', '.join(str(int(s)) for s in g['seed'])} | {_link([record], root)} | "
@@ -265,7 +276,8 @@ def table_ram60(df: pd.DataFrame, root: Path = Path(".")) -> str:
     clf = err[_is_classifier(err)]
     for (record, protocol, t), g in sorted(clf.groupby(["record", "p_protocol", "p_glimpses"])):
         g = g.sort_values("seed")
-        rows.append(f"| differentiable RAM, 12x12 | {protocol} | {int(t)} | | {_spread(list(g['value']), _pct)} | "
+        rows.append(f"| differentiable RAM, 12x12 | {protocol} | {int(t)} | {_training(record, _units(g))} | "
+                    f"{_spread(list(g['value']), _pct)} | "
                     f"{', '.join(str(int(s)) for s in g['seed'])} | {_link([record], root)} | | "
                     f"{_cost(g, 'soft', _classifier_cost(g, 60, 60))} |")
     rows += glimpse_model_rows(err, root, [{**p, "model": "RAM"} for p in paper.RAM_60["cluttered60"]])
@@ -280,8 +292,6 @@ def table2(df: pd.DataFrame, root: Path = Path(".")) -> str:
     if nll.empty:  # records of glimpse models only
         return "\n".join(rows)
     paper_att = {p["attention"]: p["nll"] for p in paper.TABLE2 if "attention" in p}
-    if nll.empty:
-        return "\n".join(rows)
     for (record, dataset, attention, steps), g in nll.groupby(["record", "p_dataset", "p_attention", "p_steps"]):
         def col(name, fmt=lambda v: f"{v:.2f}"):
             sel = g[g["name"] == name].sort_values("seed")

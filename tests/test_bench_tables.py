@@ -100,3 +100,25 @@ def test_draw_cost_counts_learned_initial_states(tmp_path):
     learned = DRAW(DRAWConfig(steps=4, enc_hidden=8, dec_hidden=6, z_size=3, initial_state="learned"))
     assert costs[None] == costs["zero"]
     assert costs["learned"][0] == learned.param_count() == costs["zero"][0] + 28 * 28 + 8 + 6
+
+
+def test_the_recipe_column_names_the_relapse_setting_and_each_rollback(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from bench import suites
+    from bench.optim import Optim
+
+    job = suites.TABLE1.jobs[0]
+    done = {"epochs": 100, "images_seen": 5_000_000, "train_time_s": 3600.0}
+    rec = {"machine": {"threads": 1}, "jobs": {
+        "u-s0": {**done, "job": suites.as_record(replace(job, optim=replace(job.optim, on_relapse="rollback"))),
+                 "rollbacks": [{"epoch": 7}, {"epoch": 37}]},
+        "u-s1": {**done, "job": suites.as_record(replace(job, optim=replace(job.optim, on_relapse="rollback"))),
+                 "rollbacks": []},
+        "v-s0": {**done, "job": suites.as_record(replace(job, optim=Optim()))}}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(rec))
+    assert tables._training(str(path), ["u-s0", "u-s1"]).endswith(
+        "; on relapse: rollback (rolled back: s0 at epochs 7, 37)")
+    assert "relapse" not in tables._training(str(path), ["v-s0"]) and "cover init" in tables._training(str(path), ["v-s0"])
