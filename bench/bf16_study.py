@@ -87,14 +87,9 @@ BF16_FLAGS = ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "avx512_fp16")
 
 def cpu_info() -> dict:
     """The CPU's model, its bf16-relevant flags, and whether oneDNN takes bf16 on it."""
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    from models.fast.native_cpu import cpu_flags
+
+    flags = cpu_flags()
     return {"cpu_model": records.machine_info()["cpu_model"], "flags": [f for f in BF16_FLAGS if f in flags],
             "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "torch": torch.__version__}
 

@@ -46,14 +46,9 @@ def cpu_key() -> str:
     """This kind of CPU: model name, the vector features that change kernel speed, native loops or not."""
     from models.fast import native
 
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    from models.fast.native_cpu import cpu_flags
+
+    flags = cpu_flags()
     feats = "+".join(f for f in FEATURES if f in flags) or "-"
     return f"{records.machine_info()['cpu_model']} [{feats}] {'native' if native.library() else 'torch'}"
 

@@ -74,3 +74,16 @@ def test_workspaces_of_each_precision_are_pooled_apart():
             _grads(model, lambda: _objective(model(x, noise, windows=False)))
     keys = {k[3] for k in draw_sequence._POOLS[model]}
     assert keys == {None, torch.bfloat16}
+
+
+def test_bf16_counts_as_native_only_with_an_instruction_for_it(monkeypatch):
+    from models.fast import native_cpu
+
+    read = native_cpu.cpu_flags
+    assert read("processor : 0\nflags : fpu avx512_bf16\n\nprocessor : 1\n") == {"fpu", "avx512_bf16"}
+    assert read("Features : fp asimd bf16\n") == {"fp", "asimd", "bf16"} and read("") == set()
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    for flags, want in (({"avx512f", "avx512bw"}, False), ({"avx512f", "avx512_bf16"}, True),
+                        ({"amx_tile", "amx_bf16"}, True), ({"asimd", "bf16"}, True), (set(), False)):
+        monkeypatch.setattr(native_cpu, "cpu_flags", lambda f=flags: f)
+        assert products.bf16_supported() is want, flags

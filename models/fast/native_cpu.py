@@ -15,6 +15,20 @@ FIELDS = ("vendor_id", "cpu family", "model", "model name", "flags", "CPU implem
           "CPU variant", "CPU part", "CPU revision", "Features", "cpu", "uarch", "isa")
 
 
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The first core's instruction-set extensions (x86: flags; arm64: Features); empty where
+    /proc/cpuinfo is missing."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def cpu_identity(cpuinfo: str | None = None) -> str:
     """The machine type and, for each field of FIELDS, the distinct values over all cores (a
     big.LITTLE arm64 lists two CPU parts). ``cpuinfo``: the text of /proc/cpuinfo (read when None);

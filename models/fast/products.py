@@ -29,10 +29,18 @@ def name_of(dtype: torch.dtype | None) -> str:
     return next(k for k, v in SETTINGS.items() if v == dtype) if dtype in SETTINGS.values() else str(dtype)
 
 
+BF16_FEATURES = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 flags; arm64 Features
+
+
 def bf16_supported() -> bool:
-    """Whether this CPU multiplies bf16 natively (oneDNN: avx512_bf16, AMX or similar)."""
+    """Whether this CPU multiplies bf16 natively: an instruction for it (avx512_bf16, AMX, arm64 bf16)
+    and oneDNN taking bf16. (oneDNN alone also says yes on AVX-512 CPUs without such instructions,
+    where it converts to float32 and gains nothing.)"""
+    from models.fast.native_cpu import cpu_flags
+
     probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(torch.backends.mkldnn.is_available() and probe is not None and probe())
+    return bool(BF16_FEATURES & cpu_flags() and torch.backends.mkldnn.is_available() and probe is not None
+                and probe())
 
 
 def check(name: str) -> torch.dtype | None:
