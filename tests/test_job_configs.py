@@ -32,18 +32,21 @@ def _resume(path: Path, tmp_path: Path) -> tuple[runner.Runner, dict, Path]:
     for p in (path, path.with_suffix(".npz")):
         if p.exists():
             shutil.copy(p, tmp_path / p.name)
-    suite = records.read(path)["suite"]
-    r = runner.Runner(runner.RunOptions(suite=suite, resume=True, out=str(tmp_path / path.name), threads=1,
-                                        progress=False), log=lambda m: None)
+    rec = records.read(path)
+    made = rec["config"].get("options", {})  # the overrides it was made with, given again on resume
+    given = {k: tuple(made[k]) if isinstance(made.get(k), list) else made.get(k)
+             for k in ("glimpses", "on_relapse", "jobs")}
+    r = runner.Runner(runner.RunOptions(suite=rec["suite"], resume=True, out=str(tmp_path / path.name), threads=1,
+                                        progress=False, **given), log=lambda m: None)
     record, opened = r.open_record()
     return r, record, opened
 
 
 @pytest.mark.parametrize("path", LONG_RECORDS, ids=[p.stem for p in LONG_RECORDS])
 def test_the_long_records_resume_with_the_same_units_and_checkpoints(path, tmp_path):
-    """The committed long runs (flat jobs) pass the recipe check with today's suites; their units keep
-    their ids and checkpoint files, and each committed checkpoint describes the task that resumes it."""
-    assert path.stem in ("table1-wsd100", "table2-wsd100")
+    """The committed long runs (flat jobs or nested), resumed with the overrides they were made with,
+    pass the recipe check with today's suites; their units keep their ids and checkpoint files, and
+    each committed checkpoint describes the task that resumes it."""
     before = records.read(path)
     r, record, opened = _resume(path, tmp_path)
     assert opened == tmp_path / path.name
