@@ -169,12 +169,8 @@ class Runner:
 
         name = self.opts.training_products
         if name == "auto":
-            try:
-                self.opts.training_products = "bfloat16"
-                return self._training_products()
-            except SettingError:
-                self.opts.training_products = "float32"
-                return None
+            ok = products.bf16_supported() and self._why_not_low_precision() is None
+            name = self.opts.training_products = "bfloat16" if ok else "float32"
         try:
             dtype = products.check(name)
         except ValueError as e:
