@@ -25,6 +25,8 @@ from pathlib import Path
 from bench import records, runner, suites
 
 THRESHOLDS = {"classifier": (0.5, 0.2, 0.1, 0.07, 0.05, 0.04), "draw": (180.0, 150.0, 120.0, 100.0, 90.0, 85.0)}
+THRESHOLDS["ram"] = THRESHOLDS["classifier"]
+GLIMPSE_KINDS = ("classifier", "ram")  # jobs trained per glimpse count: a study trains one of them
 
 
 class StudyError(ValueError):
@@ -66,14 +68,14 @@ def _split_top_level(body: str) -> list[str]:
 
 
 def base_job(spec: str):
-    """'SUITE:INDEX' -> that suite's job (a classifier or DRAW job)."""
+    """'SUITE:INDEX' -> that suite's job (a classifier, RAM or DRAW job)."""
     name, _, index = spec.partition(":")
     try:
         job = suites.get(name).jobs[int(index or 0)]
     except (suites.SuiteError, ValueError, IndexError):
-        raise StudyError(f"--job {spec!r}: give SUITE:INDEX of a classifier or DRAW job, e.g. table1:0") from None
-    if job.kind not in ("classifier", "draw"):
-        raise StudyError(f"--job {spec!r} is a {job.kind} job; a study varies a classifier or DRAW job")
+        raise StudyError(f"--job {spec!r}: give SUITE:INDEX of a classifier, RAM or DRAW job, e.g. table1:0") from None
+    if job.kind not in (*GLIMPSE_KINDS, "draw"):
+        raise StudyError(f"--job {spec!r} is a {job.kind} job; a study varies a classifier, RAM or DRAW job")
     return job
 
 
@@ -91,7 +93,7 @@ def study_suite(name: str, job, variants: list[str], glimpses: int | None, seed:
             v = suites.with_settings(job, variant=label, **overrides)
         except (TypeError, ValueError) as e:  # a value the model or optimiser config refuses
             raise StudyError(f"variant {text!r}: {e}") from None
-        if v.kind == "classifier":
+        if v.kind in GLIMPSE_KINDS:
             t = glimpses or max(v.glimpses)
             v = replace(v, glimpses=(t,), seeds_by_glimpses=((t, (seed,)),))
         jobs.append(v)
@@ -107,7 +109,7 @@ def time_to_accuracy(record: dict) -> list[dict]:
     out = []
     for unit, curve in record["curves"].items():
         kind = record["jobs"][unit]["kind"]
-        key = "valid_error" if kind == "classifier" else "valid_nll_elbo"
+        key = "valid_nll_elbo" if kind == "draw" else "valid_error"
         points = [e for e in curve if e.get(key) is not None]
         reached = {}
         for th in THRESHOLDS[kind]:
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", required=True, help="LABEL:field=value,... (repeat)")
     ap.add_argument("--set", default="", metavar="NAME=VALUE,...",
                     help="settings applied to every variant, e.g. iwae_limit=100,test_limit=2000")
-    ap.add_argument("--glimpses", type=int, help="classifier: the glimpse count to train (default: the largest)")
+    ap.add_argument("--glimpses", type=int, help="classifier, RAM: the glimpse count to train (default: the largest)")
     ap.add_argument("--epochs", type=int, help="epochs per variant (default: the job's)")
     ap.add_argument("--time-budget", type=float, metavar="MIN", help="training minutes per variant")
     ap.add_argument("--seed", type=int, default=0)

@@ -591,9 +591,10 @@ def glimpse_model_units(job, run_seeds: tuple[int, ...], seeds: tuple[int, ...] 
     name = "ram" if job.kind == "ram" else f"plugin-{short_name(job.model)}"
     if getattr(job, "per_step_loss", False):
         t = max(job.glimpses)
-        return [Unit(f"{name}-{job.dataset}-T{t}-perstep-s{s}", job, s, t, tuple(job.glimpses)) for s in run_seeds]
+        return [Unit(f"{name}-{job.dataset}-T{t}-perstep{_tag(job)}-s{s}", job, s, t, tuple(job.glimpses))
+                for s in run_seeds]
     by_t = dict(job.seeds_by_glimpses)
-    return [Unit(f"{name}-{job.dataset}-T{t}-s{s}", job, s, t, (t,))
+    return [Unit(f"{name}-{job.dataset}-T{t}{_tag(job)}-s{s}", job, s, t, (t,))
             for t in job.glimpses for s in (run_seeds if seeds is not None else by_t.get(t, run_seeds))]
 
 

@@ -244,6 +244,7 @@ class RamJob:
     test_limit: int | None = None
     seeds_by_glimpses: tuple[tuple[int, tuple[int, ...]], ...] = ()
     seeds: tuple[int, ...] | None = None
+    variant: str = ""  # a recipe study's label for this job, part of its unit ids (bench/recipe_study.py)
     kind: str = "ram"
 
 

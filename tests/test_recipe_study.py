@@ -72,3 +72,28 @@ def test_window_init_study_is_a_recipe_study(model, monkeypatch):
         assert all(j.glimpses == (8,) and j.dataset == "cluttered100" for j in suite.jobs)
     else:
         assert all(j.model.attention and j.dataset == "binarized" for j in suite.jobs)
+
+
+def test_a_ram_study_varies_the_location_policy(tmp_path, monkeypatch, mnist_data, capsys):
+    from bench.suites import RamJob
+    from models.ram import RamConfig
+
+    tiny = Suite(name="tinyram", description="", expected="",
+                 jobs=(RamJob(dataset="cluttered60", glimpses=(2, 3), model=RamConfig(patch=6, scales=2, hidden=16,
+                                                                                    glimpse_hidden=8, location_hidden=8,
+                                                                                    glimpse_size=16),
+                              optim=Optim(batch_size=16), epochs=1, train_limit=64, valid_limit=32, test_limit=32),))
+    monkeypatch.setitem(suites.SUITES, "tinyram", tiny)
+    with pytest.raises(recipe_study.StudyError, match="not name=value"):
+        recipe_study.study_suite("s", tiny.jobs[0], ["a:read_n=4"], None, 0)
+    out = tmp_path / "r.json"
+    assert recipe_study.main(["std", "--job", "tinyram:0", "--variant", "wide:location_std=0.2",
+                              "--variant", "narrow:location_std=0.05", "--out", str(out)]) == 0
+    rec = records.read(out)
+    assert sorted(rec["curves"]) == ["ram-cluttered60-T3-narrow-s0", "ram-cluttered60-T3-wide-s0"]
+    assert [(j["variant"], j["model"]["location_std"]) for j in rec["config"]["suite"]["jobs"]] == \
+        [("wide", 0.2), ("narrow", 0.05)]
+    narrow, wide = (rec["curves"][f"ram-cluttered60-T3-{v}-s0"] for v in ("narrow", "wide"))
+    assert [e["images_seen"] for e in narrow] == [e["images_seen"] for e in wide]
+    assert narrow[-1]["train_loss"] != wide[-1]["train_loss"]
+    assert "ram-cluttered60-T3-wide-s0: best valid_error" in capsys.readouterr().out
