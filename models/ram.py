@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from . import flops
 from .common import ConfigMixin, param_count
 from .reinforce import baseline_loss, gaussian_log_prob, reinforce_loss
-from .retina import patch_origin, retina, retina_flops
+from .retina import integral_image, patch_origin, retina, retina_flops
 
 
 @dataclass
@@ -78,8 +78,8 @@ class GlimpseNetwork(nn.Module):
         self.what_out = nn.Linear(c.glimpse_hidden, c.glimpse_size)
         self.where_out = nn.Linear(c.location_hidden, c.glimpse_size)
 
-    def forward(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
-        rho = retina(x, loc, self.patch, self.scales).flatten(1)
+    def forward(self, x: torch.Tensor, loc: torch.Tensor, integral: torch.Tensor | None = None) -> torch.Tensor:
+        rho = retina(x, loc, self.patch, self.scales, integral).flatten(1)
         h_g = F.relu(self.what(rho))
         h_l = F.relu(self.where(loc))
         return F.relu(self.what_out(h_g) + self.where_out(h_l))
@@ -114,6 +114,7 @@ class RecurrentAttentionModel(nn.Module):
         sample = self.training if sample is None else sample
         h = x.new_zeros(x.shape[0], c.hidden)
         cell = torch.zeros_like(h)
+        integral = integral_image(x)  # once: every glimpse of the sequence reads it
         hs, locs, log_probs, baselines = [], [], [], []
         for _ in range(c.glimpses):
             mean = torch.tanh(self.locate(h))
@@ -125,7 +126,7 @@ class RecurrentAttentionModel(nn.Module):
                 loc = mean.detach()
             loc = loc.clamp(-1.0, 1.0)
             baselines.append(self.baseline(h.detach()).squeeze(-1))
-            h, cell = self.core(self.glimpse(x, loc), (h, cell))
+            h, cell = self.core(self.glimpse(x, loc, integral), (h, cell))
             hs.append(h)
             locs.append(loc)
         logits = self.head(torch.stack(hs, dim=1))
