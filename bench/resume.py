@@ -1,7 +1,7 @@
 """What `bench run --resume` may change, and the record's sittings.
 
-A resumed record keeps its recipe: every model and optimiser field of every job must match the
-record; only the budget (``BUDGET_FIELDS``) may change, and a larger budget extends units that
+A resumed record keeps its recipe: every model and optimiser field of every job that has started
+must match the record (a job none of whose units has begun takes the suite's settings); only the budget (``BUDGET_FIELDS``) may change, and a larger budget extends units that
 had finished. Each sitting (one process that worked on the record) is kept as a segment: machine,
 commit, start and end, images trained, wall and CPU seconds.
 """
@@ -9,6 +9,7 @@ commit, start and end, images trained, wall and CPU seconds.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 from bench import records, suites
 
@@ -25,22 +26,28 @@ def _same(a, b) -> bool:
     return norm(a) == norm(b)
 
 
-def check_recipe(recorded_jobs: list[dict], jobs: tuple) -> int:
+def recipe_changes(recorded: dict, job) -> list[str]:
+    """Every setting of ``job`` that differs from its record ``recorded``, budget excluded, by name."""
+    was = {**suites.settings(type(job)()), **suites.flat(recorded)}
+    return [f"{job.kind} {name}: record {was.get(name)!r}, given {given!r}"
+            for name, given in suites.settings(job).items()
+            if name not in BUDGET_FIELDS and not _same(was.get(name), given)]
+
+
+def check_recipe(recorded_jobs: list[dict], jobs: tuple, unstarted: Collection[int] = ()) -> int:
     """Raise RecipeChanged naming every setting that differs from the record, budget excluded.
 
     Settings are compared by the names a user sets them by (lr, read_n, ...: `suites.settings`), so
     a record that keeps its jobs flat (made before jobs held a model and an optimiser config) and
     one that keeps them nested are checked alike. Settings a record predates count as their default.
-    A suite that gained jobs after the record began keeps the record's jobs first: returns how many
-    jobs were added (their units run after the record's)."""
+    The jobs numbered in ``unstarted`` have no unit in the record yet, so nothing was trained with
+    their recipe: they may change (`recipe_changes` says how). A suite that gained jobs after the
+    record began keeps the record's jobs first: returns how many jobs were added (their units run
+    after the record's)."""
     if len(jobs) < len(recorded_jobs):
         raise RecipeChanged(f"the record has {len(recorded_jobs)} jobs, the suite now has {len(jobs)}")
-    diffs = []
-    for old, job in zip(recorded_jobs, jobs):
-        recorded = {**suites.settings(type(job)()), **suites.flat(old)}
-        for name, given in suites.settings(job).items():
-            if name not in BUDGET_FIELDS and not _same(recorded.get(name), given):
-                diffs.append(f"{job.kind} {name}: record {recorded.get(name)!r}, given {given!r}")
+    diffs = [d for i, (old, job) in enumerate(zip(recorded_jobs, jobs)) if i not in unstarted
+             for d in recipe_changes(old, job)]
     if diffs:
         raise RecipeChanged("; ".join(diffs) + ". Only the budget (--epochs, --time-budget) may change on resume; "
                                                "start a new record for another recipe")

@@ -214,10 +214,18 @@ class Runner:
             if made_with is not None and list(made_with) != list(o.jobs or ()):
                 raise ResumeError(f"{path} was made with --jobs {','.join(map(str, made_with))} (only those jobs of "
                                   f"suite {self.suite.name}); resume it with the same --jobs")
+            recorded_jobs = record["config"]["suite"]["jobs"]
+            unstarted = self._unstarted_jobs(record)
             try:
-                added = resume.check_recipe(record["config"]["suite"]["jobs"], self.suite.jobs)
+                added = resume.check_recipe(recorded_jobs, self.suite.jobs, unstarted)
             except resume.RecipeChanged as e:
                 raise resume.RecipeChanged(f"cannot resume {path}: {e}") from None
+            renewed = {i: resume.recipe_changes(recorded_jobs[i], self.suite.jobs[i])
+                       for i in sorted(unstarted) if i < len(recorded_jobs)}
+            renewed = {i: changes for i, changes in renewed.items() if changes}
+            for i, changes in renewed.items():
+                self.log(f"job {i} has no unit in the record yet: it takes the suite's settings ({'; '.join(changes)})")
+                record.setdefault("recipe_renewed", []).append({"at": records.utc_now(), "job": i, "changes": changes})
             pending = self._pending(record)
             if not pending:
                 raise ResumeError(f"{path} is complete; nothing to resume (give a larger --epochs or --time-budget "
@@ -247,6 +255,16 @@ class Runner:
         else:
             path = records.default_path(record, records.records_dir(o.reference))
         return record, self._sweep_path(path)
+
+    def _unstarted_jobs(self, record: dict) -> set[int]:
+        """Indices of the suite's jobs none of whose units is in the record (begun, finished or failed).
+        A job's units are counted over every seed the record, the suite or --seeds names, whatever this
+        sitting trains, so a job is never taken for unstarted because --seeds left its units out."""
+        begun = set(record.get("jobs", {})) | set(record.get("curves", {}))
+        every_seed = tuple(sorted({*record.get("seeds", ()), *self.suite.seeds, *(self.opts.seeds or ())}))
+        candidates = units(self.suite, None) + units(self.suite, every_seed)
+        return {i for i, job in enumerate(self.suite.jobs)
+                if not any(u.id in begun for u in candidates if u.job is job)}
 
     def _finished(self, record: dict, unit: Unit) -> bool:
         """Complete in the record, under the budget given now (a larger one extends the unit)."""

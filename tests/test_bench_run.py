@@ -282,3 +282,30 @@ def test_units_trains_some_units_and_leaves_the_rest_for_a_later_sitting(tiny):
     done, _ = runner.run(tiny("run", resume=True), log=quiet)
     assert done["status"] == "complete" and done["jobs"][clf]["status"] == "complete" and done["targets"]
     assert len(done["segments"]) == 2
+
+
+def test_a_job_with_no_unit_in_the_record_may_change_its_recipe(tiny, monkeypatch):
+    """A record trained only job 0 so far (--units): job 1 takes the suite's new settings on resume, and
+    the record says so; job 0's recipe stays locked, also when --seeds leaves its units out."""
+    from bench import resume
+
+    first = replace(TINY.jobs[0], per_step_loss=False, glimpses=(1,))
+    second = replace(first, dataset="translated60")
+    monkeypatch.setitem(suites.SUITES, "tiny", replace(TINY, jobs=(first, second)))
+    rec, _ = runner.run(tiny("run", units=("classifier-cluttered60-*",)), log=quiet)
+    assert set(rec["jobs"]) == {"classifier-cluttered60-T1-s0"} and rec["status"] != "complete"
+    for seeds in (None, (1,)):
+        changed_first = (suites.with_settings(first, lr=0.002), second)
+        monkeypatch.setitem(suites.SUITES, "tiny", replace(TINY, jobs=changed_first))
+        with pytest.raises(resume.RecipeChanged, match=r"classifier lr: record 0\.001, given 0\.002"):
+            runner.run(tiny("run", resume=True, seeds=seeds), log=quiet)
+    renewed = suites.with_settings(second, lr=0.002)
+    monkeypatch.setitem(suites.SUITES, "tiny", replace(TINY, jobs=(first, renewed)))
+    lines = []
+    rec, _ = runner.run(tiny("run", resume=True), log=lines.append)
+    assert any(line.startswith("job 1 has no unit in the record yet") and "lr: record 0.001, given 0.002" in line
+               for line in lines)
+    assert rec["status"] == "complete" and rec["jobs"]["classifier-translated60-T1-s0"]["status"] == "complete"
+    assert rec["config"]["suite"]["jobs"][1]["optim"]["lr"] == 0.002
+    assert [(r["job"], r["changes"]) for r in rec["recipe_renewed"]] == [(1, ["classifier lr: record 0.001, given 0.002"])]
+    assert rec["jobs"]["classifier-translated60-T1-s0"]["job"]["optim"]["lr"] == 0.002

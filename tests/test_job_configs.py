@@ -62,7 +62,8 @@ def test_the_long_records_resume_with_the_same_units_and_checkpoints(path, tmp_p
     assert isinstance(nested[0]["model"], dict) and isinstance(nested[0]["optim"], dict)
     assert resume.check_recipe(nested, r.suite.jobs) == 0
     gained = len(r.suite.jobs) - len(before["config"]["suite"]["jobs"])  # jobs the suite gained after the record began
-    assert gained >= 0 and resume.check_recipe(before["config"]["suite"]["jobs"], r.suite.jobs) == gained
+    unstarted = r._unstarted_jobs(before)  # jobs with no unit in the record may have a newer recipe
+    assert gained >= 0 and resume.check_recipe(before["config"]["suite"]["jobs"], r.suite.jobs, unstarted) == gained
 
 
 def _flat_table1() -> list[dict]:
