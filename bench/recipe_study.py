@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", help="record path (default runs/studies/NAME.json)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--checkpoint-dir", metavar="DIR",
+                    help="where the variants' checkpoints go (default runs/checkpoints/, git-ignored); a study that "
+                         "continues in another session keeps them in results/checkpoints")
+    ap.add_argument("--compact-checkpoints", action="store_true", help="as bench run's: smaller files to commit")
     args = ap.parse_args(argv)
     try:
         suite = study_suite(args.name, base_job(args.job), args.variant, args.glimpses, args.seed, args.set)
@@ -153,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     suites.SUITES[suite.name] = suite
     out = args.out or str(records.RUNS / "studies" / f"{args.name}.json")
     opts = runner.RunOptions(suite=suite.name, epochs=args.epochs, time_budget_min=args.time_budget,
-                             threads=args.threads, out=out, resume=args.resume, progress=False)
+                             threads=args.threads, out=out, resume=args.resume, progress=False,
+                             checkpoint_dir=args.checkpoint_dir, compact_checkpoints=args.compact_checkpoints)
     from bench.distributed import stop_signals_to_interrupt
 
     stop_signals_to_interrupt()

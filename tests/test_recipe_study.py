@@ -88,7 +88,10 @@ def test_a_ram_study_varies_the_location_policy(tmp_path, monkeypatch, mnist_dat
         recipe_study.study_suite("s", tiny.jobs[0], ["a:read_n=4"], None, 0)
     out = tmp_path / "r.json"
     assert recipe_study.main(["std", "--job", "tinyram:0", "--variant", "wide:location_std=0.2",
-                              "--variant", "narrow:location_std=0.05", "--out", str(out)]) == 0
+                              "--variant", "narrow:location_std=0.05", "--out", str(out),
+                              "--checkpoint-dir", str(tmp_path / "kept"), "--compact-checkpoints"]) == 0
+    assert sorted(p.name for p in (tmp_path / "kept" / "r").glob("*.pt")) == \
+        ["ram-cluttered60-T3-narrow-s0.pt", "ram-cluttered60-T3-wide-s0.pt"]
     rec = records.read(out)
     assert sorted(rec["curves"]) == ["ram-cluttered60-T3-narrow-s0", "ram-cluttered60-T3-wide-s0"]
     assert [(j["variant"], j["model"]["location_std"]) for j in rec["config"]["suite"]["jobs"]] == \
