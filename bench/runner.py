@@ -220,10 +220,10 @@ class Runner:
                 added = resume.check_recipe(recorded_jobs, self.suite.jobs, unstarted)
             except resume.RecipeChanged as e:
                 raise resume.RecipeChanged(f"cannot resume {path}: {e}") from None
-            renewed = {i: resume.recipe_changes(recorded_jobs[i], self.suite.jobs[i])
-                       for i in sorted(unstarted) if i < len(recorded_jobs)}
-            renewed = {i: changes for i, changes in renewed.items() if changes}
-            for i, changes in renewed.items():
+            for i in sorted(unstarted & set(range(len(recorded_jobs)))):
+                changes = resume.recipe_changes(recorded_jobs[i], self.suite.jobs[i])
+                if not changes:
+                    continue
                 self.log(f"job {i} has no unit in the record yet: it takes the suite's settings ({'; '.join(changes)})")
                 record.setdefault("recipe_renewed", []).append({"at": records.utc_now(), "job": i, "changes": changes})
             pending = self._pending(record)
