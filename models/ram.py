@@ -3,6 +3,7 @@ trained with REINFORCE.
 
 Per step t = 1..T:
     l_{t-1} ~ N(f_l(h_{t-1}), std^2 I) in training, = f_l(h_{t-1}) at evaluation    (location network)
+             (f_l reads h_{t-1} detached with reinforce_into_core=False)
     rho = retina(x, l_{t-1})                       k patches g x g at scales 1, 2, 4, ... (models/retina.py)
     g_t = ReLU(Linear(ReLU(Linear(rho))) + Linear(ReLU(Linear(l_{t-1}))))            ("what" + "where")
     h_t = LSTM(g_t, h_{t-1})                                                         (core)
@@ -49,6 +50,10 @@ class RamConfig(ConfigMixin):
     hidden: int = 256  # LSTM core
     num_classes: int = 10
     location_std: float = 0.2  # fixed std of the location policy, in units of half the image side
+    # The paper trains every parameter with the hybrid gradient, so REINFORCE reaches the core through
+    # the location mean; False reads h detached there (as some public ports do): the core then
+    # learns from the cross-entropy alone and the location network from REINFORCE alone.
+    reinforce_into_core: bool = True
 
     def __post_init__(self):
         for name in ("height", "width", "channels", "glimpses", "patch", "scales", "glimpse_hidden",
@@ -117,7 +122,7 @@ class RecurrentAttentionModel(nn.Module):
         integral = integral_image(x)  # once: every glimpse of the sequence reads it
         hs, locs, log_probs, baselines = [], [], [], []
         for _ in range(c.glimpses):
-            mean = torch.tanh(self.locate(h))
+            mean = torch.tanh(self.locate(h if c.reinforce_into_core else h.detach()))
             if sample:
                 noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
                 loc = (mean + c.location_std * noise).detach()

@@ -167,6 +167,21 @@ def test_loss_trains_every_part():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("into_core", [True, False])
+def test_reinforce_reaches_the_core_only_when_asked(into_core):
+    """The REINFORCE term alone (the cross-entropy and baseline terms left out): with
+    reinforce_into_core its gradient reaches the core and the glimpse network, else only the location
+    network."""
+    model = RecurrentAttentionModel(RamConfig(**SMALL, reinforce_into_core=into_core))
+    torch.manual_seed(0)
+    out = model(torch.rand(6, 1, 32, 32))
+    reward = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    reinforce_loss(out.log_probs, reward, out.baselines).backward()
+    reached = {name.split(".")[0] for name, p in model.named_parameters()
+               if p.grad is not None and p.grad.abs().sum() > 0}
+    assert reached == ({"locate", "core", "glimpse"} if into_core else {"locate"})
+
+
 def test_location_network_gets_the_score_function_gradient():
     """In the hybrid loss only the REINFORCE term reaches the location network: its bias gradient is
     the mean over images of sum_t -(R - b_t) (l_t - mu_t) / std^2 * (1 - mu_t^2), R = 1 when right."""
