@@ -2,8 +2,9 @@
 
 A resumed record keeps its recipe: every model and optimiser field of every job that has begun
 must match the record (a job none of whose units has begun takes the suite's settings); only the
-budget (``BUDGET_FIELDS``) may change, and a larger budget extends units that had finished. Each sitting (one process that worked on the record) is kept as a segment: machine,
-commit, start and end, images trained, wall and CPU seconds.
+budget (``BUDGET_FIELDS``) may change, and a larger budget extends units that had finished. Each
+sitting (one process that worked on the record) is kept as a segment: machine, commit, start and
+end, images trained, wall and CPU seconds.
 """
 
 from __future__ import annotations

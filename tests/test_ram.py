@@ -61,7 +61,7 @@ def test_retina_table1_setting_is_exact_on_8bit_pixels(seed):
     want = reference_retina(x.double(), loc.double(), 12, 4).float()
     got = retina(x, loc, 12, 4)
     assert got.dtype == torch.float32 and torch.equal(got, want)
-    assert torch.equal(retina(x, loc, 12, 4, integral_image(x)), want)  # the model's path: one integral  # the model's path: one integral
+    assert torch.equal(retina(x, loc, 12, 4, integral_image(x)), want)  # the model's path: one integral
 
 
 def test_retina_one_bright_pixel():
