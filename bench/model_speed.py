@@ -1,6 +1,6 @@
 """Training-step speed of the models against their naive references, per thread count.
 
-    python -m bench.model_speed [--model classifier draw draw-noattn] [--threads 1 2] [--rounds 5]
+    python -m bench.model_speed [--model classifier draw draw-noattn ram] [--threads 1 2] [--rounds 5]
                                 [--batch B] [--variants fast naive ...] [--clock wall|cpu] [--json out.json]
 
 For each model and thread count, the variants take turns, round by round (in reverse order every
@@ -19,7 +19,8 @@ the same round, so both share that moment's load), and the speed-ups over the na
 Wall time by default (with two threads CPU time adds both up); ``--clock cpu`` takes the process's CPU
 time, steadier for one thread on a shared machine. Shapes are the benchmark's: classifier T = 8,
 B = 128, 100 x 100; DRAW T = 64, B = 100, 28 x 28, with attention (``draw``) or without
-(``draw-noattn``); ``--batch`` changes the batch.
+(``draw-noattn``); RAM (``ram``, Table 1's: T = 8, 12 x 12 at 4 scales, 100 x 100) B = 64, against
+its crop-and-pool retina (models/reference/naive_ram.py) as ``naive``; ``--batch`` changes the batch.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ from datasets.fileio import atomic_write_bytes
 from models.fast import draw_sequence, native
 from models.classifier import ClassifierConfig, GlimpseClassifier
 from models.draw import DRAW, DRAWConfig
+from models.ram import RamConfig, RecurrentAttentionModel
 from models.reference.naive_classifier import NaiveGlimpseClassifier
 from models.reference.naive_draw import NaiveDRAW
+from models.reference.naive_ram import NaiveRAM
 
 
-MODELS = ("classifier", "draw", "draw-noattn")
+MODELS = ("classifier", "draw", "draw-noattn", "ram")
 VARIANTS = ("fast", "naive", "fast_torch_path", "fast_step_path")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -64,6 +67,12 @@ def _pair(model: str, batch: int | None = None):
         fast, naive = DRAW(cfg), NaiveDRAW(cfg)
         x = (torch.rand(batch, 1, 28, 28, generator=g) < 0.3).float()
         loss = lambda m: (lambda out: out[0] if isinstance(out, tuple) else out)(m.loss(x))  # noqa: E731
+    elif model == "ram":
+        batch = batch or 64
+        fast, naive = RecurrentAttentionModel(RamConfig()), NaiveRAM(RamConfig())
+        x = (torch.randint(0, 256, (batch, 1, 100, 100), generator=g) / 255).float()
+        y = torch.randint(0, 10, (batch,), generator=g)
+        loss = lambda m: m.loss(x, y)[0]  # noqa: E731
     else:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
     naive.load_state_dict(fast.state_dict())
@@ -99,7 +108,7 @@ def measure(model: str, threads: int, rounds: int = 5, batch: int | None = None,
     try:
         fast, naive, loss, batch = _pair(model, batch)
         steps = {"fast": _stepper(fast, loss), "naive": _stepper(naive, loss)}
-        if native.library() is not None:
+        if native.library() is not None and model != "ram":  # RAM has no native loops
             steps["fast_torch_path"] = _stepper(fast, loss, native.disabled)
         if model.startswith("draw"):
             steps["fast_step_path"] = _stepper(fast, loss, draw_sequence.disabled)
@@ -134,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", nargs="+", default=["classifier", "draw"], choices=MODELS)
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=None, help="batch size (default: 128 classifier, 100 DRAW)")
+    ap.add_argument("--batch", type=int, default=None, help="batch size (default: 128 classifier, 100 DRAW, 64 RAM)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                     help="which steps take turns (fast_step_path: DRAW only)")
     ap.add_argument("--clock", default="wall", choices=sorted(CLOCKS), help="wall time, or the process's CPU time")

@@ -83,6 +83,10 @@ class GlimpseNetwork(nn.Module):
         self.what_out = nn.Linear(c.glimpse_hidden, c.glimpse_size)
         self.where_out = nn.Linear(c.location_hidden, c.glimpse_size)
 
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """What every glimpse of a sequence of ``x`` reads: the images' integral (models/retina.py)."""
+        return integral_image(x)
+
     def forward(self, x: torch.Tensor, loc: torch.Tensor, integral: torch.Tensor | None = None) -> torch.Tensor:
         rho = retina(x, loc, self.patch, self.scales, integral).flatten(1)
         h_g = F.relu(self.what(rho))
@@ -119,7 +123,7 @@ class RecurrentAttentionModel(nn.Module):
         sample = self.training if sample is None else sample
         h = x.new_zeros(x.shape[0], c.hidden)
         cell = torch.zeros_like(h)
-        integral = integral_image(x)  # once: every glimpse of the sequence reads it
+        integral = self.glimpse.prepare(x)  # once: every glimpse of the sequence reads it
         hs, locs, log_probs, baselines = [], [], [], []
         for _ in range(c.glimpses):
             mean = torch.tanh(self.locate(h if c.reinforce_into_core else h.detach()))

@@ -283,3 +283,34 @@ def test_table1_setting_counts():
     assert model.param_count() == what + where + combine + lstm + heads
     assert model.flops_per_image(train=True) == 3 * model.flops_per_image()
     assert model(torch.rand(2, 1, 100, 100)).logits.shape == (2, 8, 10)
+
+
+def test_the_crop_and_pool_reference_gives_the_same_training_step():
+    """models/reference/naive_ram.py (crop and pool at every glimpse) and the integral-image model, one
+    state dict and one RNG stream: the same locations, loss and gradients (8-bit pixels, float32)."""
+    from models.reference.naive_ram import NaiveRAM
+
+    cfg = RamConfig(**SMALL)
+    fast, naive = RecurrentAttentionModel(cfg), NaiveRAM(cfg)
+    naive.load_state_dict(fast.state_dict())
+    x = torch.randint(0, 256, (6, 1, 32, 32)).float() / 255
+    y = torch.arange(6)
+    results = []
+    for model in (fast, naive):
+        torch.manual_seed(3)
+        loss, out = model.loss(x, y)
+        loss.backward()
+        results.append((loss, out.locations, {n: p.grad for n, p in model.named_parameters()}))
+    (loss_a, loc_a, grad_a), (loss_b, loc_b, grad_b) = results
+    torch.testing.assert_close(loc_a, loc_b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=1e-6)
+    for name in grad_a:
+        torch.testing.assert_close(grad_a[name], grad_b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_model_speed_times_ram_against_its_reference():
+    from bench import model_speed
+
+    r = model_speed.measure("ram", 1, rounds=1, batch=4, variants=("fast", "naive"), clock="cpu")
+    assert r["batch"] == 4 and r["fast_s"] > 0 and r["naive_s"] > 0 and "naive_over_fast" in r
+    assert "fast_torch_path_s" not in r  # RAM has no native loops to switch off
