@@ -271,12 +271,24 @@ class PluginJob:
 
 GLIMPSE_KINDS = ("classifier", "ram", "plugin")
 
+# RAM's recipe in the suites. REINFORCE kept out of the core (reinforce_into_core=False, a deviation
+# from the paper's hybrid gradient): T = 8 on 100x100, 10 epochs on the same images, valid error 50.7%
+# against 77.3% with it (results/studies/ram-policy.json, ram-std.json; location std 0.1 was slower
+# than 0.2 with it, 79.7%). The classifier's schedule, so a long run can be extended (not studied for
+# RAM).
+RAM_OPTIM = TABLE1_OPTIM
+
+
+def ram_model(**settings) -> RamConfig:
+    return RamConfig(patch=12, reinforce_into_core=False, **settings)
+
+
 # Table 1's RAM rows: 12 x 12 patches at 4 scales, T = 4 and 8, three seeds each. The soft-attention
 # targets now select the classifier's rows, so RAM's never count towards them.
 TABLE1 = replace(
     TABLE1,
     description=TABLE1.description + " RAM (hard attention, 12x12, 4 scales) at T = 4, 8 (3 seeds).",
-    jobs=TABLE1.jobs + (RamJob(dataset="cluttered100", glimpses=(4, 8), model=RamConfig(patch=12, scales=4),
+    jobs=TABLE1.jobs + (RamJob(dataset="cluttered100", glimpses=(4, 8), model=ram_model(scales=4), optim=RAM_OPTIM,
                                seeds_by_glimpses=((4, (0, 1, 2)), (8, (0, 1, 2)))),),
     targets=tuple(replace(t, where=t.where + (("model", "classifier"),)) for t in TABLE1.targets) + (
         Target("test_error", "<", 0.0811, (("glimpses", 8), ("model", "ram")), "RAM paper: 8.11%"),
@@ -292,7 +304,7 @@ RAM60 = Suite(
     jobs=(
         # 3 scales: the largest patch (48 px) covers most of the 60 px canvas; ANCHORS.md does not give
         # the RAM paper's retina for this variant.
-        RamJob(dataset="cluttered60", glimpses=(4, 6, 8), model=RamConfig(patch=12, scales=3)),
+        RamJob(dataset="cluttered60", glimpses=(4, 6, 8), model=ram_model(scales=3), optim=RAM_OPTIM),
     ),
     targets=(
         Target("test_error", "<", 0.0496, (("glimpses", 4), ("model", "ram")), "RAM paper: 4.96%"),

@@ -67,7 +67,9 @@ def test_the_long_records_resume_with_the_same_units_and_checkpoints(path, tmp_p
 
 
 def _flat_table1() -> list[dict]:
-    return records.read(LONG / "table1-wsd100.json")["config"]["suite"]["jobs"]
+    """table1-wsd100's flat jobs, without the RAM job a later sitting recorded when the suite had gained
+    it: no unit of it ever trained there, and the suite's RAM recipe has changed since."""
+    return [j for j in records.read(LONG / "table1-wsd100.json")["config"]["suite"]["jobs"] if j["kind"] != "ram"]
 
 
 @pytest.mark.parametrize("form", ["flat", "nested"])
