@@ -1,5 +1,6 @@
-"""Every committed checkpoint of a finished model re-evaluates to the test figure in its record:
-the classifier's test error at each glimpse count, DRAW's variational bound on the whole test split."""
+"""Every committed checkpoint of a finished model re-evaluates to the test figure in its record (a long
+run's or a recipe study's): the classifier's test error at each glimpse count, DRAW's variational
+bound on the whole test split."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _record_of(checkpoint: Path, unit: str, images_seen: int) -> dict:
     names this checkpoint, else one that names no committed checkpoint (an exported copy)."""
     where = checkpoint.relative_to(REPO).as_posix()
     exported = None
-    for path in records.find(REPO / "results" / "runs"):
+    for path in [*records.find(REPO / "results" / "runs"), *records.find(REPO / "results" / "studies")]:
         rec = records.read(path)
         job = rec["jobs"].get(unit, {})
         if job.get("status") != "complete" or job.get("images_seen") != images_seen:
@@ -33,7 +34,8 @@ def _record_of(checkpoint: Path, unit: str, images_seen: int) -> dict:
         if exported is None and not str(job.get("checkpoint", "")).startswith("results/checkpoints/"):
             exported = rec
     if exported is None:
-        raise AssertionError(f"no record under results/runs has a finished unit {unit} with {images_seen} images")
+        raise AssertionError(f"no record under results/runs or results/studies has a finished unit {unit} with "
+                             f"{images_seen} images")
     return exported
 
 
@@ -46,13 +48,15 @@ def test_committed_checkpoint_reproduces_its_record(path, mnist_data):
     unit = path.stem
     rec = _record_of(path, unit, state["images_seen"])
     desc = state["task"]
-    job, task = evaluate._job_and_task(desc["task"], desc["model"], desc["dataset"], desc["seed"], None, 1,
+    mine = [m for m in rec["metrics"] if m["params"].get("job") == unit]
+    # the test images the record scored: all 10,000, or a recipe study's first N
+    limit = next((m["params"]["test_images"] for m in mine if m["params"].get("test_images")), None)
+    job, task = evaluate._job_and_task(desc["task"], desc["model"], desc["dataset"], desc["seed"], limit, 1,
                                        dict(device="cpu", data_dir=None, data_seed=0))
     model = task.build()
     model.load_state_dict(state.get("best_state") or state["model"])
     torch.manual_seed(0)
     got = task.evaluate(model, "test")
-    mine = [m for m in rec["metrics"] if m["params"].get("job") == unit]
     if desc["task"] == "classifier":
         for m in (m for m in mine if m["name"] == "test_error"):
             assert got[f"error@{m['params']['glimpses']}"] == pytest.approx(m["value"], abs=1.5e-4), m["params"]
