@@ -21,5 +21,5 @@ def test_model_speed_writes_every_ratio(tmp_path):
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="one of classifier, draw, draw-noattn"):
-        model_speed._pair("ram")
+    with pytest.raises(ValueError, match="one of classifier, draw, draw-noattn, ram; got 'rnn'"):
+        model_speed._pair("rnn")
