@@ -307,5 +307,6 @@ def test_a_job_with_no_unit_in_the_record_may_change_its_recipe(tiny, monkeypatc
                for line in lines)
     assert rec["status"] == "complete" and rec["jobs"]["classifier-translated60-T1-s0"]["status"] == "complete"
     assert rec["config"]["suite"]["jobs"][1]["optim"]["lr"] == 0.002
-    assert [(r["job"], r["changes"]) for r in rec["recipe_renewed"]] == [(1, ["classifier lr: record 0.001, given 0.002"])]
+    assert [(r["job"], r["changes"]) for r in rec["recipe_renewed"]] == \
+        [(1, ["classifier lr: record 0.001, given 0.002"])]
     assert rec["jobs"]["classifier-translated60-T1-s0"]["job"]["optim"]["lr"] == 0.002
