@@ -87,8 +87,12 @@ class GlimpseNetwork(nn.Module):
         """What every glimpse of a sequence of ``x`` reads: the images' integral (models/retina.py)."""
         return integral_image(x)
 
+    def sense(self, x: torch.Tensor, loc: torch.Tensor, integral: torch.Tensor | None) -> torch.Tensor:
+        """The retina's glimpses (B, scales, C, patch, patch) around ``loc``."""
+        return retina(x, loc, self.patch, self.scales, integral)
+
     def forward(self, x: torch.Tensor, loc: torch.Tensor, integral: torch.Tensor | None = None) -> torch.Tensor:
-        rho = retina(x, loc, self.patch, self.scales, integral).flatten(1)
+        rho = self.sense(x, loc, integral).flatten(1)
         h_g = F.relu(self.what(rho))
         h_l = F.relu(self.where(loc))
         return F.relu(self.what_out(h_g) + self.where_out(h_l))

@@ -37,9 +37,8 @@ class _CropPoolGlimpse(GlimpseNetwork):
     def prepare(self, x: torch.Tensor) -> None:
         return None
 
-    def forward(self, x: torch.Tensor, loc: torch.Tensor, integral: torch.Tensor | None = None) -> torch.Tensor:
-        rho = crop_pool_retina(x, loc, self.patch, self.scales).flatten(1)
-        return F.relu(self.what_out(F.relu(self.what(rho))) + self.where_out(F.relu(self.where(loc))))
+    def sense(self, x: torch.Tensor, loc: torch.Tensor, integral: None) -> torch.Tensor:
+        return crop_pool_retina(x, loc, self.patch, self.scales)
 
 
 class NaiveRAM(RecurrentAttentionModel):
