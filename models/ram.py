@@ -9,6 +9,8 @@ Per step t = 1..T:
     h_t = LSTM(g_t, h_{t-1})                                                         (core)
     logits_t = Linear(h_t);  b_{t-1} = Linear(h_{t-1})                               (classifier, baseline)
 h_0 = 0, so the first location is learned but the same for every image (as in models/classifier.py).
+The core keeps nn.LSTMCell's parameters but runs them as models/classifier.py does: two addmm calls
+and the fused gate step of models/lstm.py.
 f_l is Linear followed by tanh, which keeps the mean inside the image.
 
 Hybrid loss (sec. 4): cross-entropy of the last step's logits, plus REINFORCE on the locations with
@@ -30,6 +32,7 @@ from torch.nn import functional as F
 
 from . import flops
 from .common import ConfigMixin, param_count
+from .lstm import lstm_pointwise
 from .reinforce import baseline_loss, gaussian_log_prob, reinforce_loss
 from .retina import integral_image, patch_origin, retina, retina_flops
 
@@ -125,11 +128,14 @@ class RecurrentAttentionModel(nn.Module):
         self._check(x)
         c = self.config
         sample = self.training if sample is None else sample
-        h = x.new_zeros(x.shape[0], c.hidden)
+        batch = x.shape[0]
+        w_ih, w_hh = self.core.weight_ih.t(), self.core.weight_hh.t()
+        bias = self.core.bias_ih + self.core.bias_hh
+        h = x.new_zeros(batch, c.hidden)
         cell = torch.zeros_like(h)
         integral = self.glimpse.prepare(x)  # once: every glimpse of the sequence reads it
-        hs, locs, log_probs, baselines = [], [], [], []
-        for _ in range(c.glimpses):
+        hs, locs, log_probs = [], [], []
+        for t in range(c.glimpses):
             mean = torch.tanh(self.locate(h if c.reinforce_into_core else h.detach()))
             if sample:
                 noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
@@ -138,14 +144,19 @@ class RecurrentAttentionModel(nn.Module):
             else:
                 loc = mean.detach()
             loc = loc.clamp(-1.0, 1.0)
-            baselines.append(self.baseline(h.detach()).squeeze(-1))
-            h, cell = self.core(self.glimpse(x, loc, integral), (h, cell))
+            gates = torch.addmm(bias, self.glimpse(x, loc, integral), w_ih)
+            if t > 0:  # h_0 = 0 adds nothing
+                gates = torch.addmm(gates, h, w_hh)
+            h, cell = lstm_pointwise(gates, cell)
             hs.append(h)
             locs.append(loc)
+        # b_t reads h_{t-1} (detached): all steps' baselines in one product
+        before = torch.stack([torch.zeros_like(h)] + hs[:-1], dim=1).detach()
+        baselines = self.baseline(before).squeeze(-1)
         logits = self.head(torch.stack(hs, dim=1))
         locations = torch.stack(locs, dim=1)
         return RamOutput(logits, locations if keep_windows else None, locations,
-                         torch.stack(log_probs, dim=1) if sample else None, torch.stack(baselines, dim=1))
+                         torch.stack(log_probs, dim=1) if sample else None, baselines)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, RamOutput]:
         """The hybrid loss when the locations are sampled (training mode), else the cross-entropy alone."""

@@ -31,12 +31,11 @@ def patch_origin(loc: torch.Tensor, size: int, side: int) -> torch.Tensor:
 
 
 def integral_image(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) images -> (B, H + 1, W + 1, C) summed-area tables, S[:, r, c] = x[:, :, :r, :c].sum()."""
+    """(B, C, H, W) images -> (B, C, H + 1, W + 1) summed-area tables, S[:, :, r, c] = x[:, :, :r, :c].sum()."""
     if x.dim() != 4:
         raise ValueError(f"retina expects images (B, C, H, W), got shape {tuple(x.shape)}")
     acc = torch.float32 if x.device.type == "mps" else torch.float64
-    s = x.detach().to(acc).permute(0, 2, 3, 1).cumsum(1).cumsum(2)
-    return F.pad(s, (0, 0, 1, 0, 1, 0))
+    return F.pad(x.detach().to(acc), (1, 0, 1, 0)).cumsum(2).cumsum(3)
 
 
 def retina(x: torch.Tensor, loc: torch.Tensor, patch: int, scales: int,
@@ -50,21 +49,25 @@ def retina(x: torch.Tensor, loc: torch.Tensor, patch: int, scales: int,
         raise ValueError(f"retina expects locations (B, 2) for {x.shape[0]} images, got shape {tuple(loc.shape)}")
     if patch < 1 or scales < 1:
         raise ValueError(f"retina needs patch >= 1 and scales >= 1, got patch={patch}, scales={scales}")
-    batch, _, height, width = x.shape
+    batch, channels, height, width = x.shape
     table = integral_image(x) if integral is None else integral
     loc = loc.detach()
-    rows_of = torch.arange(batch, device=x.device)[:, None, None]
-    edges = torch.arange(patch + 1, device=x.device)
-    out = []
-    for i in range(scales):
-        block = 2 ** i
-        side = patch * block
-        rows = (patch_origin(loc[:, 1], height, side)[:, None] + block * edges).clamp(0, height)  # (B, patch + 1)
-        cols = (patch_origin(loc[:, 0], width, side)[:, None] + block * edges).clamp(0, width)
-        corners = table[rows_of, rows[:, :, None], cols[:, None, :]]  # (B, patch + 1, patch + 1, C)
-        sums = corners[:, 1:, 1:] - corners[:, :-1, 1:] - corners[:, 1:, :-1] + corners[:, :-1, :-1]
-        out.append((sums / (block * block)).permute(0, 3, 1, 2))
-    return torch.stack(out, dim=1).to(x.dtype)
+    blocks = 2 ** torch.arange(scales, device=x.device)  # each scale's pooling block side
+    steps = blocks[:, None] * torch.arange(patch + 1, device=x.device)  # (scales, patch + 1) corner offsets
+
+    def corner_lines(l: torch.Tensor, size: int) -> torch.Tensor:  # (B, scales, patch + 1), clamped to the image
+        origins = torch.stack([patch_origin(l, size, patch * 2 ** i) for i in range(scales)], dim=1)
+        return (origins[:, :, None] + steps).clamp(0, size)
+
+    rows, cols = corner_lines(loc[:, 1], height), corner_lines(loc[:, 0], width)
+    # every scale's corners in one gather from each flattened table (B * C, (H + 1)(W + 1))
+    index = (rows[:, :, :, None] * (width + 1) + cols[:, :, None, :]).reshape(batch, 1, -1)
+    index = index.expand(-1, channels, -1).reshape(batch * channels, -1)
+    corners = table.reshape(batch * channels, -1).gather(1, index)
+    corners = corners.view(batch, channels, scales, patch + 1, patch + 1)
+    sums = corners[..., 1:, 1:] - corners[..., :-1, 1:] - corners[..., 1:, :-1] + corners[..., :-1, :-1]
+    means = sums / (blocks * blocks).to(sums.dtype)[:, None, None]
+    return means.transpose(1, 2).to(x.dtype)
 
 
 def retina_flops(channels: int, patch: int, scales: int) -> int:
