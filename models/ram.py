@@ -6,16 +6,16 @@ Per step t = 1..T:
              (f_l reads h_{t-1} detached with reinforce_into_core=False)
     rho = retina(x, l_{t-1})                       k patches g x g at scales 1, 2, 4, ... (models/retina.py)
     g_t = ReLU(Linear(ReLU(Linear(rho))) + Linear(ReLU(Linear(l_{t-1}))))            ("what" + "where")
-    h_t = LSTM(g_t, h_{t-1})                                                         (core)
+    h_t = LSTM(g_t, h_{t-1}), or ReLU(Linear(g_t) + Linear(h_{t-1})) with core="relu"  (core)
     logits_t = Linear(h_t);  b_{t-1} = Linear(h_{t-1})                               (classifier, baseline)
 h_0 = 0, so the first location is learned but the same for every image (as in models/classifier.py).
-The core keeps nn.LSTMCell's parameters but runs them as models/classifier.py does: two addmm calls
-and the fused gate step of models/lstm.py.
+The LSTM core keeps nn.LSTMCell's parameters but runs them as models/classifier.py does: two addmm
+calls and the fused gate step of models/lstm.py.
 f_l is Linear followed by tanh, which keeps the mean inside the image.
 
 Hybrid loss (sec. 4): cross-entropy of the last step's logits, plus REINFORCE on the locations with
 reward R = 1 when the last step's prediction is right (else 0) and the learned baseline b_t, plus
-the baseline's squared error. The baseline reads h detached, so its loss does not shape the core.
+the baseline's squared error; with ``samples`` = M each image runs as M episodes (eq. 2). The baseline reads h detached, so its loss does not shape the core.
 
 The location noise comes from the global torch RNG (or ``generator``): the training loop's
 checkpoints keep that RNG's state, so a resumed run draws the same locations.
@@ -37,6 +37,9 @@ from .reinforce import baseline_loss, gaussian_log_prob, reinforce_loss
 from .retina import integral_image, patch_origin, retina, retina_flops
 
 
+CORES = ("lstm", "relu")
+
+
 @dataclass
 class RamConfig(ConfigMixin):
     """Defaults: the 100 x 100 cluttered MNIST setting of DRAW's Table 1 (12 x 12 patches, 4 scales)."""
@@ -50,21 +53,29 @@ class RamConfig(ConfigMixin):
     glimpse_hidden: int = 128  # h_g, the "what" layer
     location_hidden: int = 128  # h_l, the "where" layer
     glimpse_size: int = 256  # g_t, the core's input
-    hidden: int = 256  # LSTM core
+    hidden: int = 256  # the core's state
+    # "lstm" (the default here); "relu" is the RAM paper's core for its classification experiments
+    # (sec. 4.1): h_t = ReLU(Linear(h_{t-1}) + Linear(g_t))
+    core: str = "lstm"
     num_classes: int = 10
     location_std: float = 0.2  # fixed std of the location policy, in units of half the image side
     # The paper trains every parameter with the hybrid gradient, so REINFORCE reaches the core through
     # the location mean; False reads h detached there (as some public ports do): the core then
     # learns from the cross-entropy alone and the location network from REINFORCE alone.
     reinforce_into_core: bool = True
+    # M in the paper's REINFORCE estimate (eq. 2): each training image is run M times, each with its own
+    # sampled locations, and every term is averaged over the B * M episodes (M times the cost per image)
+    samples: int = 1
 
     def __post_init__(self):
         for name in ("height", "width", "channels", "glimpses", "patch", "scales", "glimpse_hidden",
-                     "location_hidden", "glimpse_size", "hidden", "num_classes"):
+                     "location_hidden", "glimpse_size", "hidden", "num_classes", "samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RamConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.location_std > 0:
             raise ValueError(f"RamConfig.location_std must be > 0, got {self.location_std}")
+        if self.core not in CORES:
+            raise ValueError(f"RamConfig.core must be one of {CORES}, got {self.core!r}")
 
 
 class RamOutput(NamedTuple):
@@ -108,7 +119,8 @@ class RecurrentAttentionModel(nn.Module):
         super().__init__()
         self.config = c = config or RamConfig()
         self.glimpse = GlimpseNetwork(c)
-        self.core = nn.LSTMCell(c.glimpse_size, c.hidden)
+        self.core = nn.LSTMCell(c.glimpse_size, c.hidden) if c.core == "lstm" else nn.RNNCell(
+            c.glimpse_size, c.hidden, nonlinearity="relu")
         self.locate = nn.Linear(c.hidden, 2)
         self.baseline = nn.Linear(c.hidden, 1)
         self.head = nn.Linear(c.hidden, c.num_classes)
@@ -147,7 +159,10 @@ class RecurrentAttentionModel(nn.Module):
             gates = torch.addmm(bias, self.glimpse(x, loc, integral), w_ih)
             if t > 0:  # h_0 = 0 adds nothing
                 gates = torch.addmm(gates, h, w_hh)
-            h, cell = lstm_pointwise(gates, cell)
+            if c.core == "lstm":
+                h, cell = lstm_pointwise(gates, cell)
+            else:
+                h = F.relu(gates)
             hs.append(h)
             locs.append(loc)
         # b_t reads h_{t-1} (detached): all steps' baselines in one product
@@ -159,7 +174,11 @@ class RecurrentAttentionModel(nn.Module):
                          torch.stack(log_probs, dim=1) if sample else None, baselines)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, RamOutput]:
-        """The hybrid loss when the locations are sampled (training mode), else the cross-entropy alone."""
+        """The hybrid loss when the locations are sampled (training mode), else the cross-entropy alone.
+        In training each image is run ``samples`` times (episodes next to each other in ``out``)."""
+        m = self.config.samples
+        if self.training and m > 1:
+            x, y = x.repeat_interleave(m, dim=0), y.repeat_interleave(m, dim=0)
         out = self.forward(x, keep_windows=False)
         last = out.logits[:, -1]
         loss = F.cross_entropy(last, y)
@@ -192,8 +211,11 @@ class RecurrentAttentionModel(nn.Module):
         per_step += flops.linear(2, c.location_hidden) + c.location_hidden
         per_step += flops.linear(c.glimpse_hidden, c.glimpse_size) + flops.linear(c.location_hidden, c.glimpse_size)
         per_step += 2 * c.glimpse_size  # add, ReLU
-        per_step += flops.lstm_cell(c.glimpse_size, c.hidden)
+        if c.core == "lstm":
+            per_step += flops.lstm_cell(c.glimpse_size, c.hidden)
+        else:
+            per_step += flops.linear(c.glimpse_size, c.hidden) + flops.linear(c.hidden, c.hidden) + 2 * c.hidden
         per_step += flops.linear(c.hidden, 2) + 2 + flops.linear(c.hidden, 1)  # location mean (tanh), baseline
         per_step += flops.linear(c.hidden, c.num_classes) + flops.softmax_cross_entropy(c.num_classes)
         total = c.glimpses * per_step
-        return flops.train_step(total) if train else total
+        return flops.train_step(total) * c.samples if train else total

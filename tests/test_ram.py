@@ -314,3 +314,50 @@ def test_model_speed_times_ram_against_its_reference():
     r = model_speed.measure("ram", 1, rounds=1, batch=4, variants=("fast", "naive"), clock="cpu")
     assert r["batch"] == 4 and r["fast_s"] > 0 and r["naive_s"] > 0 and "naive_over_fast" in r
     assert "fast_torch_path_s" not in r  # RAM has no native loops to switch off
+
+
+def test_relu_core_is_the_papers_rectifier_network():
+    """core="relu": replayed in float64 with nn.RNNCell(relu) at the same locations, h_t and the logits
+    agree; the parameter count and FLOPs follow the smaller core."""
+    cfg = RamConfig(**SMALL, core="relu")
+    model = RecurrentAttentionModel(cfg).double()
+    assert isinstance(model.core, torch.nn.RNNCell) and model.core.nonlinearity == "relu"
+    x = torch.rand(5, 1, 32, 32, dtype=torch.float64)
+    out = model(x, sample=False)
+    h = torch.zeros(5, cfg.hidden, dtype=torch.float64)
+    hs = []
+    with torch.no_grad():
+        for t in range(cfg.glimpses):
+            loc = torch.tanh(model.locate(h)).clamp(-1, 1)
+            torch.testing.assert_close(loc, out.locations[:, t], rtol=1e-12, atol=1e-12)
+            h = model.core(model.glimpse(x, loc), h)
+            hs.append(h)
+    torch.testing.assert_close(model.head(torch.stack(hs, 1)), out.logits, rtol=1e-10, atol=1e-12)
+    lstm = RecurrentAttentionModel(RamConfig(**SMALL))
+    k, g = cfg.hidden, cfg.glimpse_size
+    assert lstm.param_count() - model.param_count() == 3 * k * (g + k) + 3 * 2 * k
+    assert model.flops_per_image() < lstm.flops_per_image()
+    with pytest.raises(ValueError, match="core must be one of"):
+        RamConfig(core="gru")
+
+
+def test_samples_run_each_image_as_m_episodes():
+    """samples = M: the training loss is that of the batch with every image repeated M times (same
+    noise stream), each copy drawing its own locations; evaluation runs each image once."""
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([1, 4, 7])
+    torch.manual_seed(0)
+    single = RecurrentAttentionModel(RamConfig(**SMALL))
+    multi = RecurrentAttentionModel(RamConfig(**SMALL, samples=4))
+    multi.load_state_dict(single.state_dict())
+    torch.manual_seed(9)
+    loss_m, out_m = multi.loss(x, y)
+    torch.manual_seed(9)
+    loss_1, out_1 = single.loss(x.repeat_interleave(4, 0), y.repeat_interleave(4, 0))
+    assert out_m.logits.shape[0] == 12 and torch.equal(loss_m, loss_1)
+    assert not torch.equal(out_m.locations[0], out_m.locations[1])  # copies of one image explore apart
+    multi.eval()
+    assert multi.loss(x, y)[1].logits.shape[0] == 3
+    assert multi.flops_per_image(train=True) == 4 * single.flops_per_image(train=True)
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        RamConfig(samples=0)
