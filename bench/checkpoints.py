@@ -30,7 +30,7 @@ def pack(state: dict, compact: bool = False) -> dict:
     out = dict(state)
     best, model = state.get("best_state"), state.get("model")
     if best is not None and model is not None and best.keys() == model.keys() and \
-            all(torch.equal(best[k], model[k]) for k in best):
+            all(torch.equal(best[k], model[k].to(best[k].device)) for k in best):  # best is kept on the CPU
         out["best_state"], out["best_is_model"] = None, True
     opt = state.get("optimizer")
     if compact and opt is not None:

@@ -27,6 +27,13 @@ def test_best_weights_equal_to_the_model_are_stored_once_and_restored_exactly(tm
     assert torch.equal(checkpoints.load(tmp_path / "b.pt")["best_state"]["w"], model["w"] + 1)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the model on cuda, its best weights on the CPU")
+def test_best_weights_kept_on_the_cpu_compare_with_a_model_on_the_gpu(tmp_path):
+    model = {"w": torch.randn(8, 8, device="cuda")}
+    checkpoints.save(tmp_path / "a.pt", {"model": model, "best_state": {"w": model["w"].cpu()}, "optimizer": None})
+    assert torch.load(tmp_path / "a.pt", weights_only=False)["best_is_model"]
+
+
 def test_compact_moments_halve_the_optimiser_and_round_trip_within_bf16(tmp_path):
     net = torch.nn.Linear(256, 256)
     opt = torch.optim.Adam(net.parameters())
