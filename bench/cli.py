@@ -115,7 +115,7 @@ def cmd_run(args) -> int:
     if args.resume and args.out:
         from bench import records
 
-        records.read(args.out)  # a missing or damaged record is refused before any work
+        _selection_from_record(args, records.read(args.out))  # a missing or damaged record is refused here
     check_device(args.device)
     check_data_dir(args.data_dir)
     if args.out:
@@ -155,6 +155,20 @@ def cmd_run(args) -> int:
         print(runner.summary_table(record))
         print(f"record: {path}")
     return 0
+
+
+# What a record was made with, and what a resume that does not say otherwise takes from it: the units it
+# holds and how they train, so `bench run --suite S --resume --out RECORD` continues any record.
+_RECORD_SELECTION = {"glimpses": tuple, "seeds": tuple, "jobs": tuple, "on_relapse": str, "model": str}
+
+
+def _selection_from_record(args, record: dict) -> None:
+    made_with = record.get("config", {}).get("options", {})
+    for name, kind in _RECORD_SELECTION.items():
+        if getattr(args, name) is None and made_with.get(name) is not None:
+            setattr(args, name, kind(made_with[name]))
+    if made_with.get("compact_checkpoints"):
+        args.compact_checkpoints = True
 
 
 def _distribute(args, opts):

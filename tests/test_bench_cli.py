@@ -91,3 +91,17 @@ def test_suite_overrides_apply_to_every_job():
     clf = [j for j in s.jobs if j.kind == "classifier"]
     assert all(j.glimpses == (4, 8) and j.epochs == 3 and j.time_budget_min == 1.5 for j in clf)
     assert dict(clf[0].seeds_by_glimpses) == {4: (0, 1, 2), 8: (0, 1, 2)}
+
+
+def test_a_resume_takes_the_records_selection_unless_told_otherwise():
+    from bench.cli import _selection_from_record
+
+    made_with = {"config": {"options": {"glimpses": [6], "seeds": [0], "jobs": [4], "on_relapse": "rollback",
+                                        "model": None, "compact_checkpoints": True}}}
+    args = build_parser().parse_args(["run", "--suite", "ram60", "--resume", "--out", "r.json"])
+    _selection_from_record(args, made_with)
+    assert (args.glimpses, args.seeds, args.jobs, args.on_relapse) == ((6,), (0,), (4,), "rollback")
+    assert args.compact_checkpoints and args.model is None
+    told = build_parser().parse_args(["run", "--suite", "ram60", "--resume", "--out", "r.json", "--glimpses", "4,8"])
+    _selection_from_record(told, made_with)
+    assert told.glimpses == (4, 8)  # what is given is kept: the runner then refuses a changed recipe by name
