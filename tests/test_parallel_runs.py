@@ -1,0 +1,65 @@
+"""scripts/parallel_runs.sh: one `bench run` per plan line, side by side, stopped cleanly at a deadline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "parallel_runs.sh"
+
+
+def _run(args, tmp_path, timeout=240):
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _line(tmp_path, name, *extra):
+    return (f"--suite quick --jobs 0 --glimpses 1 --device cpu --threads 1 --no-progress --out {tmp_path / name}.json "
+            f"--checkpoint-dir {tmp_path / 'ck'} " + " ".join(extra))
+
+
+@pytest.mark.slow
+def test_runs_side_by_side_are_stopped_at_the_deadline_and_resumable(tmp_path, mnist_data):
+    plan = tmp_path / "plan.txt"
+    plan.write_text(f"# two runs\n{_line(tmp_path, 'a', '--epochs 1000')}\n\n{_line(tmp_path, 'b', '--epochs 1000')}\n")
+    done = _run([20, plan, tmp_path / "logs"], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("started line") == 2
+    for name in "ab":
+        record = json.loads((tmp_path / f"{name}.json").read_text())
+        assert record["status"] == "incomplete"  # stopped by the deadline, resumable
+        assert "--resume" in (tmp_path / "logs" / ("2.log" if name == "a" else "4.log")).read_text()
+        assert any((tmp_path / "ck" / name).glob("*.pt"))  # the checkpoint a resume continues from
+
+
+def test_a_failing_run_fails_the_script_and_the_others_still_run(tmp_path):
+    plan = tmp_path / "plan.txt"
+    plan.write_text("--suite no-such-suite\n--list\n")
+    done = _run([60, plan, tmp_path / "logs"], tmp_path)
+    assert done.returncode == 1
+    assert "failed with exit status 2" in done.stderr
+    assert "table1" in (tmp_path / "logs" / "2.log").read_text()  # the second line ran to its end
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "usage"),
+    (["soon", "plan.txt"], "whole number of seconds"),
+    (["10", "missing.txt"], "not found"),
+])
+def test_bad_arguments_are_refused_with_exit_2(tmp_path, args, message):
+    done = _run(args, tmp_path)
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_a_plan_without_runs_is_refused(tmp_path):
+    plan = tmp_path / "plan.txt"
+    plan.write_text("# nothing\n\n")
+    done = _run([10, plan], tmp_path)
+    assert done.returncode == 2 and "names no runs" in done.stderr
