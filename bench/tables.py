@@ -3,6 +3,7 @@ linked to its record) beside the paper's, so the README's results come from reco
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 from pathlib import Path
@@ -36,6 +37,16 @@ def _complete_units(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _read(record_path: str) -> dict:
+    """The record at ``record_path`` ({} if unreadable), parsed once per version of the file."""
+    try:
+        st = Path(record_path).stat()
+    except OSError:
+        return {}
+    return _parse(record_path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(record_path: str, mtime_ns: int, size: int) -> dict:
     try:
         return json.loads(Path(record_path).read_text())
     except (OSError, ValueError):
@@ -63,21 +74,18 @@ def _range(values, fmt) -> str:
     return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}-{fmt(hi)}"
 
 
-def _units(g: pd.DataFrame) -> list[str]:
-    return sorted({u for u in g["p_job"] if isinstance(u, str)}) if "p_job" in g else []
-
-
-def _training(record_path: str, units: list[str]) -> str:
+def _training(g: pd.DataFrame) -> str:
     """The recipe and the training behind a row: schedule, lr, batch, window init; epochs, images and
-    core-hours per model (train time x threads); budgets never pool: a row is one record's units."""
-    rec = _read(record_path)
-    if not rec or not units:
+    core-hours per model (train time x threads); budgets never pool (see `runs`)."""
+    pairs = _unit_records(g)
+    if not pairs:
         return ""
-    job = _unit_job(rec, units[0])
+    job = _unit_job(_read(pairs[0][1]), pairs[0][0])
     if not job:
         return ""
-    done = [rec["jobs"].get(u, {}) for u in units]
-    threads = rec.get("machine", {}).get("threads") or 1
+    units = [u for u, _ in pairs]
+    done = [_read(r).get("jobs", {}).get(u, {}) for u, r in pairs]
+    threads = [_read(r).get("machine", {}).get("threads") or 1 for _, r in pairs]
     recipe = f"{job.get('schedule', 'constant')} lr {job.get('lr')}, batch {job.get('batch_size')}"
     if job.get("schedule") == "wsd":
         recipe += f" (warm-up {job.get('warmup_epochs'):g}, decay {job.get('decay_epochs'):g} ep)"
@@ -88,9 +96,51 @@ def _training(record_path: str, units: list[str]) -> str:
     if all("images_seen" in d for d in done):
         recipe += (f"; {_range([d['epochs'] for d in done], str)} epochs, "
                    f"{_range([d['images_seen'] / 1e6 for d in done], lambda v: f'{v:.2f}')} M images, "
-                   f"{_range([d['train_time_s'] * threads / 3600 for d in done], lambda v: f'{v:.2f}')} core-h")
+                   f"{_range([d['train_time_s'] * t / 3600 for d, t in zip(done, threads)], lambda v: f'{v:.2f}')} "
+                   "core-h")
     recipe += _products(done) + _rollbacks(job, done, units)
     return recipe
+
+
+def _unit_records(g: pd.DataFrame) -> list[tuple[str, str]]:
+    """(unit, record) of a row's models, in unit order."""
+    if "p_job" not in g:
+        return []
+    return sorted({(u, r) for u, r in zip(g["p_job"], g["record"]) if isinstance(u, str)})
+
+
+def _signature(record_path: str, unit) -> str:
+    """What must be equal for two records' models to share a row: the suite and every setting of the
+    unit's job (data, model, optimiser, budget) but its seeds and the record's glimpse selection."""
+    rec = _read(record_path)
+    job = _unit_job(rec, unit) if isinstance(unit, str) else {}
+    if not job:
+        return f"record {record_path}"  # nothing to compare: the record alone
+    same = {k: v for k, v in job.items() if k not in ("seeds", "seeds_by_glimpses", "glimpses")}
+    return json.dumps([rec.get("suite"), same], sort_keys=True, default=str)
+
+
+def runs(rows: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFrame]]:
+    """The metric rows grouped into table rows: equal ``keys`` and one recipe and budget, from one
+    record or from several that trained different seeds side by side (one process per seed:
+    scripts/parallel_runs.sh). Records of different recipes or budgets never pool, nor do records
+    that trained the same seed. Each group: (its ``keys`` values, its rows)."""
+    if rows.empty:
+        return []
+    units = rows["p_job"] if "p_job" in rows else [None] * len(rows)
+    rows = rows.assign(_run=[_signature(r, u) for r, u in zip(rows["record"], units)])
+    groups = []
+    for key, g in rows.groupby(["_run", *keys], dropna=False):
+        seeds = [s for _, gr in g.groupby("record") for s in set(gr["seed"])]
+        if len(seeds) == len(set(seeds)):
+            groups.append((tuple(key[1:]), g))
+        else:
+            groups += [(tuple(key[1:]), gr) for _, gr in g.groupby("record")]
+    return sorted(groups, key=lambda kv: (min(kv[1]["record"]), kv[0]))
+
+
+def _records(g: pd.DataFrame) -> list[str]:
+    return sorted(set(g["record"]))
 
 
 def _rollbacks(job: dict, done: list[dict], units: list[str]) -> str:
@@ -113,7 +163,12 @@ def _products(done: list[dict]) -> str:
     return f"; training products {'; '.join(sorted(set(shares)))} of images (evaluated in float32)" if shares else ""
 
 
-def _on_plateau(g: pd.DataFrame, record_path: str) -> str:
+def _on_plateau(g: pd.DataFrame) -> str:
+    """The marks of `_record_on_plateau` for each record behind a row."""
+    return "".join(_record_on_plateau(gr, record) for record, gr in g.groupby("record"))
+
+
+def _record_on_plateau(g: pd.DataFrame, record_path: str) -> str:
     """A mark for the seeds whose run never left its starting plateau, or relapsed and never came
     back (from the record's curves, so records made before the runner flagged it are
     marked too)."""
@@ -144,14 +199,14 @@ def table1(df: pd.DataFrame, root: Path = Path("."), records_dir: Path = Path(".
     paper_by_t = {p["glimpses"]: p["error"] for p in paper.TABLE1 if p["model"].startswith("Differentiable")}
     err = df[(df["name"] == "test_error") & (df["p_dataset"] == "cluttered100")]
     clf = err[err["p_protocol"].isin(["separate", "per-step"]) & _is_classifier(err)]
-    groups = sorted(clf.groupby(["record", "p_protocol", "p_glimpses"]),
-                    key=lambda kv: (kv[0][0], kv[0][1] != "separate", kv[0][2]))
-    for (record, protocol, t), g in groups:  # one row per run and glimpse count: runs are not pooled
+    groups = sorted(runs(clf, ["p_protocol", "p_glimpses"]),
+                    key=lambda kv: (min(kv[1]["record"]), kv[0][0] != "separate", kv[0][1]))
+    for (protocol, t), g in groups:  # one row per run and glimpse count
         g = g.sort_values("seed")
         ref = paper_by_t.get(int(t))
         rows.append(f"| differentiable RAM, 12x12 | {protocol} | {int(t)} | "
-                    f"{_training(record, _units(g))} | {_spread(list(g['value']), _pct)}{_on_plateau(g, record)} | "
-                    f"{', '.join(str(int(s)) for s in g['seed'])} | {_link([record], root)} | "
+                    f"{_training(g)} | {_spread(list(g['value']), _pct)}{_on_plateau(g)} | "
+                    f"{', '.join(str(int(s)) for s in g['seed'])} | {_link(_records(g), root)} | "
                     f"{_pct(ref) if ref is not None and protocol == 'separate' else ''} | "
                     f"{_cost(g, 'soft', _classifier_cost(g, 100, 100))} |")
     rows += glimpse_model_rows(err, root, paper.TABLE1)
@@ -250,16 +305,16 @@ def glimpse_model_rows(err: pd.DataFrame, root: Path, published: list[dict]) -> 
     others = err[err["p_model"].notna() & (err["p_model"] != "classifier") & err["p_glimpses"].notna()]
     ram_paper = {p["glimpses"]: p["error"] for p in published if p["model"].startswith("RAM")}
     rows = []
-    for (record, model, protocol, t), g in sorted(others.groupby(["record", "p_model", "p_protocol", "p_glimpses"]),
-                                                  key=lambda kv: (kv[0][1], kv[0][0], kv[0][3])):
+    for (model, protocol, t), g in sorted(runs(others, ["p_model", "p_protocol", "p_glimpses"]),
+                                         key=lambda kv: (kv[0][0], min(kv[1]["record"]), kv[0][2])):
         g = g.sort_values("seed")
         ref = ram_paper.get(int(t)) if model == "ram" else None
         location = _first(g, "p_location")
-        settings = "; ".join(x for x in (_training(record, _units(g)),
+        settings = "; ".join(x for x in (_training(g),
                                          f"location at evaluation: {location}" if location else "") if x)
         rows.append(f"| {_model_label(model, g)} | {protocol} | {int(t)} | {settings} | "
                     f"{_spread(list(g['value']), _pct)} | "
-                    f"{', '.join(str(int(s)) for s in g['seed'])} | {_link([record], root)} | "
+                    f"{', '.join(str(int(s)) for s in g['seed'])} | {_link(_records(g), root)} | "
                     f"{_pct(ref) if ref is not None else ''} | {_cost(g, 'unspecified')} |")
     return rows
 
@@ -274,11 +329,11 @@ def table_ram60(df: pd.DataFrame, root: Path = Path(".")) -> str:
     err = df[(df["name"] == "test_error") & (df.get("p_dataset") == "cluttered60") & (df["suite"] != "quick")
              & df["p_glimpses"].notna()]
     clf = err[_is_classifier(err)]
-    for (record, protocol, t), g in sorted(clf.groupby(["record", "p_protocol", "p_glimpses"])):
+    for (protocol, t), g in runs(clf, ["p_protocol", "p_glimpses"]):
         g = g.sort_values("seed")
-        rows.append(f"| differentiable RAM, 12x12 | {protocol} | {int(t)} | {_training(record, _units(g))} | "
+        rows.append(f"| differentiable RAM, 12x12 | {protocol} | {int(t)} | {_training(g)} | "
                     f"{_spread(list(g['value']), _pct)} | "
-                    f"{', '.join(str(int(s)) for s in g['seed'])} | {_link([record], root)} | | "
+                    f"{', '.join(str(int(s)) for s in g['seed'])} | {_link(_records(g), root)} | | "
                     f"{_cost(g, 'soft', _classifier_cost(g, 60, 60))} |")
     rows += glimpse_model_rows(err, root, [{**p, "model": "RAM"} for p in paper.RAM_60["cluttered60"]])
     return "\n".join(rows)
@@ -306,8 +361,8 @@ def table2(df: pd.DataFrame, root: Path = Path(".")) -> str:
         model = f"DRAW, {int(steps)} steps, " + ("attention" if attention else "no attention")
         ref = paper_att.get(bool(attention)) if dataset == "binarized" and int(steps) == 64 else None
         cost = _cost(g, "soft" if attention else "none", _draw_cost(g, dataset, bool(attention), int(steps)))
-        rows.append(f"| {model} | {dataset} | {_training(record, _units(g))} | "
-                    f"{col('nll_elbo')}{_on_plateau(g[g['name'] == 'nll_elbo'], record)} | {col('nll_iwae')} | "
+        rows.append(f"| {model} | {dataset} | {_training(g)} | "
+                    f"{col('nll_elbo')}{_on_plateau(g[g['name'] == 'nll_elbo'])} | {col('nll_iwae')} | "
                     f"{col('kl')} | {col('reconstruction')} | {_link([record], root)} | "
                     f"{f'<= {ref:.2f}' if ref is not None else ''} | {cost} |")
     return "\n".join(rows)

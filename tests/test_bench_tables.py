@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import pandas as pd
+
 from bench import records, tables
 from bench.records import metric
 from tests.fixtures.bench_records import make_record
@@ -119,7 +121,53 @@ def test_the_recipe_column_names_the_relapse_setting_and_each_rollback(tmp_path)
         "v-s0": {**done, "job": suites.as_record(replace(job, optim=Optim()))}}}
     path = tmp_path / "r.json"
     path.write_text(json.dumps(rec))
-    assert tables._training(str(path), ["u-s0", "u-s1"]).endswith(
-        "; on relapse: rollback (rolled back: s0 at epochs 7, 37)")
-    plain = tables._training(str(path), ["v-s0"])
+    def rows(*units):
+        return pd.DataFrame({"record": [str(path)] * len(units), "p_job": list(units)})
+
+    assert tables._training(rows("u-s0", "u-s1")).endswith("; on relapse: rollback (rolled back: s0 at epochs 7, 37)")
+    plain = tables._training(rows("v-s0"))
     assert "relapse" not in plain and "cover init" in plain
+
+
+def _one_seed_record(seed: int, error: float, lr: float = 0.001, epochs: int = 100) -> dict:
+    """A record of one RAM model, as one process of a sweep run side by side writes it."""
+    rec = copy.deepcopy(make_record())
+    rec["suite"] = "table1"
+    unit = f"ram-cluttered100-T4-s{seed}"
+    job = {"kind": "ram", "dataset": "cluttered100", "glimpses": [4], "patch": 12, "scales": 4, "lr": lr,
+           "batch_size": 64, "schedule": "wsd", "warmup_epochs": 1.0, "decay_epochs": 40.0, "epochs": epochs,
+           "time_budget_min": None, "seeds_by_glimpses": [[4, [0, 1, 2]]], "seeds": None}
+    rec["config"] = {"suite": {"name": "table1", "jobs": [job]}}
+    rec["metrics"] = [metric("test_error", error, "fraction", True, seed, glimpses=4, protocol="separate",
+                             dataset="cluttered100", model="ram", patch=12, scales=4, location="mean", job=unit)]
+    rec["curves"] = {}
+    rec["jobs"] = {unit: {"status": "complete", "kind": "ram", "job": job, "epochs": epochs,
+                          "images_seen": 50000 * epochs, "train_time_s": 3600.0}}
+    return rec
+
+
+def test_records_of_one_recipe_trained_side_by_side_share_a_row(tmp_path):
+    """Seeds trained as separate processes (one record each) pool into one row with every seed and
+    every record linked; another budget or another recipe never pools."""
+    runs = tmp_path / "runs"
+    for seed, error in ((0, 0.10), (1, 0.12), (2, 0.11)):
+        records.write(_one_seed_record(seed, error), runs / f"ram-s{seed}.json")
+    records.write(_one_seed_record(0, 0.20, epochs=50), runs / "ram-short-s0.json")
+    records.write(_one_seed_record(1, 0.30, lr=0.002), runs / "ram-lr-s1.json")
+    rows = [line for line in tables.markdown(runs).splitlines() if line.startswith("| RAM")]
+    assert len(rows) == 3  # the pool, the 50-epoch budget, lr 0.002
+    pooled = next(r for r in rows if "| 0, 1, 2 |" in r)
+    assert "11.00% +- 1.00% (10.00%, 12.00%, 11.00%)" in pooled
+    assert all(f"ram-s{s}.json" in pooled for s in range(3))
+    assert "budget 100 epochs; 100 epochs, 5.00 M images, 2.00 core-h" in pooled  # 2 threads x 1 h each
+    assert any("ram-short-s0.json" in r and "20.00%" in r for r in rows)
+    assert any("ram-lr-s1.json" in r and "30.00%" in r for r in rows)
+
+
+def test_records_that_trained_the_same_seed_never_pool(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, error in ((0, 0.10), (1, 0.12), (2, 0.11)):
+        records.write(_one_seed_record(seed, error), runs / f"ram-s{seed}.json")
+    records.write(_one_seed_record(2, 0.13), runs / "ram-again-s2.json")  # which seed 2 is pooled? neither
+    rows = [line for line in tables.markdown(runs).splitlines() if line.startswith("| RAM")]
+    assert len(rows) == 4 and all(len(r.split("| 0, 1, 2 |")) == 1 for r in rows)
