@@ -2,7 +2,8 @@
 
 Plots: error vs glimpse count (seeds as error bars, published points overlaid; soft and hard attention
 and plug-ins on one plot per dataset), NLL bounds
-beside the paper's Table 2, throughput per commit, learning curves, DRAW generation sequences
+beside the paper's Table 2, throughput per commit, learning curves (all, and Table 1 and 2's beside the
+paper's figures), DRAW generation sequences
 and glimpse paths on test images (from the records' .npz artifacts). Dry-run records are listed,
 marked as such, and left out of every plot and the NLL table.
 """
@@ -178,10 +179,10 @@ def plot_throughput(recs, out, figures) -> None:
 
 def plot_curves(recs, out, figures) -> None:
     curves = {}
-    for _, r in recs:
+    for path, r in recs:
         for unit, c in r.get("curves", {}).items():
-            if c:
-                curves[unit] = c
+            if c and all("images_seen" in e for e in c):
+                curves[f"{Path(path).stem}: {unit}"] = c
     if not curves:
         return
     plt = _plt()
@@ -200,6 +201,48 @@ def plot_curves(recs, out, figures) -> None:
         if a.lines:
             a.legend(fontsize=6)
     _save(fig, out, "learning_curves.png", figures)
+
+
+# The long runs' panels: (title, dataset, unit pattern, curve key, paper's figure, y range)
+_VS_PAPER = (
+    ("Table 1, T = 4: valid error (%)", "cluttered100", "classifier-cluttered100-T4-", "valid_error",
+     100 * next(p["error"] for p in paper.TABLE1 if p["model"].startswith("Differentiable") and p["glimpses"] == 4),
+     (0, 15)),
+    ("Table 1, T = 8: valid error (%)", "cluttered100", "classifier-cluttered100-T8-", "valid_error",
+     100 * next(p["error"] for p in paper.TABLE1 if p["model"].startswith("Differentiable") and p["glimpses"] == 8),
+     (0, 15)),
+    ("Table 2, attention: valid ELBO (nats)", "binarized", "draw-binarized-attn-T64-", "valid_nll_elbo",
+     next(p["nll"] for p in paper.TABLE2 if p.get("attention") is True), (78, 100)),
+    ("Table 2, no attention: valid ELBO (nats)", "binarized", "draw-binarized-noattn-T64-", "valid_nll_elbo",
+     next(p["nll"] for p in paper.TABLE2 if p.get("attention") is False), (78, 100)),
+)
+
+
+def plot_curves_vs_paper(recs, out, figures) -> None:
+    """Every model of Table 1 (T = 4, 8) and Table 2 (64 steps) against images seen, one line per
+    record and unit, the paper's figure as a dashed line: where a curve flattened, and how far above."""
+    panels = [[] for _ in _VS_PAPER]
+    for path, r in recs:
+        for unit, curve in r.get("curves", {}).items():
+            for i, (_, _, prefix, key, _, _) in enumerate(_VS_PAPER):
+                points = [(e["images_seen"] / 1e6, e[key]) for e in curve or () if e.get(key) is not None]
+                if unit.startswith(prefix) and len(points) > 1:
+                    panels[i].append((f"{Path(path).stem}: {unit}", points, key == "valid_error"))
+    if not any(panels):
+        return
+    plt = _plt()
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    for ax, (title, _, _, _, ref, ylim), lines in zip(axes.flat, _VS_PAPER, panels):
+        for label, points, percent in lines:
+            x, y = zip(*points)
+            ax.plot(x, [100 * v for v in y] if percent else y, lw=1, label=label,
+                    ls="--" if "perstep" in label else "-")
+        ax.axhline(ref, color="black", ls=":", lw=1, label=f"paper: {ref:.2f}")
+        ax.set(title=title, xlabel="training images seen (millions)", ylim=ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=5)
+    fig.tight_layout()
+    _save(fig, out, "curves_vs_paper.png", figures)
 
 
 def _artifacts(recs) -> dict:
@@ -299,6 +342,7 @@ def write_report(records_path="results/runs", out="results/report", log: Callabl
     plot_nll(recs, out, figures)
     plot_throughput(recs, out, figures)
     plot_curves(recs, out, figures)
+    plot_curves_vs_paper(recs, out, figures)
     plot_samples(arts, out, figures)
     plot_glimpse_paths(arts, out, figures)
     imgs = "\n".join(f"<figure><img alt='{n}' src='data:image/png;base64,{base64.b64encode(d).decode()}'>"

@@ -66,3 +66,33 @@ def test_report_without_records_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", "--records", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
     assert "holds no run records" in capsys.readouterr().err
+
+
+def test_long_runs_are_drawn_beside_the_papers_figures(tmp_path, monkeypatch):
+    from bench import report
+
+    rec = make_record()
+    rec["curves"] = {
+        "classifier-cluttered100-T8-s0": [{"epoch": e, "images_seen": 50000 * e, "valid_error": 0.2 / e}
+                                          for e in range(1, 6)],
+        "draw-binarized-attn-T64-s0": [{"epoch": e, "images_seen": 50000 * e, "valid_nll_elbo": 90.0 - e}
+                                       for e in range(1, 4)],
+        "classifier-cluttered60-T8-s0": [{"epoch": e, "images_seen": 50000 * e, "valid_error": 0.1}
+                                         for e in range(1, 4)],  # not a Table 1 model: no panel takes it
+    }
+    drawn = {}
+
+    def plot(self, x, y, **kw):
+        drawn[kw["label"]] = list(y)
+
+    import matplotlib.axes
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    figures = []
+    report.plot_curves_vs_paper([(tmp_path / "long.json", rec)], tmp_path, figures)
+    assert [name for name, _ in figures] == ["curves_vs_paper.png"] and (tmp_path / "curves_vs_paper.png").exists()
+    assert drawn == {"long: classifier-cluttered100-T8-s0": [20.0, 10.0, 20 / 3, 5.0, 4.0],  # in percent
+                     "long: draw-binarized-attn-T64-s0": [89.0, 88.0, 87.0]}
+    figures.clear()
+    report.plot_curves_vs_paper([(tmp_path / "quick.json", make_record())], tmp_path / "none", figures)
+    assert figures == []  # no Table 1 or 2 model in it: no figure
