@@ -8,6 +8,7 @@ the same record: finished units are kept, unfinished ones continue from their ch
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import io
 import math
@@ -454,10 +455,11 @@ class Runner:
         record["jobs"][unit.id]["checkpoint"] = _rel(ckpt)
         self.save(record, path)
         progress = record["jobs"][unit.id]["progress"] = self.sitting.track({})
-        res = train(task, self._loop_config(job, task), ckpt, resume=self.opts.resume, rank=self.opts.rank,
-                    status=progress,
-                    world_size=self.opts.world_size, log=lambda m: self.log(f"  {unit.id}: {m}"),
-                    wrap=lambda m: distributed.wrap_ddp(m, self.ctx))
+        with _curve_kept(record, unit):
+            res = train(task, self._loop_config(job, task), ckpt, resume=self.opts.resume, rank=self.opts.rank,
+                        status=progress, curve_so_far=record["curves"][unit.id],
+                        world_size=self.opts.world_size, log=lambda m: self.log(f"  {unit.id}: {m}"),
+                        wrap=lambda m: distributed.wrap_ddp(m, self.ctx))
         record["curves"][unit.id] = res.curve
         info = {"epochs": res.epochs_done, "steps": res.step, "images_seen": res.images_seen,
                 "train_time_s": round(res.train_time_s, 1), "stopped_by": res.stopped_by,
@@ -562,9 +564,10 @@ class Runner:
                          max_batches=1 if dry else None, progress=self.opts.progress,
                          checkpoint_every_s=self.opts.checkpoint_every_s,
                          compact_checkpoints=self.opts.compact_checkpoints)
-        res = train(task, cfg, ckpt, resume=self.opts.resume, rank=self.opts.rank, world_size=self.opts.world_size,
-                    status=progress, log=lambda m: self.log(f"  {unit.id}: {m}"),
-                    wrap=lambda m: distributed.wrap_ddp(m, self.ctx))
+        with _curve_kept(record, unit):
+            res = train(task, cfg, ckpt, resume=self.opts.resume, rank=self.opts.rank,
+                        world_size=self.opts.world_size, status=progress, curve_so_far=record["curves"][unit.id],
+                        log=lambda m: self.log(f"  {unit.id}: {m}"), wrap=lambda m: distributed.wrap_ddp(m, self.ctx))
         record["curves"][unit.id] = res.curve
         test = task.evaluate(res.model, "test")
         self.log(f"  {unit.id}: test error {test['error']:.2%} ({test['images']} images)")
@@ -599,6 +602,24 @@ class Runner:
 # ---------------------------------------------------------------- hard attention (RAM) and plug-in glimpse models
 
 TRAINED_KINDS = ("classifier", "draw", "ram", "plugin")  # units the training loop trains and checkpoints
+
+
+@contextlib.contextmanager
+def _curve_kept(record: dict, unit: Unit):
+    """Training stopped early (Ctrl-C, SIGTERM, a crash) leaves the unit's curve so far in the record,
+    which is saved next: an unfinished unit shows where it stands. Stopped before training took up
+    its checkpoint, the unit keeps the curve the record had."""
+    before = record["curves"].get(unit.id)
+    record["curves"][unit.id] = []
+    try:
+        yield
+    except BaseException:
+        if not record["curves"][unit.id]:
+            if before:
+                record["curves"][unit.id] = before
+            else:
+                del record["curves"][unit.id]
+        raise
 
 
 def glimpse_model_units(job, run_seeds: tuple[int, ...], seeds: tuple[int, ...] | None) -> list[Unit]:

@@ -397,13 +397,16 @@ class _Loop:
 def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, resume: bool = False,
           rank: int = 0, world_size: int = 1, log: Callable[[str], None] = print,
           wrap: Callable[[nn.Module], nn.Module] | None = None,
-          on_step: Callable[[int], None] | None = None, status: dict | None = None) -> LoopResult:
+          on_step: Callable[[int], None] | None = None, status: dict | None = None,
+          curve_so_far: list | None = None) -> LoopResult:
     """Train ``task`` under ``cfg``; return the model with its best-valid state loaded.
 
     With ``resume`` and an existing ``checkpoint`` the run continues from it exactly. Any
     exception, Ctrl-C included, first saves a checkpoint at the last completed step, then
     propagates. ``on_step(step)`` runs after every optimiser step (tests use it to crash).
     ``status``, when given, is kept up to date: epoch, step, images_seen, images_this_sitting, lr.
+    ``curve_so_far``, when given, receives the learning curve when training stops early (the
+    interrupted unit's record keeps it); a finished run returns it in the result.
 
     A checkpoint of a finished run continues when the budget has grown. With the "wsd" schedule,
     a run whose decay had begun under a shorter budget restarts from the state kept when that
@@ -424,6 +427,8 @@ def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, res
         loop.run()
     except BaseException as e:
         loop.save()
+        if curve_so_far is not None:
+            curve_so_far[:] = loop.curve
         lost = distributed.peer_failure(e, rank, loop.step) if world_size > 1 else None
         if lost:
             raise TrainingError(lost) from e

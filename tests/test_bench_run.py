@@ -94,6 +94,8 @@ def test_crash_then_resume_matches_uninterrupted(tiny, monkeypatch):
     assert r["status"] == "incomplete" and r["error"] == "interrupted (Ctrl-C)"
     assert r["jobs"][unit]["status"] == "incomplete"
     assert (REPO / r["jobs"][unit]["checkpoint"]).exists() or Path(r["jobs"][unit]["checkpoint"]).exists()
+    strip = lambda c: [{k: v for k, v in e.items() if not k.endswith("time_s")} for e in c]  # noqa: E731
+    assert strip(r["curves"][unit]) == strip(ref["curves"][unit][:1])  # where it stood: epoch 1 of 2
 
     monkeypatch.setattr(tasks.ClassifierTask, "loss", orig)
     done, _ = runner.run(tiny("run", resume=True), log=quiet)
@@ -101,7 +103,6 @@ def test_crash_then_resume_matches_uninterrupted(tiny, monkeypatch):
     pick = lambda rec: sorted((m["name"], m["params"].get("glimpses"), m["value"])  # noqa: E731
                               for m in rec["metrics"] if m["name"] in ("test_error", "valid_error"))
     assert pick(done) == pick(ref)
-    strip = lambda c: [{k: v for k, v in e.items() if not k.endswith("time_s")} for e in c]  # noqa: E731
     assert strip(done["curves"][unit]) == strip(ref["curves"][unit])
     # two runs of one suite name the same metrics: compare pairs every one of them
     from bench import compare
