@@ -1,6 +1,6 @@
 """Every committed checkpoint of a finished model re-evaluates to the test figure in its record (a long
-run's or a recipe study's): the classifier's test error at each glimpse count, DRAW's variational
-bound on the whole test split."""
+run's or a recipe study's): the classifier's and RAM's test error at each glimpse count, the conv
+net's test error, DRAW's variational bound on the whole test split."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _record_of(checkpoint: Path, unit: str, images_seen: int) -> dict:
     for path in [*records.find(REPO / "results" / "runs"), *records.find(REPO / "results" / "studies")]:
         rec = records.read(path)
         job = rec["jobs"].get(unit, {})
-        if job.get("status") != "complete" or job.get("images_seen") != images_seen:
+        if job.get("status") != "complete" or job.get("images_seen", job.get("train_images_seen")) != images_seen:
             continue
         if job.get("checkpoint") == where:
             return rec
@@ -57,9 +57,12 @@ def test_committed_checkpoint_reproduces_its_record(path, mnist_data):
     model.load_state_dict(state.get("best_state") or state["model"])
     torch.manual_seed(0)
     got = task.evaluate(model, "test")
-    if desc["task"] == "classifier":
+    if desc["task"] in ("classifier", "ram"):
         for m in (m for m in mine if m["name"] == "test_error"):
             assert got[f"error@{m['params']['glimpses']}"] == pytest.approx(m["value"], abs=1.5e-4), m["params"]
+    elif desc["task"] == "baseline-conv":  # its record names the images "train_images_seen"
+        err = next(m for m in mine if m["name"] == "test_error")
+        assert got["error"] == pytest.approx(err["value"], abs=1.5e-4)
     else:
         elbo = next(m for m in mine if m["name"] == "nll_elbo")
         assert got["nll_elbo"] == pytest.approx(elbo["value"], abs=0.02)
