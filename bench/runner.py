@@ -436,10 +436,13 @@ class Runner:
                           on_relapse=o.on_relapse, relapse_rule=plateau.for_task(job.kind))
 
     def _task(self, unit: Unit):
-        from bench.tasks import ClassifierTask, DrawTask
+        """The task that trains ``unit`` (the conv net's with the suite's evaluation sizes)."""
+        from bench.tasks import ClassifierTask, ConvTask, DrawTask
 
         kw = dict(device=self.device, data_dir=self.opts.data_dir, rank=self.opts.rank,
                   world_size=self.opts.world_size)
+        if unit.job.kind == "baseline" and unit.job.model == "conv":
+            return ConvTask(unit.job, unit.seed, **kw)
         if unit.job.kind == "classifier":
             return ClassifierTask(unit.job, unit.glimpses, unit.seed, eval_glimpses=unit.eval_glimpses, **kw)
         if unit.job.kind in ("ram", "plugin"):
