@@ -102,6 +102,27 @@ def _training(g: pd.DataFrame) -> str:
     return recipe
 
 
+def _baseline_training(g: pd.DataFrame, protocol: str) -> str:
+    """A baseline row's budget and, for the conv net, the epochs, images and core-hours per model."""
+    parts = []
+    for record, gr in g.groupby("record"):
+        rec = _read(record)
+        for seed, dataset in zip(gr["seed"], gr["p_dataset"]):
+            unit = f"{protocol}-{dataset}-s{int(seed)}"
+            done, job = rec.get("jobs", {}).get(unit, {}), _unit_job(rec, unit)
+            minutes = job.get("time_budget_min")
+            text = "" if protocol != "baseline-conv" else (
+                f"budget {minutes:g} min" if minutes else f"budget {job['epochs']} epochs" if job.get("epochs") else "")
+            if {"epochs", "train_images_seen", "train_time_s"} <= set(done):
+                threads = rec.get("machine", {}).get("threads") or 1
+                text += (f"; {done['epochs']} epochs, {done['train_images_seen'] / 1e6:.2f} M images, "
+                         f"{done['train_time_s'] * threads / 3600:.2f} core-h")
+            elif "train_size" in done:
+                text += f"{done['train_size']:,} training images"
+            parts.append(text)
+    return "; ".join(sorted(set(p for p in parts if p)))
+
+
 def _unit_records(g: pd.DataFrame) -> list[tuple[str, str]]:
     """(unit, record) of a row's models, in unit order."""
     if "p_job" not in g:
@@ -213,10 +234,11 @@ def table1(df: pd.DataFrame, root: Path = Path("."), records_dir: Path = Path(".
     conv_paper = next(p["error"] for p in paper.TABLE1 if p["model"].startswith("Convolutional"))
     for protocol, label, ref in (("baseline-conv", "2-layer conv net", _pct(conv_paper)),
                                  ("baseline-sklearn", "PCA + logistic regression (pixels)", "")):
-        g = err[err["p_protocol"] == protocol].sort_values("seed")
-        if len(g):
-            rows.append(f"| {label} | baseline | - | | {_spread(list(g['value']), _pct)} | "
-                        f"{', '.join(str(int(s)) for s in g['seed'])} | {_link(list(g['record']), root)} | {ref} | "
+        for _, g in runs(err[err["p_protocol"] == protocol], []):  # one row per run: budgets never pool
+            g = g.sort_values("seed")
+            rows.append(f"| {label} | baseline | - | {_baseline_training(g, protocol)} | "
+                        f"{_spread(list(g['value']), _pct)} | "
+                        f"{', '.join(str(int(s)) for s in g['seed'])} | {_link(_records(g), root)} | {ref} | "
                         f"{_cost(g, 'none', _baseline_cost(protocol))} |")
     return "\n".join(rows)
 

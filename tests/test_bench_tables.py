@@ -171,3 +171,22 @@ def test_records_that_trained_the_same_seed_never_pool(tmp_path):
     records.write(_one_seed_record(2, 0.13), runs / "ram-again-s2.json")  # which seed 2 is pooled? neither
     rows = [line for line in tables.markdown(runs).splitlines() if line.startswith("| RAM")]
     assert len(rows) == 4 and all(len(r.split("| 0, 1, 2 |")) == 1 for r in rows)
+
+
+def test_baseline_rows_never_pool_runs(tmp_path):
+    """The conv net of a 4-minute run and of a 20-epoch run are two rows, each with its training."""
+    for name, minutes, error in (("short", 4, 0.35), ("long", None, 0.05)):
+        rec = copy.deepcopy(make_record())
+        rec["suite"] = "table1"
+        job = {"kind": "baseline", "model": "conv", "dataset": "cluttered100", "epochs": 20, "time_budget_min": minutes}
+        rec["config"] = {"suite": {"name": "table1", "jobs": [job]}}
+        rec["metrics"] = [metric("test_error", error, "fraction", True, 0, protocol="baseline-conv",
+                                 dataset="cluttered100")]
+        rec["jobs"] = {"baseline-conv-cluttered100-s0": {"status": "complete", "kind": "baseline", "job": job,
+                                                         "epochs": 20, "train_images_seen": 1_000_000,
+                                                         "train_time_s": 1800.0}}
+        records.write(rec, tmp_path / "runs" / f"{name}.json")
+    rows = [line for line in tables.markdown(tmp_path / "runs").splitlines() if "conv net" in line]
+    assert len(rows) == 2 and not any("+-" in r for r in rows)
+    assert any("budget 4 min" in r and "35.00%" in r and "short.json" in r for r in rows)
+    assert any("budget 20 epochs; 20 epochs, 1.00 M images, 1.00 core-h" in r and "5.00%" in r for r in rows)
