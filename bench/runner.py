@@ -436,7 +436,7 @@ class Runner:
                           on_relapse=o.on_relapse, relapse_rule=plateau.for_task(job.kind))
 
     def _task(self, unit: Unit):
-        """The task that trains ``unit`` (the conv net's with the suite's evaluation sizes)."""
+        """The task that trains ``unit``: what its checkpoints describe."""
         from bench.tasks import ClassifierTask, ConvTask, DrawTask
 
         kw = dict(device=self.device, data_dir=self.opts.data_dir, rank=self.opts.rank,
