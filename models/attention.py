@@ -59,7 +59,9 @@ class _GaussianRows(torch.autograd.Function):
     it is exactly 0 at the peak (so Z >= 1: the mass never underflows and no row is ever zero) and
     accurate elsewhere; the expanded form m - d^2 loses all digits when sigma is tiny and m huge.
     It is clamped below at `_cutoff` and the clamped weights are set to exactly 0 (exp is many times
-    slower where it underflows, and so is every matmul fed with denormals).
+    slower where it underflows, and so is every matmul fed with denormals). It is clamped above at 0,
+    its exact maximum: with mu halfway between two pixels and sigma tiny, rounding in the factored form
+    can reach +1e3 at the other pixel (r ~ 1e5), and exp overflowed there (a row of zeros).
     The backward is derived by hand (checked by gradcheck); clamped entries get no gradient:
         S = F * (G - sum_a G F)     dmu = 2 r sum_a S d     dr = -(2 / r) sum_{i,a} S d^2
     """
@@ -111,7 +113,7 @@ def _rows_forward(mu, r, size: int, cut: float):
     peak_r = mu.round().clamp_(1, size).unsqueeze(-1) * rr  # P r, (B, n, 1): the same floats as pix_r at P
     u = peak_r - pix_r  # (P - a) r, (B, n, size)
     v = pix_r + (peak_r - 2.0 * mu.unsqueeze(-1) * rr)  # (P + a - 2 mu) r
-    e = u.mul_(v).clamp_(min=cut).exp_()
+    e = u.mul_(v).clamp_(min=cut, max=0.0).exp_()
     return torch.nn.functional.threshold_(e.div_(e.sum(dim=-1, keepdim=True)), _threshold(cut), 0.0)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from models import attention as att
@@ -15,6 +15,7 @@ finite = dict(allow_nan=False, allow_infinity=False)
 @settings(max_examples=60, deadline=None)
 @given(g=st.floats(-1e6, 1e6, **finite), delta=st.floats(0.0, 1e9, **finite),
        log_sigma2=st.floats(-30.0, 30.0, **finite), n=st.integers(1, 13), size=st.integers(1, 40), dtype=DTYPES)
+@example(g=0.0, delta=1.5, log_sigma2=-24.0, n=3, size=2, dtype=torch.float32)  # a centre halfway between pixels
 def test_rows_are_distributions_for_any_window(g, delta, log_sigma2, n, size, dtype):
     sigma2 = torch.tensor([log_sigma2], dtype=torch.float64).exp()
     f = att.filterbank(torch.tensor([g], dtype=dtype), torch.tensor([delta], dtype=dtype), sigma2.to(dtype), n, size)
