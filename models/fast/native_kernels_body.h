@@ -4,9 +4,8 @@
  * r = 1 / sqrt(2 sigma2), pixels a = 1..size. */
 
 /* One filterbank row. The exponent is shifted by its maximum (at the pixel P nearest mu) in the
- * factored form (P - a) r (P + a - 2 mu) r, exactly 0 at the peak; clamped below at `cut` and above
- * at 0 (its exact value is <= 0, so only rounding goes above), and weights that were clamped below
- * are set to 0 after normalising (see models/attention.py). Rows of up
+ * factored form (P - a) r (P + a - 2 mu) r, exactly 0 at the peak; clamped below at `cut`, and
+ * weights that were clamped are set to 0 after normalising (see models/attention.py). Rows of up
  * to CHUNK pixels are done in a buffer padded to whole vectors (no scalar remainder loops: the
  * models' rows are 28 to 100 pixels); longer rows in CHUNK-sized pieces. */
 static void FN(row_forward)(T mu, T r, T *out, int64_t size, T cut, T threshold) {
@@ -21,7 +20,7 @@ static void FN(row_forward)(T mu, T r, T *out, int64_t size, T cut, T threshold)
         _Pragma("omp simd")
         for (int a = 0; a < padded; a++) {
             const T pix_r = (T)(a0 + a + 1) * r;
-            buf[a] = EXP(CLAMP((peak_r - pix_r) * (pix_r + shift), cut, (T)0));
+            buf[a] = EXP(MAX((peak_r - pix_r) * (pix_r + shift), cut));
         }
         _Pragma("omp simd reduction(+:sum)")
         for (int a = 0; a < padded; a++) sum += a < len ? buf[a] : (T)0;
@@ -88,7 +87,7 @@ static void FN(lanes_flush)(FN(lanes_t) *q, int64_t size, T cut, T threshold) {
         _Pragma("omp simd")
         for (int l = 0; l < LANES; l++) {
             const T pix_r = (T)(a + 1) * rr[l];
-            const T e = EXP(CLAMP((peak_r[l] - pix_r) * (pix_r + shift[l]), cut, (T)0));
+            const T e = EXP(MAX((peak_r[l] - pix_r) * (pix_r + shift[l]), cut));
             tmp[a][l] = e;
             sum[l] += e;
         }
