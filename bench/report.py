@@ -203,36 +203,38 @@ def plot_curves(recs, out, figures) -> None:
     _save(fig, out, "learning_curves.png", figures)
 
 
-# The long runs' panels: (title, dataset, unit pattern, curve key, paper's figure, y range)
+# The long runs' panels: (title, unit prefix, curve key, paper's figure, y range)
 _VS_PAPER = (
-    ("Table 1, T = 4: valid error (%)", "cluttered100", "classifier-cluttered100-T4-", "valid_error",
+    ("Table 1, T = 4: valid error (%)", "classifier-cluttered100-T4-", "valid_error",
      100 * next(p["error"] for p in paper.TABLE1 if p["model"].startswith("Differentiable") and p["glimpses"] == 4),
      (0, 15)),
-    ("Table 1, T = 8: valid error (%)", "cluttered100", "classifier-cluttered100-T8-", "valid_error",
+    ("Table 1, T = 8: valid error (%)", "classifier-cluttered100-T8-", "valid_error",
      100 * next(p["error"] for p in paper.TABLE1 if p["model"].startswith("Differentiable") and p["glimpses"] == 8),
      (0, 15)),
-    ("Table 2, attention: valid ELBO (nats)", "binarized", "draw-binarized-attn-T64-", "valid_nll_elbo",
+    ("Table 2, attention: valid ELBO (nats)", "draw-binarized-attn-T64-", "valid_nll_elbo",
      next(p["nll"] for p in paper.TABLE2 if p.get("attention") is True), (78, 100)),
-    ("Table 2, no attention: valid ELBO (nats)", "binarized", "draw-binarized-noattn-T64-", "valid_nll_elbo",
+    ("Table 2, no attention: valid ELBO (nats)", "draw-binarized-noattn-T64-", "valid_nll_elbo",
      next(p["nll"] for p in paper.TABLE2 if p.get("attention") is False), (78, 100)),
 )
 
 
 def plot_curves_vs_paper(recs, out, figures) -> None:
     """Every model of Table 1 (T = 4, 8) and Table 2 (64 steps) against images seen, one line per
-    record and unit, the paper's figure as a dashed line: where a curve flattened, and how far above."""
+    record and unit, the paper's figure as a dotted line: where a curve flattened, and how far above."""
     panels = [[] for _ in _VS_PAPER]
     for path, r in recs:
         for unit, curve in r.get("curves", {}).items():
-            for i, (_, _, prefix, key, _, _) in enumerate(_VS_PAPER):
+            for i, (_, prefix, key, _, _) in enumerate(_VS_PAPER):
+                if not unit.startswith(prefix):
+                    continue
                 points = [(e["images_seen"] / 1e6, e[key]) for e in curve or () if e.get(key) is not None]
-                if unit.startswith(prefix) and len(points) > 1:
+                if len(points) > 1:
                     panels[i].append((f"{Path(path).stem}: {unit}", points, key == "valid_error"))
     if not any(panels):
         return
     plt = _plt()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    for ax, (title, _, _, _, ref, ylim), lines in zip(axes.flat, _VS_PAPER, panels):
+    for ax, (title, _, _, ref, ylim), lines in zip(axes.flat, _VS_PAPER, panels):
         for label, points, percent in lines:
             x, y = zip(*points)
             ax.plot(x, [100 * v for v in y] if percent else y, lw=1, label=label,
