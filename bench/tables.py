@@ -110,16 +110,16 @@ def _baseline_training(g: pd.DataFrame, protocol: str) -> str:
         for seed, dataset in zip(gr["seed"], gr["p_dataset"]):
             unit = f"{protocol}-{dataset}-s{int(seed)}"
             done, job = rec.get("jobs", {}).get(unit, {}), _unit_job(rec, unit)
-            minutes = job.get("time_budget_min")
-            text = "" if protocol != "baseline-conv" else (
-                f"budget {minutes:g} min" if minutes else f"budget {job['epochs']} epochs" if job.get("epochs") else "")
+            minutes, text = job.get("time_budget_min"), []
+            if protocol == "baseline-conv" and (minutes or job.get("epochs")):
+                text.append(f"budget {minutes:g} min" if minutes else f"budget {job['epochs']} epochs")
             if {"epochs", "train_images_seen", "train_time_s"} <= set(done):
                 threads = rec.get("machine", {}).get("threads") or 1
-                text += (f"; {done['epochs']} epochs, {done['train_images_seen'] / 1e6:.2f} M images, "
-                         f"{done['train_time_s'] * threads / 3600:.2f} core-h")
+                text.append(f"{done['epochs']} epochs, {done['train_images_seen'] / 1e6:.2f} M images, "
+                            f"{done['train_time_s'] * threads / 3600:.2f} core-h")
             elif "train_size" in done:
-                text += f"{done['train_size']:,} training images"
-            parts.append(text)
+                text.append(f"{done['train_size']:,} training images")
+            parts.append("; ".join(text))
     return "; ".join(sorted(set(p for p in parts if p)))
 
 
