@@ -469,6 +469,7 @@ class Runner:
                 "best_epoch": res.best["epoch"], "resumed": res.resumed}
         model, seed = res.model, unit.seed
         flags = self._plateau(unit, res.curve, info, record)
+        self._convergence(unit, res.curve, info)
         if job.kind == "draw":
             info["training_products"] = res.images_by_products  # images trained with each (models/fast/products.py)
         if job.optim.on_relapse != "continue" or res.rollbacks:
@@ -530,6 +531,17 @@ class Runner:
         record["notes"] = [n for n in record.get("notes", []) if not n.startswith(f"{unit.id}:")] + [line]
         return {"on_plateau": True}
 
+    def _convergence(self, unit: Unit, curve: list[dict], info: dict) -> None:
+        """Whether validation was still improving when training ended (bench/convergence.py), into
+        ``info`` and the log."""
+        from bench import convergence
+
+        metric = convergence.metric_of(curve)
+        if metric is None or self.opts.dry_run:
+            return
+        info["convergence"] = result = convergence.verdict(curve, metric)
+        self.log(f"  {unit.id}: at the end of training, validation was {convergence.describe(result)}")
+
     def run_throughput(self, unit: Unit) -> list[dict]:
         from bench import throughput
 
@@ -577,11 +589,13 @@ class Runner:
         out = [metric("test_error", test["error"], "fraction", True, unit.seed, glimpses=None, protocol="baseline-conv",
                       dataset=job.dataset, test_images=test["images"])]
         net = res.model
-        return out, {"test_images": test["images"], "model": "conv", "config": net.config.to_dict(),
-                     "epochs": res.epochs_done, "steps": res.step, "train_images_seen": res.images_seen,
-                     "train_time_s": round(res.train_time_s, 1), "stopped_by": res.stopped_by,
-                     "best_epoch": res.best["epoch"], "resumed": res.resumed, "batch_size": task.batch_size,
-                     "lr": task.lr, "params": net.param_count(), "flops_per_image": net.flops_per_image()}
+        info = {"test_images": test["images"], "model": "conv", "config": net.config.to_dict(),
+                "epochs": res.epochs_done, "steps": res.step, "train_images_seen": res.images_seen,
+                "train_time_s": round(res.train_time_s, 1), "stopped_by": res.stopped_by,
+                "best_epoch": res.best["epoch"], "resumed": res.resumed, "batch_size": task.batch_size,
+                "lr": task.lr, "params": net.param_count(), "flops_per_image": net.flops_per_image()}
+        self._convergence(unit, res.curve, info)
+        return out, info
 
     def run_baseline(self, unit: Unit, record: dict) -> tuple[list[dict], dict]:
         try:

@@ -98,7 +98,7 @@ def _training(g: pd.DataFrame) -> str:
                    f"{_range([d['images_seen'] / 1e6 for d in done], lambda v: f'{v:.2f}')} M images, "
                    f"{_range([d['train_time_s'] * t / 3600 for d, t in zip(done, threads)], lambda v: f'{v:.2f}')} "
                    "core-h")
-    recipe += _products(done) + _rollbacks(job, done, units)
+    recipe += _products(done) + _rollbacks(job, done, units) + _at_end(pairs)
     return recipe
 
 
@@ -119,7 +119,9 @@ def _baseline_training(g: pd.DataFrame, protocol: str) -> str:
                             f"{done['train_time_s'] * threads / 3600:.2f} core-h")
             elif "train_size" in done:
                 text.append(f"{done['train_size']:,} training images")
-            parts.append("; ".join(text))
+            if protocol == "baseline-conv":
+                text.append(_at_end([(unit, record)]).removeprefix("; "))
+            parts.append("; ".join(t for t in text if t))
     return "; ".join(sorted(set(p for p in parts if p)))
 
 
@@ -171,6 +173,25 @@ def _rollbacks(job: dict, done: list[dict], units: list[str]) -> str:
     back = [f"{u.rsplit('-', 1)[-1]} at epoch{'s' if len(d['rollbacks']) > 1 else ''} "
             f"{', '.join(str(r['epoch']) for r in d['rollbacks'])}" for u, d in zip(units, done) if d.get("rollbacks")]
     return f"; on relapse: {job['on_relapse']}" + (f" (rolled back: {'; '.join(back)})" if back else "")
+
+
+def _at_end(pairs: list[tuple[str, str]]) -> str:
+    """Whether each model's validation figure was still improving when its training ended, from the
+    curves in the records (bench/convergence.py): one phrase for one model, a word per seed for several."""
+    from bench import convergence
+
+    verdicts = []
+    for unit, record in pairs:
+        curve = _read(record).get("curves", {}).get(unit) or []
+        metric = convergence.metric_of(curve)
+        if metric:
+            verdicts.append((unit.rsplit("-", 1)[-1], convergence.verdict(curve, metric)))
+    if not verdicts:
+        return ""
+    if len(verdicts) == 1:
+        return f"; at the end: {convergence.describe(verdicts[0][1])}"
+    return (f"; valid over the last {convergence.WINDOW} epochs: "
+            + ", ".join(f"{seed} {convergence.brief(v)}" for seed, v in verdicts))
 
 
 def _products(done: list[dict]) -> str:

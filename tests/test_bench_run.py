@@ -216,6 +216,8 @@ def test_a_run_left_on_the_plateau_says_so(tiny):
     assert all(m["params"].get("on_plateau") for m in rec["metrics"] if m["name"] == "test_error")
     assert any(n.startswith(f"{unit}: WARNING: never left") for n in rec["notes"])
     assert any("WARNING: never left" in line for line in lines)
+    assert rec["jobs"][unit]["convergence"]["status"] == "short"  # 2 epochs: too few to judge
+    assert any(f"{unit}: at the end of training, validation was too few epochs" in line for line in lines)
 
 
 def test_resume_refuses_a_changed_recipe_and_runs_jobs_the_suite_gained(tiny, monkeypatch):

@@ -185,8 +185,31 @@ def test_baseline_rows_never_pool_runs(tmp_path):
         rec["jobs"] = {"baseline-conv-cluttered100-s0": {"status": "complete", "kind": "baseline", "job": job,
                                                          "epochs": 20, "train_images_seen": 1_000_000,
                                                          "train_time_s": 1800.0}}
+        rec["curves"] = {"baseline-conv-cluttered100-s0": [{"epoch": e, "valid_error": 0.5 / e} for e in range(1, 21)]}
         records.write(rec, tmp_path / "runs" / f"{name}.json")
     rows = [line for line in tables.markdown(tmp_path / "runs").splitlines() if "conv net" in line]
     assert len(rows) == 2 and not any("+-" in r for r in rows)
     assert any("budget 4 min" in r and "35.00%" in r and "short.json" in r for r in rows)
-    assert any("budget 20 epochs; 20 epochs, 1.00 M images, 1.00 core-h" in r and "5.00%" in r for r in rows)
+    assert any("budget 20 epochs; 20 epochs, 1.00 M images, 1.00 core-h; at the end: still improving" in r
+               and "5.00%" in r for r in rows)
+
+
+def test_each_row_says_whether_validation_was_still_improving_when_training_ended(tmp_path):
+    """From each model's curve in its record (bench/convergence.py): a word per seed for a pooled row,
+    a phrase for one model, and the conv net's too; a seed without a curve is left out, not guessed."""
+    runs = tmp_path / "runs"
+    falling = [{"epoch": e, "valid_error": 0.30 - 0.001 * e} for e in range(1, 21)]
+    flat = [{"epoch": e, "valid_error": 0.2 if e != 5 else 0.1} for e in range(1, 21)]
+    for seed, points in ((0, flat), (1, falling), (2, None)):
+        rec = _one_seed_record(seed, 0.1)
+        if points:
+            rec["curves"] = {f"ram-cluttered100-T4-s{seed}": points}
+        records.write(rec, runs / f"ram-s{seed}.json")
+    single = _one_seed_record(0, 0.2, epochs=20)
+    single["curves"] = {"ram-cluttered100-T4-s0": falling}
+    records.write(single, runs / "ram-single.json")
+    rows = [line for line in tables.markdown(runs).splitlines() if line.startswith("| RAM")]
+    pooled = next(r for r in rows if "| 0, 1, 2 |" in r)
+    assert "valid over the last 10 epochs: s0 flat, s1 improving (1.00 pts);" in pooled
+    one = next(r for r in rows if "ram-single.json" in r)
+    assert "at the end: still improving (best valid fell 1.00 pts in the last 10 epochs)" in one
