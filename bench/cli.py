@@ -251,6 +251,22 @@ def cmd_tables(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from bench import records, status
+
+    if args.records:
+        paths = [p for given in args.records for p in records.find(given)]
+        named = {Path(p) for p in args.records if Path(p).is_file()}
+    else:
+        paths, named = records.find(_records_arg(args)), set()
+    shown = [p for p in paths if args.all or p in named or status.unfinished(p)]
+    if not shown:
+        print(f"every record there is complete ({len(paths)}); --all shows them too")
+        return 0
+    print(status.report([Path(_shown(p.resolve())) for p in shown]))
+    return 0
+
+
 def cmd_compare(args) -> int:
     from bench import compare
 
@@ -349,6 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the committed reference records, results/runs (the README's tables)")
     t.add_argument("--link-root", default=".", help="prefix for the record links (default: repository root)")
     t.set_defaults(func=cmd_tables)
+
+    st = sub.add_parser("status", help="where each model of unfinished runs stands: epochs, images, core-hours, "
+                                       "validation, converged or not, what is left, the command that continues it")
+    st.add_argument("records", nargs="*", help="records or folders (default: yours, runs/records, when there are "
+                                               "any, else the committed results/runs); a folder shows its "
+                                               "unfinished records")
+    st.add_argument("--reference", action="store_true", help="the committed reference records, results/runs")
+    st.add_argument("--all", action="store_true", help="finished records too")
+    st.set_defaults(func=cmd_status)
 
     c = sub.add_parser("compare", help="compare two records or folders of records")
     c.add_argument("a", help="baseline record or folder")

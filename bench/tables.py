@@ -53,7 +53,7 @@ def _parse(record_path: str, mtime_ns: int, size: int) -> dict:
         return {}
 
 
-def _unit_job(rec: dict, unit: str) -> dict:
+def unit_job(rec: dict, unit: str) -> dict:
     """The settings of the suite job a unit ran, flat (bench/suites.py `flat`): stored with the unit;
     older records: matched in the suite config."""
     from bench.suites import flat
@@ -80,7 +80,7 @@ def _training(g: pd.DataFrame) -> str:
     pairs = _unit_records(g)
     if not pairs:
         return ""
-    job = _unit_job(_read(pairs[0][1]), pairs[0][0])
+    job = unit_job(_read(pairs[0][1]), pairs[0][0])
     if not job:
         return ""
     units = [u for u, _ in pairs]
@@ -109,7 +109,7 @@ def _baseline_training(g: pd.DataFrame, protocol: str) -> str:
         rec = _read(record)
         for seed, dataset in zip(gr["seed"], gr["p_dataset"]):
             unit = f"{protocol}-{dataset}-s{int(seed)}"
-            done, job = rec.get("jobs", {}).get(unit, {}), _unit_job(rec, unit)
+            done, job = rec.get("jobs", {}).get(unit, {}), unit_job(rec, unit)
             minutes, text = job.get("time_budget_min"), []
             if protocol == "baseline-conv" and (minutes or job.get("epochs")):
                 text.append(f"budget {minutes:g} min" if minutes else f"budget {job['epochs']} epochs")
@@ -136,7 +136,7 @@ def _signature(record_path: str, unit) -> str:
     """What must be equal for two records' models to share a row: the suite and every setting of the
     unit's job (data, model, optimiser, budget) but its seeds and the record's glimpse selection."""
     rec = _read(record_path)
-    job = _unit_job(rec, unit) if isinstance(unit, str) else {}
+    job = unit_job(rec, unit) if isinstance(unit, str) else {}
     if not job:
         return f"record {record_path}"  # nothing to compare: the record alone
     same = {k: v for k, v in job.items() if k not in ("seeds", "seeds_by_glimpses", "glimpses")}

@@ -63,6 +63,10 @@ CASES = [
     ("bench", ["tables", "--records", "{t}/missing"], "no such record or folder", False),
     ("bench", ["tables", "--records", "{t}/notjson.json"], "not valid JSON", False),
     ("bench", ["tables", "--records", "{t}/list.json"], "a JSON list, not a run record", False),
+    # status
+    ("bench", ["status", "{t}/missing"], "no such record or folder", False),
+    ("bench", ["status", "{t}/notjson.json"], "not valid JSON", True),
+    ("bench", ["status", "{t}/list.json"], "a JSON list, not a run record", False),
     # compare
     ("bench", ["compare", "{t}/missing.json", "{t}/good.json"], "no such record", False),
     ("bench", ["compare", "{t}/good.json", "{t}/binary.json"], "not valid JSON", True),

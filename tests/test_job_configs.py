@@ -154,7 +154,7 @@ def test_tables_read_the_recipe_of_nested_and_flat_jobs():
     from bench import tables
 
     for job in (_json(suites.as_record(suites.TABLE1.jobs[0])), _flat_table1()[0]):
-        got = tables._unit_job({"jobs": {"u": {"job": job}}}, "u")
+        got = tables.unit_job({"jobs": {"u": {"job": job}}}, "u")
         assert (got["lr"], got["batch_size"], got["schedule"], got["window_init"]) == (0.001, 64, "wsd", "cover")
 
 

@@ -1,0 +1,151 @@
+"""`bench status`: where each model of a long run stands, and what it still needs.
+
+A record is rewritten when a unit starts or ends and when a sitting stops, so for a unit in training
+its checkpoint (written every few minutes) is fresher: the status reads the checkpoint when there is
+one and the record otherwise. Per unit: state, epochs against the budget, images seen, core-hours
+(training time x the record's threads), the last and best validation figure, whether validation was
+still improving (bench/convergence.py), the test figure of a finished unit, and the core-hours still
+to go at the unit's own rate so far. Per record: the command that continues it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import convergence, records
+from bench.tables import unit_job
+
+
+@dataclass
+class UnitStatus:
+    unit: str
+    state: str  # "complete", "in training" (or stopped mid-way), "not started"
+    epochs: int | None  # whole epochs done
+    budget_epochs: int | None
+    budget_minutes: float | None  # a time budget, when the unit has one
+    images_seen: int | None
+    hours: float | None  # training time x threads on a CPU: core-hours; on another device: its hours
+    hours_unit: str  # "core-h", or "h on <device>"
+    last_valid: float | None
+    best_valid: tuple[float, int] | None  # value, epoch
+    metric: str | None
+    verdict: dict | None
+    test: str  # the finished unit's test figure(s), "" otherwise
+    to_go_hours: float | None  # at the unit's rate so far, in ``hours_unit``; None when unknown or done
+
+
+def _checkpoint(path: str | None) -> dict | None:
+    """The training state (or evaluation-only export) at ``path``, relative to the repository; None
+    when it is not there or does not load."""
+    if not path:
+        return None
+    p = Path(path) if Path(path).is_absolute() else records.REPO / path
+    if not p.is_file():
+        return None
+    import torch
+
+    try:
+        return torch.load(p, map_location="cpu", weights_only=False)
+    except Exception:  # a file being replaced, or not a checkpoint: fall back on the record
+        return None
+
+
+def _test_figure(record: dict, unit: str) -> str:
+    parts = []
+    for m in record.get("metrics", []):
+        if m.get("params", {}).get("job") != unit:
+            continue
+        if m["name"] == "test_error":
+            t = m["params"].get("glimpses")
+            parts.append(f"test error {100 * m['value']:.2f}%" + (f" at T = {t}" if t else ""))
+        elif m["name"] in ("nll_elbo", "nll_iwae"):
+            parts.append(f"test {m['name'][4:].upper()} {m['value']:.2f}")
+    return ", ".join(parts)
+
+
+def unit_status(record: dict, unit: str) -> UnitStatus:
+    entry = record.get("jobs", {}).get(unit, {})
+    machine = record.get("machine", {})
+    on_cpu = machine.get("device", "cpu") == "cpu"
+    threads = (machine.get("threads") or 1) if on_cpu else 1
+    hours_unit = "core-h" if on_cpu else f"h on {machine.get('device_name') or machine.get('device')}"
+    ckpt = _checkpoint(entry.get("checkpoint"))
+    job = unit_job(record, unit)
+    budget = (ckpt or {}).get("loop", {}).get("epochs") or entry.get("budget", {}).get("epochs") or job.get("epochs")
+    minutes = entry.get("budget", {}).get("time_budget_min") or job.get("time_budget_min")
+    if ckpt:
+        curve = ckpt.get("curve") or []
+        epochs, images, train_s = ckpt.get("epoch"), ckpt.get("images_seen"), ckpt.get("train_time_s")
+    else:
+        curve = record.get("curves", {}).get(unit) or []
+        progress = entry.get("progress") or {}
+        epochs = entry.get("epochs", progress.get("epoch"))
+        images = entry.get("images_seen", entry.get("train_images_seen", progress.get("images_seen")))
+        train_s = entry.get("train_time_s")
+    complete = entry.get("status") == "complete" and not (ckpt and ckpt.get("finished") is False)
+    state = "complete" if complete else "in training" if (images or curve) else "not started"
+    metric = convergence.metric_of(curve)
+    points = convergence.latest_epochs(curve, metric) if metric else []
+    best = min(points, key=lambda e: e[metric]) if points else None
+    to_go = None
+    if state == "in training" and budget and images and train_s:
+        loop, task = (ckpt or {}).get("loop", {}), (ckpt or {}).get("task", {})
+        per_epoch = loop.get("batches_per_epoch", 0) * task.get("batch_size", 0) or images / max(epochs or 1, 1)
+        seconds = max(budget * per_epoch - images, 0) * train_s / images
+        if loop.get("time_budget_s"):
+            seconds = min(seconds, max(loop["time_budget_s"] - train_s, 0))
+        to_go = seconds * threads / 3600
+    return UnitStatus(unit, state, epochs, budget, minutes, images, train_s * threads / 3600 if train_s else None, hours_unit,
+                      points[-1][metric] if points else None, (best[metric], best["epoch"]) if best else None,
+                      metric, convergence.verdict(curve, metric) if metric else None,
+                      _test_figure(record, unit) if state == "complete" else "", to_go)
+
+
+def _figure(value: float, metric: str | None) -> str:
+    return f"{100 * value:.2f}%" if metric and metric.endswith("error") else f"{value:.2f}"
+
+
+def describe(s: UnitStatus) -> str:
+    parts = [s.state]
+    if s.epochs is not None:
+        parts.append(f"epoch {s.epochs}" + (f" (budget {s.budget_minutes:g} min)" if s.budget_minutes else
+                                            f" of {s.budget_epochs}" if s.budget_epochs else ""))
+    if s.images_seen:
+        parts.append(f"{s.images_seen / 1e6:.2f} M images")
+    if s.hours is not None:
+        parts.append(f"{s.hours:.2f} {s.hours_unit}")
+    if s.last_valid is not None:
+        parts.append(f"valid {_figure(s.last_valid, s.metric)} (best {_figure(s.best_valid[0], s.metric)} "
+                     f"at epoch {s.best_valid[1]})")
+    if s.verdict and s.verdict["status"] != "short":
+        parts.append(convergence.describe(s.verdict))
+    if s.test:
+        parts.append(s.test)
+    if s.to_go_hours is not None:
+        parts.append(f"about {s.to_go_hours:.1f} {s.hours_unit} of training to go at its rate so far")
+    return "; ".join(parts)
+
+
+def record_status(path: Path) -> str:
+    record = records.read(path)
+    units = list(record.get("jobs", {}))
+    threads = record.get("machine", {}).get("threads") or 1
+    lines = [f"{path} (suite {record.get('suite')}, {record.get('status')}, {len(units)} units, "
+             f"{threads} thread(s) per model)"]
+    width = max((len(u) for u in units), default=0)
+    statuses = [unit_status(record, u) for u in units]
+    lines += [f"  {s.unit:<{width}}  {describe(s)}" for s in statuses]
+    if any(s.state != "complete" for s in statuses):
+        lines.append(f"  continue with: python -m bench run --suite {record.get('suite')} --threads {threads} "
+                     f"--resume --out {path}")
+    return "\n".join(lines)
+
+
+def unfinished(path: Path) -> bool:
+    record = records.read(path)
+    return record.get("status") != "complete" and not records.is_dry_run(record)
+
+
+def report(paths: list[Path]) -> str:
+    return "\n\n".join(record_status(p) for p in paths)

@@ -1,0 +1,101 @@
+"""`bench status`: where each model of a long run stands, read from its checkpoint while it trains and
+from the record otherwise, with the core-hours still to go and the command that continues the run."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from bench import cli, records, status
+from bench.records import metric
+from tests.fixtures.bench_records import make_record
+
+FALLING = [{"epoch": e, "images_seen": 50_000 * e, "valid_error": 0.30 - 0.01 * e} for e in range(1, 21)]
+
+
+def long_record(tmp_path, checkpoint_state=None):
+    """A table1-like record (2 threads per model): one unit complete, one in training (its checkpoint,
+    when given, is fresher than the record), one never started."""
+    rec = copy.deepcopy(make_record())
+    rec["suite"], rec["status"] = "table1", "incomplete"
+    job = {"kind": "classifier", "dataset": "cluttered100", "epochs": 40, "time_budget_min": None}
+    rec["config"] = {"suite": {"name": "table1", "jobs": [job]}}
+    done, going, idle = "clf-T8-s0", "clf-T8-s1", "clf-T8-s2"
+    rec["metrics"] = [metric("test_error", 0.05, "fraction", True, 0, glimpses=8, job=done)]
+    rec["curves"] = {done: FALLING, going: FALLING[:5]}
+    rec["jobs"] = {
+        done: {"status": "complete", "job": job, "epochs": 20, "images_seen": 1_000_000, "train_time_s": 1800.0},
+        going: {"status": "running", "job": job, "checkpoint": str(tmp_path / "going.pt"),
+                "progress": {"epoch": 5, "images_seen": 250_000}},
+        idle: {"status": "pending", "job": job},
+    }
+    if checkpoint_state is not None:
+        torch.save(checkpoint_state, tmp_path / "going.pt")
+    return records.write(rec, tmp_path / "runs" / "long.json")
+
+
+def checkpoint(epoch=10, curve=None):
+    """What the training loop saves: 781 batches of 64 per epoch, 100 s of training per epoch."""
+    return {"epoch": epoch, "images_seen": 49_984 * epoch, "train_time_s": 100.0 * epoch, "finished": False,
+            "curve": FALLING[:epoch] if curve is None else curve, "loop": {"epochs": 60, "batches_per_epoch": 781},
+            "task": {"batch_size": 64}}
+
+
+def test_a_unit_in_training_is_read_from_its_checkpoint_with_the_hours_to_go(tmp_path):
+    path = long_record(tmp_path, checkpoint())
+    s = status.unit_status(records.read(path), "clf-T8-s1")
+    assert (s.state, s.epochs, s.budget_epochs, s.images_seen) == ("in training", 10, 60, 499_840)
+    assert s.hours == pytest.approx(1000 * 2 / 3600)  # 2 threads
+    assert s.to_go_hours == pytest.approx(50 * 100 * 2 / 3600)  # 50 epochs at 100 s each, 2 threads
+    assert s.best_valid == (pytest.approx(0.20), 10) and s.last_valid == pytest.approx(0.20)
+    line = status.describe(s)
+    assert line.startswith("in training; epoch 10 of 60; 0.50 M images; 0.56 core-h; valid 20.00% (best 20.00% at "
+                           "epoch 10)")
+    assert line.endswith("; about 2.8 core-h of training to go at its rate so far")
+
+
+def test_without_a_readable_checkpoint_the_record_speaks(tmp_path):
+    path = long_record(tmp_path)
+    (tmp_path / "going.pt").write_bytes(b"not a checkpoint")
+    s = status.unit_status(records.read(path), "clf-T8-s1")
+    assert (s.state, s.epochs, s.images_seen, s.hours, s.to_go_hours) == ("in training", 5, 250_000, None, None)
+
+
+def test_finished_and_never_started_units_and_the_command_that_continues_the_record(tmp_path):
+    text = status.record_status(long_record(tmp_path, checkpoint()))
+    lines = text.splitlines()
+    assert lines[0].endswith("(suite table1, incomplete, 3 units, 2 thread(s) per model)")
+    done = next(x for x in lines if "clf-T8-s0" in x)
+    assert ("complete; epoch 20 of 40; 1.00 M images; 1.00 core-h; valid 10.00% (best 10.00% at epoch 20); "
+            "still improving (best valid fell 10.00 pts in the last 10 epochs); test error 5.00% at T = 8") in done
+    assert next(x for x in lines if "clf-T8-s2" in x).endswith("not started")
+    assert lines[-1].strip() == f"continue with: python -m bench run --suite table1 --threads 2 --resume --out " \
+                                f"{tmp_path / 'runs' / 'long.json'}"
+
+
+def test_a_run_on_a_gpu_counts_its_hours_on_that_device(tmp_path):
+    path = long_record(tmp_path, checkpoint())
+    rec = records.read(path)
+    rec["machine"].update(device="cuda", device_name="NVIDIA H200")
+    s = status.unit_status(rec, "clf-T8-s1")
+    assert s.hours_unit == "h on NVIDIA H200" and s.hours == pytest.approx(1000 / 3600)
+
+
+def test_the_command_shows_unfinished_records_of_a_folder_and_every_record_named(tmp_path, capsys):
+    long_record(tmp_path, checkpoint())
+    finished = copy.deepcopy(make_record())
+    records.write(finished, tmp_path / "runs" / "done.json")
+    assert cli.main(["status", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "long.json" in out and "done.json" not in out
+    assert cli.main(["status", "--all", str(tmp_path / "runs")]) == 0
+    assert "done.json" in capsys.readouterr().out
+    assert cli.main(["status", str(tmp_path / "runs" / "done.json")]) == 0
+    assert "done.json (suite quick, complete" in capsys.readouterr().out
+    (tmp_path / "runs" / "long.json").unlink()
+    assert cli.main(["status", str(tmp_path / "runs")]) == 0
+    assert "every record there is complete (1); --all shows them too" in capsys.readouterr().out
+    assert cli.main(["status", str(tmp_path / "missing.json")]) == cli.EXIT_USAGE
+    assert "missing.json: no such record or folder" in capsys.readouterr().err
