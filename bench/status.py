@@ -5,7 +5,8 @@ its checkpoint (written every few minutes) is fresher: the status reads the chec
 one and the record otherwise. Per unit: state, epochs against the budget, images seen, core-hours
 (training time x the record's threads), the last and best validation figure, whether validation was
 still improving (bench/convergence.py), the test figure of a finished unit, and the core-hours still
-to go at the unit's own rate so far. Per record: the command that continues it.
+to go at the unit's rate in its latest sitting (machines differ between sittings). Per record: the
+command that continues it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class UnitStatus:
     metric: str | None
     verdict: dict | None
     test: str  # the finished unit's test figure(s), "" otherwise
-    to_go_hours: float | None  # at the unit's rate so far, in ``hours_unit``; None when unknown or done
+    to_go_hours: float | None  # in ``hours_unit``; None when unknown or done
+    to_go_rate: str  # whose rate the estimate takes: "its last sitting's" or "its"
 
 
 def _checkpoint(path: str | None) -> dict | None:
@@ -64,6 +66,20 @@ def _test_figure(record: dict, unit: str) -> str:
     return ", ".join(parts)
 
 
+# A sitting shorter than this is too short to time: the estimate takes the whole run's rate instead
+MIN_SITTING_S = 300.0
+
+
+def _seconds_per_image(ckpt: dict, images: int, train_s: float) -> tuple[float, str]:
+    """Training seconds per image at the latest sitting's rate (machines differ between sittings), or at
+    the whole run's when that sitting was short or the checkpoint predates the sitting's start."""
+    start = ckpt.get("sitting_start") or {}
+    images_now, seconds_now = images - start.get("images_seen", images), train_s - start.get("train_time_s", train_s)
+    if seconds_now >= MIN_SITTING_S and images_now > 0:
+        return seconds_now / images_now, "its last sitting's"
+    return train_s / images, "its overall"
+
+
 def unit_status(record: dict, unit: str) -> UnitStatus:
     entry = record.get("jobs", {}).get(unit, {})
     machine = record.get("machine", {})
@@ -88,18 +104,19 @@ def unit_status(record: dict, unit: str) -> UnitStatus:
     metric = convergence.metric_of(curve)
     points = convergence.latest_epochs(curve, metric) if metric else []
     best = min(points, key=lambda e: e[metric]) if points else None
-    to_go = None
+    to_go, rate_of = None, ""
     if state == "in training" and budget and images and train_s:
         loop, task = (ckpt or {}).get("loop", {}), (ckpt or {}).get("task", {})
         per_epoch = loop.get("batches_per_epoch", 0) * task.get("batch_size", 0) or images / max(epochs or 1, 1)
-        seconds = max(budget * per_epoch - images, 0) * train_s / images
+        seconds_per_image, rate_of = _seconds_per_image(ckpt or {}, images, train_s)
+        seconds = max(budget * per_epoch - images, 0) * seconds_per_image
         if loop.get("time_budget_s"):
             seconds = min(seconds, max(loop["time_budget_s"] - train_s, 0))
         to_go = seconds * threads / 3600
     return UnitStatus(unit, state, epochs, budget, minutes, images, train_s * threads / 3600 if train_s else None, hours_unit,
                       points[-1][metric] if points else None, (best[metric], best["epoch"]) if best else None,
                       metric, convergence.verdict(curve, metric) if metric else None,
-                      _test_figure(record, unit) if state == "complete" else "", to_go)
+                      _test_figure(record, unit) if state == "complete" else "", to_go, rate_of)
 
 
 def _figure(value: float, metric: str | None) -> str:
@@ -123,7 +140,7 @@ def describe(s: UnitStatus) -> str:
     if s.test:
         parts.append(s.test)
     if s.to_go_hours is not None:
-        parts.append(f"about {s.to_go_hours:.1f} {s.hours_unit} of training to go at its rate so far")
+        parts.append(f"about {s.to_go_hours:.1f} {s.hours_unit} of training to go at {s.to_go_rate} rate")
     return "; ".join(parts)
 
 

@@ -141,7 +141,7 @@ class _Loop:
         self.epoch_complete = False
         self.decay_saved = False  # whether the state at the start of the decay has been kept
         self.status: dict | None = None
-        self.images_at_start = 0
+        self.images_at_start, self.train_time_at_start = 0, 0.0  # where this sitting began
         self.last_save = time.monotonic()
         self.lr_scale = 1.0  # halved by each rollback; multiplies the schedule for the rest of the run
         self.rollbacks: list[dict] = []
@@ -176,6 +176,8 @@ class _Loop:
             "finished": self.finished, "stopped_by": self.stopped_by, "rng": self.safe_rng,
             "decay_saved": self.decay_saved, "lr_scale": self.lr_scale, "rollbacks": self.rollbacks,
             "images_by_products": self.images_by_products,
+            # where this sitting began: `bench status` estimates the time to go at the latest sitting's rate
+            "sitting_start": {"images_seen": self.images_at_start, "train_time_s": self.train_time_at_start},
         }
 
     def save(self) -> None:
@@ -421,7 +423,7 @@ def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, res
         log(f"resumed from {path} at epoch {loop.epoch + 1}, batch {loop.batch_in_epoch}, step {loop.step}")
         loop.extend()
     loop.status = status
-    loop.images_at_start = loop.images_seen
+    loop.images_at_start, loop.train_time_at_start = loop.images_seen, loop.train_time_s
     loop.report_status()
     try:
         loop.run()

@@ -79,13 +79,17 @@ def test_resume_after_simulated_crash_continues_exactly(tmp_path):
         train(ToyTask(), CFG, ck, on_step=crash, log=lambda m: None)
     saved = checkpoints.load(ck)
     assert (saved["epoch"], saved["batch_in_epoch"], saved["step"], saved["finished"]) == (1, 2, 8, False)
+    assert saved["sitting_start"] == {"images_seen": 0, "train_time_s": 0.0}
 
     torch.manual_seed(999)  # the resumed process starts with a different RNG state
     res = train(ToyTask(), CFG, ck, resume=True, log=lambda m: None)
     assert res.resumed and res.step == ref.step and res.images_seen == ref.images_seen
     assert torch.equal(params(res.model), params(ref.model))
     assert strip_times(res.curve) == strip_times(ref.curve)
-    assert checkpoints.load(ck)["finished"]
+    resumed = checkpoints.load(ck)
+    assert resumed["finished"]
+    # the second sitting began where the first stopped (bench status times what is left at its rate)
+    assert resumed["sitting_start"] == {"images_seen": 8 * 16, "train_time_s": saved["train_time_s"]}
 
 
 def test_crash_during_validation_resumes_exactly(tmp_path):

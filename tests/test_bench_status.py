@@ -53,7 +53,19 @@ def test_a_unit_in_training_is_read_from_its_checkpoint_with_the_hours_to_go(tmp
     line = status.describe(s)
     assert line.startswith("in training; epoch 10 of 60; 0.50 M images; 0.56 core-h; valid 20.00% (best 20.00% at "
                            "epoch 10)")
-    assert line.endswith("; about 2.8 core-h of training to go at its rate so far")
+    assert line.endswith("; about 2.8 core-h of training to go at its overall rate")
+
+
+def test_the_hours_to_go_take_the_latest_sitting_s_rate_when_it_was_long_enough(tmp_path):
+    """Epochs 1-8 took 100 s each on one machine; epochs 9-10 took 400 s each on a slower one: the 50
+    epochs to go are timed at 400 s. A sitting under 5 minutes is too short to time: the overall rate."""
+    state = checkpoint()
+    state.update(train_time_s=800.0 + 800.0, sitting_start={"images_seen": 49_984 * 8, "train_time_s": 800.0})
+    s = status.unit_status(records.read(long_record(tmp_path, state)), "clf-T8-s1")
+    assert s.to_go_hours == pytest.approx(50 * 400 * 2 / 3600) and s.to_go_rate == "its last sitting's"
+    state.update(train_time_s=800.0 + 200.0, sitting_start={"images_seen": 49_984 * 8, "train_time_s": 800.0})
+    s = status.unit_status(records.read(long_record(tmp_path, state)), "clf-T8-s1")
+    assert s.to_go_hours == pytest.approx(50 * 100 * 2 / 3600) and s.to_go_rate == "its overall"
 
 
 def test_without_a_readable_checkpoint_the_record_speaks(tmp_path):
