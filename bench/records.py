@@ -74,6 +74,48 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The vector and matrix units that decide the speed of the models' products (docs/performance.md)
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def cpu_identity(cpuinfo: str | None = None) -> dict:
+    """Vendor, family, model and stepping, and the relevant features, of the first CPU in /proc/cpuinfo.
+    Virtual machines often mask the model name ("AMD EPYC"); family and model still tell CPU generations
+    apart (AMD family 25 is Zen 3/4, family 26 Zen 5), and those differ in speed. {} off Linux."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {}
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor only
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if not fields:
+        return {}
+
+    def number(key: str) -> int | None:
+        return int(fields[key]) if fields.get(key, "").isdigit() else None
+
+    flags = set(fields.get("flags", "").split())
+    return {"vendor": fields.get("vendor_id"), "family": number("cpu family"), "model": number("model"),
+            "stepping": number("stepping"), "features": [f for f in CPU_FEATURES if f in flags]}
+
+
+def cpu_label(machine: dict) -> str:
+    """', family 25 model 17, avx512_bf16' for a record's machine on a CPU: what tells generations apart
+    behind a masked model name; '' on other devices or for records made before it was kept."""
+    cpu = machine.get("cpu") or {}
+    if machine.get("device", "cpu") != "cpu" or cpu.get("family") is None:
+        return ""
+    low_precision = [f for f in cpu.get("features", []) if f in ("avx512_bf16", "amx_bf16", "avx512_fp16")]
+    return f", family {cpu['family']} model {cpu['model']}" + "".join(f", {f}" for f in low_precision)
+
+
 def _memory_gb() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -105,7 +147,7 @@ def machine_info(device: str = "cpu", threads: int | None = None, world_size: in
         device_name = torch.cuda.get_device_name(torch.device(device))
     cores = _cores()
     info = {
-        "cpu_model": _cpu_model(), "cores": cores, "threads": threads or torch.get_num_threads(),
+        "cpu_model": _cpu_model(), "cpu": cpu_identity(), "cores": cores, "threads": threads or torch.get_num_threads(),
         "memory_gb": _memory_gb(), "torch": torch.__version__, "cuda": cuda,
         "device": device, "device_name": device_name, "python": platform.python_version(),
         "platform": platform.platform(terse=True), "world_size": world_size, "backend": backend,

@@ -344,10 +344,11 @@ class Runner:
         from datasets import mnist
 
         mnist.fetch(self.opts.data_dir, log=self.log)
+        commit = self.sitting.entry["commit"]  # this sitting's: a resumed record began at another
         self.log(f"suite {self.suite.name}{' (dry run)' if self.opts.dry_run else ''}: {len(self.units)} units on "
-                 f"{self.device} ({self.machine['device_name']}, {self.machine['threads']} threads); "
-                 f"commit {record['commit']['short']}{' (dirty)' if record['commit']['dirty'] else ''}; "
-                 f"record {path}")
+                 f"{self.device} ({self.machine['device_name']}{records.cpu_label(self.machine)}, "
+                 f"{self.machine['threads']} threads); "
+                 f"commit {commit['short']}{' (dirty)' if commit['dirty'] else ''}; record {path}")
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
         if self.device == "cpu" and not self.opts.threads and load > self.machine["cores"]:
             self.log(f"note: this CPU is busy (load {load:.1f} on {self.machine['cores']} cores); with other work "

@@ -32,6 +32,32 @@ def test_new_record_has_provenance():
     assert path.parent.name == machine["id"] and path.name.endswith(f"_{r['commit']['short']}.json")
 
 
+ZEN4 = """processor	: 0
+vendor_id	: AuthenticAMD
+cpu family	: 25
+model		: 17
+model name	: AMD EPYC
+stepping	: 1
+flags		: fpu sse avx2 avx512f avx512_bf16 avx512vl
+
+processor	: 1
+vendor_id	: GenuineIntel
+cpu family	: 6
+"""
+
+
+def test_the_cpu_is_identified_beyond_a_masked_model_name():
+    """Two EPYCs with the same masked name ran DRAW at 2x different speeds: family and model tell them apart."""
+    cpu = records.cpu_identity(ZEN4)
+    assert cpu == {"vendor": "AuthenticAMD", "family": 25, "model": 17, "stepping": 1,
+                   "features": ["avx2", "avx512f", "avx512_bf16"]}  # the first processor's
+    assert records.cpu_identity("") == {}
+    assert records.cpu_label({"device": "cpu", "cpu": cpu}) == ", family 25 model 17, avx512_bf16"
+    assert records.cpu_label({"device": "cuda", "cpu": cpu}) == ""
+    assert records.cpu_label({"device": "cpu"}) == ""  # a record made before the identity was kept
+    assert set(records.machine_info()["cpu"]) <= {"vendor", "family", "model", "stepping", "features"}
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda r: r.pop("machine"), "missing field"),
     (lambda r: r.update(status="done"), "status 'done'"),
