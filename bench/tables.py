@@ -54,13 +54,30 @@ def _parse(record_path: str, mtime_ns: int, size: int) -> dict:
 
 
 def unit_job(rec: dict, unit: str) -> dict:
-    """The settings of the suite job a unit ran, flat (bench/suites.py `flat`): stored with the unit;
-    older records: matched in the suite config."""
+    """The settings of the suite job behind a unit's figures, flat (bench/suites.py `flat`): stored with
+    the unit (older records: matched in the suite config), under the budget the unit last finished
+    with. A finished unit being extended already holds its longer job, but its figures, epochs and
+    time are still those of the finished run until the extension ends."""
     from bench.suites import flat
 
-    job = rec.get("jobs", {}).get(unit, {}).get("job")
-    if job:
-        return flat(job)
+    entry = rec.get("jobs", {}).get(unit, {})
+    job = _job_of(rec, unit, entry)
+    if job and entry.get("budget"):
+        job = {**job, **entry["budget"]}
+    return job
+
+
+def extending(rec: dict, unit: str) -> bool:
+    """A unit that finished once and trains again under a longer budget (its figures: the finished run's)."""
+    entry = rec.get("jobs", {}).get(unit, {})
+    return bool(entry.get("budget")) and entry.get("status") != "complete"
+
+
+def _job_of(rec: dict, unit: str, entry: dict) -> dict:
+    from bench.suites import flat
+
+    if entry.get("job"):
+        return flat(entry["job"])
     for j in map(flat, rec.get("config", {}).get("suite", {}).get("jobs", [])):
         if unit.startswith(f"{j.get('kind')}-{j.get('dataset')}-") and (
                 j.get("kind") != "classifier" or ("-perstep-" in unit) == bool(j.get("per_step_loss"))) and (
@@ -180,18 +197,25 @@ def _at_end(pairs: list[tuple[str, str]]) -> str:
     curves in the records (bench/convergence.py): one phrase for one model, a word per seed for several."""
     from bench import convergence
 
-    verdicts = []
+    verdicts, again = [], []
     for unit, record in pairs:
-        curve = _read(record).get("curves", {}).get(unit) or []
+        rec = _read(record)
+        if extending(rec, unit):  # its curve in the record is the extension's so far, not its figure's
+            again.append(unit.rsplit("-", 1)[-1])
+            continue
+        curve = rec.get("curves", {}).get(unit) or []
         metric = convergence.metric_of(curve)
         if metric:
             verdicts.append((unit.rsplit("-", 1)[-1], convergence.verdict(curve, metric)))
-    if not verdicts:
-        return ""
-    if len(verdicts) == 1:
-        return f"; at the end: {convergence.describe(verdicts[0][1])}"
-    return (f"; valid over the last {convergence.WINDOW} epochs: "
-            + ", ".join(f"{seed} {convergence.brief(v)}" for seed, v in verdicts))
+    text = ""
+    if len(verdicts) == 1 and not again:
+        text = f"; at the end: {convergence.describe(verdicts[0][1])}"
+    elif verdicts:
+        text = (f"; valid over the last {convergence.WINDOW} epochs: "
+                + ", ".join(f"{seed} {convergence.brief(v)}" for seed, v in verdicts))
+    if again:
+        text += f"; {', '.join(again)} training on under a longer budget (figure: the finished run's)"
+    return text
 
 
 def _products(done: list[dict]) -> str:
@@ -220,6 +244,8 @@ def _record_on_plateau(g: pd.DataFrame, record_path: str) -> str:
     if "p_job" not in g:
         return ""
     for unit, seed in sorted({(u, s) for u, s in zip(g["p_job"], g["seed"]) if isinstance(u, str)}):
+        if extending(rec, unit):  # the record's curve is the extension's so far; the figure is from before
+            continue
         kind = plateau.for_task(rec.get("jobs", {}).get(unit, {}).get("kind", unit.split("-")[0]))
         curve = rec.get("curves", {}).get(unit)
         result = plateau.analyse(curve, kind) if kind and curve else {}

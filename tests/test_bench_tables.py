@@ -213,3 +213,33 @@ def test_each_row_says_whether_validation_was_still_improving_when_training_ende
     assert "valid over the last 10 epochs: s0 flat, s1 improving (1.00 pts);" in pooled
     one = next(r for r in rows if "ram-single.json" in r)
     assert "at the end: still improving (best valid fell 1.00 pts in the last 10 epochs)" in one
+
+
+def test_a_unit_being_extended_keeps_its_finished_run_in_the_row_until_it_finishes_again(tmp_path):
+    """Seed 0 finished 100 epochs, then began an extension to 150 (its unit already holds the longer job):
+    its figure is the 100-epoch run's, so it stays in the 100-epoch row beside seeds 1 and 2, marked.
+    Once finished under 150 epochs it gets a row of its own: budgets never pool."""
+    runs = tmp_path / "runs"
+    rec = _one_seed_record(0, 0.10)
+    for seed, error in ((1, 0.12), (2, 0.11)):
+        other = _one_seed_record(seed, error)
+        rec["metrics"] += other["metrics"]
+        rec["jobs"].update(other["jobs"])
+    for entry in rec["jobs"].values():
+        entry["budget"] = {"epochs": 100, "time_budget_min": None}
+    unit = "ram-cluttered100-T4-s0"
+    rec["jobs"][unit].update(status="incomplete", job={**rec["jobs"][unit]["job"], "epochs": 150})
+    rec["curves"] = {unit: [{"epoch": e, "valid_error": 0.9} for e in range(1, 21)]}  # the extension's, so far
+    records.write(rec, runs / "extending.json")
+    rows = [line for line in tables.markdown(runs).splitlines() if line.startswith("| RAM")]
+    assert len(rows) == 1 and "| 0, 1, 2 |" in rows[0] and "budget 100 epochs; 100 epochs" in rows[0]
+    assert "s0 training on under a longer budget (figure: the finished run's)" in rows[0]
+    assert "never left" not in rows[0]  # the extension's curve is not the figure's
+
+    rec["jobs"][unit].update(status="complete", budget={"epochs": 150, "time_budget_min": None}, epochs=150,
+                             images_seen=7_500_000)
+    records.write(rec, runs / "extending.json")
+    rows = [line for line in tables.markdown(runs).splitlines() if line.startswith("| RAM")]
+    assert len(rows) == 2
+    assert any("budget 150 epochs; 150 epochs" in r and "| 0 |" in r for r in rows)
+    assert any("budget 100 epochs; 100 epochs" in r and "| 1, 2 |" in r for r in rows)
