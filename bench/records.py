@@ -147,7 +147,8 @@ def machine_info(device: str = "cpu", threads: int | None = None, world_size: in
         device_name = torch.cuda.get_device_name(torch.device(device))
     cores = _cores()
     info = {
-        "cpu_model": _cpu_model(), "cpu": cpu_identity(), "cores": cores, "threads": threads or torch.get_num_threads(),
+        "cpu_model": _cpu_model(), "cpu": cpu_identity(), "cores": cores,
+        "threads": threads or torch.get_num_threads(),
         "memory_gb": _memory_gb(), "torch": torch.__version__, "cuda": cuda,
         "device": device, "device_name": device_name, "python": platform.python_version(),
         "platform": platform.platform(terse=True), "world_size": world_size, "backend": backend,

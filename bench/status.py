@@ -34,7 +34,7 @@ class UnitStatus:
     verdict: dict | None
     test: str  # the finished unit's test figure(s), "" otherwise
     to_go_hours: float | None  # in ``hours_unit``; None when unknown or done
-    to_go_rate: str  # whose rate the estimate takes: "its last sitting's" or "its"
+    to_go_rate: str  # whose rate the estimate takes: "its last sitting's" or "its overall"
 
 
 def _checkpoint(path: str | None) -> dict | None:
@@ -74,10 +74,33 @@ def _seconds_per_image(ckpt: dict, images: int, train_s: float) -> tuple[float, 
     """Training seconds per image at the latest sitting's rate (machines differ between sittings), or at
     the whole run's when that sitting was short or the checkpoint predates the sitting's start."""
     start = ckpt.get("sitting_start") or {}
-    images_now, seconds_now = images - start.get("images_seen", images), train_s - start.get("train_time_s", train_s)
+    images_now = images - start.get("images_seen", images)
+    seconds_now = train_s - start.get("train_time_s", train_s)
     if seconds_now >= MIN_SITTING_S and images_now > 0:
         return seconds_now / images_now, "its last sitting's"
     return train_s / images, "its overall"
+
+
+def _progress(record: dict, unit: str, ckpt: dict | None) -> tuple[list[dict], int | None, int | None, float | None]:
+    """Curve, whole epochs, images seen and training seconds: from the checkpoint when there is one."""
+    if ckpt:
+        return ckpt.get("curve") or [], ckpt.get("epoch"), ckpt.get("images_seen"), ckpt.get("train_time_s")
+    entry = record.get("jobs", {}).get(unit, {})
+    progress = entry.get("progress") or {}
+    images = entry.get("images_seen", entry.get("train_images_seen", progress.get("images_seen")))
+    return (record.get("curves", {}).get(unit) or [], entry.get("epochs", progress.get("epoch")), images,
+            entry.get("train_time_s"))
+
+
+def _hours_to_go(ckpt: dict, budget: int, epochs: int | None, images: int, train_s: float) -> tuple[float, str]:
+    """Training seconds still to go to the end of the budget, and whose rate timed them."""
+    loop, task = ckpt.get("loop", {}), ckpt.get("task", {})
+    per_epoch = loop.get("batches_per_epoch", 0) * task.get("batch_size", 0) or images / max(epochs or 1, 1)
+    seconds_per_image, rate_of = _seconds_per_image(ckpt, images, train_s)
+    seconds = max(budget * per_epoch - images, 0) * seconds_per_image
+    if loop.get("time_budget_s"):
+        seconds = min(seconds, max(loop["time_budget_s"] - train_s, 0))
+    return seconds / 3600, rate_of
 
 
 def unit_status(record: dict, unit: str) -> UnitStatus:
@@ -85,20 +108,10 @@ def unit_status(record: dict, unit: str) -> UnitStatus:
     machine = record.get("machine", {})
     on_cpu = machine.get("device", "cpu") == "cpu"
     threads = (machine.get("threads") or 1) if on_cpu else 1
-    hours_unit = "core-h" if on_cpu else f"h on {machine.get('device_name') or machine.get('device')}"
     ckpt = _checkpoint(entry.get("checkpoint"))
     job = unit_job(record, unit)
     budget = (ckpt or {}).get("loop", {}).get("epochs") or entry.get("budget", {}).get("epochs") or job.get("epochs")
-    minutes = entry.get("budget", {}).get("time_budget_min") or job.get("time_budget_min")
-    if ckpt:
-        curve = ckpt.get("curve") or []
-        epochs, images, train_s = ckpt.get("epoch"), ckpt.get("images_seen"), ckpt.get("train_time_s")
-    else:
-        curve = record.get("curves", {}).get(unit) or []
-        progress = entry.get("progress") or {}
-        epochs = entry.get("epochs", progress.get("epoch"))
-        images = entry.get("images_seen", entry.get("train_images_seen", progress.get("images_seen")))
-        train_s = entry.get("train_time_s")
+    curve, epochs, images, train_s = _progress(record, unit, ckpt)
     complete = entry.get("status") == "complete" and not (ckpt and ckpt.get("finished") is False)
     state = "complete" if complete else "in training" if (images or curve) else "not started"
     metric = convergence.metric_of(curve)
@@ -106,17 +119,16 @@ def unit_status(record: dict, unit: str) -> UnitStatus:
     best = min(points, key=lambda e: e[metric]) if points else None
     to_go, rate_of = None, ""
     if state == "in training" and budget and images and train_s:
-        loop, task = (ckpt or {}).get("loop", {}), (ckpt or {}).get("task", {})
-        per_epoch = loop.get("batches_per_epoch", 0) * task.get("batch_size", 0) or images / max(epochs or 1, 1)
-        seconds_per_image, rate_of = _seconds_per_image(ckpt or {}, images, train_s)
-        seconds = max(budget * per_epoch - images, 0) * seconds_per_image
-        if loop.get("time_budget_s"):
-            seconds = min(seconds, max(loop["time_budget_s"] - train_s, 0))
-        to_go = seconds * threads / 3600
-    return UnitStatus(unit, state, epochs, budget, minutes, images, train_s * threads / 3600 if train_s else None, hours_unit,
-                      points[-1][metric] if points else None, (best[metric], best["epoch"]) if best else None,
-                      metric, convergence.verdict(curve, metric) if metric else None,
-                      _test_figure(record, unit) if state == "complete" else "", to_go, rate_of)
+        to_go, rate_of = _hours_to_go(ckpt or {}, budget, epochs, images, train_s)
+        to_go *= threads
+    return UnitStatus(
+        unit=unit, state=state, epochs=epochs, budget_epochs=budget,
+        budget_minutes=entry.get("budget", {}).get("time_budget_min") or job.get("time_budget_min"),
+        images_seen=images, hours=train_s * threads / 3600 if train_s else None,
+        hours_unit="core-h" if on_cpu else f"h on {machine.get('device_name') or machine.get('device')}",
+        last_valid=points[-1][metric] if points else None, best_valid=(best[metric], best["epoch"]) if best else None,
+        metric=metric, verdict=convergence.verdict(curve, metric) if metric else None,
+        test=_test_figure(record, unit) if state == "complete" else "", to_go_hours=to_go, to_go_rate=rate_of)
 
 
 def _figure(value: float, metric: str | None) -> str:
