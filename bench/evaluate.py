@@ -5,7 +5,7 @@ write a record of suite "eval"."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -43,9 +43,21 @@ def _job_and_task(kind: str, model_cfg: dict, ds: str, seed: int, limit: int | N
     return job, DrawTask(job, seed, **kw)
 
 
-def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed: int = 0, device: str = "auto",
-                        data_dir=None, out: str | None = None, iwae_k: int = 1000, limit: int | None = None,
-                        log: Callable[[str], None] = print) -> tuple[dict, Path]:
+class Rebuilt(NamedTuple):
+    state: dict  # the checkpoint
+    task_desc: dict  # what it says it trained: task, model config, dataset, seed
+    dataset: str  # the variant it is scored on
+    device: str
+    job: object
+    task: object
+    model: torch.nn.Module  # with the checkpoint's best-valid weights (or its last, for an export)
+
+
+def rebuild(path: str | Path, dataset: str | None = None, data_seed: int = 0, device: str = "auto", data_dir=None,
+            iwae_k: int = 1000, limit: int | None = None) -> Rebuilt:
+    """The model a harness checkpoint holds, with the job and task that score it on ``dataset`` (default:
+    the one it trained on; another variant of the same image size may be given). Bad input raises
+    CheckpointError or UsageError naming what is wrong."""
     from datasets.variants import get_spec
     from models.training import pick_device
 
@@ -66,8 +78,7 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed:
                          f"{model_cfg.get('height')}x{model_cfg.get('width')}; choose a variant of that size")
     kw = dict(device=dev, data_dir=data_dir, data_seed=data_seed)
     try:
-        seed = task_desc["seed"]
-        job, task = _job_and_task(task_desc["task"], model_cfg, ds, seed, limit, iwae_k, kw)
+        job, task = _job_and_task(task_desc["task"], model_cfg, ds, task_desc["seed"], limit, iwae_k, kw)
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{path}: its task description lacks or mangles {e}; the checkpoint is damaged "
                               "or from another version of the harness") from None
@@ -77,6 +88,14 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed:
     except (KeyError, RuntimeError) as e:
         raise CheckpointError(f"{path}: its weights do not fit the model it describes ({type(e).__name__}); "
                               "the checkpoint is damaged") from None
+    return Rebuilt(state, task_desc, ds, dev, job, task, model)
+
+
+def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed: int = 0, device: str = "auto",
+                        data_dir=None, out: str | None = None, iwae_k: int = 1000, limit: int | None = None,
+                        log: Callable[[str], None] = print) -> tuple[dict, Path]:
+    state, task_desc, ds, dev, job, task, model = rebuild(path, dataset, data_seed, device, data_dir, iwae_k, limit)
+    seed = task_desc["seed"]
     torch.manual_seed(data_seed)
     machine = records.machine_info(dev)
     cfg = {"checkpoint": str(path), "task": task_desc, "dataset": ds, "data_seed": data_seed,

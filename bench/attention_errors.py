@@ -1,0 +1,158 @@
+"""Where a glimpse model's errors come from: the digit never found, or found and misread.
+
+    python -m bench.attention_errors CHECKPOINT ... [--split valid|test] [--limit N] [--data-seed S] [--json OUT]
+
+For a checkpoint of the glimpse classifier (soft attention) or of RAM (hard attention) on a
+single-digit variant, each glimpse's centre is set against the centre of the digit, which the
+generator's layout records. Per step: the error so far, the mean distance from the glimpse centre to
+the digit centre, and the share of glimpses centred on the digit's 28 x 28 box. Then the final
+errors split in two: the last glimpse off the digit's box (the attention failed) or on it (the digit
+was found and misread), with the error rate of each group. The classifier's centre is its grid
+centre (gx, gy); RAM's is its patch centre at the policy's mean location.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import torch
+
+from datasets.generator import DIGIT
+
+EVAL_BATCH = 500
+
+
+def decompose(pred: np.ndarray, labels: np.ndarray, centres: np.ndarray, digit_xy: np.ndarray) -> dict:
+    """pred (N, T) classes after each glimpse; labels (N,); centres (N, T, 2) glimpse centres (x, y) in
+    1-based pixels (models/attention.py); digit_xy (N, 2) the digit's top-left corner, 0-based."""
+    n, steps = pred.shape
+    wrong = pred != labels[:, None]  # (N, T)
+    centre = digit_xy[:, None, :] + (DIGIT + 1) / 2  # 1-based pixels: the box spans x0 + 1 .. x0 + DIGIT
+    offset = centres - centre
+    distance = np.sqrt((offset ** 2).sum(-1))  # (N, T)
+    on_digit = (np.abs(offset) <= DIGIT / 2).all(-1)  # (N, T)
+    last_wrong, last_on = wrong[:, -1], on_digit[:, -1]
+    errors = int(last_wrong.sum())
+
+    def rate(mask):
+        return float(last_wrong[mask].mean()) if mask.any() else None
+
+    return {
+        "images": n, "glimpses": steps, "error": float(last_wrong.mean()),
+        "per_step": [{"step": t + 1, "error": float(wrong[:, t].mean()), "mean_distance_px": float(distance[:, t].mean()),
+                      "on_digit": float(on_digit[:, t].mean())} for t in range(steps)],
+        "last_on_digit": float(last_on.mean()), "ever_on_digit": float(on_digit.any(1).mean()),
+        "error_when_last_on_digit": rate(last_on), "error_when_last_off_digit": rate(~last_on),
+        "errors": errors,
+        # the two causes as shares of all errors: attention failed (off the digit) or misread (on it)
+        "errors_off_digit": float((last_wrong & ~last_on).sum() / errors) if errors else None,
+        "errors_on_digit": float((last_wrong & last_on).sum() / errors) if errors else None,
+    }
+
+
+def glimpse_centres(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions (B, T) and glimpse centres (B, T, 2) of the classifier or RAM, in evaluation mode."""
+    from models.ram import RecurrentAttentionModel
+
+    if isinstance(model, RecurrentAttentionModel):
+        out = model(x, keep_windows=True, sample=False)
+        boxes = model.glimpse_boxes(out.locations)
+        return out.logits.argmax(-1), torch.stack([boxes["gx"], boxes["gy"]], -1)
+    out = model(x, keep_windows=True)
+    if not out.windows:
+        raise ValueError("this classifier has no attention windows (attention off): nothing to locate")
+    gx = torch.stack([w.gx.reshape(-1) for w in out.windows], 1)
+    gy = torch.stack([w.gy.reshape(-1) for w in out.windows], 1)
+    return out.logits.argmax(-1), torch.stack([gx, gy], -1)
+
+
+def analyse(checkpoint: str, split: str = "valid", limit: int | None = 10_000, data_seed: int = 0,
+            device: str = "cpu", data_dir=None) -> dict:
+    """The decomposition on the first ``limit`` images of ``split`` (the fixed validation or test set of
+    ``data_seed``), for the model in ``checkpoint``."""
+    from bench.evaluate import rebuild
+    from datasets.cliargs import UsageError
+    from datasets.torch_data import iterate_batches
+    from datasets.variants import plan_split
+
+    built = rebuild(checkpoint, data_seed=data_seed, device=device, data_dir=data_dir)
+    kind = built.task_desc["task"]
+    if kind not in ("classifier", "ram"):
+        raise UsageError(f"{checkpoint}: a {kind} checkpoint; this analysis takes the glimpse classifier or RAM")
+    spec, plan, _ = plan_split(built.dataset, split, data_seed, None, data_dir)
+    if spec.n_digits != 1:
+        raise UsageError(f"{built.dataset} has {spec.n_digits} digits per image; the analysis needs one")
+    n = len(plan) if limit is None else min(limit, len(plan))
+    preds, centres, labels = [], [], []
+    built.model.eval()
+    with torch.no_grad():  # unshuffled, the batches visit the split's first n examples in order
+        for x, y in iterate_batches(built.dataset, split, EVAL_BATCH, seed=data_seed, device=built.device,
+                                    data_dir=data_dir, limit=n):
+            pred, centre = glimpse_centres(built.model, x)
+            preds.append(pred.cpu().numpy())
+            centres.append(centre.cpu().numpy())
+            labels.append(y.cpu().numpy())
+    labels = np.concatenate(labels)
+    assert np.array_equal(labels, plan.labels[:n]), "the batches left the split's order"
+    result = decompose(np.concatenate(preds), labels, np.concatenate(centres).astype(np.float64),
+                       np.asarray(plan.digit_xy[:n, 0], dtype=np.float64))
+    return {"checkpoint": str(checkpoint), "model": kind, "dataset": built.dataset, "split": split,
+            "data_seed": data_seed, "epoch": built.state.get("epoch"), "images_seen": built.state.get("images_seen"),
+            "best_epoch": (built.state.get("best") or {}).get("epoch"), **result}
+
+
+def format_result(r: dict) -> str:
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    lines = [f"{r['checkpoint']}: {r['model']} on {r['dataset']} {r['split']} (seed {r['data_seed']}), "
+             f"{r['images']:,} images, error {pct(r['error'])} after {r['glimpses']} glimpses",
+             "step | error so far | mean distance to the digit centre (px) | glimpse centred on the digit"]
+    lines += [f"{p['step']:>4} | {pct(p['error']):>12} | {p['mean_distance_px']:>38.1f} | {pct(p['on_digit']):>28}"
+              for p in r["per_step"]]
+    lines.append(f"last glimpse on the digit for {pct(r['last_on_digit'])} of images (any glimpse: "
+                 f"{pct(r['ever_on_digit'])}); error {pct(r['error_when_last_on_digit'])} when on it, "
+                 f"{pct(r['error_when_last_off_digit'])} when off it")
+    if r["errors"]:
+        lines.append(f"of the {r['errors']} errors, {pct(r['errors_off_digit'])} ended off the digit (attention "
+                     f"failed) and {pct(r['errors_on_digit'])} on it (found, misread)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.checkpoints import CheckpointError
+    from datasets.cliargs import EXIT_USAGE, OneLineParser, UsageError, integer
+    from datasets.fileio import atomic_write_bytes
+
+    p = OneLineParser(prog="python -m bench.attention_errors", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoints", nargs="+", metavar="checkpoint", help="classifier or RAM checkpoints written by "
+                                                                       "bench run")
+    p.add_argument("--split", choices=("valid", "test"), default="valid")
+    p.add_argument("--limit", type=integer(1), default=10_000, help="the first N images of the split (default 10,000)")
+    p.add_argument("--data-seed", type=integer(0), default=0, help="the clutter seed of the split (default 0)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="also write the results as JSON here, with the command, commit and machine")
+    args = p.parse_args(argv)
+    results = []
+    try:
+        for path in args.checkpoints:
+            results.append(analyse(path, args.split, args.limit, args.data_seed, args.device))
+            print(format_result(results[-1]) + "\n")
+    except (CheckpointError, UsageError, OSError) as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        from bench import records
+
+        study = {"command": ["python", "-m", "bench.attention_errors", *(argv if argv is not None else sys.argv[1:])],
+                 "commit": records.commit_info(), "machine": records.machine_info(args.device, threads=1),
+                 "made_at": records.utc_now(), "results": results}
+        atomic_write_bytes(args.json, (json.dumps(study, indent=1) + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
