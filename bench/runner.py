@@ -366,6 +366,7 @@ class Runner:
                     continue
                 extending = record["jobs"].get(unit.id, {}).get("status") == "complete"
                 self.log(f"[{i + 1}/{len(self.units)}] {unit.id}" + (" (extending its budget)" if extending else ""))
+                finished_run = earlier_run(record, unit.id) if extending else None
                 t0 = time.time()
                 record["jobs"][unit.id] = {**record["jobs"].get(unit.id, {}), "status": "running",
                                            "kind": unit.job.kind, "seed": unit.seed,
@@ -373,6 +374,8 @@ class Runner:
                 metrics, info = self.run_unit(unit, record, path)
                 if unit.job.kind in TRAINED_KINDS:
                     info["budget"] = resume.budget(unit.job)
+                if finished_run is not None:  # the run it extended stays in the record, under its own budget
+                    info["earlier"] = record["jobs"][unit.id].get("earlier", []) + [finished_run]
                 record["metrics"] = [m for m in record["metrics"] if m["params"].get("job") != unit.id]
                 for m in metrics:
                     m["params"]["job"] = unit.id
@@ -683,6 +686,21 @@ def pixel_baseline_cost(pixels: int, components: int = 64, classes: int = 10) ->
 
 def _show(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
+
+
+# What of a unit's finished run an extension keeps (the rest, its status and live progress, moves on)
+_EARLIER_FIELDS = ("budget", "job", "epochs", "steps", "images_seen", "train_images_seen", "train_time_s", "stopped_by",
+                   "best_epoch", "rollbacks", "lr_scale", "training_products", "plateau", "convergence", "eval_time_s")
+
+
+def earlier_run(record: dict, unit_id: str) -> dict:
+    """A finished unit's run as the record holds it, before an extension replaces it: its budget, job,
+    training (epochs, images, time, rollbacks, ...), metrics and curve. `bench tables` shows it in the
+    row of its budget, so a longer budget never drops a seed's figure from the shorter budget's row."""
+    entry = record["jobs"][unit_id]
+    return {"info": {k: entry[k] for k in _EARLIER_FIELDS if k in entry},
+            "metrics": [m for m in record["metrics"] if m["params"].get("job") == unit_id],
+            "curve": record["curves"].get(unit_id, [])}
 
 
 def _rel(p: Path) -> str:

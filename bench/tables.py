@@ -53,15 +53,45 @@ def _parse(record_path: str, mtime_ns: int, size: int) -> dict:
         return {}
 
 
+# A unit's finished run that an extension replaced is shown as unit id + EARLIER + its index in the
+# unit's "earlier" list (bench/runner.py earlier_run), in the row of its own budget.
+EARLIER = "@earlier"
+
+
+def _split_unit(unit: str) -> tuple[str, int | None]:
+    base, sep, index = unit.partition(EARLIER)
+    return (base, int(index)) if sep else (unit, None)
+
+
+def unit_entry(rec: dict, unit: str) -> dict:
+    """The record's entry for a unit; for 'UNIT@earlierN', its N-th finished run before an extension."""
+    base, index = _split_unit(unit)
+    entry = rec.get("jobs", {}).get(base, {})
+    if index is None:
+        return entry
+    run = entry.get("earlier", [])[index]
+    return {**run["info"], "status": "complete", "kind": entry.get("kind"), "seed": entry.get("seed")}
+
+
+def unit_curve(rec: dict, unit: str) -> list[dict]:
+    base, index = _split_unit(unit)
+    if index is None:
+        return rec.get("curves", {}).get(unit) or []
+    return rec.get("jobs", {}).get(base, {}).get("earlier", [])[index].get("curve") or []
+
+
+def seed_label(unit: str) -> str:
+    """'s0' for a unit id ending in -s0 (an earlier run's id too)."""
+    return _split_unit(unit)[0].rsplit("-", 1)[-1]
+
+
 def unit_job(rec: dict, unit: str) -> dict:
     """The settings of the suite job behind a unit's figures, flat (bench/suites.py `flat`): stored with
     the unit (older records: matched in the suite config), under the budget the unit last finished
     with. A finished unit being extended already holds its longer job, but its figures, epochs and
     time are still those of the finished run until the extension ends."""
-    from bench.suites import flat
-
-    entry = rec.get("jobs", {}).get(unit, {})
-    job = _job_of(rec, unit, entry)
+    entry = unit_entry(rec, unit)
+    job = _job_of(rec, _split_unit(unit)[0], entry)
     if job and entry.get("budget"):
         job = {**job, **entry["budget"]}
     return job
@@ -69,8 +99,27 @@ def unit_job(rec: dict, unit: str) -> dict:
 
 def extending(rec: dict, unit: str) -> bool:
     """A unit that finished once and trains again under a longer budget (its figures: the finished run's)."""
-    entry = rec.get("jobs", {}).get(unit, {})
+    entry = unit_entry(rec, unit)
     return bool(entry.get("budget")) and entry.get("status") != "complete"
+
+
+def earlier_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Metric rows of the finished runs that extensions replaced (a unit complete again under a longer
+    budget keeps them under ``earlier``), as load_all makes rows, their unit id marked with EARLIER."""
+    rows = []
+    for record, g in df.groupby("record"):
+        rec, base = _read(record), g.iloc[0][["record", "suite", "status", "dry_run", "started_at", "sha", "dirty",
+                                               "machine_id", "device"]].to_dict()
+        for unit, entry in rec.get("jobs", {}).items():
+            if entry.get("status") != "complete":
+                continue  # while it trains again, its figures are still those of the earlier run
+            for index, run in enumerate(entry.get("earlier", [])):
+                for m in run.get("metrics", []):
+                    row = {**base, **{k: m[k] for k in ("name", "value", "unit", "lower_is_better", "seed")}}
+                    row.update({f"p_{k}": v for k, v in m["params"].items()})
+                    row["p_job"] = f"{unit}{EARLIER}{index}"
+                    rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _job_of(rec: dict, unit: str, entry: dict) -> dict:
@@ -101,7 +150,7 @@ def _training(g: pd.DataFrame) -> str:
     if not job:
         return ""
     units = [u for u, _ in pairs]
-    done = [_read(r).get("jobs", {}).get(u, {}) for u, r in pairs]
+    done = [unit_entry(_read(r), u) for u, r in pairs]
     threads = [_read(r).get("machine", {}).get("threads") or 1 for _, r in pairs]
     recipe = f"{job.get('schedule', 'constant')} lr {job.get('lr')}, batch {job.get('batch_size')}"
     if job.get("schedule") == "wsd":
@@ -124,9 +173,10 @@ def _baseline_training(g: pd.DataFrame, protocol: str) -> str:
     parts = []
     for record, gr in g.groupby("record"):
         rec = _read(record)
-        for seed, dataset in zip(gr["seed"], gr["p_dataset"]):
-            unit = f"{protocol}-{dataset}-s{int(seed)}"
-            done, job = rec.get("jobs", {}).get(unit, {}), unit_job(rec, unit)
+        jobs = gr["p_job"] if "p_job" in gr else [None] * len(gr)
+        for seed, dataset, named in zip(gr["seed"], gr["p_dataset"], jobs):
+            unit = named if isinstance(named, str) else f"{protocol}-{dataset}-s{int(seed)}"
+            done, job = unit_entry(rec, unit), unit_job(rec, unit)
             minutes, text = job.get("time_budget_min"), []
             if protocol == "baseline-conv" and (minutes or job.get("epochs")):
                 text.append(f"budget {minutes:g} min" if minutes else f"budget {job['epochs']} epochs")
@@ -187,7 +237,7 @@ def _rollbacks(job: dict, done: list[dict], units: list[str]) -> str:
     """The relapse setting when it is not the default, and each unit's rollbacks (bench/optim.py)."""
     if job.get("on_relapse", "continue") == "continue":
         return ""
-    back = [f"{u.rsplit('-', 1)[-1]} at epoch{'s' if len(d['rollbacks']) > 1 else ''} "
+    back = [f"{seed_label(u)} at epoch{'s' if len(d['rollbacks']) > 1 else ''} "
             f"{', '.join(str(r['epoch']) for r in d['rollbacks'])}" for u, d in zip(units, done) if d.get("rollbacks")]
     return f"; on relapse: {job['on_relapse']}" + (f" (rolled back: {'; '.join(back)})" if back else "")
 
@@ -201,12 +251,12 @@ def _at_end(pairs: list[tuple[str, str]]) -> str:
     for unit, record in pairs:
         rec = _read(record)
         if extending(rec, unit):  # its curve in the record is the extension's so far, not its figure's
-            again.append(unit.rsplit("-", 1)[-1])
+            again.append(seed_label(unit))
             continue
-        curve = rec.get("curves", {}).get(unit) or []
+        curve = unit_curve(rec, unit)
         metric = convergence.metric_of(curve)
         if metric:
-            verdicts.append((unit.rsplit("-", 1)[-1], convergence.verdict(curve, metric)))
+            verdicts.append((seed_label(unit), convergence.verdict(curve, metric)))
     text = ""
     if len(verdicts) == 1 and not again:
         text = f"; at the end: {convergence.describe(verdicts[0][1])}"
@@ -246,8 +296,8 @@ def _record_on_plateau(g: pd.DataFrame, record_path: str) -> str:
     for unit, seed in sorted({(u, s) for u, s in zip(g["p_job"], g["seed"]) if isinstance(u, str)}):
         if extending(rec, unit):  # the record's curve is the extension's so far; the figure is from before
             continue
-        kind = plateau.for_task(rec.get("jobs", {}).get(unit, {}).get("kind", unit.split("-")[0]))
-        curve = rec.get("curves", {}).get(unit)
+        kind = plateau.for_task(unit_entry(rec, unit).get("kind", unit.split("-")[0]))
+        curve = unit_curve(rec, unit)
         result = plateau.analyse(curve, kind) if kind and curve else {}
         if result.get("on_plateau"):
             stuck.append(str(int(seed)))
@@ -416,7 +466,10 @@ def table2(df: pd.DataFrame, root: Path = Path(".")) -> str:
     if nll.empty:  # records of glimpse models only
         return "\n".join(rows)
     paper_att = {p["attention"]: p["nll"] for p in paper.TABLE2 if "attention" in p}
-    for (record, dataset, attention, steps), g in nll.groupby(["record", "p_dataset", "p_attention", "p_steps"]):
+    units = nll["p_job"] if "p_job" in nll else [None] * len(nll)
+    nll = nll.assign(_run=[_signature(r, u) for r, u in zip(nll["record"], units)])  # budgets never pool
+    for (record, _, dataset, attention, steps), g in nll.groupby(["record", "_run", "p_dataset", "p_attention",
+                                                                  "p_steps"]):
         def col(name, fmt=lambda v: f"{v:.2f}"):
             sel = g[g["name"] == name].sort_values("seed")
             if not len(sel):
@@ -444,6 +497,7 @@ def markdown(records: str | Path = "results/runs", link_root: str | Path = ".") 
     df = _complete_units(df)
     if df.empty:
         return "(no records but dry runs, which tables leave out)"
+    df = pd.concat([df, earlier_rows(df)], ignore_index=True)
     root = Path(link_root)
     return ("### Table 1: test error, 100x100 cluttered translated MNIST\n\n" + table1(df, root, Path("."))
             + "\n\n### Glimpse models on 60x60 cluttered MNIST, beside the RAM paper\n\n" + table_ram60(df, root)

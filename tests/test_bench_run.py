@@ -313,3 +313,18 @@ def test_a_job_with_no_unit_in_the_record_may_change_its_recipe(tiny, monkeypatc
     assert [(r["job"], r["changes"]) for r in rec["recipe_renewed"]] == \
         [(1, ["classifier lr: record 0.001, given 0.002"])]
     assert rec["jobs"]["classifier-translated60-T1-s0"]["job"]["optim"]["lr"] == 0.002
+
+
+def test_an_extended_unit_keeps_the_run_it_extended(tiny):
+    """2 epochs, then extended to 3: the record's unit holds the 3-epoch figures and, under `earlier`,
+    the 2-epoch run's budget, training, metrics and curve, so its figure stays in the 2-epoch row."""
+    first, _ = runner.run(tiny("run"), log=quiet)
+    unit = next(u for u in first["jobs"] if u.startswith("classifier"))
+    before = [m for m in first["metrics"] if m["params"].get("job") == unit]
+    extended, _ = runner.run(replace(tiny("run", resume=True), epochs=3), log=quiet)
+    entry = extended["jobs"][unit]
+    assert entry["status"] == "complete" and entry["epochs"] == 3 and entry["budget"]["epochs"] == 3
+    (earlier,) = entry["earlier"]
+    assert earlier["info"]["budget"]["epochs"] == 2 and earlier["info"]["epochs"] == 2
+    assert earlier["metrics"] == before and [e["epoch"] for e in earlier["curve"]] == [1, 2]
+    assert [e["epoch"] for e in extended["curves"][unit]] == [1, 2, 3]

@@ -215,10 +215,11 @@ def test_each_row_says_whether_validation_was_still_improving_when_training_ende
     assert "at the end: still improving (best valid fell 1.00 pts in the last 10 epochs)" in one
 
 
-def test_a_unit_being_extended_keeps_its_finished_run_in_the_row_until_it_finishes_again(tmp_path):
+def test_an_extended_unit_keeps_its_finished_run_in_the_row_of_that_budget(tmp_path):
     """Seed 0 finished 100 epochs, then began an extension to 150 (its unit already holds the longer job):
     its figure is the 100-epoch run's, so it stays in the 100-epoch row beside seeds 1 and 2, marked.
-    Once finished under 150 epochs it gets a row of its own: budgets never pool."""
+    Once finished under 150 epochs it has a row of its own (budgets never pool), and its 100-epoch run,
+    kept in the record, stays in the 100-epoch row: an extension never drops a seed from a row."""
     runs = tmp_path / "runs"
     rec = _one_seed_record(0, 0.10)
     for seed, error in ((1, 0.12), (2, 0.11)):
@@ -236,10 +237,21 @@ def test_a_unit_being_extended_keeps_its_finished_run_in_the_row_until_it_finish
     assert "s0 training on under a longer budget (figure: the finished run's)" in rows[0]
     assert "never left" not in rows[0]  # the extension's curve is not the figure's
 
+    from bench.runner import earlier_run
+
+    rec["curves"][unit] = [{"epoch": e, "valid_error": 0.2 - 0.001 * e} for e in range(1, 101)]  # its 100 epochs
+    finished = earlier_run(rec, unit)
+    rec["metrics"] = [m for m in rec["metrics"] if m["params"]["job"] != unit] + [
+        metric("test_error", 0.08, "fraction", True, 0, glimpses=4, protocol="separate", dataset="cluttered100",
+               model="ram", patch=12, scales=4, location="mean", job=unit)]
     rec["jobs"][unit].update(status="complete", budget={"epochs": 150, "time_budget_min": None}, epochs=150,
-                             images_seen=7_500_000)
+                             images_seen=7_500_000, earlier=[finished])
+    rec["curves"][unit] = [{"epoch": e, "valid_error": 0.1} for e in range(1, 151)]
     records.write(rec, runs / "extending.json")
     rows = [line for line in tables.markdown(runs).splitlines() if line.startswith("| RAM")]
     assert len(rows) == 2
-    assert any("budget 150 epochs; 150 epochs" in r and "| 0 |" in r for r in rows)
-    assert any("budget 100 epochs; 100 epochs" in r and "| 1, 2 |" in r for r in rows)
+    longer = next(r for r in rows if "budget 150 epochs; 150 epochs, 7.50 M images" in r)
+    assert "| 8.00% | 0 |" in longer and "at the end: flat" in longer
+    shorter = next(r for r in rows if "budget 100 epochs; 100 epochs, 5.00 M images" in r)
+    assert "| 11.00% +- 1.00% (10.00%, 12.00%, 11.00%) | 0, 1, 2 |" in shorter  # seed 0's 100-epoch figure kept
+    assert "at the end: still improving (best valid fell 1.00 pts" in shorter  # the curve of its 100 epochs
