@@ -366,7 +366,8 @@ class Runner:
                     continue
                 extending = record["jobs"].get(unit.id, {}).get("status") == "complete"
                 self.log(f"[{i + 1}/{len(self.units)}] {unit.id}" + (" (extending its budget)" if extending else ""))
-                finished_run = earlier_run(record, unit.id) if extending else None
+                if extending:  # kept until the extension ends, across sittings: then moved under "earlier"
+                    record["jobs"][unit.id]["extending_from"] = earlier_run(record, unit.id)
                 t0 = time.time()
                 record["jobs"][unit.id] = {**record["jobs"].get(unit.id, {}), "status": "running",
                                            "kind": unit.job.kind, "seed": unit.seed,
@@ -374,7 +375,8 @@ class Runner:
                 metrics, info = self.run_unit(unit, record, path)
                 if unit.job.kind in TRAINED_KINDS:
                     info["budget"] = resume.budget(unit.job)
-                if finished_run is not None:  # the run it extended stays in the record, under its own budget
+                if "extending_from" in record["jobs"][unit.id]:  # the run it extended stays, under its own budget
+                    finished_run = record["jobs"][unit.id].pop("extending_from")
                     info["earlier"] = record["jobs"][unit.id].get("earlier", []) + [finished_run]
                 record["metrics"] = [m for m in record["metrics"] if m["params"].get("job") != unit.id]
                 for m in metrics:

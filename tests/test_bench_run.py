@@ -315,16 +315,35 @@ def test_a_job_with_no_unit_in_the_record_may_change_its_recipe(tiny, monkeypatc
     assert rec["jobs"]["classifier-translated60-T1-s0"]["job"]["optim"]["lr"] == 0.002
 
 
-def test_an_extended_unit_keeps_the_run_it_extended(tiny):
-    """2 epochs, then extended to 3: the record's unit holds the 3-epoch figures and, under `earlier`,
-    the 2-epoch run's budget, training, metrics and curve, so its figure stays in the 2-epoch row."""
+def test_an_extended_unit_keeps_the_run_it_extended(tiny, monkeypatch):
+    """2 epochs, then extended to 4, stopped mid-way and resumed in another sitting: the record's unit ends
+    with the 4-epoch figures and, under `earlier`, the 2-epoch run's budget, training, metrics and curve,
+    so that its figure stays in the 2-epoch row. While the extension is unfinished the record holds that
+    run under `extending_from`."""
+    from bench import tasks
+
     first, _ = runner.run(tiny("run"), log=quiet)
     unit = next(u for u in first["jobs"] if u.startswith("classifier"))
     before = [m for m in first["metrics"] if m["params"].get("job") == unit]
-    extended, _ = runner.run(replace(tiny("run", resume=True), epochs=3), log=quiet)
+    calls, orig = {"n": 0}, tasks.ClassifierTask.loss
+
+    def crashing(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:  # early in the extension
+            raise KeyboardInterrupt
+        return orig(self, model, batch)
+
+    monkeypatch.setattr(tasks.ClassifierTask, "loss", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(replace(tiny("run", resume=True), epochs=4), log=quiet)
+    stopped = records.read(tiny("run").out)["jobs"][unit]
+    assert stopped["status"] == "incomplete" and stopped["extending_from"]["metrics"] == before
+    monkeypatch.setattr(tasks.ClassifierTask, "loss", orig)
+    extended, _ = runner.run(replace(tiny("run", resume=True), epochs=4), log=quiet)
     entry = extended["jobs"][unit]
-    assert entry["status"] == "complete" and entry["epochs"] == 3 and entry["budget"]["epochs"] == 3
+    assert entry["status"] == "complete" and entry["epochs"] == 4 and entry["budget"]["epochs"] == 4
+    assert "extending_from" not in entry
     (earlier,) = entry["earlier"]
     assert earlier["info"]["budget"]["epochs"] == 2 and earlier["info"]["epochs"] == 2
     assert earlier["metrics"] == before and [e["epoch"] for e in earlier["curve"]] == [1, 2]
-    assert [e["epoch"] for e in extended["curves"][unit]] == [1, 2, 3]
+    assert [e["epoch"] for e in extended["curves"][unit]] == [1, 2, 3, 4]
