@@ -13,8 +13,6 @@ centre (gx, gy); RAM's is its patch centre at the policy's mean location.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
 import numpy as np
@@ -125,7 +123,6 @@ def format_result(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     from bench.checkpoints import CheckpointError
     from datasets.cliargs import EXIT_USAGE, OneLineParser, UsageError, integer
-    from datasets.fileio import atomic_write_bytes
 
     p = OneLineParser(prog="python -m bench.attention_errors", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", metavar="checkpoint", help="classifier or RAM checkpoints written by "
@@ -134,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=integer(1), default=10_000, help="the first N images of the split (default 10,000)")
     p.add_argument("--data-seed", type=integer(0), default=0, help="the clutter seed of the split (default 0)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--json", help="also write the results as JSON here, with the command, commit and machine")
+    p.add_argument("--json", help="also write the results here as a run record (JSON: command, commit, machine, "
+                                  "metrics, every figure under results)")
     args = p.parse_args(argv)
     results = []
     try:
@@ -147,11 +145,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from bench import records
 
-        study = {"command": ["python", "-m", "bench.attention_errors", *(argv if argv is not None else sys.argv[1:])],
-                 "commit": records.commit_info(), "machine": records.machine_info(args.device, threads=1),
-                 "made_at": records.utc_now(), "results": results}
-        atomic_write_bytes(args.json, (json.dumps(study, indent=1) + "\n").encode())
+        records.write(as_record(results, vars(args), argv if argv is not None else sys.argv[1:]), args.json)
     return 0
+
+
+def as_record(results: list[dict], options: dict, argv: list[str]) -> dict:
+    """A run record (bench/records.py) of the analysis: per checkpoint its final error, the share of images
+    whose last glimpse was on the digit and the share of errors off it as metrics, every figure under
+    ``results``."""
+    from bench import records
+    from bench.records import metric
+
+    record = records.new_record("attention-errors", {"options": options}, [],
+                                records.machine_info(options.get("device", "cpu"), threads=1),
+                                ["python", "-m", "bench.attention_errors", *argv])
+    for r in results:
+        common = dict(checkpoint=r["checkpoint"], model=r["model"], dataset=r["dataset"], split=r["split"],
+                      data_seed=r["data_seed"], glimpses=r["glimpses"], images=r["images"])
+        record["metrics"] += [
+            metric(f"{r['split']}_error", r["error"], "fraction", True, None, **common),
+            metric("last_glimpse_on_digit", r["last_on_digit"], "fraction", False, None, **common),
+            metric("errors_off_digit", r["errors_off_digit"], "fraction", None, None, **common)]
+    record.update(results=results, status="complete", finished_at=records.utc_now())
+    return record
 
 
 if __name__ == "__main__":

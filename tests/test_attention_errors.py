@@ -82,7 +82,7 @@ def test_a_checkpoint_of_another_model_or_a_bad_limit_is_refused_in_one_line(tmp
 
 
 def test_several_checkpoints_go_into_one_json_study_with_its_command(tmp_path, capsys, mnist_data):
-    import json
+    from bench import records
 
     clf = _checkpoint(tmp_path, "classifier",
                       GlimpseClassifier(ClassifierConfig(height=60, width=60, glimpses=2, read_n=4, hidden=8)))
@@ -92,8 +92,11 @@ def test_several_checkpoints_go_into_one_json_study_with_its_command(tmp_path, c
     out = tmp_path / "study" / "errors.json"
     argv = [str(clf), str(ram), "--limit", "20", "--json", str(out)]
     assert attention_errors.main(argv) == 0
-    study = json.loads(out.read_text())
+    study = records.read(out)  # a run record, like every file under results/studies
+    assert study["suite"] == "attention-errors" and study["status"] == "complete"
     assert study["command"] == ["python", "-m", "bench.attention_errors", *argv]
     assert [r["model"] for r in study["results"]] == ["classifier", "ram"]
     assert all(r["images"] == 20 for r in study["results"]) and study["machine"]["threads"] == 1
+    errors = [m for m in study["metrics"] if m["name"] == "valid_error"]
+    assert [m["value"] for m in errors] == [r["error"] for r in study["results"]]
     assert capsys.readouterr().out.count("20 images, error") == 2
