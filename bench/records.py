@@ -350,6 +350,17 @@ def rebuild_index(root: Path | None = None) -> Path:
     return index
 
 
+def metric_row(base: dict, m: dict) -> dict:
+    """One metric as a row of `load_all`: the record's columns ``base``, the metric's fields, a ``p_<key>``
+    column per parameter, and median/q1/q3 where it has repeat statistics."""
+    row = {**base, **{k: m[k] for k in ("name", "value", "unit", "lower_is_better", "seed")}}
+    row.update({f"p_{k}": v for k, v in m["params"].items()})
+    for k in ("median", "q1", "q3"):
+        if k in m.get("stats", {}):
+            row[k] = m["stats"][k]
+    return row
+
+
 def load_all(path: str | Path = RESULTS / "runs"):
     """Every metric of every record under ``path`` as one pandas DataFrame.
 
@@ -366,13 +377,7 @@ def load_all(path: str | Path = RESULTS / "runs"):
                 "started_at": r["started_at"],
                 "sha": r["commit"].get("sha"), "dirty": r["commit"].get("dirty"),
                 "machine_id": r["machine"].get("id"), "device": r["machine"].get("device")}
-        for m in r["metrics"]:
-            row = {**base, **{k: m[k] for k in ("name", "value", "unit", "lower_is_better", "seed")}}
-            row.update({f"p_{k}": v for k, v in m["params"].items()})
-            for k in ("median", "q1", "q3"):
-                if k in m.get("stats", {}):
-                    row[k] = m["stats"][k]
-            rows.append(row)
+        rows += [metric_row(base, m) for m in r["metrics"]]
     cols = ["record", "suite", "status", "dry_run", "started_at", "sha", "dirty", "machine_id", "device", "name", "value",
             "unit", "lower_is_better", "seed"]
     return pd.DataFrame(rows, columns=None if rows else cols)

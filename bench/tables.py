@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import paper
-from bench.records import load_all
+from bench.records import load_all, metric_row
 
 
 def _pct(v: float) -> str:
@@ -114,11 +114,7 @@ def earlier_rows(df: pd.DataFrame) -> pd.DataFrame:
             if entry.get("status") != "complete":
                 continue  # while it trains again, its figures are still those of the earlier run
             for index, run in enumerate(entry.get("earlier", [])):
-                for m in run.get("metrics", []):
-                    row = {**base, **{k: m[k] for k in ("name", "value", "unit", "lower_is_better", "seed")}}
-                    row.update({f"p_{k}": v for k, v in m["params"].items()})
-                    row["p_job"] = f"{unit}{EARLIER}{index}"
-                    rows.append(row)
+                rows += [{**metric_row(base, m), "p_job": f"{unit}{EARLIER}{index}"} for m in run.get("metrics", [])]
     return pd.DataFrame(rows)
 
 
