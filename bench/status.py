@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import convergence, records
+from bench import checkpoints, convergence, records
 from bench.tables import unit_job
 
 
@@ -39,17 +39,12 @@ class UnitStatus:
 
 def _checkpoint(path: str | None) -> dict | None:
     """The training state (or evaluation-only export) at ``path``, relative to the repository; None
-    when it is not there or does not load."""
+    when it is not there or does not load (a file being replaced, say): the record speaks then."""
     if not path:
         return None
-    p = Path(path) if Path(path).is_absolute() else records.REPO / path
-    if not p.is_file():
-        return None
-    import torch
-
     try:
-        return torch.load(p, map_location="cpu", weights_only=False)
-    except Exception:  # a file being replaced, or not a checkpoint: fall back on the record
+        return checkpoints.load(Path(path) if Path(path).is_absolute() else records.REPO / path)
+    except checkpoints.CheckpointError:
         return None
 
 
