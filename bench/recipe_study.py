@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-budget", type=float, metavar="MIN", help="training minutes per variant")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     ap.add_argument("--out", help="record path (default runs/studies/NAME.json)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--checkpoint-dir", metavar="DIR",
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     suites.SUITES[suite.name] = suite
     out = args.out or str(records.RUNS / "studies" / f"{args.name}.json")
     opts = runner.RunOptions(suite=suite.name, epochs=args.epochs, time_budget_min=args.time_budget,
-                             threads=args.threads, out=out, resume=args.resume, progress=False,
+                             threads=args.threads, device=args.device, out=out, resume=args.resume, progress=False,
                              checkpoint_dir=args.checkpoint_dir, compact_checkpoints=args.compact_checkpoints)
     from bench.distributed import stop_signals_to_interrupt
 

@@ -6,8 +6,8 @@
 #
 #   scripts/parallel_runs.sh DEADLINE_SECONDS PLAN_FILE [LOG_DIR]
 #
-# PLAN_FILE: one run per line, the arguments after `python -m bench run`; blank lines and lines
-# starting with # are skipped. Each run's output goes to LOG_DIR/<line number>.log
+# PLAN_FILE: one run per line, the arguments after `python -m bench run`, or `-m MODULE ARGS` to run
+# another module (e.g. `-m bench.recipe_study NAME ...`); blank lines and lines starting with # are skipped. Each run's output goes to LOG_DIR/<line number>.log
 # (default runs/logs/parallel). Exit status: 0 when every run ended by itself or was stopped at
 # the deadline and saved; 1 when any run failed.
 set -u
@@ -30,10 +30,11 @@ n=0
 while IFS= read -r line || [ -n "$line" ]; do
     n=$((n + 1))
     case $line in ''|'#'*) continue ;; esac
+    case $line in '-m '*) command=() ;; *) command=(-m bench run) ;; esac
     # shellcheck disable=SC2086  # the line is a list of arguments
-    $python -m bench run $line > "$log_dir/$n.log" 2>&1 &
+    $python "${command[@]}" $line > "$log_dir/$n.log" 2>&1 &
     pids+=($!)
-    echo "started line $n (pid $!): bench run $line"
+    echo "started line $n (pid $!): ${command[*]} $line"
 done < "$plan"
 [ ${#pids[@]} -gt 0 ] || { echo "plan file '$plan' names no runs" >&2; exit 2; }
 
