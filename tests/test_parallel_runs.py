@@ -63,3 +63,13 @@ def test_a_plan_without_runs_is_refused(tmp_path):
     plan.write_text("# nothing\n\n")
     done = _run([10, plan], tmp_path)
     assert done.returncode == 2 and "names no runs" in done.stderr
+
+
+def test_a_module_line_runs_that_module(tmp_path):
+    plan = tmp_path / "plan.txt"
+    plan.write_text("-m bench.recipe_study --help\n--list\n")
+    done = _run([60, plan, tmp_path / "logs"], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "-m bench.recipe_study --help" in done.stdout and "-m bench run --list" in done.stdout
+    assert "usage: python -m bench.recipe_study" in (tmp_path / "logs" / "1.log").read_text()
+    assert "table1" in (tmp_path / "logs" / "2.log").read_text()

@@ -39,10 +39,10 @@ def test_a_study_trains_each_variant_on_the_same_images(tmp_path, monkeypatch, m
     monkeypatch.setitem(suites.SUITES, "tinybase", BASE)
     out = tmp_path / "s.json"
     code = recipe_study.main(["lrs", "--job", "tinybase:0", "--glimpses", "2", "--variant", "slow:lr=1e-4",
-                              "--variant", "fast:lr=1e-2", "--out", str(out)])
+                              "--variant", "fast:lr=1e-2", "--device", "cpu", "--out", str(out)])
     assert code == 0
     rec = records.read(out)
-    assert rec["suite"] == "study-lrs" and rec["status"] == "complete"
+    assert rec["suite"] == "study-lrs" and rec["status"] == "complete" and rec["machine"]["device"] == "cpu"
     assert sorted(rec["curves"]) == ["classifier-cluttered60-T2-fast-s0", "classifier-cluttered60-T2-slow-s0"]
     slow, fast = (rec["curves"][f"classifier-cluttered60-T2-{v}-s0"] for v in ("slow", "fast"))
     assert [e["images_seen"] for e in slow] == [e["images_seen"] for e in fast]  # the same batches
@@ -51,6 +51,15 @@ def test_a_study_trains_each_variant_on_the_same_images(tmp_path, monkeypatch, m
     assert "classifier-cluttered60-T2-fast-s0: best valid_error" in text and "< 0.05:" in text
     assert recipe_study.main(["dup", "--job", "tinybase:0", "--variant", "a:lr=1", "--variant", "a:lr=2",
                               "--out", str(tmp_path / "d.json")]) == 2
+
+
+def test_an_unknown_device_is_refused_with_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(suites.SUITES, "tinybase", BASE)
+    code = recipe_study.main(["dev", "--job", "tinybase:0", "--variant", "a:lr=1e-3", "--device", "tpu",
+                              "--out", str(tmp_path / "d.json")])
+    assert code == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+    assert not (tmp_path / "d.json").exists()
 
 
 @pytest.mark.parametrize("model", ["classifier", "draw"])
