@@ -62,8 +62,7 @@ class _GaussianRows(torch.autograd.Function):
     slower where it underflows, and so is every matmul fed with denormals). It is clamped above at 0,
     its exact maximum: with mu halfway between two pixels and sigma tiny, rounding in the factored form
     can reach +1e3 at the other pixel (r ~ 1e5), and exp overflowed there (a row of zeros). The native
-    loops keep the one-sided clamp (the two-sided one stopped their exp vectorising: 8x slower), so
-    rows they return all zero are redone here; the fused native window kernels have no such guard.
+    loops clamp the same way.
     The backward is derived by hand (checked by gradcheck); clamped entries get no gradient:
         S = F * (G - sum_a G F)     dmu = 2 r sum_a S d     dr = -(2 / r) sum_{i,a} S d^2
     """
@@ -73,10 +72,6 @@ class _GaussianRows(torch.autograd.Function):
         cut = _cutoff(mu.dtype, size)
         if native.usable(mu, r):
             f = native.rows_forward(mu, r, size, cut, _threshold(cut))
-            bad = f.sum(dim=-1) < 0.5  # rows whose exponent rounded above 0 and overflowed (see above)
-            if bad.any():
-                rows, cols = bad.nonzero(as_tuple=True)
-                f[rows, cols] = _rows_forward(mu[rows, cols].unsqueeze(-1), r[rows], size, cut)[:, 0]
         else:
             f = _rows_forward(mu, r, size, cut)
         ctx.save_for_backward(f, mu, r)

@@ -81,7 +81,8 @@ static void transpose_avx512_f32(const float *src, float *dst, int64_t rows, int
         }
 }
 #endif
-#define MAX(x, y) ((x) > (y) ? (x) : (y)) /* not fmax: that stays a libm call without -ffast-math */
+#define MIN(x, y) ((x) < (y) ? (x) : (y)) /* not fmin/fmax: they stay libm calls without -ffast-math */
+#define MAX(x, y) ((x) > (y) ? (x) : (y))
 #define CLAMP(x, lo, hi) ((x) < (lo) ? (lo) : ((x) > (hi) ? (hi) : (x)))
 
 #define T float

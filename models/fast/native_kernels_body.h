@@ -4,9 +4,11 @@
  * r = 1 / sqrt(2 sigma2), pixels a = 1..size. */
 
 /* One filterbank row. The exponent is shifted by its maximum (at the pixel P nearest mu) in the
- * factored form (P - a) r (P + a - 2 mu) r, exactly 0 at the peak; clamped below at `cut`, and
- * weights that were clamped are set to 0 after normalising (see models/attention.py). Rows of up
- * to CHUNK pixels are done in a buffer padded to whole vectors (no scalar remainder loops: the
+ * factored form (P - a) r (P + a - 2 mu) r, exactly 0 at the peak; clamped below at `cut`, and its
+ * exp above at 1, which is exp(min(., 0)) (rounding can put the exponent above 0, its exact maximum,
+ * where mu lies halfway between two pixels and sigma is tiny; a min inside the exp made GCC 12's
+ * loop 8x slower on AMD Zen 2); weights that were clamped below are set to 0 after normalising (see
+ * models/attention.py). Rows of up to CHUNK pixels are done in a buffer padded to whole vectors (no scalar remainder loops: the
  * models' rows are 28 to 100 pixels); longer rows in CHUNK-sized pieces. */
 static void FN(row_forward)(T mu, T r, T *out, int64_t size, T cut, T threshold) {
     T buf[CHUNK];
@@ -17,10 +19,11 @@ static void FN(row_forward)(T mu, T r, T *out, int64_t size, T cut, T threshold)
     for (int64_t a0 = 0; a0 < size; a0 += CHUNK) {
         const int len = size - a0 < CHUNK ? (int)(size - a0) : CHUNK;
         const int padded = (len + 15) & ~15;
+        const T first = (T)(a0 + 1); /* pixels as int + float: AVX2 has no vector int64 -> float */
         _Pragma("omp simd")
         for (int a = 0; a < padded; a++) {
-            const T pix_r = (T)(a0 + a + 1) * r;
-            buf[a] = EXP(MAX((peak_r - pix_r) * (pix_r + shift), cut));
+            const T pix_r = (first + (T)a) * r;
+            buf[a] = MIN(EXP(MAX((peak_r - pix_r) * (pix_r + shift), cut)), (T)1); /* = exp(min(., 0)) */
         }
         _Pragma("omp simd reduction(+:sum)")
         for (int a = 0; a < padded; a++) sum += a < len ? buf[a] : (T)0;
@@ -87,7 +90,7 @@ static void FN(lanes_flush)(FN(lanes_t) *q, int64_t size, T cut, T threshold) {
         _Pragma("omp simd")
         for (int l = 0; l < LANES; l++) {
             const T pix_r = (T)(a + 1) * rr[l];
-            const T e = EXP(MAX((peak_r[l] - pix_r) * (pix_r + shift[l]), cut));
+            const T e = MIN(EXP(MAX((peak_r[l] - pix_r) * (pix_r + shift[l]), cut)), (T)1);
             tmp[a][l] = e;
             sum[l] += e;
         }
@@ -125,7 +128,7 @@ static T FN(row_backward)(const T *grad, const T *f, T mu, T r, int64_t size, T 
     _Pragma("omp simd reduction(+:s)")
     for (int64_t a = 0; a < size; a++) s += grad[a] * f[a];
     _Pragma("omp simd reduction(+:sd, sdd_row)")
-    for (int64_t a = 0; a < size; a++) {
+    for (int a = 0; a < (int)size; a++) { /* an int index: AVX2 has no vector int64 -> float */
         const T d = (T)(a + 1) * r - mr;
         const T sdv = (grad[a] * f[a] - f[a] * s) * d;
         sd += sdv;
