@@ -495,7 +495,11 @@ def markdown(records: str | Path = "results/runs", link_root: str | Path = ".") 
         return "(no records but dry runs, which tables leave out)"
     df = pd.concat([df, earlier_rows(df)], ignore_index=True)
     root = Path(link_root)
-    return ("### Table 1: test error, 100x100 cluttered translated MNIST\n\n" + table1(df, root, Path("."))
+    from bench import headline
+
+    return ("### Against the paper: our most-trained finished run for each published figure\n\n"
+            + headline.table(df, root)
+            + "\n\n### Table 1: test error, 100x100 cluttered translated MNIST\n\n" + table1(df, root, Path("."))
             + "\n\n### Glimpse models on 60x60 cluttered MNIST, beside the RAM paper\n\n" + table_ram60(df, root)
             + "\n\n### Table 2: test NLL bounds in nats per image (binarized MNIST: fixed test binarization; "
             "twodigit60: grey levels as Bernoulli targets)\n\n" + table2(df, root) + "\n")

@@ -39,7 +39,7 @@ def test_tables_list_every_seed_with_spread_and_paper(tmp_path):
     assert "6.00% +- 1.00% (5.00%, 7.00%, 6.00%)" in row  # mean, std, every seed in seed order
     assert "| 0, 1, 2 |" in row and "3.36%" in row and "a.json" in row
     assert "90.00%" not in text, "a failed run's numbers are not tabled"
-    conv = next(line for line in text.splitlines() if "conv net" in line)
+    conv = next(line for line in text.splitlines() if line.startswith("| 2-layer conv net"))
     assert "30.00%" in conv and "14.35%" in conv
     draw = next(line for line in text.splitlines() if line.startswith("| DRAW, 64 steps, attention"))
     assert "120.00" in draw and "115.50 (k=1000, 200 images)" in draw and "<= 80.97" in draw
@@ -187,7 +187,7 @@ def test_baseline_rows_never_pool_runs(tmp_path):
                                                          "train_time_s": 1800.0}}
         rec["curves"] = {"baseline-conv-cluttered100-s0": [{"epoch": e, "valid_error": 0.5 / e} for e in range(1, 21)]}
         records.write(rec, tmp_path / "runs" / f"{name}.json")
-    rows = [line for line in tables.markdown(tmp_path / "runs").splitlines() if "conv net" in line]
+    rows = [line for line in tables.markdown(tmp_path / "runs").splitlines() if line.startswith("| 2-layer conv net")]
     assert len(rows) == 2 and not any("+-" in r for r in rows)
     assert any("budget 4 min" in r and "35.00%" in r and "short.json" in r for r in rows)
     assert any("budget 20 epochs; 20 epochs, 1.00 M images, 1.00 core-h; at the end: still improving" in r
