@@ -18,12 +18,14 @@ one pandas DataFrame (a row per metric, with the record's suite, status, commit 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import os
 import platform
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +255,12 @@ def default_path(record: dict, folder: Path | None = None) -> Path:
     folder = records_dir() if folder is None else folder
     stamp = record["started_at"].replace("-", "").replace(":", "")
     return folder / record["machine"]["id"] / f"{stamp}_{record['commit']['short']}.json"
+
+
+def lock_path(record_path: str | Path) -> Path:
+    """The lock that sittings writing one record file take (in the temporary folder: nothing to commit)."""
+    key = hashlib.sha256(str(Path(record_path).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"glimpse-record-{key}.lock"
 
 
 def write(record: dict, path: str | Path) -> Path:

@@ -10,6 +10,7 @@ end, images trained, wall and CPU seconds.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Collection
 
 from bench import records, suites
@@ -65,7 +66,8 @@ class Sitting:
     def __init__(self, record: dict, machine: dict, training_products: str = "float32"):
         self.wall0, self.cpu0 = time.time(), time.process_time()
         self.progress: list[dict] = []  # the training loop's status of each unit run in this sitting
-        self.entry = {"machine": machine, "commit": records.commit_info(), "started_at": records.utc_now(),
+        self.entry = {"id": uuid.uuid4().hex[:12], "machine": machine, "commit": records.commit_info(),
+                      "started_at": records.utc_now(),
                       "finished_at": None, "images_seen": 0, "wall_s": 0.0, "cpu_s": 0.0, "status": "running",
                       "training_products": training_products}
         record.setdefault("segments", []).append(self.entry)
@@ -83,3 +85,27 @@ class Sitting:
         e["finished_at"] = records.utc_now()
         if status is not None:
             e["status"] = status
+
+
+# ---------------------------------------------------------------- sittings side by side on one record
+
+def sitting_key(segment: dict) -> tuple:
+    """What tells one sitting's segment from another's (``id`` since sittings could share a record)."""
+    return segment.get("id") or (segment.get("started_at"), segment.get("machine", {}).get("id"))
+
+
+def merge_other_sittings(record: dict, disk: dict, mine, own_segment: dict | None) -> None:
+    """Take into ``record`` what other sittings on the same record file (``disk``, as read now) wrote
+    for the units this one does not train (``mine(unit)`` false): their jobs, curves and metrics, and
+    every segment but this sitting's own. Two sittings with disjoint ``--units`` can so train one
+    record side by side, each writing the whole file under a lock without undoing the other's work."""
+    for section in ("jobs", "curves"):
+        theirs = {u: v for u, v in disk.get(section, {}).items() if not mine(u)}
+        record[section] = {**{u: v for u, v in record.get(section, {}).items() if mine(u)}, **theirs}
+    job_of = lambda m: m.get("params", {}).get("job")  # noqa: E731
+    record["metrics"] = ([m for m in record.get("metrics", []) if job_of(m) is None or mine(job_of(m))]
+                         + [m for m in disk.get("metrics", []) if job_of(m) is not None and not mine(job_of(m))])
+    own = sitting_key(own_segment) if own_segment is not None else None
+    others = [s for s in disk.get("segments", []) if sitting_key(s) != own]
+    record["segments"] = sorted(others + ([own_segment] if own_segment is not None else []),
+                                key=lambda s: s.get("started_at") or "")

@@ -280,7 +280,7 @@ class Runner:
 
     def _wanted(self, unit: Unit) -> bool:
         """Whether this sitting trains ``unit`` (--units; every unit without it)."""
-        return self.opts.units is None or any(fnmatch.fnmatchcase(unit.id, p) for p in self.opts.units)
+        return self._mine(unit.id)
 
     def _sweep_path(self, path: Path) -> Path:
         """--sweep-parallel: each rank's own record, NAME.rankR-of-W.json."""
@@ -316,20 +316,43 @@ class Runner:
                 raise ResumeError(f"{a}: damaged artifacts file ({type(e).__name__}); move it aside to resume "
                                   "without the finished units' samples and glimpse paths") from None
 
+    def _mine(self, unit_id: str) -> bool:
+        """Whether this sitting trains the unit ``unit_id`` (--units; every unit without it)."""
+        return self.opts.units is None or any(fnmatch.fnmatchcase(unit_id, p) for p in self.opts.units)
+
     def save(self, record: dict, path: Path) -> None:
+        """Write the record (and its artifacts). A sitting on some units (--units) first takes in what
+        other sittings on the same file wrote for the other units, under a lock: sittings with disjoint
+        --units can train one record side by side (bench/resume.py: merge_other_sittings)."""
         if self.opts.rank != 0:
             return
         if self.sitting is not None:
             self.sitting.update()
-        if self.artifacts:
-            from datasets.fileio import atomic_write_bytes
+        from datasets.fileio import file_lock
 
-            buf = io.BytesIO()
-            np.savez_compressed(buf, **self.artifacts)
-            atomic_write_bytes(self._artifact_path(path), buf.getvalue())
-            os.chmod(self._artifact_path(path), 0o644)
-            record["artifacts"] = self._artifact_path(path).name
-        records.write(record, path)
+        with file_lock(records.lock_path(path)):
+            if self.opts.units is not None and path.exists():
+                resume.merge_other_sittings(record, records.read(path), self._mine,
+                                            self.sitting.entry if self.sitting is not None else None)
+                self._merge_artifacts(path)
+            if self.artifacts:
+                from datasets.fileio import atomic_write_bytes
+
+                buf = io.BytesIO()
+                np.savez_compressed(buf, **self.artifacts)
+                atomic_write_bytes(self._artifact_path(path), buf.getvalue())
+                os.chmod(self._artifact_path(path), 0o644)
+                record["artifacts"] = self._artifact_path(path).name
+            records.write(record, path)
+
+    def _merge_artifacts(self, path: Path) -> None:
+        """The other sittings' units' arrays (keys "<unit>/...") as they are on disk now."""
+        a = self._artifact_path(path)
+        if not a.exists():
+            return
+        with np.load(a) as z:
+            theirs = {k: z[k] for k in z.files if not self._mine(k.split("/", 1)[0])}
+        self.artifacts = {**{k: v for k, v in self.artifacts.items() if self._mine(k.split("/", 1)[0])}, **theirs}
 
     def checkpoint_path(self, path: Path, unit: Unit) -> Path:
         root = Path(self.opts.checkpoint_dir) if self.opts.checkpoint_dir else CHECKPOINTS
@@ -391,6 +414,9 @@ class Runner:
         except BaseException as e:
             self._stop(record, path, "failed", f"{type(e).__name__}: {e}")
             raise
+        if waiting:
+            self.save(record, path)  # takes in what sittings beside this one have finished meanwhile
+            waiting = [u for u in waiting if record["jobs"].get(u, {}).get("status") != "complete"]
         if waiting:  # the record goes on in another sitting
             self.log(f"{len(waiting)} unit(s) not in --units wait for another sitting: {', '.join(waiting)}")
             self._stop(record, path, "incomplete", f"units left for another sitting (--units): {len(waiting)}")
@@ -407,8 +433,8 @@ class Runner:
         return record, path
 
     def _stop(self, record: dict, path: Path, status: str, why: str) -> None:
-        for j in record["jobs"].values():
-            if j.get("status") == "running":
+        for unit_id, j in record["jobs"].items():
+            if j.get("status") == "running" and self._mine(unit_id):  # not another sitting's units
                 j["status"] = status
         record["status"], record["error"] = status, why
         record["finished_at"] = records.utc_now()

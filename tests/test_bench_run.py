@@ -347,3 +347,44 @@ def test_an_extended_unit_keeps_the_run_it_extended(tiny, monkeypatch):
     assert earlier["info"]["budget"]["epochs"] == 2 and earlier["info"]["epochs"] == 2
     assert earlier["metrics"] == before and [e["epoch"] for e in earlier["curve"]] == [1, 2]
     assert [e["epoch"] for e in extended["curves"][unit]] == [1, 2, 3, 4]
+
+
+def test_sittings_with_disjoint_units_train_one_record_side_by_side(tiny, monkeypatch):
+    """Sitting B (--units *-T1-*) is overtaken mid-way by sitting C (--units *-T2-*) on the same record
+    file: each write takes in the other's units, so neither undoes the other's work, every segment is
+    kept, and the record is complete when the last unit is."""
+    separate = replace(TINY, jobs=(replace(TINY.jobs[0], per_step_loss=False), TINY.jobs[1]))
+    monkeypatch.setitem(suites.SUITES, "tiny", separate)
+    runner.run(tiny("run", units=("throughput-*",)), log=quiet)
+    t1, t2 = (u.id for u in runner.units(separate, None)[:2])
+    assert t1.endswith("-T1-s0") and t2.endswith("-T2-s0")
+    real_run_unit = runner.Runner.run_unit
+    overtaken = []
+
+    def run_unit(self, unit, record, path):
+        if unit.id == t1 and not overtaken:  # C starts and finishes while B trains its unit
+            overtaken.append(runner.run(tiny("run", resume=True, units=("*-T2-*",)), log=quiet)[0])
+        return real_run_unit(self, unit, record, path)
+
+    monkeypatch.setattr(runner.Runner, "run_unit", run_unit)
+    done, path = runner.run(tiny("run", resume=True, units=("*-T1-*",)), log=quiet)
+    assert overtaken[0]["jobs"][t2]["status"] == "complete" and overtaken[0]["status"] == "incomplete"
+    on_disk = records.read(path)
+    for rec in (done, on_disk):
+        assert {u: j["status"] for u, j in rec["jobs"].items()} == {
+            t1: "complete", t2: "complete", "throughput-classifier": "complete"}
+        assert rec["status"] == "complete" and rec["targets"]
+        assert len(rec["segments"]) == 3 and len({s["id"] for s in rec["segments"]}) == 3
+        assert {m["params"].get("job") for m in rec["metrics"] if m["name"] == "test_error"} == {t1, t2}
+        assert set(rec["curves"]) >= {t1, t2}
+    c_metrics = [m for m in overtaken[0]["metrics"] if m["params"].get("job") == t2]
+    assert [m for m in on_disk["metrics"] if m["params"].get("job") == t2] == c_metrics  # C's work, untouched
+
+
+def test_a_sitting_without_units_owns_the_whole_record(tiny, monkeypatch):
+    """Without --units a sitting trains every unit: it writes the record as it holds it, reading nothing back."""
+    from bench import resume
+
+    monkeypatch.setattr(resume, "merge_other_sittings", lambda *a: pytest.fail("merged without --units"))
+    rec, _ = runner.run(tiny("run"), log=quiet)
+    assert rec["status"] == "complete"
