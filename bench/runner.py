@@ -231,7 +231,7 @@ class Runner:
             if not pending:
                 raise ResumeError(f"{path} is complete; nothing to resume (give a larger --epochs or --time-budget "
                                "to extend it, or start a new run without --resume)")
-            if not any(self._wanted(u) for u in pending):
+            if not any(self._mine(u.id) for u in pending):
                 raise ResumeError(f"{path}: no unfinished unit matches --units {' '.join(o.units)}; its unfinished "
                                   f"units are {', '.join(u.id for u in pending)}")
             if o.checkpoint_dir is None:  # where the record's checkpoints were written
@@ -277,10 +277,6 @@ class Runner:
 
     def _pending(self, record: dict) -> list[Unit]:
         return [u for u in self.units if not self._finished(record, u)]
-
-    def _wanted(self, unit: Unit) -> bool:
-        """Whether this sitting trains ``unit`` (--units; every unit without it)."""
-        return self._mine(unit.id)
 
     def _sweep_path(self, path: Path) -> Path:
         """--sweep-parallel: each rank's own record, NAME.rankR-of-W.json."""
@@ -383,7 +379,7 @@ class Runner:
                 if self._finished(record, unit):
                     self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: complete in the record, skipped")
                     continue
-                if not self._wanted(unit):
+                if not self._mine(unit.id):
                     self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: not in --units, left for another sitting")
                     waiting.append(unit.id)
                     continue
