@@ -88,7 +88,7 @@ def plot_error_vs_glimpses(recs, out, figures) -> None:
         for proto, by_t in sorted(protos.items()):
             ts = sorted(by_t)
             mean = [100 * np.mean(by_t[t]) for t in ts]
-            std = [100 * np.std(by_t[t]) for t in ts]
+            std = [100 * np.std(by_t[t], ddof=1) if len(by_t[t]) > 1 else 0.0 for t in ts]  # sample std, as the tables
             n = max(len(by_t[t]) for t in ts)
             ax.errorbar(ts, mean, yerr=std, marker="o", capsize=3, label=f"ours, {proto} (up to {n} seeds)")
         pts = [p for p in paper.error_points(ds) if p["glimpses"] is not None]

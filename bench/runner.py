@@ -786,7 +786,7 @@ SHOWN = ("model", "dataset", "glimpses", "protocol", "attention", "attention_typ
 
 
 def summary_table(record: dict) -> str:
-    """A plain-text table of every metric (mean +- std over seeds), then the targets."""
+    """A plain-text table of every metric (mean +- sample std over seeds, as in `bench tables`), then the targets."""
     groups: dict = {}
     for m in record["metrics"]:
         key = (m["name"], tuple((k, m["params"].get(k)) for k in SHOWN if m["params"].get(k) is not None))
@@ -797,7 +797,7 @@ def summary_table(record: dict) -> str:
         first = {**ms[0], "value": float(np.mean(vals))}
         val = _fmt(first)
         if len(vals) > 1:
-            val += f" +- {_fmt({**ms[0], 'value': float(np.std(vals)), 'stats': {}}).split(' ')[0]}"
+            val += f" +- {_fmt({**ms[0], 'value': float(np.std(vals, ddof=1)), 'stats': {}}).split(' ')[0]}"
         rows.append((name, " ".join(f"{k}={v}" for k, v in params), ",".join(str(m["seed"]) for m in ms), val))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

@@ -83,3 +83,9 @@ def test_one_repeat_shows_no_spread(one_thread):
     assert "IQR" not in logs[-1] and "one repeat" in logs[-1]
     text = runner.summary_table(dry({**make_record(), "metrics": ms}))
     assert "IQR" not in text and "(one repeat)" in text and "not measurements" in text
+
+
+def test_the_summary_spread_is_the_sample_std_as_in_the_tables():
+    text = runner.summary_table(make_record(seeds=(0, 1, 2)))  # T = 8: 8.0%, 8.1%, 8.2% over seeds 0-2
+    row = next(line for line in text.splitlines() if line.startswith("test_error") and "glimpses=8" in line)
+    assert row.endswith("8.10% +- 0.10%"), row  # the population std would read 0.08%
