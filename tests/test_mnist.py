@@ -213,12 +213,17 @@ def test_concurrent_fetches_do_not_corrupt_each_other(tmp_path):
 
 
 def test_second_load_is_fast(mnist_data):
-    """In a fresh process, loading all 70,000 verified images takes well under a second."""
+    """In a fresh process, loading all 70,000 verified images hashes nothing (the stamps vouch for the
+    files) and maps them instead of reading them: well under a second on the machines seen (0.1-0.6 s,
+    more under load), so an order of magnitude above that fails."""
     code = ("import time; t = time.perf_counter(); from datasets import mnist;"
+            "mnist.sha256_file = lambda path: (_ for _ in ()).throw(AssertionError(f'hashed {path}'));"
             "a, _ = mnist.load('train'); b, _ = mnist.load('test'); int(a[-1].sum()) + int(b[-1].sum());"
-            "print(time.perf_counter() - t)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert float(out.stdout) < 0.5
+            "print(time.perf_counter() - t, type(a).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-800:]
+    seconds, kind = out.stdout.split()
+    assert kind == "memmap" and float(seconds) < 5.0
 
 
 def test_cli_fetch_prints_folder_and_repairs_a_corrupt_file(tmp_path, raw_files):
