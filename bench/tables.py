@@ -202,8 +202,20 @@ def _signature(record_path: str, unit) -> str:
     job = unit_job(rec, unit) if isinstance(unit, str) else {}
     if not job:
         return f"record {record_path}"  # nothing to compare: the record alone
+    job = _with_defaults(job)
     same = {k: v for k, v in job.items() if k not in ("seeds", "seeds_by_glimpses", "glimpses")}
     return json.dumps([rec.get("suite"), same], sort_keys=True, default=str)
+
+
+def _with_defaults(job: dict) -> dict:
+    """A recorded job with the settings it does not name at their defaults (older records stored only
+    some), as `bench run --resume` reads it (bench/resume.py), so that equal recipes compare equal."""
+    from bench import suites
+
+    types = {t.kind: t for t in (suites.ClassifierJob, suites.DrawJob, suites.BaselineJob, suites.ThroughputJob,
+                                 suites.RamJob, suites.PluginJob)}
+    kind = types.get(job.get("kind"))
+    return {**suites.settings(kind()), **job} if kind else job
 
 
 def runs(rows: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFrame]]:

@@ -255,3 +255,16 @@ def test_an_extended_unit_keeps_its_finished_run_in_the_row_of_that_budget(tmp_p
     shorter = next(r for r in rows if "budget 100 epochs; 100 epochs, 5.00 M images" in r)
     assert "| 11.00% +- 1.00% (10.00%, 12.00%, 11.00%) | 0, 1, 2 |" in shorter  # seed 0's 100-epoch figure kept
     assert "at the end: still improving (best valid fell 1.00 pts" in shorter  # the curve of its 100 epochs
+
+
+def test_a_job_recorded_without_its_default_settings_shares_the_row_of_its_recipe(tmp_path):
+    """Older records stored a job with only some settings; at their defaults the rest are the same recipe."""
+    runs = tmp_path / "runs"
+    full = _one_seed_record(0, 0.10)
+    short = _one_seed_record(1, 0.12)
+    unit = "ram-cluttered100-T4-s1"
+    short["jobs"][unit]["job"] = {k: v for k, v in short["jobs"][unit]["job"].items() if k != "batch_size"}
+    records.write(full, runs / "ram-s0.json")
+    records.write(short, runs / "ram-s1.json")
+    rows = [line for line in tables.markdown(runs).splitlines() if line.startswith("| RAM")]
+    assert len(rows) == 1 and "| 0, 1 |" in rows[0]
