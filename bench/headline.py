@@ -1,5 +1,6 @@
-"""The paper's figures beside ours, one row each: our figure is that of the most-trained finished run
-(the most images per model; then the most seeds; then the latest), every seed shown. The full tables (bench/tables.py)
+"""The paper's figures beside ours, one row each: our figure is that of the finished run with the most
+seeds, and among those the most-trained (the most images per model; then the latest), every seed shown:
+a longer run that has finished fewer seeds so far never stands in for all of them. The full tables (bench/tables.py)
 keep every run; `bench status` says where the runs still in training stand."""
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _most_trained(groups: list[tuple[tuple, pd.DataFrame]]) -> pd.DataFrame | No
     if not groups:
         return None
     # then the later run, where records do not say how many images their models saw
-    return max((g for _, g in groups), key=lambda g: (_images(g), g["seed"].nunique(), g["started_at"].max()))
+    return max((g for _, g in groups), key=lambda g: (g["seed"].nunique(), _images(g), g["started_at"].max()))
 
 
 def _row(label: str, published: str, g: pd.DataFrame | None, fmt, root: Path, extra: str = "",
@@ -53,7 +54,8 @@ def _row(label: str, published: str, g: pd.DataFrame | None, fmt, root: Path, ex
 
 
 def table(df: pd.DataFrame, root: Path = Path(".")) -> str:
-    """Markdown: Table 1's and Table 2's published figures, each beside our most-trained finished run."""
+    """Markdown: Table 1's and Table 2's published figures, each beside our most-trained finished run of
+    the most seeds."""
     rows = ["| figure | paper | ours: mean +- std (every seed) | seeds | training per model | record |",
             "| --- | --- | --- | --- | --- | --- |"]
     err = df[df["name"] == "test_error"]

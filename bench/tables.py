@@ -509,7 +509,7 @@ def markdown(records: str | Path = "results/runs", link_root: str | Path = ".") 
     root = Path(link_root)
     from bench import headline
 
-    return ("### Against the paper: our most-trained finished run for each published figure\n\n"
+    return ("### Against the paper: for each published figure, our most-trained finished run of the most seeds\n\n"
             + headline.table(df, root)
             + "\n\n### Table 1: test error, 100x100 cluttered translated MNIST\n\n" + table1(df, root, Path("."))
             + "\n\n### Glimpse models on 60x60 cluttered MNIST, beside the RAM paper\n\n" + table_ram60(df, root)

@@ -48,11 +48,20 @@ def _headline(runs) -> list[str]:
 def test_the_most_trained_run_stands_beside_the_paper_with_every_seed(tmp_path):
     runs = tmp_path / "runs"
     records.write(_classifier_record({0: 0.05, 1: 0.07, 2: 0.06}, epochs=50), runs / "short.json")
-    records.write(_classifier_record({0: 0.04, 1: 0.045}, epochs=150), runs / "long.json")
+    records.write(_classifier_record({0: 0.04, 1: 0.045, 2: 0.05}, epochs=150), runs / "long.json")
     row = next(r for r in _headline(runs) if r.startswith("| Table 1, differentiable RAM, T = 8 |"))
     assert "| 3.36% |" in row
-    assert "4.25% +- 0.35% (4.00%, 4.50%) | 0, 1 |" in row  # the 150-epoch run: more images per model
+    assert "4.50% +- 0.50% (4.00%, 4.50%, 5.00%) | 0, 1, 2 |" in row  # the 150-epoch run: more images per model
     assert "150 epochs, 7.50 M images" in row and "long.json" in row and "short.json" not in row
+
+
+def test_a_longer_run_of_fewer_seeds_never_stands_in_for_all_of_them(tmp_path):
+    """While a longer budget has finished only its best seed so far, the row keeps every seed's run."""
+    runs = tmp_path / "runs"
+    records.write(_classifier_record({0: 0.05, 1: 0.07, 2: 0.06}, epochs=100), runs / "all.json")
+    records.write(_classifier_record({0: 0.04}, epochs=150), runs / "one.json")
+    row = next(r for r in _headline(runs) if r.startswith("| Table 1, differentiable RAM, T = 8 |"))
+    assert "6.00% +- 1.00% (5.00%, 7.00%, 6.00%) | 0, 1, 2 |" in row and "all.json" in row and "one.json" not in row
 
 
 def test_a_figure_without_a_finished_run_says_so(tmp_path):
