@@ -394,28 +394,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def usage_errors() -> tuple[type[BaseException], ...]:
+    """What a command refuses with exit 2 and a one-line message: bad input, missing data or device, a
+    damaged file, a changed recipe. Caught before RunError and TrainingError (exit 1), since some
+    CheckpointErrors and UsageErrors are also those."""
+    from bench.checkpoints import CheckpointError
+    from bench.distributed import DistError
+    from bench.records import RecordError
+    from bench.resume import RecipeChanged
+    from bench.suites import SuiteError
+    from datasets.generator import SpecError
+    from datasets.mnist import DataError
+    from models.training import DeviceError
+
+    return (UsageError, SuiteError, RecordError, DeviceError, CheckpointError, DataError, SpecError, DistError,
+            OSError, RecipeChanged)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
-    from bench.checkpoints import CheckpointError
-    from bench.distributed import DistError
-    from bench.records import RecordError
-    from bench.resume import RecipeChanged
     from bench.runner import RunError
-    from bench.suites import SuiteError
     from bench.training_loop import TrainingError
-    from datasets.generator import SpecError
-    from datasets.mnist import DataError
-    from models.training import DeviceError
 
-    # CheckpointError and UsageError come first: some of them are also RunError or TrainingError
-    unusable = (UsageError, SuiteError, RecordError, DeviceError, CheckpointError, DataError, SpecError, DistError,
-                OSError)
     try:
         return args.func(args)
-    except unusable + (RecipeChanged,) as e:
+    except usage_errors() as e:
         print(f"{parser.prog} {args.command}: error: {message(e)}", file=sys.stderr)
         return EXIT_USAGE
     except (RunError, TrainingError) as e:

@@ -1,7 +1,7 @@
 """The paper's figures beside ours, one row each: our figure is that of the finished run with the most
-seeds, and among those the most-trained (the most images per model; then the latest), every seed shown:
-a longer run that has finished fewer seeds so far never stands in for all of them. The full tables (bench/tables.py)
-keep every run; `bench status` says where the runs still in training stand."""
+seeds, and among those the most-trained (the most images per model; then the latest), every seed
+shown: a longer run that has finished fewer seeds so far never stands in for all of them. The full
+tables (bench/tables.py) keep every run; `bench status` says where the runs still in training stand."""
 
 from __future__ import annotations
 
@@ -25,11 +25,7 @@ def _training(g: pd.DataFrame) -> str:
     """Epochs and images per model, then whether validation was still improving at the end."""
     pairs = tables._unit_records(g)
     done = [tables.unit_entry(tables._read(r), u) for u, r in pairs]
-    text = ""
-    if done and all("epochs" in d for d in done):
-        images = [d.get("images_seen", d.get("train_images_seen", 0)) / 1e6 for d in done]
-        text = (f"{tables._range([d['epochs'] for d in done], str)} epochs, "
-                f"{tables._range(images, lambda v: f'{v:.2f}')} M images")
+    text = tables.epochs_and_images(done) if done and all("epochs" in d for d in done) else ""
     at_end = tables._at_end(pairs).removeprefix("; ")
     return "; ".join(t for t in (text, at_end) if t)
 

@@ -162,18 +162,15 @@ def main(argv: list[str] | None = None) -> int:
                              checkpoint_dir=args.checkpoint_dir, compact_checkpoints=args.compact_checkpoints)
     from bench.distributed import stop_signals_to_interrupt
 
-    stop_signals_to_interrupt()
-    from bench.checkpoints import CheckpointError
-    from bench.resume import RecipeChanged
-    from datasets.mnist import DataError
-    from models.training import DeviceError
+    from bench.cli import usage_errors
 
+    stop_signals_to_interrupt()
     try:
         record, path = runner.run(opts, log=lambda m: print(m, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
         print("interrupted: continue with the same arguments and --resume", file=sys.stderr)
         return 130
-    except (DeviceError, DataError, CheckpointError, RecipeChanged, records.RecordError) as e:
+    except usage_errors() as e:
         print(f"{ap.prog}: error: {e}", file=sys.stderr)
         return 2
     print(format_summary(time_to_accuracy(record)))

@@ -136,6 +136,12 @@ def _range(values, fmt) -> str:
     return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}-{fmt(hi)}"
 
 
+def epochs_and_images(done: list[dict]) -> str:
+    """'E epochs, N M images' per model (ranges over the models) from their jobs' entries."""
+    images = [d.get("images_seen", d.get("train_images_seen", 0)) / 1e6 for d in done]
+    return f"{_range([d['epochs'] for d in done], str)} epochs, {_range(images, lambda v: f'{v:.2f}')} M images"
+
+
 def _training(g: pd.DataFrame) -> str:
     """The recipe and the training behind a row: schedule, lr, batch, window init; epochs, images and
     core-hours per model (train time x threads); budgets never pool (see `runs`)."""
@@ -156,8 +162,7 @@ def _training(g: pd.DataFrame) -> str:
     minutes = job.get("time_budget_min")
     recipe += f"; budget {minutes:g} min" if minutes else f"; budget {job.get('epochs')} epochs"
     if all("images_seen" in d for d in done):
-        recipe += (f"; {_range([d['epochs'] for d in done], str)} epochs, "
-                   f"{_range([d['images_seen'] / 1e6 for d in done], lambda v: f'{v:.2f}')} M images, "
+        recipe += (f"; {epochs_and_images(done)}, "
                    f"{_range([d['train_time_s'] * t / 3600 for d, t in zip(done, threads)], lambda v: f'{v:.2f}')} "
                    "core-h")
     recipe += _products(done) + _rollbacks(job, done, units) + _at_end(pairs)

@@ -23,7 +23,8 @@ def _module():
 def _repo(tmp_path: Path, mod) -> Path:
     records.write(_classifier_record({0: 0.05, 1: 0.06}, epochs=10), tmp_path / "results" / "runs" / "a.json")
     (tmp_path / "docs").mkdir()
-    for path, name in ((tmp_path / "README.md", "against the paper"), (tmp_path / "docs" / "results.md", "full tables")):
+    docs = ((tmp_path / "README.md", "against the paper"), (tmp_path / "docs" / "results.md", "full tables"))
+    for path, name in docs:
         path.write_text(f"# Title\n\nby hand\n\n{mod.BEGIN.format(name)}\n\nold\n\n{mod.END.format(name)}\n\nafter\n")
     return tmp_path
 
