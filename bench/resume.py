@@ -60,6 +60,27 @@ def budget(job) -> dict:
     return {k: getattr(job, k, None) for k in BUDGET_FIELDS}
 
 
+def finished_budget(entry: dict, current: dict) -> dict:
+    """The budget a finished unit's record ``entry`` finished under. Units that finished before records
+    kept their budget lack one: when the epoch budget stopped them it was their epochs, whatever the
+    record's config says since a longer sitting rewrote it; otherwise the ``current`` budget stands."""
+    if entry.get("budget"):
+        return entry["budget"]
+    if entry.get("stopped_by") == "epochs" and entry.get("epochs"):
+        return {**current, "epochs": entry["epochs"]}
+    return dict(current)
+
+
+def stamp_budgets(record: dict, current_of) -> None:
+    """Write into each finished trained unit lacking one the budget it finished under (``current_of(unit)``:
+    the budget its job has now, or None for a unit not trained), so that a longer budget given later
+    extends it instead of taking it for finished, and its table row shows its own budget."""
+    for unit, entry in record.get("jobs", {}).items():
+        current = current_of(unit)
+        if current is not None and entry.get("status") == "complete" and not entry.get("budget"):
+            entry["budget"] = finished_budget(entry, current)
+
+
 class Sitting:
     """One process's work on a record: appended to ``record["segments"]`` and kept up to date."""
 

@@ -239,6 +239,8 @@ class Runner:
             else:  # moved there: later resumes look there too
                 record["config"].setdefault("options", {})["checkpoint_dir"] = o.checkpoint_dir
             record["status"] = "incomplete"
+            trained = {u.id: u.job for u in self.units if u.job.kind in TRAINED_KINDS}
+            resume.stamp_budgets(record, lambda u: resume.budget(trained[u]) if u in trained else None)
             record["config"]["suite"] = suites.as_record(self.suite)  # the budget applied from now on
             record.setdefault("resumed_at", []).append(records.utc_now())
             record["machine_resumed"] = self.machine
@@ -272,8 +274,8 @@ class Runner:
         done = record["jobs"].get(unit.id, {})
         if done.get("status") != "complete":
             return False
-        return unit.job.kind not in TRAINED_KINDS or done.get("budget", resume.budget(unit.job)) == \
-            resume.budget(unit.job)
+        return unit.job.kind not in TRAINED_KINDS or \
+            resume.finished_budget(done, resume.budget(unit.job)) == resume.budget(unit.job)
 
     def _pending(self, record: dict) -> list[Unit]:
         return [u for u in self.units if not self._finished(record, u)]
@@ -316,11 +318,15 @@ class Runner:
         """Whether this sitting trains the unit ``unit_id`` (--units; every unit without it)."""
         return self.opts.units is None or any(fnmatch.fnmatchcase(unit_id, p) for p in self.opts.units)
 
-    def save(self, record: dict, path: Path) -> None:
+    def save(self, record: dict, path: Path, settle=None) -> None:
         """Write the record (and its artifacts). A sitting on some units (--units) first takes in what
         other sittings on the same file wrote for the other units, under a lock: sittings with disjoint
-        --units can train one record side by side (bench/resume.py: merge_other_sittings)."""
-        if self.opts.rank != 0:
+        --units can train one record side by side (bench/resume.py: merge_other_sittings). ``settle``,
+        the last write's, sets the record's status from what it holds then, under the same lock, and
+        the index follows: of two sittings that end together, the later always sees the other's units."""
+        if self.opts.rank != 0:  # rank 0 writes
+            if settle is not None:
+                settle(record)
             return
         if self.sitting is not None:
             self.sitting.update()
@@ -331,6 +337,8 @@ class Runner:
                 resume.merge_other_sittings(record, records.read(path), self._mine,
                                             self.sitting.entry if self.sitting is not None else None)
                 self._merge_artifacts(path)
+            if settle is not None:
+                settle(record)
             if self.artifacts:
                 from datasets.fileio import atomic_write_bytes
 
@@ -340,6 +348,8 @@ class Runner:
                 os.chmod(self._artifact_path(path), 0o644)
                 record["artifacts"] = self._artifact_path(path).name
             records.write(record, path)
+            if settle is not None and not self.opts.dry_run:
+                records.update_index(path, record)
 
     def _merge_artifacts(self, path: Path) -> None:
         """The other sittings' units' arrays (keys "<unit>/...") as they are on disk now."""
@@ -410,35 +420,35 @@ class Runner:
         except BaseException as e:
             self._stop(record, path, "failed", f"{type(e).__name__}: {e}")
             raise
-        if waiting:
-            self.save(record, path)  # takes in what sittings beside this one have finished meanwhile
-            waiting = [u for u in waiting if record["jobs"].get(u, {}).get("status") != "complete"]
-        if waiting:  # the record goes on in another sitting
-            self.log(f"{len(waiting)} unit(s) not in --units wait for another sitting: {', '.join(waiting)}")
-            self._stop(record, path, "incomplete", f"units left for another sitting (--units): {len(waiting)}")
-            return record, path
-        record["status"] = "complete"
-        record["finished_at"] = records.utc_now()
-        if self.sitting is not None:
-            self.sitting.update("complete")
-        # one batch of training reaches nothing: a dry run checks that everything runs, not the targets
-        record["targets"] = [] if self.opts.dry_run else check_targets(self.suite, record["metrics"])
-        self.save(record, path)
-        if self.opts.rank == 0 and not self.opts.dry_run:
-            records.update_index(path, record)
+        left = []
+
+        def settle(rec: dict) -> None:  # under the record's lock, after taking in the other sittings' units
+            left[:] = [u for u in waiting if rec["jobs"].get(u, {}).get("status") != "complete"]
+            rec["finished_at"] = records.utc_now()
+            if left:  # the record goes on in another sitting
+                rec["status"], rec["error"] = "incomplete", f"units left for another sitting (--units): {len(left)}"
+            else:
+                rec["status"], rec["error"] = "complete", None
+                # one batch of training reaches nothing: a dry run checks that everything runs, not the targets
+                rec["targets"] = [] if self.opts.dry_run else check_targets(self.suite, rec["metrics"])
+            if self.sitting is not None:
+                self.sitting.update(rec["status"])
+
+        self.save(record, path, settle=settle)
+        if left:
+            self.log(f"{len(left)} unit(s) not in --units wait for another sitting: {', '.join(left)}")
         return record, path
 
     def _stop(self, record: dict, path: Path, status: str, why: str) -> None:
-        for unit_id, j in record["jobs"].items():
-            if j.get("status") == "running" and self._mine(unit_id):  # not another sitting's units
-                j["status"] = status
-        record["status"], record["error"] = status, why
-        record["finished_at"] = records.utc_now()
-        if self.sitting is not None:
-            self.sitting.update(status)
-        self.save(record, path)
-        if self.opts.rank == 0 and not self.opts.dry_run:
-            records.update_index(path, record)
+        def settle(rec: dict) -> None:
+            for unit_id, j in rec["jobs"].items():
+                if j.get("status") == "running" and self._mine(unit_id):  # not another sitting's units
+                    j["status"] = status
+            rec["status"], rec["error"], rec["finished_at"] = status, why, records.utc_now()
+            if self.sitting is not None:
+                self.sitting.update(status)
+
+        self.save(record, path, settle=settle)
 
     def run_unit(self, unit: Unit, record: dict, path: Path) -> tuple[list[dict], dict]:
         kind = unit.job.kind

@@ -12,6 +12,7 @@ import pandas as pd
 
 from bench import paper
 from bench.records import load_all, metric_row
+from bench.resume import BUDGET_FIELDS, finished_budget
 
 
 def _pct(v: float) -> str:
@@ -92,8 +93,8 @@ def unit_job(rec: dict, unit: str) -> dict:
     time are still those of the finished run until the extension ends."""
     entry = unit_entry(rec, unit)
     job = _job_of(rec, _split_unit(unit)[0], entry)
-    if job and entry.get("budget"):
-        job = {**job, **entry["budget"]}
+    if job:
+        job = {**job, **finished_budget(entry, {k: job.get(k) for k in BUDGET_FIELDS})}
     return job
 
 

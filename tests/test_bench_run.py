@@ -349,6 +349,40 @@ def test_an_extended_unit_keeps_the_run_it_extended(tiny, monkeypatch):
     assert [e["epoch"] for e in extended["curves"][unit]] == [1, 2, 3, 4]
 
 
+def test_a_unit_finished_before_records_kept_budgets_finished_under_its_own(tiny, monkeypatch):
+    """A unit that finished before units kept their budget, in a record whose config a longer sitting
+    has since rewritten (4 epochs): it finished under the 2 epochs it stopped at, so a 4-epoch resume
+    extends it rather than skipping it, the resume writes that budget into it, and its table row says 2."""
+    from bench import tables
+
+    first, path = runner.run(tiny("run"), log=quiet)
+    unit = next(u for u in first["jobs"] if u.startswith("classifier"))
+    old = records.read(path)
+    for entry in old["jobs"].values():
+        entry.pop("budget", None)
+        entry.pop("job", None)
+    old["config"]["suite"]["jobs"][0]["epochs"] = 4
+    records.write(old, path)
+    assert tables.unit_job(records.read(path), unit)["epochs"] == 2
+    lines = []
+    calls = []
+    real_run_unit = runner.Runner.run_unit
+
+    def stop_at_start(self, u, record, p):
+        calls.append(u.id)
+        assert record["jobs"][unit]["extending_from"]["info"]["budget"]["epochs"] == 2
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.Runner, "run_unit", stop_at_start)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(replace(tiny("run", resume=True), epochs=4), log=lines.append)
+    assert calls == [unit] and any(f"{unit} (extending its budget)" in line for line in lines)
+    monkeypatch.setattr(runner.Runner, "run_unit", real_run_unit)
+    done, _ = runner.run(replace(tiny("run", resume=True), epochs=4), log=quiet)
+    assert done["jobs"][unit]["budget"]["epochs"] == 4 and done["jobs"][unit]["earlier"][0]["info"]["budget"] == \
+        {"epochs": 2, "time_budget_min": None}
+
+
 def test_sittings_with_disjoint_units_train_one_record_side_by_side(tiny, monkeypatch):
     """Sitting B (--units *-T1-*) is overtaken mid-way by sitting C (--units *-T2-*) on the same record
     file: each write takes in the other's units, so neither undoes the other's work, every segment is
@@ -379,6 +413,34 @@ def test_sittings_with_disjoint_units_train_one_record_side_by_side(tiny, monkey
         assert set(rec["curves"]) >= {t1, t2}
     c_metrics = [m for m in overtaken[0]["metrics"] if m["params"].get("job") == t2]
     assert [m for m in on_disk["metrics"] if m["params"].get("job") == t2] == c_metrics  # C's work, untouched
+
+
+def test_of_two_sittings_that_end_together_the_later_completes_the_record(tiny, monkeypatch):
+    """Sitting B (--units *-T1-*) ends while C's unit (T2) is still unfinished, and C finishes at once,
+    right after B's last look at the record: C sees B's unit complete and completes the record, and
+    nothing B writes afterwards marks it incomplete again, in the record or in the index."""
+    separate = replace(TINY, jobs=(replace(TINY.jobs[0], per_step_loss=False), TINY.jobs[1]))
+    monkeypatch.setitem(suites.SUITES, "tiny", separate)
+    runner.run(tiny("run", units=("throughput-*",)), log=quiet)
+    t1, t2 = (u.id for u in runner.units(separate, None)[:2])
+    real_save = runner.Runner.save
+    saves_after_t1 = []
+
+    def save(self, record, path, settle=None):
+        real_save(self, record, path, settle=settle)
+        if self.opts.units == ("*-T1-*",) and record["jobs"].get(t1, {}).get("status") == "complete":
+            saves_after_t1.append(record["status"])
+            if len(saves_after_t1) == 2:  # B has looked for C's unit: C runs start to end now
+                monkeypatch.setattr(runner.Runner, "save", real_save)
+                runner.run(tiny("run", resume=True, units=("*-T2-*",)), log=quiet)
+
+    monkeypatch.setattr(runner.Runner, "save", save)
+    runner.run(tiny("run", resume=True, units=("*-T1-*",)), log=quiet)
+    assert len(saves_after_t1) == 2
+    on_disk = records.read(tiny("run").out)
+    assert {u: j["status"] for u, j in on_disk["jobs"].items()} == {
+        t1: "complete", t2: "complete", "throughput-classifier": "complete"}
+    assert on_disk["status"] == "complete" and on_disk["error"] is None and on_disk["targets"]
 
 
 def test_a_sitting_without_units_owns_the_whole_record(tiny, monkeypatch):
