@@ -111,6 +111,38 @@ def test_crash_then_resume_matches_uninterrupted(tiny, monkeypatch):
     assert {r.verdict for r in res.rows if r.name.endswith("error")} == {"same"}
 
 
+def test_a_stop_during_the_final_evaluation_resumes_into_the_evaluation_alone(tiny, monkeypatch):
+    """Stopped while scoring the test set after the last epoch (DRAW's IWAE takes most of an hour): the
+    resume trains nothing more and scores what an uninterrupted run scores, with the same curve."""
+    from bench import tasks
+
+    ref, _ = runner.run(tiny("ref"), log=quiet)
+    orig = tasks.ClassifierTask.evaluate
+
+    def stopped_in_test(self, model, split, *a, **kw):
+        if split == "test":
+            raise KeyboardInterrupt("terminated by signal 15")
+        return orig(self, model, split, *a, **kw)
+
+    monkeypatch.setattr(tasks.ClassifierTask, "evaluate", stopped_in_test)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(tiny("run"), log=quiet)
+    unit = next(u for u in ref["jobs"] if u.startswith("classifier"))
+    stopped = records.read(tiny("run").out)
+    assert stopped["jobs"][unit]["status"] == "incomplete" and len(stopped["curves"][unit]) == 2
+    monkeypatch.setattr(tasks.ClassifierTask, "evaluate", orig)
+    trained = []
+    real_loss = tasks.ClassifierTask.loss
+    monkeypatch.setattr(tasks.ClassifierTask, "loss", lambda *a: trained.append(1) or real_loss(*a))
+    done, _ = runner.run(tiny("run", resume=True), log=quiet)
+    assert not trained and done["status"] == "complete"
+    pick = lambda rec: sorted((m["name"], m["params"].get("glimpses"), m["value"])  # noqa: E731
+                              for m in rec["metrics"] if m["name"] in ("test_error", "valid_error"))
+    assert pick(done) == pick(ref)
+    strip = lambda c: [{k: v for k, v in e.items() if not k.endswith("time_s")} for e in c]  # noqa: E731
+    assert strip(done["curves"][unit]) == strip(ref["curves"][unit])
+
+
 def test_resume_skips_finished_units(tiny, monkeypatch):
     def boom(self, unit):
         raise RuntimeError("throughput exploded")
