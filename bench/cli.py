@@ -62,6 +62,18 @@ def seed_list(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(values))
 
 
+def settings_list(text: str) -> dict:
+    from bench import suites
+
+    try:
+        values = suites.parse_settings(text)
+    except suites.SuiteError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--set: ")) from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one setting, e.g. hidden=512")
+    return values
+
+
 def positive(kind):
     def parse(text: str):
         try:
@@ -122,6 +134,11 @@ def cmd_run(args) -> int:
         check_writable(args.out)
     if args.checkpoint_dir:
         check_output_folder(args.checkpoint_dir, "--checkpoint-dir")
+    if args.settings:
+        try:  # a setting no job has, or a value its config refuses, is refused before any work
+            suites.with_deviations(suites.get(args.suite), args.settings)
+        except suites.SuiteError as e:
+            raise UsageError(str(e)) from None
     if args.model:
         from bench import plugins
 
@@ -131,6 +148,7 @@ def cmd_run(args) -> int:
                              units=tuple(args.units) if args.units else None, seeds=args.seeds,
                              device=args.device,
                              epochs=args.epochs, time_budget_min=args.time_budget, on_relapse=args.on_relapse,
+                             settings=args.settings,
                              data_dir=args.data_dir, out=args.out, resume=args.resume, dry_run=args.dry_run, reference=args.reference,
                              threads=args.threads,
                              checkpoint_dir=args.checkpoint_dir, model=args.model,
@@ -159,7 +177,8 @@ def cmd_run(args) -> int:
 
 # What a record was made with, and what a resume that does not say otherwise takes from it: the units it
 # holds and how they train, so `bench run --suite S --resume --out RECORD` continues any record.
-_RECORD_SELECTION = {"glimpses": tuple, "seeds": tuple, "jobs": tuple, "on_relapse": str, "model": str}
+_RECORD_SELECTION = {"glimpses": tuple, "seeds": tuple, "jobs": tuple, "on_relapse": str, "model": str,
+                     "settings": dict}
 
 
 def _selection_from_record(args, record: dict) -> None:
@@ -315,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--on-relapse", choices=ON_RELAPSE,
                    help="a recipe setting of every trained model (default: the suite's, continue): rollback "
                         "returns to the best-valid weights and halves the rate when validation relapses")
+    r.add_argument("--set", dest="settings", type=settings_list, metavar="NAME=VALUE,...",
+                   help="deviate from the suite's recipe: each setting in every trained job that has it, "
+                        "e.g. hidden=512 or lr=5e-4,decay_epochs=60 (bench.suites.settings names them); the "
+                        "record keeps them, a resume takes them from it, and the tables name them")
     r.add_argument("--data-dir", help="data root (default: $GLIMPSE_DATA, else ./data)")
     r.add_argument("--out", help="record path (default runs/records/<machine>/<utc>_<sha>.json, git-ignored; "
                                  "a path under results/ is indexed in results/index.csv)")

@@ -17,7 +17,6 @@ each validation threshold, and the best validation figure.
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -39,32 +38,15 @@ def parse_variant(text: str, job) -> tuple[str, dict]:
     if not label.replace("-", "").replace("_", "").isalnum():
         raise StudyError(f"variant {text!r}: start with a label of letters, digits, - or _, then ':'")
     names = set(suites.settings(job)) - {"kind", "variant", "seeds", "seeds_by_glimpses"}
-    overrides = {}
-    for item in filter(None, _split_top_level(body)):
-        key, eq, value = item.partition("=")
-        if not eq or key.strip() not in names:
-            raise StudyError(f"variant {text!r}: {item!r} is not name=value with a setting of a {job.kind} job "
-                             f"({', '.join(sorted(names))})")
-        try:
-            overrides[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            overrides[key.strip()] = value.strip()
+    try:
+        overrides = suites.parse_settings(body, where=f"variant {text!r}")
+    except suites.SuiteError as e:
+        raise StudyError(f"{e}; the settings of a {job.kind} job: {', '.join(sorted(names))}") from None
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise StudyError(f"variant {text!r}: {unknown[0]!r} is not name=value with a setting of a {job.kind} "
+                         f"job ({', '.join(sorted(names))})")
     return label, overrides
-
-
-def _split_top_level(body: str) -> list[str]:
-    """Split at commas outside brackets, so that a tuple value (betas=(0.5,0.999)) stays whole."""
-    items, depth, start = [], 0, 0
-    for i, ch in enumerate(body):
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            items.append(body[start:i])
-            start = i + 1
-    items.append(body[start:])
-    return items
 
 
 def base_job(spec: str):

@@ -54,6 +54,7 @@ class RunOptions:
     epochs: int | None = None
     time_budget_min: float | None = None
     on_relapse: str | None = None  # a recipe setting (bench/optim.py); None = the suite's
+    settings: dict | None = None  # --set: deviations from the suite's recipe, by setting name (suites.with_deviations)
     data_dir: str | None = None
     out: str | None = None
     resume: bool = False
@@ -140,6 +141,11 @@ class Runner:
                                          opts.jobs)
         except ValueError as e:
             raise SettingError(f"--jobs: {e}") from None
+        if opts.settings:
+            try:
+                self.suite = suites.with_deviations(self.suite, opts.settings)
+            except suites.SuiteError as e:
+                raise SettingError(str(e)) from None
         if opts.dry_run:
             self.suite = replace(self.suite, jobs=tuple(_dry(j) for j in self.suite.jobs))
         self.units = units(self.suite, opts.seeds)

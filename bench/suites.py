@@ -11,6 +11,8 @@ throughput.
 
 from __future__ import annotations
 
+import ast
+
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from bench.optim import Optim
@@ -457,3 +459,89 @@ def with_settings(job, **changes):
     if optim_changes:
         own_changes["optim"] = replace(job.optim, **optim_changes)
     return replace(job, **own_changes)
+
+
+# Settings that `--set` leaves to other options or that would make another benchmark of a suite
+NOT_SETTABLE = {"kind": "", "variant": "", "seeds": "--seeds", "seeds_by_glimpses": "--seeds",
+                "glimpses": "--glimpses", "epochs": "--epochs", "time_budget_min": "--time-budget",
+                "dataset": "another suite", "attention": "--jobs (the suite's jobs say which)",
+                "per_step_loss": "--jobs (the suite's jobs say which)", "num_classes": ""}
+
+
+def parse_settings(text: str, where: str = "--set") -> dict:
+    """'name=value,name=value' -> {name: value}: Python literals where they parse (512, 5e-4,
+    (0.5, 0.999), True), else the text; commas inside brackets stay in their value."""
+    out = {}
+    for item in filter(None, (i.strip() for i in _split_top_level(text))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise SuiteError(f"{where}: {item!r} is not name=value (e.g. hidden=512,lr=5e-4)")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _split_top_level(body: str) -> list[str]:
+    """Split at commas outside brackets, so that a tuple value (betas=(0.5,0.999)) stays whole."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(body):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(body[start:i])
+            start = i + 1
+    items.append(body[start:])
+    return items
+
+
+def _same_kind(value, like) -> bool:
+    """Whether ``value`` can stand where the suite has ``like``: a number for a number (an int for an
+    int), a flag for a flag, a sequence for a sequence, text for text; anything where it has None."""
+    if like is None:
+        return True
+    if isinstance(like, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(like, bool)
+    if isinstance(like, int):
+        return isinstance(value, int)
+    if isinstance(like, float):
+        return isinstance(value, (int, float))
+    if isinstance(like, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(like))
+
+
+def with_deviations(suite: Suite, changes: dict) -> Suite:
+    """The suite with ``changes`` (name -> value, `bench run --set`) made in every trained job that has
+    the setting: a deviation from the suite's recipe, which the record keeps and the tables name. A
+    setting no job of the suite has, or one another option sets, is refused with what there is."""
+    for name in changes:
+        if name in NOT_SETTABLE:
+            other = NOT_SETTABLE[name]
+            raise SuiteError(f"--set {name}: " + (f"give it with {other}" if other else "not a setting to change"))
+    trained = [j for j in suite.jobs if hasattr(j, "optim")]
+    unused = set(changes)
+    jobs = []
+    for job in suite.jobs:
+        if job in trained:
+            current = settings(job)
+            mine = {k: v for k, v in changes.items() if k in current}
+            unused -= set(mine)
+            for name, value in mine.items():
+                if not _same_kind(value, current[name]):
+                    raise SuiteError(f"--set {name}={value!r}: the {describe_job(job)} has {name}="
+                                     f"{current[name]!r}; give a value of that kind")
+            try:
+                job = with_settings(job, **mine)
+            except (TypeError, ValueError) as e:  # a value the model or optimiser config refuses
+                raise SuiteError(f"--set on {describe_job(job)}: {e}") from None
+        jobs.append(job)
+    if unused:
+        known = sorted({k for j in trained for k in settings(j)} - set(NOT_SETTABLE))
+        raise SuiteError(f"--set {', '.join(sorted(unused))}: no trained job of suite {suite.name} has "
+                         f"{'this setting' if len(unused) == 1 else 'these settings'}; theirs: {', '.join(known)}")
+    return replace(suite, jobs=tuple(jobs))
+

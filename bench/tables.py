@@ -143,6 +143,13 @@ def epochs_and_images(done: list[dict]) -> str:
     return f"{_range([d['epochs'] for d in done], str)} epochs, {_range(images, lambda v: f'{v:.2f}')} M images"
 
 
+def deviations(record_path: str) -> str:
+    """'name=value,...' of the settings a record's run changed from its suite's recipe (`bench run --set`),
+    '' for a run of the suite as it is."""
+    changed = _read(record_path).get("config", {}).get("options", {}).get("settings") or {}
+    return ",".join(f"{k}={v}" for k, v in changed.items())
+
+
 def _training(g: pd.DataFrame) -> str:
     """The recipe and the training behind a row: schedule, lr, batch, window init; epochs, images and
     core-hours per model (train time x threads); budgets never pool (see `runs`)."""
@@ -156,6 +163,9 @@ def _training(g: pd.DataFrame) -> str:
     done = [unit_entry(_read(r), u) for u, r in pairs]
     threads = [_read(r).get("machine", {}).get("threads") or 1 for _, r in pairs]
     recipe = f"{job.get('schedule', 'constant')} lr {job.get('lr')}, batch {job.get('batch_size')}"
+    changed = deviations(pairs[0][1])
+    if changed:
+        recipe = f"**deviates: --set {changed}**; {recipe}"
     if job.get("schedule") == "wsd":
         recipe += f" (warm-up {job.get('warmup_epochs'):g}, decay {job.get('decay_epochs'):g} ep)"
     if job.get("kind") in ("classifier", "draw"):  # the soft-attention models' first window

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import flops
-from .attention import Window, make_read
+from .attention import WINDOW_INITS, Window, make_read
 from .common import ConfigMixin, param_count
 from .lstm import lstm_pointwise
 
@@ -48,6 +48,8 @@ class ClassifierConfig(ConfigMixin):
                 raise ValueError(f"ClassifierConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.attention and self.read_n < 1:
             raise ValueError(f"ClassifierConfig.read_n must be >= 1 with attention, got {self.read_n}")
+        if self.window_init not in WINDOW_INITS:
+            raise ValueError(f"ClassifierConfig.window_init must be one of {WINDOW_INITS}, got {self.window_init!r}")
 
 
 class ClassifierOutput(NamedTuple):

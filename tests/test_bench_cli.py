@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,11 +98,43 @@ def test_a_resume_takes_the_records_selection_unless_told_otherwise():
     from bench.cli import _selection_from_record
 
     made_with = {"config": {"options": {"glimpses": [6], "seeds": [0], "jobs": [4], "on_relapse": "rollback",
-                                        "model": None, "compact_checkpoints": True}}}
+                                        "model": None, "compact_checkpoints": True, "settings": {"hidden": 128}}}}
     args = build_parser().parse_args(["run", "--suite", "ram60", "--resume", "--out", "r.json"])
     _selection_from_record(args, made_with)
     assert (args.glimpses, args.seeds, args.jobs, args.on_relapse) == ((6,), (0,), (4,), "rollback")
+    assert args.settings == {"hidden": 128}
     assert args.compact_checkpoints and args.model is None
     told = build_parser().parse_args(["run", "--suite", "ram60", "--resume", "--out", "r.json", "--glimpses", "4,8"])
     _selection_from_record(told, made_with)
     assert told.glimpses == (4, 8)  # what is given is kept: the runner then refuses a changed recipe by name
+
+
+def test_set_changes_a_setting_in_every_trained_job_that_has_it():
+    s = suites.with_deviations(suites.get("table1"), suites.parse_settings("hidden=512,betas=(0.5, 0.99),lr=5e-4"))
+    trained = [j for j in s.jobs if hasattr(j, "optim")]
+    assert {j.kind for j in trained} == {"classifier", "ram"}
+    assert all(j.model.hidden == 512 and j.optim.betas == (0.5, 0.99) and j.optim.lr == 5e-4 for j in trained)
+    baselines = [j for j in s.jobs if j.kind == "baseline"]
+    assert baselines == [j for j in suites.get("table1").jobs if j.kind == "baseline"]
+    only_draw = suites.with_deviations(suites.get("table2"), {"z_size": 50})
+    assert [j.model.z_size for j in only_draw.jobs] == [50, 50]
+
+
+@pytest.mark.parametrize("given, says", [
+    ("hiden=5", "--set hiden: no trained job of suite table1 has this setting; theirs: "),
+    ("epochs=3", "--set epochs: give it with --epochs"),
+    ("attention=False", "--set attention: give it with --jobs"),
+    ("hidden=abc", "--set hidden='abc': the classifier on cluttered100, T = 1,2,4,8 has hidden=256; give a value"),
+    ("hidden=512.0", "has hidden=256; give a value of that kind"),
+    ("window_init=nope", "window_init must be one of"),
+])
+def test_set_refuses_what_it_cannot_change_naming_it(given, says):
+    with pytest.raises(suites.SuiteError, match=re.escape(says)):
+        suites.with_deviations(suites.get("table1"), suites.parse_settings(given))
+
+
+def test_set_from_the_command_line(capsys):
+    p = run_cli("run", "--suite", "table1", "--set", "hidden", "--dry-run")
+    assert p.returncode == 2 and "argument --set: 'hidden' is not name=value" in p.stderr
+    assert main(["run", "--suite", "table1", "--set", "nope=1", "--dry-run"]) == 2
+    assert "--set nope: no trained job of suite table1" in capsys.readouterr().err

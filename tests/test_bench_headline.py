@@ -64,6 +64,23 @@ def test_a_longer_run_of_fewer_seeds_never_stands_in_for_all_of_them(tmp_path):
     assert "6.00% +- 1.00% (5.00%, 7.00%, 6.00%) | 0, 1, 2 |" in row and "all.json" in row and "one.json" not in row
 
 
+def test_a_run_that_deviates_from_the_recipe_has_its_own_row_beside_the_paper(tmp_path):
+    """A better figure from a run with `bench run --set hidden=512` never stands in for the suite's
+    recipe: it gets a row of its own, named by its deviation."""
+    runs = tmp_path / "runs"
+    records.write(_classifier_record({0: 0.05, 1: 0.07, 2: 0.06}, epochs=100), runs / "recipe.json")
+    deviating = _classifier_record({0: 0.03, 1: 0.032, 2: 0.034}, epochs=150)
+    deviating["config"]["options"] = {"settings": {"hidden": 512}}
+    for entry in deviating["jobs"].values():
+        entry["job"] = {**entry["job"], "hidden": 512}
+    records.write(deviating, runs / "wide.json")
+    rows = [r for r in _headline(runs) if r.startswith("| Table 1, differentiable RAM, T = 8")]
+    assert len(rows) == 2
+    assert rows[0].startswith("| Table 1, differentiable RAM, T = 8 | 3.36% | 6.00% +- 1.00%") and "recipe.json" in rows[0]
+    assert rows[1].startswith("| Table 1, differentiable RAM, T = 8, deviating: --set hidden=512 | 3.36% | 3.20%")
+    assert "wide.json" in rows[1]
+
+
 def test_a_figure_without_a_finished_run_says_so(tmp_path):
     runs = tmp_path / "runs"
     records.write(_classifier_record({0: 0.05}, epochs=10), runs / "a.json")

@@ -143,6 +143,39 @@ def test_a_stop_during_the_final_evaluation_resumes_into_the_evaluation_alone(ti
     assert strip(done["curves"][unit]) == strip(ref["curves"][unit])
 
 
+def test_a_run_with_set_keeps_its_deviation_through_resume_and_into_the_tables(tiny, monkeypatch):
+    """--set hidden=24: the record keeps it (options and each unit's job), a resume given nothing
+    takes it from the record (bench.cli), one given another value is refused by name, and the row
+    of the full tables names the deviation."""
+    from bench import cli, resume, tables, tasks
+
+    calls, orig = {"n": 0}, tasks.ClassifierTask.loss
+
+    def crashing(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return orig(self, model, batch)
+
+    monkeypatch.setattr(tasks.ClassifierTask, "loss", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(tiny("run", settings={"hidden": 24}), log=quiet)
+    monkeypatch.setattr(tasks.ClassifierTask, "loss", orig)
+    path = Path(tiny("run").out)
+    stopped = records.read(path)
+    assert stopped["config"]["options"]["settings"] == {"hidden": 24}
+    assert stopped["config"]["suite"]["jobs"][0]["model"]["hidden"] == 24
+    with pytest.raises(resume.RecipeChanged, match=r"hidden: record 24, given 32"):
+        runner.run(tiny("run", resume=True, settings={"hidden": 32}), log=quiet)
+    args = cli.build_parser().parse_args(["run", "--suite", "tiny", "--resume", "--out", str(path)])
+    cli._selection_from_record(args, stopped)
+    done, _ = runner.run(tiny("run", resume=True, settings=args.settings), log=quiet)
+    unit = next(u for u in done["jobs"] if u.startswith("classifier"))
+    assert done["status"] == "complete" and done["jobs"][unit]["job"]["model"]["hidden"] == 24
+    assert tables.deviations(str(path)) == "hidden=24"
+    assert "**deviates: --set hidden=24**; constant lr 0.001" in tables.markdown(path.parent)
+
+
 def test_resume_skips_finished_units(tiny, monkeypatch):
     def boom(self, unit):
         raise RuntimeError("throughput exploded")
