@@ -7,7 +7,10 @@ single-digit variant, each glimpse's centre is set against the centre of the dig
 generator's layout records. Per step: the error so far, the mean distance from the glimpse centre to
 the digit centre, and the share of glimpses centred on the digit's 28 x 28 box. Then the final
 errors split in two: the last glimpse off the digit's box (the attention failed) or on it (the digit
-was found and misread), with the error rate of each group. The classifier's centre is its grid
+was found and misread), with the error rate of each group, and how many misread digits an earlier
+glimpse had read right. For the classifier, what each step reads: the medians of its window's span
+and stride, filter sigma (and sigma per stride: under about 0.5 the grid samples points rather than
+averaging between them), intensity and how far it moved. The classifier's centre is its grid
 centre (gx, gy); RAM's is its patch centre at the policy's mean location.
 """
 
@@ -23,9 +26,12 @@ from datasets.generator import DIGIT
 EVAL_BATCH = 500
 
 
-def decompose(pred: np.ndarray, labels: np.ndarray, centres: np.ndarray, digit_xy: np.ndarray) -> dict:
+def decompose(pred: np.ndarray, labels: np.ndarray, centres: np.ndarray, digit_xy: np.ndarray,
+              windows: dict[str, np.ndarray] | None = None, read_n: int | None = None) -> dict:
     """pred (N, T) classes after each glimpse; labels (N,); centres (N, T, 2) glimpse centres (x, y) in
-    1-based pixels (models/attention.py); digit_xy (N, 2) the digit's top-left corner, 0-based."""
+    1-based pixels (models/attention.py); digit_xy (N, 2) the digit's top-left corner, 0-based.
+    ``windows``: the soft-attention windows' stride ``delta``, ``sigma2`` and ``gamma``, each (N, T),
+    for the grid of ``read_n`` x ``read_n`` filters: what each step reads (medians over the images)."""
     n, steps = pred.shape
     wrong = pred != labels[:, None]  # (N, T)
     centre = digit_xy[:, None, :] + (DIGIT + 1) / 2  # 1-based pixels: the box spans x0 + 1 .. x0 + DIGIT
@@ -38,33 +44,51 @@ def decompose(pred: np.ndarray, labels: np.ndarray, centres: np.ndarray, digit_x
     def rate(mask):
         return float(last_wrong[mask].mean()) if mask.any() else None
 
+    per_step = [{"step": t + 1, "error": float(wrong[:, t].mean()), "mean_distance_px": float(distance[:, t].mean()),
+                 "on_digit": float(on_digit[:, t].mean())} for t in range(steps)]
+    misread = last_wrong & last_on
+    if windows is not None:
+        moved = np.sqrt((np.diff(centres, axis=1) ** 2).sum(-1))  # (N, T - 1): how far each glimpse moved
+        sigma = np.sqrt(windows["sigma2"])
+        for t, p in enumerate(per_step):
+            p.update(stride_px=float(np.median(windows["delta"][:, t])),
+                     span_px=float(np.median(windows["delta"][:, t] * (read_n - 1))),
+                     sigma_px=float(np.median(sigma[:, t])),
+                     sigma_per_stride=float(np.median(sigma[:, t] / windows["delta"][:, t])),
+                     gamma=float(np.median(windows["gamma"][:, t])),
+                     moved_px=float(np.median(moved[:, t - 1])) if t else None)
     return {
         "images": n, "glimpses": steps, "error": float(last_wrong.mean()),
-        "per_step": [{"step": t + 1, "error": float(wrong[:, t].mean()), "mean_distance_px": float(distance[:, t].mean()),
-                      "on_digit": float(on_digit[:, t].mean())} for t in range(steps)],
+        "per_step": per_step,
         "last_on_digit": float(last_on.mean()), "ever_on_digit": float(on_digit.any(1).mean()),
         "error_when_last_on_digit": rate(last_on), "error_when_last_off_digit": rate(~last_on),
         "errors": errors,
         # the two causes as shares of all errors: attention failed (off the digit) or misread (on it)
         "errors_off_digit": float((last_wrong & ~last_on).sum() / errors) if errors else None,
         "errors_on_digit": float((last_wrong & last_on).sum() / errors) if errors else None,
+        # misread digits that an earlier glimpse had read right: the reading was lost, not never had
+        "misread_right_earlier": float((pred[misread][:, :-1] == labels[misread][:, None]).any(1).mean())
+        if misread.any() and steps > 1 else None,
     }
 
 
-def glimpse_centres(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predictions (B, T) and glimpse centres (B, T, 2) of the classifier or RAM, in evaluation mode."""
+WINDOW_FIELDS = ("delta", "sigma2", "gamma")
+
+
+def glimpse_centres(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
+    """Predictions (B, T) and glimpse centres (B, T, 2) of the classifier or RAM, in evaluation mode, and
+    for the classifier its windows' ``WINDOW_FIELDS``, each (B, T) (None for RAM: its patches are fixed)."""
     from models.ram import RecurrentAttentionModel
 
     if isinstance(model, RecurrentAttentionModel):
         out = model(x, keep_windows=True, sample=False)
         boxes = model.glimpse_boxes(out.locations)
-        return out.logits.argmax(-1), torch.stack([boxes["gx"], boxes["gy"]], -1)
+        return out.logits.argmax(-1), torch.stack([boxes["gx"], boxes["gy"]], -1), None
     out = model(x, keep_windows=True)
     if not out.windows:
         raise ValueError("this classifier has no attention windows (attention off): nothing to locate")
-    gx = torch.stack([w.gx.reshape(-1) for w in out.windows], 1)
-    gy = torch.stack([w.gy.reshape(-1) for w in out.windows], 1)
-    return out.logits.argmax(-1), torch.stack([gx, gy], -1)
+    steps = {f: torch.stack([getattr(w, f).reshape(-1) for w in out.windows], 1) for f in ("gx", "gy", *WINDOW_FIELDS)}
+    return out.logits.argmax(-1), torch.stack([steps["gx"], steps["gy"]], -1), {f: steps[f] for f in WINDOW_FIELDS}
 
 
 def analyse(checkpoint: str, split: str = "valid", limit: int | None = 10_000, data_seed: int = 0,
@@ -84,19 +108,24 @@ def analyse(checkpoint: str, split: str = "valid", limit: int | None = 10_000, d
     if spec.n_digits != 1:
         raise UsageError(f"{built.dataset} has {spec.n_digits} digits per image; the analysis needs one")
     n = len(plan) if limit is None else min(limit, len(plan))
-    preds, centres, labels = [], [], []
+    preds, centres, labels, windows = [], [], [], []
     built.model.eval()
     with torch.no_grad():  # unshuffled, the batches visit the split's first n examples in order
         for x, y in iterate_batches(built.dataset, split, EVAL_BATCH, seed=data_seed, device=built.device,
                                     data_dir=data_dir, limit=n):
-            pred, centre = glimpse_centres(built.model, x)
+            pred, centre, window = glimpse_centres(built.model, x)
             preds.append(pred.cpu().numpy())
             centres.append(centre.cpu().numpy())
             labels.append(y.cpu().numpy())
+            windows.append(window)
     labels = np.concatenate(labels)
     assert np.array_equal(labels, plan.labels[:n]), "the batches left the split's order"
+    soft = windows[0] is not None
     result = decompose(np.concatenate(preds), labels, np.concatenate(centres).astype(np.float64),
-                       np.asarray(plan.digit_xy[:n, 0], dtype=np.float64))
+                       np.asarray(plan.digit_xy[:n, 0], dtype=np.float64),
+                       {f: np.concatenate([w[f].cpu().numpy() for w in windows]).astype(np.float64)
+                        for f in WINDOW_FIELDS} if soft else None,
+                       built.model.config.read_n if soft else None)
     return {"checkpoint": str(checkpoint), "model": kind, "dataset": built.dataset, "split": split,
             "data_seed": data_seed, "epoch": built.state.get("epoch"), "images_seen": built.state.get("images_seen"),
             "best_epoch": (built.state.get("best") or {}).get("epoch"), **result}
@@ -106,17 +135,27 @@ def format_result(r: dict) -> str:
     def pct(v):
         return "-" if v is None else f"{100 * v:.2f}%"
 
+    soft = "stride_px" in r["per_step"][0]
     lines = [f"{r['checkpoint']}: {r['model']} on {r['dataset']} {r['split']} (seed {r['data_seed']}), "
              f"{r['images']:,} images, error {pct(r['error'])} after {r['glimpses']} glimpses",
-             "step | error so far | mean distance to the digit centre (px) | glimpse centred on the digit"]
-    lines += [f"{p['step']:>4} | {pct(p['error']):>12} | {p['mean_distance_px']:>38.1f} | {pct(p['on_digit']):>28}"
-              for p in r["per_step"]]
+             "step | error so far | mean distance to the digit centre (px) | glimpse centred on the digit"
+             + (" | window, medians: span px, stride px, sigma px, sigma/stride, gamma, moved px" if soft else "")]
+    for p in r["per_step"]:
+        line = f"{p['step']:>4} | {pct(p['error']):>12} | {p['mean_distance_px']:>38.1f} | {pct(p['on_digit']):>28}"
+        if soft:
+            moved = "-" if p["moved_px"] is None else f"{p['moved_px']:.1f}"
+            line += (f" | {p['span_px']:.1f}, {p['stride_px']:.2f}, {p['sigma_px']:.2f}, {p['sigma_per_stride']:.2f}, "
+                     f"{p['gamma']:.2f}, {moved}")
+        lines.append(line)
     lines.append(f"last glimpse on the digit for {pct(r['last_on_digit'])} of images (any glimpse: "
                  f"{pct(r['ever_on_digit'])}); error {pct(r['error_when_last_on_digit'])} when on it, "
                  f"{pct(r['error_when_last_off_digit'])} when off it")
     if r["errors"]:
         lines.append(f"of the {r['errors']} errors, {pct(r['errors_off_digit'])} ended off the digit (attention "
                      f"failed) and {pct(r['errors_on_digit'])} on it (found, misread)")
+    if r.get("misread_right_earlier") is not None:
+        lines.append(f"{pct(r['misread_right_earlier'])} of the misread digits had been read right after an "
+                     "earlier glimpse")
     return "\n".join(lines)
 
 

@@ -36,6 +36,28 @@ def test_no_errors_and_no_glimpse_off_the_digit_leave_those_shares_empty():
     assert r["errors"] == 0 and r["errors_off_digit"] is None and r["error_when_last_off_digit"] is None
 
 
+def test_what_each_step_reads_and_misreads_that_were_read_right_before():
+    """Two images, three glimpses on the digit, 5 x 5 grids: each step's medians of the window's span,
+    stride, sigma, sigma per stride, intensity and movement; image 0 was right after glimpse 1 and
+    misread at the end, image 1 misread throughout."""
+    centre = (24.5, 34.5)
+    centres = np.array([[centre, (centre[0] + 3, centre[1] + 4), (centre[0] + 3, centre[1] + 4)],
+                        [centre, centre, (centre[0] + 1, centre[1])]], dtype=float)
+    windows = {"delta": np.array([[4.0, 2, 1], [6, 2, 3]]), "sigma2": np.array([[4.0, 1, 1], [16, 1, 9]]),
+               "gamma": np.array([[1.0, 2, 3], [3, 2, 1]])}
+    r = attention_errors.decompose(np.array([[7, 1, 1], [2, 2, 2]]), np.array([7, 3]), centres,
+                                   np.array([[10.0, 20]] * 2), windows, read_n=5)
+    steps = r["per_step"]
+    assert [p["stride_px"] for p in steps] == [5, 2, 2] and [p["span_px"] for p in steps] == [20, 8, 8]
+    assert [p["sigma_px"] for p in steps] == [3, 1, 2] and [p["gamma"] for p in steps] == [2, 2, 2]
+    assert [p["sigma_per_stride"] for p in steps] == pytest.approx([(0.5 + 4 / 6) / 2, 0.5, 1])
+    assert [p["moved_px"] for p in steps] == [None, 2.5, 0.5]
+    assert r["errors"] == 2 and r["errors_on_digit"] == 1 and r["misread_right_earlier"] == 0.5
+    assert "50.00% of the misread digits had been read right after an earlier glimpse" in \
+        attention_errors.format_result({**r, "checkpoint": "c", "model": "classifier", "dataset": "d",
+                                        "split": "valid", "data_seed": 0})
+
+
 def _checkpoint(tmp_path, kind, model, dataset="cluttered60"):
     torch.manual_seed(0)
     path = tmp_path / f"{kind}.pt"
@@ -63,8 +85,12 @@ def test_the_final_error_is_the_harness_s_own_on_the_same_images(kind, tmp_path,
             wrong += int((built.model.eval()(x, keep_windows=False).logits[:, -1].argmax(-1) != y).sum())
     assert r["error"] == pytest.approx(wrong / 40)
     assert all(0 <= p["on_digit"] <= 1 and p["mean_distance_px"] >= 0 for p in r["per_step"])
+    # the soft windows' stride and span, in pixels; RAM's patches are fixed
+    assert all((p["stride_px"] > 0 and p["span_px"] == pytest.approx(p["stride_px"] * 3, rel=0.2)) if kind ==
+               "classifier" else "stride_px" not in p for p in r["per_step"])
     text = attention_errors.format_result(r)
-    assert f"{kind} on cluttered60 valid (seed 0), 40 images" in text and len(text.splitlines()) == 2 + 3 + 2
+    extra = r["misread_right_earlier"] is not None
+    assert f"{kind} on cluttered60 valid (seed 0), 40 images" in text and len(text.splitlines()) == 2 + 3 + 2 + extra
 
 
 def test_a_checkpoint_of_another_model_or_a_bad_limit_is_refused_in_one_line(tmp_path, capsys, mnist_data):
