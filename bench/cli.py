@@ -109,6 +109,7 @@ def check_device(name: str) -> None:
 
 def cmd_run(args) -> int:
     from bench import runner, suites
+    from bench.targets import summary_table
 
     if args.list:
         print(suites.listing())
@@ -170,7 +171,7 @@ def cmd_run(args) -> int:
 
         distributed.shutdown()
     if main:
-        print(runner.summary_table(record))
+        print(summary_table(record))
         print(f"record: {path}")
     return 0
 
@@ -226,7 +227,7 @@ def cmd_eval(args) -> int:
     record, path = evaluate.evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_seed=args.seed,
                                                 device=args.device, data_dir=args.data_dir, out=args.out,
                                                 iwae_k=args.k, limit=args.limit, log=_log)
-    from bench.runner import summary_table
+    from bench.targets import summary_table
 
     print(summary_table(record))
     print(f"record: {path}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import compare, records, report, runner, tables, throughput
+from bench import compare, records, report, tables, targets, throughput
 from bench.records import metric
 from bench.suites import ThroughputJob
 from fixtures.bench_records import make_record
@@ -81,11 +81,11 @@ def test_one_repeat_shows_no_spread(one_thread):
     logs: list[str] = []
     ms = throughput.measure(JOB, "cpu", dry_run=True, log=logs.append)
     assert "IQR" not in logs[-1] and "one repeat" in logs[-1]
-    text = runner.summary_table(dry({**make_record(), "metrics": ms}))
+    text = targets.summary_table(dry({**make_record(), "metrics": ms}))
     assert "IQR" not in text and "(one repeat)" in text and "not measurements" in text
 
 
 def test_the_summary_spread_is_the_sample_std_as_in_the_tables():
-    text = runner.summary_table(make_record(seeds=(0, 1, 2)))  # T = 8: 8.0%, 8.1%, 8.2% over seeds 0-2
+    text = targets.summary_table(make_record(seeds=(0, 1, 2)))  # T = 8: 8.0%, 8.1%, 8.2% over seeds 0-2
     row = next(line for line in text.splitlines() if line.startswith("test_error") and "glimpses=8" in line)
     assert row.endswith("8.10% +- 0.10%"), row  # the population std would read 0.08%

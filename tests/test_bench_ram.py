@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import plugins, records, report, runner, suites, tables
+from bench import plugins, records, report, runner, suites, tables, targets
 from bench.optim import Optim
 from bench.suites import RamJob, Suite, Target
 from models.ram import RamConfig
@@ -56,7 +56,7 @@ def test_targets_never_pool_soft_and_hard_attention():
 
     rows = [metric("test_error", 0.03, "fraction", True, 0, glimpses=8, protocol="separate", model="classifier"),
             metric("test_error", 0.30, "fraction", True, 0, glimpses=8, protocol="separate", model="ram")]
-    got = {t["target"]: t["value"] for t in runner.check_targets(suites.get("table1"), rows)}
+    got = {t["target"]: t["value"] for t in targets.check_targets(suites.get("table1"), rows)}
     assert got["test_error[glimpses=8, protocol=separate, model=classifier] < 0.0336"] == 0.03
     assert got["test_error[glimpses=8, model=ram] < 0.0811"] == 0.30
 
@@ -73,7 +73,7 @@ def test_ram_run_is_recorded_tabulated_and_plotted(tiny_ram, tmp_path):
     want = RecurrentAttentionModel(RamConfig(height=60, width=60, glimpses=2, patch=6, scales=2, glimpse_hidden=16,
                                              location_hidden=8, glimpse_size=16, hidden=16))
     assert p["param_count"] == want.param_count() and p["flops_per_image"] == want.flops_per_image()
-    assert "attention_type=hard" in runner.summary_table(rec)
+    assert "attention_type=hard" in targets.summary_table(rec)
     text = tables.markdown(path.parent)
     row = next(line for line in text.splitlines() if line.startswith("| RAM, 6x6, 2 scales"))
     assert "location at evaluation: mean" in row and "| 4.96% |" not in row  # the paper has no T = 2
