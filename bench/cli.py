@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.optim import ON_RELAPSE
 from datasets.cliargs import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, UsageError, check_data_dir,
-                              check_output_file, check_output_folder, integer, message)
+                              check_output_file, check_output_folder, integer, message, reader_gone)
 
 
 def _log(msg: str) -> None:
@@ -445,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
+    except BrokenPipeError:
+        return reader_gone()
     except usage_errors() as e:
         print(f"{parser.prog} {args.command}: error: {message(e)}", file=sys.stderr)
         return EXIT_USAGE

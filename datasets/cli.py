@@ -12,7 +12,7 @@ import sys
 
 from datasets import mnist
 from datasets.cliargs import (EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, UsageError, check_data_dir,
-                              check_output_file, check_output_folder, integer, message)
+                              check_output_file, check_output_folder, integer, message, reader_gone)
 from datasets.generator import SpecError
 
 
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_paths(args)
         return args.func(args)
+    except BrokenPipeError:
+        return reader_gone()
     except (UsageError, mnist.DataError, SpecError, OSError) as e:
         print(f"{parser.prog} {args.command}: error: {message(e)}", file=sys.stderr)
         return EXIT_USAGE

@@ -92,3 +92,13 @@ def message(e: BaseException) -> str:
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror}; check the path and its permissions, free some space, or choose another path"
     return str(e)
+
+
+def reader_gone() -> int:
+    """The reader of our output went away (``... | head``): not an error. Stdout goes to /dev/null so
+    that Python's flush at exit does not raise again; exit status 0."""
+    import sys
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+

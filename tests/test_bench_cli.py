@@ -138,3 +138,17 @@ def test_set_from_the_command_line(capsys):
     assert p.returncode == 2 and "argument --set: 'hidden' is not name=value" in p.stderr
     assert main(["run", "--suite", "table1", "--set", "nope=1", "--dry-run"]) == 2
     assert "--set nope: no trained job of suite table1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("program", ["bench", "datasets"])
+def test_a_reader_that_stops_early_is_no_error(program):
+    """`python -m bench status | head -1`: the closed pipe ends the command quietly, exit status 0."""
+    command = "cmd_status" if program == "bench" else "cmd_show"
+    code = (f"import sys; from {program} import cli; "
+            f"cli.{command} = lambda args: [print('x' * 100) for _ in range(100_000)] and 0; "
+            f"sys.exit(cli.main({['status'] if program == 'bench' else ['show', 'cluttered60']!r}))")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"x" * 100 + b"\n"
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0 and err == ""

@@ -173,6 +173,8 @@ def test_a_run_with_set_keeps_its_deviation_through_resume_and_into_the_tables(t
     unit = next(u for u in done["jobs"] if u.startswith("classifier"))
     assert done["status"] == "complete" and done["jobs"][unit]["job"]["model"]["hidden"] == 24
     assert tables.deviations(str(path)) == "hidden=24"
+    from bench import status
+    assert "(suite tiny, deviating: --set hidden=24, complete," in status.record_status(path)
     assert "**deviates: --set hidden=24**; constant lr 0.001" in tables.markdown(path.parent)
 
 
