@@ -389,3 +389,11 @@ def load_all(path: str | Path = RESULTS / "runs"):
     cols = ["record", "suite", "status", "dry_run", "started_at", "sha", "dirty", "machine_id", "device", "name", "value",
             "unit", "lower_is_better", "seed"]
     return pd.DataFrame(rows, columns=None if rows else cols)
+
+
+def deviations(record: dict) -> str:
+    """'name=value,...' of the settings a record's run changed from its suite's recipe (`bench run --set`),
+    '' for a run of the suite as it is."""
+    changed = record.get("config", {}).get("options", {}).get("settings") or {}
+    return ",".join(f"{k}={v}" for k, v in changed.items())
+

@@ -155,8 +155,8 @@ def record_status(path: Path) -> str:
     record = records.read(path)
     units = list(record.get("jobs", {}))
     threads = record.get("machine", {}).get("threads") or 1
-    changed = record.get("config", {}).get("options", {}).get("settings")  # bench run --set
-    deviates = f"deviating: --set {','.join(f'{k}={v}' for k, v in changed.items())}, " if changed else ""
+    changed = records.deviations(record)  # bench run --set
+    deviates = f"deviating: --set {changed}, " if changed else ""
     lines = [f"{path} (suite {record.get('suite')}, {deviates}{record.get('status')}, {len(units)} units, "
              f"{threads} thread(s) per model)"]
     width = max((len(u) for u in units), default=0)

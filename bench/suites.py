@@ -12,7 +12,6 @@ throughput.
 from __future__ import annotations
 
 import ast
-
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from bench.optim import Optim
@@ -544,4 +543,3 @@ def with_deviations(suite: Suite, changes: dict) -> Suite:
         raise SuiteError(f"--set {', '.join(sorted(unused))}: no trained job of suite {suite.name} has "
                          f"{'this setting' if len(unused) == 1 else 'these settings'}; theirs: {', '.join(known)}")
     return replace(suite, jobs=tuple(jobs))
-

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import paper
+from bench import paper, records
 from bench.records import load_all, metric_row
 from bench.resume import BUDGET_FIELDS, finished_budget
 
@@ -144,10 +144,8 @@ def epochs_and_images(done: list[dict]) -> str:
 
 
 def deviations(record_path: str) -> str:
-    """'name=value,...' of the settings a record's run changed from its suite's recipe (`bench run --set`),
-    '' for a run of the suite as it is."""
-    changed = _read(record_path).get("config", {}).get("options", {}).get("settings") or {}
-    return ",".join(f"{k}={v}" for k, v in changed.items())
+    """The record's deviations from its suite's recipe (records.deviations), by its path."""
+    return records.deviations(_read(record_path))
 
 
 def _training(g: pd.DataFrame) -> str:
