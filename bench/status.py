@@ -151,9 +151,30 @@ def describe(s: UnitStatus) -> str:
     return "; ".join(parts)
 
 
+def units_to_begin(record: dict) -> list[str]:
+    """The units a `--resume` of the record would train that it holds nothing of yet (never begun:
+    other seeds of a run trained one --units at a time), from its suite and the options it was made
+    with; none where the suite is not a built-in one (studies, plug-ins) or no longer expands alike."""
+    from bench import runner, suites
+
+    made_with = record.get("config", {}).get("options", {})
+    try:
+        suite = suites.override(suites.get(record.get("suite")), made_with.get("glimpses"), None, None,
+                                made_with.get("on_relapse"), made_with.get("jobs"))
+        if made_with.get("settings"):
+            suite = suites.with_deviations(suite, made_with["settings"])
+        seeds = made_with.get("seeds")
+        planned = [u.id for u in runner.units(suite, tuple(seeds) if seeds else None)]
+    except (suites.SuiteError, ValueError, TypeError):
+        return []
+    return [u for u in planned if u not in record.get("jobs", {}) and u not in record.get("curves", {})]
+
+
 def record_status(path: Path) -> str:
     record = records.read(path)
     units = list(record.get("jobs", {}))
+    if record.get("status") != "complete" and not record.get("config", {}).get("options", {}).get("model"):
+        units += units_to_begin(record)
     threads = record.get("machine", {}).get("threads") or 1
     changed = records.deviations(record)  # bench run --set
     deviates = f"deviating: --set {changed}, " if changed else ""

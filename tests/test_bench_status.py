@@ -16,12 +16,12 @@ FALLING = [{"epoch": e, "images_seen": 50_000 * e, "valid_error": 0.30 - 0.01 * 
 
 
 def long_record(tmp_path, checkpoint_state=None):
-    """A table1-like record (2 threads per model): one unit complete, one in training (its checkpoint,
-    when given, is fresher than the record), one never started."""
+    """A table1-like record of a suite of its own (2 threads per model): one unit complete, one in
+    training (its checkpoint, when given, is fresher than the record), one never started."""
     rec = copy.deepcopy(make_record())
-    rec["suite"], rec["status"] = "table1", "incomplete"
+    rec["suite"], rec["status"] = "longtest", "incomplete"
     job = {"kind": "classifier", "dataset": "cluttered100", "epochs": 40, "time_budget_min": None}
-    rec["config"] = {"suite": {"name": "table1", "jobs": [job]}}
+    rec["config"] = {"suite": {"name": "longtest", "jobs": [job]}}
     done, going, idle = "clf-T8-s0", "clf-T8-s1", "clf-T8-s2"
     rec["metrics"] = [metric("test_error", 0.05, "fraction", True, 0, glimpses=8, job=done)]
     rec["curves"] = {done: FALLING, going: FALLING[:5]}
@@ -78,12 +78,12 @@ def test_without_a_readable_checkpoint_the_record_speaks(tmp_path):
 def test_finished_and_never_started_units_and_the_command_that_continues_the_record(tmp_path):
     text = status.record_status(long_record(tmp_path, checkpoint()))
     lines = text.splitlines()
-    assert lines[0].endswith("(suite table1, incomplete, 3 units, 2 thread(s) per model)")
+    assert lines[0].endswith("(suite longtest, incomplete, 3 units, 2 thread(s) per model)")
     done = next(x for x in lines if "clf-T8-s0" in x)
     assert ("complete; epoch 20 of 40; 1.00 M images; 1.00 core-h; valid 10.00% (best 10.00% at epoch 20); "
             "still improving (best valid fell 10.00 pts in the last 10 epochs); test error 5.00% at T = 8") in done
     assert next(x for x in lines if "clf-T8-s2" in x).endswith("not started")
-    assert lines[-1].strip() == f"continue with: python -m bench run --suite table1 --threads 2 --resume --out " \
+    assert lines[-1].strip() == f"continue with: python -m bench run --suite longtest --threads 2 --resume --out " \
                                 f"{tmp_path / 'runs' / 'long.json'}"
 
 
@@ -111,3 +111,20 @@ def test_the_command_shows_unfinished_records_of_a_folder_and_every_record_named
     assert "every record there is complete (1); --all shows them too" in capsys.readouterr().out
     assert cli.main(["status", str(tmp_path / "missing.json")]) == cli.EXIT_USAGE
     assert "missing.json: no such record or folder" in capsys.readouterr().err
+
+
+def test_units_a_resume_would_begin_are_listed_as_not_started(tmp_path):
+    """A run of table1's T = 8 classifier (--jobs 0 --glimpses 8 --set hidden=512) trained one --units
+    sitting on seed 0 so far: seeds 1 and 2, which a resume would train, are listed too."""
+    rec = copy.deepcopy(make_record())
+    rec["suite"], rec["status"] = "table1", "incomplete"
+    rec["config"] = {"options": {"jobs": [0], "glimpses": [8], "settings": {"hidden": 512}, "units": ["*-s0"]}}
+    rec["curves"] = {"classifier-cluttered100-T8-s0": FALLING[:3]}
+    rec["jobs"] = {"classifier-cluttered100-T8-s0": {"status": "incomplete"}}
+    text = status.record_status(records.write(rec, tmp_path / "runs" / "h512.json"))
+    assert "(suite table1, deviating: --set hidden=512, incomplete, 3 units," in text
+    assert [line.split()[0] for line in text.splitlines()[1:4]] == [
+        f"classifier-cluttered100-T8-s{s}" for s in (0, 1, 2)]
+    assert text.splitlines()[2].endswith("not started") and text.splitlines()[3].endswith("not started")
+    rec["config"]["options"]["settings"] = {"no_such_setting": 1}  # a suite that no longer expands alike
+    assert "3 units" not in status.record_status(records.write(rec, tmp_path / "runs" / "h512.json"))
