@@ -35,7 +35,7 @@ def _resume(path: Path, tmp_path: Path) -> tuple[runner.Runner, dict, Path]:
     rec = records.read(path)
     made = rec["config"].get("options", {})  # the overrides it was made with, given again on resume
     given = {k: tuple(made[k]) if isinstance(made.get(k), list) else made.get(k)
-             for k in ("glimpses", "on_relapse", "jobs")}
+             for k in ("glimpses", "on_relapse", "jobs", "settings")}
     r = runner.Runner(runner.RunOptions(suite=rec["suite"], resume=True, out=str(tmp_path / path.name), threads=1,
                                         progress=False, **given), log=lambda m: None)
     record, opened = r.open_record()

@@ -19,20 +19,27 @@ def _finished(state: dict) -> bool:
     return "optimizer" not in state or bool(state.get("finished"))  # an evaluation export, or a finished run
 
 
-def _record_of(checkpoint: Path, unit: str, images_seen: int) -> dict:
+def _record_of(checkpoint: Path, unit: str, images_seen: int) -> dict | None:
     """The record whose finished unit of this name trained on exactly these images: the one that
-    names this checkpoint, else one that names no committed checkpoint (an exported copy)."""
+    names this checkpoint, else one that names no committed checkpoint (an exported copy). None when
+    the record naming this checkpoint has not finished the unit: training ended, its test evaluation
+    was cut short (a resume runs it)."""
     where = checkpoint.relative_to(REPO).as_posix()
     exported = None
+    pending = False
     for path in [*records.find(REPO / "results" / "runs"), *records.find(REPO / "results" / "studies")]:
         rec = records.read(path)
         job = rec["jobs"].get(unit, {})
+        if job.get("checkpoint") == where and job.get("status") != "complete":
+            pending = True
         if job.get("status") != "complete" or job.get("images_seen", job.get("train_images_seen")) != images_seen:
             continue
         if job.get("checkpoint") == where:
             return rec
         if exported is None and not str(job.get("checkpoint", "")).startswith("results/checkpoints/"):
             exported = rec
+    if exported is None and pending:
+        return None
     if exported is None:
         raise AssertionError(f"no record under results/runs or results/studies has a finished unit {unit} with "
                              f"{images_seen} images")
@@ -47,6 +54,8 @@ def test_committed_checkpoint_reproduces_its_record(path, mnist_data):
         pytest.skip("a run still in training: its record has no test figure yet")
     unit = path.stem
     rec = _record_of(path, unit, state["images_seen"])
+    if rec is None:
+        pytest.skip("training ended but its record's test evaluation has not run yet (a resume runs it)")
     desc = state["task"]
     mine = [m for m in rec["metrics"] if m["params"].get("job") == unit]
     # the test images the record scored: all 10,000, or a recipe study's first N
