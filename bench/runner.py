@@ -133,19 +133,12 @@ def _dry(job):
 class Runner:
     def __init__(self, opts: RunOptions, log: Callable[[str], None] = print, argv: list[str] | None = None):
         self.opts, self.log = opts, log
-        suite = suites.get(opts.suite)
-        if opts.model:
-            suite = suites.with_plugin(suite, opts.model)
         try:
-            self.suite = suites.override(suite, opts.glimpses, opts.epochs, opts.time_budget_min, opts.on_relapse,
-                                         opts.jobs)
-        except ValueError as e:
-            raise SettingError(f"--jobs: {e}") from None
-        if opts.settings:
-            try:
-                self.suite = suites.with_deviations(self.suite, opts.settings)
-            except suites.SuiteError as e:
-                raise SettingError(str(e)) from None
+            self.suite = suites.for_run(opts.suite, model=opts.model, glimpses=opts.glimpses, epochs=opts.epochs,
+                                        time_budget_min=opts.time_budget_min, on_relapse=opts.on_relapse,
+                                        jobs=opts.jobs, settings=opts.settings)
+        except suites.SuiteError as e:
+            raise SettingError(str(e)) from None
         if opts.dry_run:
             self.suite = replace(self.suite, jobs=tuple(_dry(j) for j in self.suite.jobs))
         self.units = units(self.suite, opts.seeds)

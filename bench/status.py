@@ -159,10 +159,9 @@ def units_to_begin(record: dict) -> list[str]:
 
     made_with = record.get("config", {}).get("options", {})
     try:
-        suite = suites.override(suites.get(record.get("suite")), made_with.get("glimpses"), None, None,
-                                made_with.get("on_relapse"), made_with.get("jobs"))
-        if made_with.get("settings"):
-            suite = suites.with_deviations(suite, made_with["settings"])
+        suite = suites.for_run(record.get("suite"), glimpses=made_with.get("glimpses"),
+                               on_relapse=made_with.get("on_relapse"), jobs=made_with.get("jobs"),
+                               settings=made_with.get("settings"))
         seeds = made_with.get("seeds")
         planned = [u.id for u in runner.units(suite, tuple(seeds) if seeds else None)]
     except (suites.SuiteError, ValueError, TypeError):

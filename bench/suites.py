@@ -356,13 +356,13 @@ def override(suite: Suite, glimpses: tuple[int, ...] | None = None, epochs: int 
              time_budget_min: float | None = None, on_relapse: str | None = None,
              job_indices: tuple[int, ...] | None = None) -> Suite:
     """The suite with command-line overrides applied to every job they concern, and with only the
-    jobs ``job_indices`` names (as ``listing`` numbers them; ValueError for one it has not).
+    jobs ``job_indices`` names (as ``listing`` numbers them; SuiteError for one it has not).
     ``on_relapse`` is part of the recipe: a record resumed with another value is refused."""
     picked = suite.jobs
     if job_indices is not None:
         bad = [i for i in job_indices if not 0 <= i < len(suite.jobs)]
         if bad:
-            raise ValueError(f"suite {suite.name} has no job {bad[0]}; its jobs are "
+            raise SuiteError(f"--jobs: suite {suite.name} has no job {bad[0]}; its jobs are "
                              + "; ".join(f"{i}: {describe_job(j)}" for i, j in enumerate(suite.jobs)))
         picked = tuple(suite.jobs[i] for i in sorted(set(job_indices)))
     jobs = []
@@ -379,6 +379,20 @@ def override(suite: Suite, glimpses: tuple[int, ...] | None = None, epochs: int 
             job = replace(job, optim=replace(job.optim, on_relapse=on_relapse))
         jobs.append(job)
     return replace(suite, jobs=tuple(jobs))
+
+
+def for_run(name: str, *, model: str | None = None, glimpses: tuple[int, ...] | None = None,
+            epochs: int | None = None, time_budget_min: float | None = None, on_relapse: str | None = None,
+            jobs: tuple[int, ...] | None = None, settings: dict | None = None) -> Suite:
+    """The suite that `bench run` trains from these options: the named suite, with the user's model in
+    place of its glimpse models (--model), the command-line overrides and --jobs, then the --set
+    deviations. The one place that says so, for the runner and for `bench status`; SuiteError names
+    the option at fault."""
+    suite = get(name)
+    if model:
+        suite = with_plugin(suite, model)
+    suite = override(suite, glimpses, epochs, time_budget_min, on_relapse, jobs)
+    return with_deviations(suite, settings) if settings else suite
 
 
 def listing() -> str:

@@ -49,6 +49,20 @@ def test_jobs_pick_a_part_of_a_suite_by_the_numbers_listing_gives():
         runner.Runner(runner.RunOptions(suite="table2", jobs=(7,)))
 
 
+def test_the_suite_a_run_trains_is_built_in_one_place_for_the_runner_and_for_status():
+    picked = suites.for_run("table1", glimpses=(8,), epochs=150, on_relapse="rollback", jobs=(0,),
+                            settings={"hidden": 512})
+    assert [(j.kind, j.glimpses, j.epochs, j.optim.on_relapse, j.model.hidden) for j in picked.jobs] == [
+        ("classifier", (8,), 150, "rollback", 512)]
+    made = runner.Runner(runner.RunOptions(suite="table1", glimpses=(8,), epochs=150, on_relapse="rollback",
+                                           jobs=(0,), settings={"hidden": 512}, threads=1), log=lambda m: None)
+    assert made.suite == picked
+    with pytest.raises(suites.SuiteError, match="^--jobs: suite table1 has no job 9"):
+        suites.for_run("table1", jobs=(9,), settings={"hidden": 512})
+    with pytest.raises(suites.SuiteError, match="^--set hidden: .*no trained job"):
+        suites.for_run("table2", settings={"hidden": 512})  # DRAW jobs have no `hidden`
+
+
 def test_a_record_of_some_jobs_resumes_with_the_same_jobs(tmp_path, mnist_data):
     opts = dict(suite="quick", jobs=(2,), dry_run=True, threads=1, progress=False, out=str(tmp_path / "r.json"),
                 checkpoint_dir=str(tmp_path / "ckpt"))
