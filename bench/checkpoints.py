@@ -77,7 +77,8 @@ def load(path: str | Path) -> dict:
 
 
 # What a reference checkpoint keeps: enough to rebuild the model and evaluate it, no optimiser.
-_REFERENCE_KEYS = ("format", "task", "epoch", "step", "images_seen", "train_time_s", "best", "curve", "stopped_by")
+_REFERENCE_KEYS = ("format", "task", "epoch", "step", "images_seen", "train_time_s", "train_cost", "best", "curve",
+                   "stopped_by")
 
 
 def export_reference(src: str | Path, dst: str | Path) -> Path:

@@ -502,8 +502,8 @@ class Runner:
                         wrap=lambda m: distributed.wrap_ddp(m, self.ctx))
         record["curves"][unit.id] = res.curve
         info = {"epochs": res.epochs_done, "steps": res.step, "images_seen": res.images_seen,
-                "train_time_s": round(res.train_time_s, 1), "stopped_by": res.stopped_by,
-                "best_epoch": res.best["epoch"], "resumed": res.resumed}
+                "train_time_s": round(res.train_time_s, 1), "train_cost": _rounded(res.train_cost),
+                "stopped_by": res.stopped_by, "best_epoch": res.best["epoch"], "resumed": res.resumed}
         model, seed = res.model, unit.seed
         flags = self._plateau(unit, res.curve, info, record)
         self._convergence(unit, res.curve, info)
@@ -628,8 +628,9 @@ class Runner:
         net = res.model
         info = {"test_images": test["images"], "model": "conv", "config": net.config.to_dict(),
                 "epochs": res.epochs_done, "steps": res.step, "train_images_seen": res.images_seen,
-                "train_time_s": round(res.train_time_s, 1), "stopped_by": res.stopped_by,
-                "best_epoch": res.best["epoch"], "resumed": res.resumed, "batch_size": task.batch_size,
+                "train_time_s": round(res.train_time_s, 1), "train_cost": _rounded(res.train_cost),
+                "stopped_by": res.stopped_by, "best_epoch": res.best["epoch"], "resumed": res.resumed,
+                "batch_size": task.batch_size,
                 "lr": task.lr, "params": net.param_count(), "flops_per_image": net.flops_per_image()}
         self._convergence(unit, res.curve, info)
         return out, info
@@ -717,13 +718,17 @@ def pixel_baseline_cost(pixels: int, components: int = 64, classes: int = 10) ->
     return params, flops
 
 
+def _rounded(seconds: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 1) for k, v in seconds.items()}
+
+
 def _show(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
 
 # What of a unit's finished run an extension keeps (the rest, its status and live progress, moves on)
-_EARLIER_FIELDS = ("budget", "job", "epochs", "steps", "images_seen", "train_images_seen", "train_time_s", "stopped_by",
-                   "best_epoch", "rollbacks", "lr_scale", "training_products", "plateau", "convergence", "eval_time_s")
+_EARLIER_FIELDS = ("budget", "job", "epochs", "steps", "images_seen", "train_images_seen", "train_time_s", "train_cost",
+                   "stopped_by", "best_epoch", "rollbacks", "lr_scale", "training_products", "plateau", "convergence", "eval_time_s")
 
 
 def earlier_run(record: dict, unit_id: str) -> dict:

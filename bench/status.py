@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import checkpoints, convergence, records
+from bench import checkpoints, convergence, cost, records
 from bench.tables import unit_job
 
 
@@ -26,8 +26,8 @@ class UnitStatus:
     budget_epochs: int | None
     budget_minutes: float | None  # a time budget, when the unit has one
     images_seen: int | None
-    hours: float | None  # training time x threads on a CPU: core-hours; on another device: its hours
-    hours_unit: str  # "core-h", or "h on <device>"
+    hours: dict[str, float]  # {"core-h": ..., "h on <device>": ...}: by where it trained (bench/cost.py)
+    hours_unit: str  # the time to go's: "core-h", or "h on <device>" (the latest sitting's machine)
     last_valid: float | None
     best_valid: tuple[float, int] | None  # value, epoch
     metric: str | None
@@ -65,48 +65,56 @@ def _test_figure(record: dict, unit: str) -> str:
 MIN_SITTING_S = 300.0
 
 
-def _seconds_per_image(ckpt: dict, images: int, train_s: float) -> tuple[float, str]:
-    """Training seconds per image at the latest sitting's rate (machines differ between sittings), or at
-    the whole run's when that sitting was short or the checkpoint predates the sitting's start."""
+def _seconds_per_image(ckpt: dict, images: int, train_s: float, threads: int) -> tuple[float, str]:
+    """Seconds per image at the latest sitting's rate (machines differ between sittings): its
+    core-seconds on a CPU (bench/cost.py), where the checkpoint keeps them; else wall seconds x
+    ``threads``; at the whole run's when that sitting was short or the checkpoint predates its start."""
     start = ckpt.get("sitting_start") or {}
     images_now = images - start.get("images_seen", images)
     seconds_now = train_s - start.get("train_time_s", train_s)
     if seconds_now >= MIN_SITTING_S and images_now > 0:
-        return seconds_now / images_now, "its last sitting's"
-    return train_s / images, "its overall"
+        spent, began = ckpt.get("train_cost") or {}, start.get("train_cost")
+        key = max(spent, key=lambda k: spent[k] - (began or {}).get(k, 0.0), default=None)
+        if began is not None and key is not None and key != cost.UNATTRIBUTED:
+            return (spent[key] - began.get(key, 0.0)) / images_now, "its last sitting's"
+        return seconds_now * threads / images_now, "its last sitting's"
+    return train_s * threads / images, "its overall"
 
 
-def _progress(record: dict, unit: str, ckpt: dict | None) -> tuple[list[dict], int | None, int | None, float | None]:
-    """Curve, whole epochs, images seen and training seconds: from the checkpoint when there is one."""
+def _progress(record: dict, unit: str, ckpt: dict | None
+              ) -> tuple[list[dict], int | None, int | None, float | None, dict | None]:
+    """Curve, whole epochs, images seen, training wall seconds and cost by where it ran (bench/cost.py):
+    from the checkpoint when there is one."""
     if ckpt:
-        return ckpt.get("curve") or [], ckpt.get("epoch"), ckpt.get("images_seen"), ckpt.get("train_time_s")
+        return (ckpt.get("curve") or [], ckpt.get("epoch"), ckpt.get("images_seen"), ckpt.get("train_time_s"),
+                ckpt.get("train_cost"))
     entry = record.get("jobs", {}).get(unit, {})
     progress = entry.get("progress") or {}
     images = entry.get("images_seen", entry.get("train_images_seen", progress.get("images_seen")))
     return (record.get("curves", {}).get(unit) or [], entry.get("epochs", progress.get("epoch")), images,
-            entry.get("train_time_s"))
+            entry.get("train_time_s"), entry.get("train_cost"))
 
 
-def _hours_to_go(ckpt: dict, budget: int, epochs: int | None, images: int, train_s: float) -> tuple[float, str]:
-    """Training seconds still to go to the end of the budget, and whose rate timed them."""
+def _hours_to_go(ckpt: dict, budget: int, epochs: int | None, images: int, train_s: float,
+                 threads: int) -> tuple[float, str]:
+    """Training hours (core-hours on a CPU) still to go to the end of the budget, and whose rate timed them."""
     loop, task = ckpt.get("loop", {}), ckpt.get("task", {})
     per_epoch = loop.get("batches_per_epoch", 0) * task.get("batch_size", 0) or images / max(epochs or 1, 1)
-    seconds_per_image, rate_of = _seconds_per_image(ckpt, images, train_s)
+    seconds_per_image, rate_of = _seconds_per_image(ckpt, images, train_s, threads)
     seconds = max(budget * per_epoch - images, 0) * seconds_per_image
-    if loop.get("time_budget_s"):
-        seconds = min(seconds, max(loop["time_budget_s"] - train_s, 0))
+    if loop.get("time_budget_s"):  # a wall-time budget
+        seconds = min(seconds, max(loop["time_budget_s"] - train_s, 0) * threads)
     return seconds / 3600, rate_of
 
 
 def unit_status(record: dict, unit: str) -> UnitStatus:
     entry = record.get("jobs", {}).get(unit, {})
-    machine = record.get("machine", {})
-    on_cpu = machine.get("device", "cpu") == "cpu"
-    threads = (machine.get("threads") or 1) if on_cpu else 1
+    latest = record.get("machine_resumed") or record.get("machine", {})  # where it goes on
+    hours_unit, threads = cost.label(latest)
     ckpt = _checkpoint(entry.get("checkpoint"))
     job = unit_job(record, unit)
     budget = (ckpt or {}).get("loop", {}).get("epochs") or entry.get("budget", {}).get("epochs") or job.get("epochs")
-    curve, epochs, images, train_s = _progress(record, unit, ckpt)
+    curve, epochs, images, train_s, spent = _progress(record, unit, ckpt)
     complete = entry.get("status") == "complete" and not (ckpt and ckpt.get("finished") is False)
     state = "complete" if complete else "in training" if (images or curve) else "not started"
     metric = convergence.metric_of(curve)
@@ -114,13 +122,11 @@ def unit_status(record: dict, unit: str) -> UnitStatus:
     best = min(points, key=lambda e: e[metric]) if points else None
     to_go, rate_of = None, ""
     if state == "in training" and budget and images and train_s:
-        to_go, rate_of = _hours_to_go(ckpt or {}, budget, epochs, images, train_s)
-        to_go *= threads
+        to_go, rate_of = _hours_to_go(ckpt or {}, budget, epochs, images, train_s, threads)
     return UnitStatus(
         unit=unit, state=state, epochs=epochs, budget_epochs=budget,
         budget_minutes=entry.get("budget", {}).get("time_budget_min") or job.get("time_budget_min"),
-        images_seen=images, hours=train_s * threads / 3600 if train_s else None,
-        hours_unit="core-h" if on_cpu else f"h on {machine.get('device_name') or machine.get('device')}",
+        images_seen=images, hours=cost.hours(spent, train_s, record.get("machine", {})), hours_unit=hours_unit,
         last_valid=points[-1][metric] if points else None, best_valid=(best[metric], best["epoch"]) if best else None,
         metric=metric, verdict=convergence.verdict(curve, metric) if metric else None,
         test=_test_figure(record, unit) if state == "complete" else "", to_go_hours=to_go, to_go_rate=rate_of)
@@ -137,8 +143,8 @@ def describe(s: UnitStatus) -> str:
                                             f" of {s.budget_epochs}" if s.budget_epochs else ""))
     if s.images_seen:
         parts.append(f"{s.images_seen / 1e6:.2f} M images")
-    if s.hours is not None:
-        parts.append(f"{s.hours:.2f} {s.hours_unit}")
+    if s.hours:
+        parts.append(cost.text(s.hours))
     if s.last_valid is not None:
         parts.append(f"valid {_figure(s.last_valid, s.metric)} (best {_figure(s.best_valid[0], s.metric)} "
                      f"at epoch {s.best_valid[1]})")

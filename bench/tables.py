@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import paper, records
+from bench import cost, paper, records
 from bench.records import load_all, metric_row
 from bench.resume import BUDGET_FIELDS, finished_budget
 
@@ -143,6 +143,14 @@ def epochs_and_images(done: list[dict]) -> str:
     return f"{_range([d['epochs'] for d in done], str)} epochs, {_range(images, lambda v: f'{v:.2f}')} M images"
 
 
+def training_hours(done: list[dict], machines: list[dict]) -> str:
+    """'1.71-2.85 core-h' per model (ranges over the models), by where they trained (bench/cost.py):
+    '0.12 h on NVIDIA H200 + 0.95-1.10 core-h' for models begun on a GPU and continued on a CPU."""
+    parts = [cost.hours(d.get("train_cost"), d.get("train_time_s"), m) for d, m in zip(done, machines)]
+    units = list(dict.fromkeys(u for p in parts for u in p))
+    return " + ".join(f"{_range([p[u] for p in parts if u in p], lambda v: f'{v:.2f}')} {u}" for u in units)
+
+
 def deviations(record_path: str) -> str:
     """The record's deviations from its suite's recipe (records.deviations), by its path."""
     return records.deviations(_read(record_path))
@@ -150,7 +158,7 @@ def deviations(record_path: str) -> str:
 
 def _training(g: pd.DataFrame) -> str:
     """The recipe and the training behind a row: schedule, lr, batch, window init; epochs, images and
-    core-hours per model (train time x threads); budgets never pool (see `runs`)."""
+    core-hours per model (bench/cost.py); budgets never pool (see `runs`)."""
     pairs = _unit_records(g)
     if not pairs:
         return ""
@@ -159,7 +167,6 @@ def _training(g: pd.DataFrame) -> str:
         return ""
     units = [u for u, _ in pairs]
     done = [unit_entry(_read(r), u) for u, r in pairs]
-    threads = [_read(r).get("machine", {}).get("threads") or 1 for _, r in pairs]
     recipe = f"{job.get('schedule', 'constant')} lr {job.get('lr')}, batch {job.get('batch_size')}"
     changed = deviations(pairs[0][1])
     if changed:
@@ -171,9 +178,7 @@ def _training(g: pd.DataFrame) -> str:
     minutes = job.get("time_budget_min")
     recipe += f"; budget {minutes:g} min" if minutes else f"; budget {job.get('epochs')} epochs"
     if all("images_seen" in d for d in done):
-        recipe += (f"; {epochs_and_images(done)}, "
-                   f"{_range([d['train_time_s'] * t / 3600 for d, t in zip(done, threads)], lambda v: f'{v:.2f}')} "
-                   "core-h")
+        recipe += f"; {epochs_and_images(done)}, {training_hours(done, [_read(r).get('machine', {}) for _, r in pairs])}"
     recipe += _products(done) + _rollbacks(job, done, units) + _at_end(pairs)
     return recipe
 
@@ -191,9 +196,8 @@ def _baseline_training(g: pd.DataFrame, protocol: str) -> str:
             if protocol == "baseline-conv" and (minutes or job.get("epochs")):
                 text.append(f"budget {minutes:g} min" if minutes else f"budget {job['epochs']} epochs")
             if {"epochs", "train_images_seen", "train_time_s"} <= set(done):
-                threads = rec.get("machine", {}).get("threads") or 1
                 text.append(f"{done['epochs']} epochs, {done['train_images_seen'] / 1e6:.2f} M images, "
-                            f"{done['train_time_s'] * threads / 3600:.2f} core-h")
+                            f"{training_hours([done], [rec.get('machine', {})])}")
             elif "train_size" in done:
                 text.append(f"{done['train_size']:,} training images")
             if protocol == "baseline-conv":

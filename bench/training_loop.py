@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Protocol
 import torch
 from torch import nn
 
-from bench import checkpoints, distributed, plateau
+from bench import checkpoints, cost, distributed, plateau
 from bench.optim import ON_RELAPSE
 from bench.schedule import Schedule
 from models.fast import products
@@ -77,7 +77,7 @@ class LoopResult:
     best: dict  # {"epoch", "value", "metrics"}
     step: int
     images_seen: int
-    train_time_s: float
+    train_time_s: float  # wall seconds in training steps, all sittings
     epochs_done: int
     stopped_by: str  # "epochs" | "time_budget"
     resumed: bool = False
@@ -85,6 +85,7 @@ class LoopResult:
     rollbacks: list[dict] = field(default_factory=list)  # on_relapse="rollback": each relapse undone
     lr_scale: float = 1.0  # the multiplier of the schedule the rollbacks left
     images_by_products: dict = field(default_factory=dict)  # images trained with each training-products setting
+    train_cost: dict = field(default_factory=dict)  # seconds by where they ran (bench/cost.py)
 
 
 def rng_states() -> dict:
@@ -132,6 +133,8 @@ class _Loop:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.images_seen, self.train_time_s = 0, 0.0
+        self.train_cost: dict[str, float] = {}  # bench/cost.py: core-seconds on a CPU, wall seconds elsewhere
+        self.charged_to = cost.where(next(self.model.parameters()).device)
         self.curve: list[dict] = []
         self.best: dict = {"epoch": None, "value": math.inf, "metrics": {}}
         self.best_state: dict | None = None
@@ -142,6 +145,7 @@ class _Loop:
         self.decay_saved = False  # whether the state at the start of the decay has been kept
         self.status: dict | None = None
         self.images_at_start, self.train_time_at_start = 0, 0.0  # where this sitting began
+        self.cost_at_start: dict[str, float] = {}
         self.last_save = time.monotonic()
         self.lr_scale = 1.0  # halved by each rollback; multiplies the schedule for the rest of the run
         self.rollbacks: list[dict] = []
@@ -170,14 +174,15 @@ class _Loop:
             "format": CHECKPOINT_FORMAT, "task": self.task.describe(), "loop": asdict(self.cfg),
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-            "images_seen": self.images_seen, "train_time_s": self.train_time_s,
+            "images_seen": self.images_seen, "train_time_s": self.train_time_s, "train_cost": self.train_cost,
             "epoch_loss": (self.epoch_loss_sum, self.epoch_loss_n),
             "curve": self.curve, "best": self.best, "best_state": self.best_state,
             "finished": self.finished, "stopped_by": self.stopped_by, "rng": self.safe_rng,
             "decay_saved": self.decay_saved, "lr_scale": self.lr_scale, "rollbacks": self.rollbacks,
             "images_by_products": self.images_by_products,
             # where this sitting began: `bench status` estimates the time to go at the latest sitting's rate
-            "sitting_start": {"images_seen": self.images_at_start, "train_time_s": self.train_time_at_start},
+            "sitting_start": {"images_seen": self.images_at_start, "train_time_s": self.train_time_at_start,
+                              "train_cost": self.cost_at_start},
         }
 
     def save(self) -> None:
@@ -242,6 +247,7 @@ class _Loop:
         self.rollbacks = list(state.get("rollbacks", []))
         # checkpoints made before the setting existed: every image with float32 products
         self.images_by_products = dict(state.get("images_by_products", {"float32": state["images_seen"]}))
+        self.train_cost = dict(state.get("train_cost") or cost.legacy(state["train_time_s"]))  # older: unattributed
         self.made_for_epochs = state["loop"]["epochs"]  # the budget whose schedule the state followed
         set_rng_states(self.safe_rng)
 
@@ -264,12 +270,12 @@ class _Loop:
         bad = 0
         last_line, t_epoch, seen_epoch = time.monotonic(), self.train_time_s, 0
         self.epoch_complete = False
-        t_last = time.perf_counter()  # training time includes making the batch
+        t_last, cpu_last = time.perf_counter(), time.process_time()  # training time includes making the batch
         decay_start = cfg.schedule.decay_start(cfg.epochs)
         products_now = products.name_of(products.training_dtype())
         for i, batch in enumerate(batches):
             if i < self.batch_in_epoch:  # done before the interruption
-                t_last = time.perf_counter()
+                t_last, cpu_last = time.perf_counter(), time.process_time()
                 continue
             if self.epoch + i / (cfg.batches_per_epoch or 1) >= decay_start and not self.decay_saved:
                 self.save_stable()
@@ -302,9 +308,10 @@ class _Loop:
                     raise TrainingError(f"{bad} consecutive non-finite losses or gradients at step {self.step}: "
                                         f"training diverged; lower the learning rate (now {cfg.lr}) "
                                         f"or the clipping norm (now {cfg.clip_norm})")
-            now = time.perf_counter()
+            now, cpu_now = time.perf_counter(), time.process_time()
             self.train_time_s += now - t_last
-            t_last = now
+            cost.add(self.train_cost, self.charged_to, cpu_now - cpu_last if self.charged_to == cost.CPU else now - t_last)
+            t_last, cpu_last = now, cpu_now
             self.step += 1
             self.batch_in_epoch = i + 1
             self.images_seen += task.batch_images(batch) * self.world_size
@@ -424,6 +431,7 @@ def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, res
         loop.extend()
     loop.status = status
     loop.images_at_start, loop.train_time_at_start = loop.images_seen, loop.train_time_s
+    loop.cost_at_start = dict(loop.train_cost)
     loop.report_status()
     try:
         loop.run()
@@ -439,4 +447,4 @@ def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, res
         loop.model.load_state_dict(loop.best_state)
     return LoopResult(loop.model, loop.curve, loop.best, loop.step, loop.images_seen, loop.train_time_s,
                       loop.epoch, loop.stopped_by, resumed, rollbacks=list(loop.rollbacks), lr_scale=loop.lr_scale,
-                      images_by_products=dict(loop.images_by_products))
+                      images_by_products=dict(loop.images_by_products), train_cost=dict(loop.train_cost))

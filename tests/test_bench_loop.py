@@ -79,7 +79,7 @@ def test_resume_after_simulated_crash_continues_exactly(tmp_path):
         train(ToyTask(), CFG, ck, on_step=crash, log=lambda m: None)
     saved = checkpoints.load(ck)
     assert (saved["epoch"], saved["batch_in_epoch"], saved["step"], saved["finished"]) == (1, 2, 8, False)
-    assert saved["sitting_start"] == {"images_seen": 0, "train_time_s": 0.0}
+    assert saved["sitting_start"] == {"images_seen": 0, "train_time_s": 0.0, "train_cost": {}}
 
     torch.manual_seed(999)  # the resumed process starts with a different RNG state
     res = train(ToyTask(), CFG, ck, resume=True, log=lambda m: None)
@@ -89,7 +89,32 @@ def test_resume_after_simulated_crash_continues_exactly(tmp_path):
     resumed = checkpoints.load(ck)
     assert resumed["finished"]
     # the second sitting began where the first stopped (bench status times what is left at its rate)
-    assert resumed["sitting_start"] == {"images_seen": 8 * 16, "train_time_s": saved["train_time_s"]}
+    assert resumed["sitting_start"] == {"images_seen": 8 * 16, "train_time_s": saved["train_time_s"],
+                                        "train_cost": saved["train_cost"]}
+    assert resumed["train_cost"]["cpu"] > saved["train_cost"]["cpu"]
+
+
+def test_the_cost_on_a_cpu_is_cpu_time_not_time_spent_waiting(tmp_path):
+    """A step that waits 50 ms for the CPU (as when other work shares the core) costs its wall time,
+    not core time; a checkpoint made before the cost was kept resumes with its time unattributed."""
+    import time
+
+    class Waiting(ToyTask):
+        def loss(self, model, batch):
+            time.sleep(0.05)
+            return super().loss(model, batch)
+
+    cfg = LoopConfig(epochs=1, lr=0.05, progress=False)
+    res = train(Waiting(), cfg, tmp_path / "w.pt", log=lambda m: None)
+    assert res.train_time_s >= 6 * 0.05 and list(res.train_cost) == ["cpu"]
+    assert res.train_cost["cpu"] < res.train_time_s / 2
+
+    old = checkpoints.load(tmp_path / "w.pt")
+    del old["train_cost"], old["sitting_start"]["train_cost"]
+    checkpoints.save(tmp_path / "w.pt", old)
+    more = train(ToyTask(), LoopConfig(epochs=2, lr=0.05, progress=False), tmp_path / "w.pt", resume=True,
+                 log=lambda m: None)
+    assert more.train_cost["unattributed"] == pytest.approx(old["train_time_s"]) and more.train_cost["cpu"] > 0
 
 
 def test_crash_during_validation_resumes_exactly(tmp_path):

@@ -47,7 +47,7 @@ def test_a_unit_in_training_is_read_from_its_checkpoint_with_the_hours_to_go(tmp
     path = long_record(tmp_path, checkpoint())
     s = status.unit_status(records.read(path), "clf-T8-s1")
     assert (s.state, s.epochs, s.budget_epochs, s.images_seen) == ("in training", 10, 60, 499_840)
-    assert s.hours == pytest.approx(1000 * 2 / 3600)  # 2 threads
+    assert s.hours == {"core-h": pytest.approx(1000 * 2 / 3600)}  # wall time x 2 threads: kept before bench/cost.py
     assert s.to_go_hours == pytest.approx(50 * 100 * 2 / 3600)  # 50 epochs at 100 s each, 2 threads
     assert s.best_valid == (pytest.approx(0.20), 10) and s.last_valid == pytest.approx(0.20)
     line = status.describe(s)
@@ -72,7 +72,7 @@ def test_without_a_readable_checkpoint_the_record_speaks(tmp_path):
     path = long_record(tmp_path)
     (tmp_path / "going.pt").write_bytes(b"not a checkpoint")
     s = status.unit_status(records.read(path), "clf-T8-s1")
-    assert (s.state, s.epochs, s.images_seen, s.hours, s.to_go_hours) == ("in training", 5, 250_000, None, None)
+    assert (s.state, s.epochs, s.images_seen, s.hours, s.to_go_hours) == ("in training", 5, 250_000, {}, None)
 
 
 def test_finished_and_never_started_units_and_the_command_that_continues_the_record(tmp_path):
@@ -92,7 +92,24 @@ def test_a_run_on_a_gpu_counts_its_hours_on_that_device(tmp_path):
     rec = records.read(path)
     rec["machine"].update(device="cuda", device_name="NVIDIA H200")
     s = status.unit_status(rec, "clf-T8-s1")
-    assert s.hours_unit == "h on NVIDIA H200" and s.hours == pytest.approx(1000 / 3600)
+    assert s.hours_unit == "h on NVIDIA H200" and s.hours == {"h on NVIDIA H200": pytest.approx(1000 / 3600)}
+
+
+def test_a_run_begun_on_a_gpu_and_continued_on_a_cpu_counts_each_part_where_it_ran(tmp_path):
+    """1000 s on the GPU before the cost was kept, then 2 CPU epochs of 1,500 core-seconds each (wall
+    time would say 400 s x 2 threads each): the hours so far and to go are in each one's unit."""
+    state = checkpoint(epoch=12)
+    state.update(train_time_s=1000.0 + 800.0, train_cost={"unattributed": 1000.0, "cpu": 3000.0},
+                 sitting_start={"images_seen": 49_984 * 10, "train_time_s": 1000.0,
+                                "train_cost": {"unattributed": 1000.0}})
+    rec = records.read(long_record(tmp_path, state))
+    rec["machine"].update(device="cuda", device_name="NVIDIA H200")
+    rec["machine_resumed"] = {**rec["machine"], "device": "cpu", "device_name": None}
+    s = status.unit_status(rec, "clf-T8-s1")
+    assert s.hours == {"h on NVIDIA H200": pytest.approx(1000 / 3600), "core-h": pytest.approx(3000 / 3600)}
+    assert (s.hours_unit, s.to_go_rate) == ("core-h", "its last sitting's")
+    assert s.to_go_hours == pytest.approx(48 * 1500 / 3600)  # 48 epochs at its CPU sitting's 1,500 core-s each
+    assert "; 0.28 h on NVIDIA H200 + 0.83 core-h; " in status.describe(s)
 
 
 def test_the_command_shows_unfinished_records_of_a_folder_and_every_record_named(tmp_path, capsys):

@@ -268,3 +268,14 @@ def test_a_job_recorded_without_its_default_settings_shares_the_row_of_its_recip
     records.write(short, runs / "ram-s1.json")
     rows = [line for line in tables.markdown(runs).splitlines() if line.startswith("| RAM")]
     assert len(rows) == 1 and "| 0, 1 |" in rows[0]
+
+
+def test_training_cost_is_shown_by_where_each_model_trained():
+    cpu = {"device": "cpu", "threads": 2}
+    gpu = {"device": "cuda", "device_name": "NVIDIA H200", "threads": 1}
+    done = [{"train_time_s": 1800.0},  # before the cost was kept: wall time x threads on the record's machine
+            {"train_time_s": 9e9, "train_cost": {"cpu": 5400.0}}]  # core-seconds, however long the wall
+    assert tables.training_hours(done, [cpu, cpu]) == "1.00-1.50 core-h"
+    begun_on_gpu = [{"train_time_s": 0, "train_cost": {"unattributed": 360.0, "cpu": 3600.0}},
+                    {"train_time_s": 0, "train_cost": {"unattributed": 720.0, "cpu": 3960.0}}]
+    assert tables.training_hours(begun_on_gpu, [gpu, gpu]) == "0.10-0.20 h on NVIDIA H200 + 1.00-1.10 core-h"
