@@ -728,7 +728,8 @@ def _show(progress: bool | None) -> bool:
 
 # What of a unit's finished run an extension keeps (the rest, its status and live progress, moves on)
 _EARLIER_FIELDS = ("budget", "job", "epochs", "steps", "images_seen", "train_images_seen", "train_time_s", "train_cost",
-                   "stopped_by", "best_epoch", "rollbacks", "lr_scale", "training_products", "plateau", "convergence", "eval_time_s")
+                   "stopped_by", "best_epoch", "rollbacks", "lr_scale", "training_products", "plateau", "convergence",
+                   "eval_time_s")
 
 
 def earlier_run(record: dict, unit_id: str) -> dict:

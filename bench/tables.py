@@ -178,7 +178,8 @@ def _training(g: pd.DataFrame) -> str:
     minutes = job.get("time_budget_min")
     recipe += f"; budget {minutes:g} min" if minutes else f"; budget {job.get('epochs')} epochs"
     if all("images_seen" in d for d in done):
-        recipe += f"; {epochs_and_images(done)}, {training_hours(done, [_read(r).get('machine', {}) for _, r in pairs])}"
+        machines = [_read(r).get("machine", {}) for _, r in pairs]
+        recipe += f"; {epochs_and_images(done)}, {training_hours(done, machines)}"
     recipe += _products(done) + _rollbacks(job, done, units) + _at_end(pairs)
     return recipe
 

@@ -310,7 +310,8 @@ class _Loop:
                                         f"or the clipping norm (now {cfg.clip_norm})")
             now, cpu_now = time.perf_counter(), time.process_time()
             self.train_time_s += now - t_last
-            cost.add(self.train_cost, self.charged_to, cpu_now - cpu_last if self.charged_to == cost.CPU else now - t_last)
+            on_cpu = self.charged_to == cost.CPU
+            cost.add(self.train_cost, self.charged_to, cpu_now - cpu_last if on_cpu else now - t_last)
             t_last, cpu_last = now, cpu_now
             self.step += 1
             self.batch_in_epoch = i + 1
@@ -345,7 +346,9 @@ class _Loop:
             "epoch": self.epoch + 1, "step": self.step, "images_seen": self.images_seen,
             "train_loss": self.epoch_loss_sum / max(self.epoch_loss_n, 1) if self.epoch_loss_n else None,
             **{f"valid_{k}": v for k, v in metrics.items()},
-            "train_time_s": round(self.train_time_s, 3), "valid_time_s": round(time.perf_counter() - t0, 3),
+            "train_time_s": round(self.train_time_s, 3),
+            "train_cost": {k: round(v, 3) for k, v in self.train_cost.items()},
+            "valid_time_s": round(time.perf_counter() - t0, 3),
             "partial_epoch": bool(partial),
         }
         if self.relapse(entry):

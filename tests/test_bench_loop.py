@@ -9,6 +9,7 @@ from torch import nn
 
 from bench import checkpoints
 from bench.training_loop import LoopConfig, TrainingError, train
+from tests.fixtures.bench_records import without_timings
 
 
 class ToyTask:
@@ -59,10 +60,6 @@ def params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def strip_times(curve):
-    return [{k: v for k, v in e.items() if not k.endswith("time_s")} for e in curve]
-
-
 CFG = LoopConfig(epochs=3, lr=0.05, progress=False)
 
 
@@ -85,7 +82,7 @@ def test_resume_after_simulated_crash_continues_exactly(tmp_path):
     res = train(ToyTask(), CFG, ck, resume=True, log=lambda m: None)
     assert res.resumed and res.step == ref.step and res.images_seen == ref.images_seen
     assert torch.equal(params(res.model), params(ref.model))
-    assert strip_times(res.curve) == strip_times(ref.curve)
+    assert without_timings(res.curve) == without_timings(ref.curve)
     resumed = checkpoints.load(ck)
     assert resumed["finished"]
     # the second sitting began where the first stopped (bench status times what is left at its rate)
@@ -135,7 +132,7 @@ def test_crash_during_validation_resumes_exactly(tmp_path):
         train(t, CFG, ck, log=lambda m: None)
     res = train(ToyTask(), CFG, ck, resume=True, log=lambda m: None)
     assert torch.equal(params(res.model), params(ref.model))
-    assert strip_times(res.curve) == strip_times(ref.curve)
+    assert without_timings(res.curve) == without_timings(ref.curve)
 
 
 def test_best_valid_state_is_returned(tmp_path):

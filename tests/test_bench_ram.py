@@ -14,6 +14,7 @@ from bench import plugins, records, report, runner, suites, tables, targets
 from bench.optim import Optim
 from bench.suites import RamJob, Suite, Target
 from models.ram import RamConfig
+from tests.fixtures.bench_records import without_timings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -123,8 +124,7 @@ def test_ram_resume_matches_uninterrupted(tiny_ram, monkeypatch):
     done, _ = runner.run(tiny_ram("run", resume=True), log=quiet)
     unit = next(iter(done["jobs"]))
     assert done["jobs"][unit]["resumed"]
-    strip = lambda c: [{k: v for k, v in e.items() if not k.endswith("time_s")} for e in c]  # noqa: E731
-    assert strip(done["curves"][unit]) == strip(ref["curves"][unit])
+    assert without_timings(done["curves"][unit]) == without_timings(ref["curves"][unit])
     pick = lambda r: sorted((m["name"], m["value"]) for m in r["metrics"])  # noqa: E731
     assert pick(done) == pick(ref)
 

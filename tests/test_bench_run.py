@@ -16,6 +16,7 @@ from bench import records, runner, suites
 from bench.optim import Optim
 from bench.suites import ClassifierJob, Suite, Target, ThroughputJob
 from models.classifier import ClassifierConfig
+from tests.fixtures.bench_records import without_timings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,8 +95,7 @@ def test_crash_then_resume_matches_uninterrupted(tiny, monkeypatch):
     assert r["status"] == "incomplete" and r["error"] == "interrupted (Ctrl-C)"
     assert r["jobs"][unit]["status"] == "incomplete"
     assert (REPO / r["jobs"][unit]["checkpoint"]).exists() or Path(r["jobs"][unit]["checkpoint"]).exists()
-    strip = lambda c: [{k: v for k, v in e.items() if not k.endswith("time_s")} for e in c]  # noqa: E731
-    assert strip(r["curves"][unit]) == strip(ref["curves"][unit][:1])  # where it stood: epoch 1 of 2
+    assert without_timings(r["curves"][unit]) == without_timings(ref["curves"][unit][:1])  # where it stood: epoch 1
 
     monkeypatch.setattr(tasks.ClassifierTask, "loss", orig)
     done, _ = runner.run(tiny("run", resume=True), log=quiet)
@@ -103,7 +103,7 @@ def test_crash_then_resume_matches_uninterrupted(tiny, monkeypatch):
     pick = lambda rec: sorted((m["name"], m["params"].get("glimpses"), m["value"])  # noqa: E731
                               for m in rec["metrics"] if m["name"] in ("test_error", "valid_error"))
     assert pick(done) == pick(ref)
-    assert strip(done["curves"][unit]) == strip(ref["curves"][unit])
+    assert without_timings(done["curves"][unit]) == without_timings(ref["curves"][unit])
     # two runs of one suite name the same metrics: compare pairs every one of them
     from bench import compare
     res = compare.compare_paths(tiny("ref").out, tiny("run").out)
@@ -139,8 +139,7 @@ def test_a_stop_during_the_final_evaluation_resumes_into_the_evaluation_alone(ti
     pick = lambda rec: sorted((m["name"], m["params"].get("glimpses"), m["value"])  # noqa: E731
                               for m in rec["metrics"] if m["name"] in ("test_error", "valid_error"))
     assert pick(done) == pick(ref)
-    strip = lambda c: [{k: v for k, v in e.items() if not k.endswith("time_s")} for e in c]  # noqa: E731
-    assert strip(done["curves"][unit]) == strip(ref["curves"][unit])
+    assert without_timings(done["curves"][unit]) == without_timings(ref["curves"][unit])
 
 
 def test_a_run_with_set_keeps_its_deviation_through_resume_and_into_the_tables(tiny, monkeypatch):

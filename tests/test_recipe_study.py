@@ -53,6 +53,16 @@ def test_a_study_trains_each_variant_on_the_same_images(tmp_path, monkeypatch, m
                               "--out", str(tmp_path / "d.json")]) == 2
 
 
+def test_time_to_accuracy_counts_core_seconds_where_the_curve_has_them():
+    curve = [{"epoch": 1, "images_seen": 100, "valid_error": 0.5, "train_time_s": 10.0},  # older curves: wall x threads
+             {"epoch": 2, "images_seen": 200, "valid_error": 0.04, "train_time_s": 90.0, "train_cost": {"cpu": 30.0}}]
+    rec = {"machine": {"threads": 2}, "curves": {"u": curve}, "jobs": {"u": {"kind": "classifier"}}}
+    reached = recipe_study.time_to_accuracy(rec)[0]["reached"]
+    assert reached[0.5] == reached[0.05] == (200, 30.0) and reached[0.04] is None
+    del curve[1]["train_cost"]
+    assert recipe_study.time_to_accuracy(rec)[0]["reached"][0.05] == (200, 180.0)
+
+
 def test_an_unknown_device_is_refused_with_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(suites.SUITES, "tinybase", BASE)
     code = recipe_study.main(["dev", "--job", "tinybase:0", "--variant", "a:lr=1e-3", "--device", "tpu",

@@ -10,7 +10,8 @@ from hypothesis import given, strategies as st
 
 from bench.schedule import Schedule, ScheduleError
 from bench.training_loop import LoopConfig, train
-from test_bench_loop import ToyTask, params, strip_times
+from test_bench_loop import ToyTask, params
+from tests.fixtures.bench_records import without_timings
 
 WSD = Schedule("wsd", warmup_epochs=1.0, decay_epochs=4.0, min_lr_ratio=0.1)
 
@@ -73,5 +74,5 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path, schedule):
     ext = train(ToyTask(), cfg(5, schedule), tmp_path / "run.pt", resume=True, log=lines.append)
     assert ext.epochs_done == 5 and ext.images_seen == long.images_seen
     assert torch.equal(params(ext.model), params(long.model))
-    assert strip_times(ext.curve) == strip_times(long.curve)
+    assert without_timings(ext.curve) == without_timings(long.curve)
     assert any("extending" in m or "restarting" in m for m in lines)
