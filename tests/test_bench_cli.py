@@ -64,6 +64,14 @@ def test_resume_with_dry_run_is_refused(capsys):
     assert "do not go together" in capsys.readouterr().err
 
 
+def test_a_new_run_never_replaces_a_record(capsys, tmp_path):
+    record = tmp_path / "long.json"
+    record.write_text('{"kept": true}')
+    assert main(["run", "--suite", "table2", "--out", str(record)]) == 2
+    assert "already exists; continue its run with --resume" in capsys.readouterr().err
+    assert record.read_text() == '{"kept": true}'
+
+
 def test_bad_device_is_exit_2(capsys, tmp_path):
     import torch
 
