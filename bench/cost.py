@@ -8,7 +8,8 @@ The training loop keeps, per unit, the seconds spent in training steps by where 
 - ``"unattributed"``: wall seconds from checkpoints made before the cost was kept. They are charged
   to the machine that began the record (wall time x threads on a CPU), where those sittings ran.
 
-A unit resumed across machines keeps each part, so a run begun on a GPU and finished on a CPU
+Under torch.distributed the ranks' seconds are summed (every rank holds the sum). A unit resumed
+across machines keeps each part, so a run begun on a GPU and finished on a CPU
 reads "0.12 h on NVIDIA H200 + 1.10 core-h".
 """
 

@@ -270,12 +270,15 @@ class _Loop:
         bad = 0
         last_line, t_epoch, seen_epoch = time.monotonic(), self.train_time_s, 0
         self.epoch_complete = False
-        t_last, cpu_last = time.perf_counter(), time.process_time()  # training time includes making the batch
+        t_last = time.perf_counter()  # training time includes making the batch
+        # the cost (bench/cost.py): CPU time on a CPU, wall time on an accelerator; summed over the ranks
+        cost_clock = time.process_time if self.charged_to == cost.CPU else time.perf_counter
+        cost_last = cost_clock()
         decay_start = cfg.schedule.decay_start(cfg.epochs)
         products_now = products.name_of(products.training_dtype())
         for i, batch in enumerate(batches):
             if i < self.batch_in_epoch:  # done before the interruption
-                t_last, cpu_last = time.perf_counter(), time.process_time()
+                t_last, cost_last = time.perf_counter(), cost_clock()
                 continue
             if self.epoch + i / (cfg.batches_per_epoch or 1) >= decay_start and not self.decay_saved:
                 self.save_stable()
@@ -288,10 +291,15 @@ class _Loop:
                 loss.backward()
                 norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
                 finite = finite and bool(torch.isfinite(norm))
-            # the batch's global loss sum and images, and how many ranks failed (no-op in one process)
+            # the batch's global loss sum and images, how many ranks failed, and the ranks' cost since the
+            # last step's all-reduce (no-op in one process)
             n_img = task.batch_images(batch)
-            loss_sum, n_all, failed = distributed.all_reduce_sum(torch.tensor(
-                [loss.item() * n_img if finite else 0.0, n_img, 0.0 if finite else 1.0], dtype=torch.float64)).tolist()
+            cost_now = cost_clock()
+            loss_sum, n_all, failed, spent = distributed.all_reduce_sum(torch.tensor(
+                [loss.item() * n_img if finite else 0.0, n_img, 0.0 if finite else 1.0, cost_now - cost_last],
+                dtype=torch.float64)).tolist()
+            cost_last = cost_now
+            cost.add(self.train_cost, self.charged_to, spent)
             finite = failed == 0
             if finite:
                 lr = self.lr_at(self.epoch, i + 1)
@@ -308,11 +316,9 @@ class _Loop:
                     raise TrainingError(f"{bad} consecutive non-finite losses or gradients at step {self.step}: "
                                         f"training diverged; lower the learning rate (now {cfg.lr}) "
                                         f"or the clipping norm (now {cfg.clip_norm})")
-            now, cpu_now = time.perf_counter(), time.process_time()
+            now = time.perf_counter()
             self.train_time_s += now - t_last
-            on_cpu = self.charged_to == cost.CPU
-            cost.add(self.train_cost, self.charged_to, cpu_now - cpu_last if on_cpu else now - t_last)
-            t_last, cpu_last = now, cpu_now
+            t_last = now
             self.step += 1
             self.batch_in_epoch = i + 1
             self.images_seen += task.batch_images(batch) * self.world_size

@@ -187,6 +187,8 @@ def test_two_ranks_at_half_batch_follow_one_process(one_process, ranks, model):
         for a, b in zip(got[model]["curve"], ref.curve):  # the global train loss, and the sharded valid score
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
             assert a["valid_images"] == b["valid_images"] == 101
+    costs = [got[model]["curve"][-1]["train_cost"] for got in ranks["main"]]
+    assert costs[0] == costs[1] and costs[0]["cpu"] > 0  # both ranks' CPU time, summed on every rank
     untrained = (cls_task() if model == "cls" else draw_task()).build().state_dict()
     moved = max((ref.model.state_dict()[k] - untrained[k]).abs().max().item() for k in untrained)
     assert moved > 1e-3, "training did not move the parameters: the comparison would be vacuous"
