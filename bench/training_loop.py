@@ -134,7 +134,8 @@ class _Loop:
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.images_seen, self.train_time_s = 0, 0.0
         self.train_cost: dict[str, float] = {}  # bench/cost.py: core-seconds on a CPU, wall seconds elsewhere
-        self.charged_to = cost.where(next(self.model.parameters()).device)
+        first = next(self.model.parameters(), None)
+        self.charged_to = cost.where(first.device if first is not None else "cpu")
         self.curve: list[dict] = []
         self.best: dict = {"epoch": None, "value": math.inf, "metrics": {}}
         self.best_state: dict | None = None
