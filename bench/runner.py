@@ -160,6 +160,8 @@ class Runner:
         self.peak: float | None = None
         self.artifacts: dict[str, np.ndarray] = {}
         self.sitting: resume.Sitting | None = None  # set when the record is opened
+        self.skipped: set[str] = set()  # units complete when the record was opened: other sittings may extend them
+        self.stamp_budgets: Callable[[dict], None] | None = None  # a resume's, for units taken in from the disk
 
     def _training_products(self):
         """--training-products checked against this machine and the suite's DRAW jobs: the operand dtype
@@ -239,7 +241,9 @@ class Runner:
                 record["config"].setdefault("options", {})["checkpoint_dir"] = o.checkpoint_dir
             record["status"] = "incomplete"
             trained = {u.id: u.job for u in self.units if u.job.kind in TRAINED_KINDS}
-            resume.stamp_budgets(record, lambda u: resume.budget(trained[u]) if u in trained else None)
+            self.stamp_budgets = lambda rec: resume.stamp_budgets(
+                rec, lambda u: resume.budget(trained[u]) if u in trained else None)
+            self.stamp_budgets(record)
             record["config"]["suite"] = suites.as_record(self.suite)  # the budget applied from now on
             record.setdefault("resumed_at", []).append(records.utc_now())
             record["machine_resumed"] = self.machine
@@ -317,6 +321,11 @@ class Runner:
         """Whether this sitting trains the unit ``unit_id`` (--units; every unit without it)."""
         return self.opts.units is None or any(fnmatch.fnmatchcase(unit_id, p) for p in self.opts.units)
 
+    def _ours(self, unit_id: str) -> bool:
+        """Whether this sitting writes the unit's entry: one it trains, not one it found complete and
+        skipped (another sitting may be extending that one with --units: its entry is taken from the disk)."""
+        return self._mine(unit_id) and unit_id not in self.skipped
+
     def save(self, record: dict, path: Path, settle=None) -> None:
         """Write the record (and its artifacts). A sitting on some units (--units) first takes in what
         other sittings on the same file wrote for the other units, under a lock: sittings with disjoint
@@ -332,10 +341,12 @@ class Runner:
         from datasets.fileio import file_lock
 
         with file_lock(records.lock_path(path)):
-            if self.opts.units is not None and path.exists():
-                resume.merge_other_sittings(record, records.read(path), self._mine,
+            if (self.opts.units is not None or self.skipped) and path.exists():
+                resume.merge_other_sittings(record, records.read(path), self._ours,
                                             self.sitting.entry if self.sitting is not None else None)
                 self._merge_artifacts(path)
+                if self.stamp_budgets is not None:
+                    self.stamp_budgets(record)
             if settle is not None:
                 settle(record)
             if self.artifacts:
@@ -356,8 +367,8 @@ class Runner:
         if not a.exists():
             return
         with np.load(a) as z:
-            theirs = {k: z[k] for k in z.files if not self._mine(k.split("/", 1)[0])}
-        self.artifacts = {**{k: v for k, v in self.artifacts.items() if self._mine(k.split("/", 1)[0])}, **theirs}
+            theirs = {k: z[k] for k in z.files if not self._ours(k.split("/", 1)[0])}
+        self.artifacts = {**{k: v for k, v in self.artifacts.items() if self._ours(k.split("/", 1)[0])}, **theirs}
 
     def checkpoint_path(self, path: Path, unit: Unit) -> Path:
         root = Path(self.opts.checkpoint_dir) if self.opts.checkpoint_dir else CHECKPOINTS
@@ -381,11 +392,12 @@ class Runner:
         if self.device == "cpu" and not self.opts.threads and load > self.machine["cores"]:
             self.log(f"note: this CPU is busy (load {load:.1f} on {self.machine['cores']} cores); with other work "
                      "running, --threads 1 is often several times faster than the default")
+        self.skipped = {u.id for u in self.units if self._finished(record, u)}
         self.save(record, path)
         waiting = []
         try:
             for i, unit in enumerate(self.units):
-                if self._finished(record, unit):
+                if unit.id in self.skipped:
                     self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: complete in the record, skipped")
                     continue
                 if not self._mine(unit.id):
@@ -422,7 +434,8 @@ class Runner:
         left = []
 
         def settle(rec: dict) -> None:  # under the record's lock, after taking in the other sittings' units
-            left[:] = [u for u in waiting if rec["jobs"].get(u, {}).get("status") != "complete"]
+            # units of other sittings: not in --units, or complete when this one began and extended since
+            left[:] = [u for u in waiting + sorted(self.skipped) if rec["jobs"].get(u, {}).get("status") != "complete"]
             rec["finished_at"] = records.utc_now()
             if left:  # the record goes on in another sitting
                 rec["status"], rec["error"] = "incomplete", f"units left for another sitting (--units): {len(left)}"
@@ -441,7 +454,7 @@ class Runner:
     def _stop(self, record: dict, path: Path, status: str, why: str) -> None:
         def settle(rec: dict) -> None:
             for unit_id, j in rec["jobs"].items():
-                if j.get("status") == "running" and self._mine(unit_id):  # not another sitting's units
+                if j.get("status") == "running" and self._ours(unit_id):  # not another sitting's units
                     j["status"] = status
             rec["status"], rec["error"], rec["finished_at"] = status, why, records.utc_now()
             if self.sitting is not None:

@@ -509,6 +509,37 @@ def test_of_two_sittings_that_end_together_the_later_completes_the_record(tiny, 
     assert on_disk["status"] == "complete" and on_disk["error"] is None and on_disk["targets"]
 
 
+def test_a_sitting_without_units_leaves_a_unit_it_skipped_to_the_sitting_extending_it(tiny, monkeypatch):
+    """Sitting A (no --units) resumes a record whose T1 is complete and trains T2; meanwhile sitting B
+    extends T1 (--epochs 4 --units *-T1-*) and is stopped mid-way. A's writes take T1 from the disk: B's
+    extension (its state, its segment) survives A's end, and the record stays incomplete."""
+    separate = replace(TINY, jobs=(replace(TINY.jobs[0], per_step_loss=False), TINY.jobs[1]))
+    monkeypatch.setitem(suites.SUITES, "tiny", separate)
+    t1, t2 = (u.id for u in runner.units(separate, None)[:2])
+    runner.run(tiny("run", units=(t1, "throughput-*")), log=quiet)
+    real_run_unit = runner.Runner.run_unit
+
+    def run_unit(self, unit, record, path):
+        if self.opts.units == ("*-T1-*",):  # B: stopped as it starts extending T1
+            raise KeyboardInterrupt
+        if unit.id == t2:  # A, training T2: B begins and is stopped
+            with pytest.raises(KeyboardInterrupt):
+                runner.run(replace(tiny("run", resume=True, units=("*-T1-*",)), epochs=4), log=quiet)
+        return real_run_unit(self, unit, record, path)
+
+    monkeypatch.setattr(runner.Runner, "run_unit", run_unit)
+    done, path = runner.run(tiny("run", resume=True), log=quiet)
+    on_disk = records.read(path)
+    for rec in (done, on_disk):
+        assert rec["jobs"][t2]["status"] == "complete"
+        assert rec["jobs"][t1]["status"] == "incomplete" and "extending_from" in rec["jobs"][t1]
+        assert rec["status"] == "incomplete" and "another sitting" in rec["error"]
+        assert len(rec["segments"]) == 3
+    monkeypatch.setattr(runner.Runner, "run_unit", real_run_unit)
+    extended, _ = runner.run(replace(tiny("run", resume=True, units=("*-T1-*",)), epochs=4), log=quiet)
+    assert extended["status"] == "complete" and extended["jobs"][t1]["budget"]["epochs"] == 4
+
+
 def test_a_sitting_without_units_owns_the_whole_record(tiny, monkeypatch):
     """Without --units a sitting trains every unit: it writes the record as it holds it, reading nothing back."""
     from bench import resume
