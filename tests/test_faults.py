@@ -180,7 +180,7 @@ def test_full_disk_while_saving_artifacts_keeps_record_and_artifacts(tmp_path, m
     path = _record_with_artifacts(tmp_path)
     good_record, good_npz = path.read_bytes(), (tmp_path / "r.npz").read_bytes()
     r = runner.Runner.__new__(runner.Runner)
-    r.opts, r.sitting = runner.RunOptions(), None
+    r.opts, r.sitting, r.skipped, r.stamp_budgets = runner.RunOptions(), None, set(), None
     r.artifacts = {"u/samples": np.random.default_rng(0).integers(0, 255, (8, 4, 28, 28), dtype=np.uint8)}
     monkeypatch.setattr(fileio, "_open_temp", lambda fd: FullDisk(fd, room=100))
     with pytest.raises(fileio.WriteError):
