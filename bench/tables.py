@@ -105,15 +105,14 @@ def extending(rec: dict, unit: str) -> bool:
 
 
 def earlier_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Metric rows of the finished runs that extensions replaced (a unit complete again under a longer
-    budget keeps them under ``earlier``), as load_all makes rows, their unit id marked with EARLIER."""
+    """Metric rows of the finished runs that extensions replaced (a unit that finished again under a
+    longer budget keeps them under ``earlier``), as load_all makes rows, their unit id marked with EARLIER."""
     rows = []
     for record, g in df.groupby("record"):
         rec, base = _read(record), g.iloc[0][["record", "suite", "status", "dry_run", "started_at", "sha", "dirty",
                                                "machine_id", "device"]].to_dict()
         for unit, entry in rec.get("jobs", {}).items():
-            if entry.get("status") != "complete":
-                continue  # while it trains again, its figures are still those of the earlier run
+            # a unit extended again keeps them too: its own figures are its last finished run's meanwhile
             for index, run in enumerate(entry.get("earlier", [])):
                 rows += [{**metric_row(base, m), "p_job": f"{unit}{EARLIER}{index}"} for m in run.get("metrics", [])]
     return pd.DataFrame(rows)

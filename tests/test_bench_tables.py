@@ -256,6 +256,16 @@ def test_an_extended_unit_keeps_its_finished_run_in_the_row_of_that_budget(tmp_p
     assert "| 11.00% +- 1.00% (10.00%, 12.00%, 11.00%) | 0, 1, 2 |" in shorter  # seed 0's 100-epoch figure kept
     assert "at the end: still improving (best valid fell 1.00 pts" in shorter  # the curve of its 100 epochs
 
+    # extended again, to 200 epochs: while it trains, its 150-epoch figure stays in the 150-epoch row
+    # and its 100-epoch run, in `earlier`, in the 100-epoch row
+    rec["jobs"][unit].update(status="running", job={**rec["jobs"][unit]["job"], "epochs": 200})
+    records.write(rec, runs / "extending.json")
+    rows = [line for line in tables.markdown(runs).splitlines() if line.startswith("| RAM")]
+    assert len(rows) == 2
+    assert "| 11.00% +- 1.00% (10.00%, 12.00%, 11.00%) | 0, 1, 2 |" in next(r for r in rows if "budget 100" in r)
+    longer = next(r for r in rows if "budget 150" in r)
+    assert "| 8.00% | 0 |" in longer and "s0 training on under a longer budget" in longer
+
 
 def test_a_job_recorded_without_its_default_settings_shares_the_row_of_its_recipe(tmp_path):
     """Older records stored a job with only some settings; at their defaults the rest are the same recipe."""
