@@ -125,9 +125,9 @@ def cmd_run(args) -> int:
                          "(a dry run is never a reference result)")
     if args.resume and args.dry_run:
         raise UsageError("--resume and --dry-run do not go together: a dry run is one batch and is never resumed")
-    if args.out and not args.resume and Path(args.out).exists():
+    if args.out and not args.resume and not args.dry_run and Path(args.out).exists():
         raise UsageError(f"--out {args.out} already exists; continue its run with --resume, or give another --out "
-                         "(a new run never replaces a record)")
+                         "(a new run never replaces a record; a dry run may)")
     if args.resume and args.out:
         from bench import records
 

@@ -70,6 +70,10 @@ def test_a_new_run_never_replaces_a_record(capsys, tmp_path):
     assert main(["run", "--suite", "table2", "--out", str(record)]) == 2
     assert "already exists; continue its run with --resume" in capsys.readouterr().err
     assert record.read_text() == '{"kept": true}'
+    dry = tmp_path / "dry.json"
+    for _ in range(2):  # one batch of each job, never a result: .ci/run may run twice in one checkout
+        assert main(["run", "--dry-run", "--no-progress", "--threads", "1", "--out", str(dry),
+                     "--checkpoint-dir", str(tmp_path / "ck")]) == 0
 
 
 def test_bad_device_is_exit_2(capsys, tmp_path):
