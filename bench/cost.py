@@ -63,6 +63,12 @@ def hours(cost: dict | None, train_time_s: float | None, machine: dict) -> dict[
     return {u: h for u, h in out.items() if h > 0}
 
 
+def core_seconds(cost: dict | None, train_time_s: float, threads: int) -> float:
+    """Core-seconds of training wholly on CPUs: the kept CPU time; wall time x ``threads`` where the
+    cost was not kept throughout (or not on a CPU)."""
+    return cost[CPU] if cost and set(cost) == {CPU} else train_time_s * threads
+
+
 def text(parts: dict[str, float]) -> str:
     """'1.23 core-h', '0.12 h on NVIDIA H200 + 1.10 core-h'; '' for no training time."""
     return " + ".join(f"{h:.2f} {unit}" for unit, h in parts.items())

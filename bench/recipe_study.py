@@ -96,16 +96,11 @@ def time_to_accuracy(record: dict) -> list[dict]:
         reached = {}
         for th in THRESHOLDS[kind]:
             hit = next((e for e in points if e[key] < th), None)
-            reached[th] = None if hit is None else (hit["images_seen"], _core_seconds(hit, threads))
+            reached[th] = None if hit is None else (
+                hit["images_seen"], cost.core_seconds(hit.get("train_cost"), hit["train_time_s"], threads))
         out.append({"unit": unit, "metric": key, "best": min((e[key] for e in points), default=None),
                     "images": points[-1]["images_seen"] if points else 0, "reached": reached})
     return out
-
-
-def _core_seconds(entry: dict, threads: int) -> float:
-    """A curve entry's training core-seconds (bench/cost.py); wall time x threads in curves made before."""
-    spent = entry.get("train_cost")
-    return spent[cost.CPU] if spent and set(spent) == {cost.CPU} else entry["train_time_s"] * threads
 
 
 def format_summary(rows: list[dict]) -> str:
