@@ -71,6 +71,38 @@ def finished_budget(entry: dict, current: dict) -> dict:
     return dict(current)
 
 
+def covers(budget_a: dict, budget_b: dict) -> bool:
+    """Whether a run under ``budget_a`` trains at least as far as one under ``budget_b`` (a missing
+    epoch count or time budget is no limit)."""
+    for field in BUDGET_FIELDS:
+        a, b = budget_a.get(field), budget_b.get(field)
+        if a is not None and (b is None or a < b):
+            return False
+    return True
+
+
+def describe_budget(budget: dict) -> str:
+    parts = [f"{budget['epochs']} epochs"] if budget.get("epochs") else []
+    parts += [f"{budget['time_budget_min']:g} min"] if budget.get("time_budget_min") else []
+    return " / ".join(parts) or "no limit"
+
+
+def budget_options(budget: dict) -> str:
+    """The `bench run` options that give ``budget``."""
+    parts = [f"--epochs {budget['epochs']}"] if budget.get("epochs") else []
+    parts += [f"--time-budget {budget['time_budget_min']:g}"] if budget.get("time_budget_min") else []
+    return " ".join(parts)
+
+
+def training_budget(entry: dict) -> dict | None:
+    """The budget a unit not complete was last being trained to (the job its latest sitting gave it);
+    None for a record entry that does not say."""
+    job = entry.get("job") or {}
+    if entry.get("status") == "complete" or not any(job.get(f) is not None for f in BUDGET_FIELDS):
+        return None
+    return {f: job.get(f) for f in BUDGET_FIELDS}
+
+
 def stamp_budgets(record: dict, current_of) -> None:
     """Write into each finished trained unit lacking one the budget it finished under (``current_of(unit)``:
     the budget its job has now, or None for a unit not trained), so that a longer budget given later

@@ -239,6 +239,7 @@ class Runner:
                 o.checkpoint_dir = record["config"].get("options", {}).get("checkpoint_dir")
             else:  # moved there: later resumes look there too
                 record["config"].setdefault("options", {})["checkpoint_dir"] = o.checkpoint_dir
+            self._check_no_shortening(path, pending)
             record["status"] = "incomplete"
             trained = {u.id: u.job for u in self.units if u.job.kind in TRAINED_KINDS}
             self.stamp_budgets = lambda rec: resume.stamp_budgets(
@@ -273,12 +274,35 @@ class Runner:
                 if not any(u.id in begun for u in candidates if u.job is job)}
 
     def _finished(self, record: dict, unit: Unit) -> bool:
-        """Complete in the record, under the budget given now (a larger one extends the unit)."""
+        """Complete in the record under the budget given now or a larger one (a larger one given now
+        extends the unit; a smaller one leaves it as it is)."""
         done = record["jobs"].get(unit.id, {})
         if done.get("status") != "complete":
             return False
         return unit.job.kind not in TRAINED_KINDS or \
-            resume.finished_budget(done, resume.budget(unit.job)) == resume.budget(unit.job)
+            resume.covers(resume.finished_budget(done, resume.budget(unit.job)), resume.budget(unit.job))
+
+    def _check_no_shortening(self, path: Path, pending: list[Unit]) -> None:
+        """Refuse, before anything is trained, a sitting whose budget would end a unit past the point where
+        the schedule it was being trained to parts from this sitting's (an extension in progress, say):
+        see training_loop.cannot_shorten. One that has not got that far may go on under the smaller one."""
+        from bench import checkpoints
+        from bench.training_loop import cannot_shorten
+
+        refused = []
+        for u in pending:
+            ckpt = self.checkpoint_path(path, u)
+            if u.job.kind not in TRAINED_KINDS or not self._mine(u.id) or not ckpt.is_file() or not u.job.epochs:
+                continue
+            try:
+                why = cannot_shorten(checkpoints.load(ckpt), u.job.epochs)
+            except checkpoints.CheckpointError:
+                continue  # the training loop names what is wrong with it
+            if why:
+                refused.append(f"{u.id} has {why} --units {u.id}")
+        if refused:
+            raise ResumeError(f"{path}: this sitting's budget would end units before their own: {'; '.join(refused)}"
+                              " (a sitting for the other units names them with --units)")
 
     def _pending(self, record: dict) -> list[Unit]:
         return [u for u in self.units if not self._finished(record, u)]
@@ -398,7 +422,11 @@ class Runner:
         try:
             for i, unit in enumerate(self.units):
                 if unit.id in self.skipped:
-                    self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: complete in the record, skipped")
+                    done = resume.finished_budget(record["jobs"][unit.id], resume.budget(unit.job))
+                    larger = unit.job.kind in TRAINED_KINDS and done != resume.budget(unit.job)
+                    self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: complete in the record"
+                             + (f" (under a larger budget, {resume.describe_budget(done)})" if larger else "")
+                             + ", skipped")
                     continue
                 if not self._mine(unit.id):
                     self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: not in --units, left for another sitting")

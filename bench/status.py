@@ -157,22 +157,55 @@ def describe(s: UnitStatus) -> str:
     return "; ".join(parts)
 
 
-def units_to_begin(record: dict) -> list[str]:
-    """The units a `--resume` of the record would train that it holds nothing of yet (never begun:
-    other seeds of a run trained one --units at a time), from its suite and the options it was made
-    with; none where the suite is not a built-in one (studies, plug-ins) or no longer expands alike."""
+def _suite_units(record: dict, made_with_budget: bool = True) -> list | None:
+    """The units of the record's suite, rebuilt from the options it was made with (``made_with_budget``
+    False: without its --epochs and --time-budget, as a resume that gives none trains them); None
+    where the suite is not a built-in one (studies, plug-ins) or no longer expands alike."""
     from bench import runner, suites
 
     made_with = record.get("config", {}).get("options", {})
+    budget = {"epochs": made_with.get("epochs"), "time_budget_min": made_with.get("time_budget_min")}
     try:
         suite = suites.for_run(record.get("suite"), glimpses=made_with.get("glimpses"),
                                on_relapse=made_with.get("on_relapse"), jobs=made_with.get("jobs"),
-                               settings=made_with.get("settings"))
+                               settings=made_with.get("settings"), **(budget if made_with_budget else {}))
         seeds = made_with.get("seeds")
-        planned = [u.id for u in runner.units(suite, tuple(seeds) if seeds else None)]
+        return runner.units(suite, tuple(seeds) if seeds else None)
     except (suites.SuiteError, ValueError, TypeError):
-        return []
-    return [u for u in planned if u not in record.get("jobs", {}) and u not in record.get("curves", {})]
+        return None
+
+
+def units_to_begin(record: dict) -> list[str]:
+    """Units of the record's suite it has no entry for yet (the units of a run stopped before it reached
+    them, or the other seeds of a run trained one --units at a time), from its suite and the options it
+    was made with; none where the suite cannot be rebuilt (see _suite_units)."""
+    planned = _suite_units(record) or []
+    return [u.id for u in planned if u.id not in record.get("jobs", {}) and u.id not in record.get("curves", {})]
+
+
+def continue_commands(record: dict, path: Path, unfinished: list[str]) -> list[str]:
+    """The `bench run` command(s) that continue the record's ``unfinished`` units. A unit trained to
+    another budget than a resume without --epochs gives (one being extended, or a record made with
+    --epochs) gets a command that names that budget and the unit (--units): a plain resume would
+    refuse it, and --epochs alone would extend the record's finished units too."""
+    from bench import resume
+
+    plain = {u.id: resume.budget(u.job) for u in _suite_units(record, made_with_budget=False) or []}
+    made_for = {u.id: resume.budget(u.job) for u in _suite_units(record) or []}
+    groups: dict[str, list[str]] = {}
+    for unit in unfinished:
+        # being trained to, else (not begun) what the record was made for
+        target = resume.training_budget(record.get("jobs", {}).get(unit, {})) or made_for.get(unit)
+        differs = {k: v for k, v in (target or {}).items() if unit in plain and v != plain[unit].get(k)}
+        groups.setdefault(resume.budget_options(differs), []).append(unit)
+    threads = record.get("machine", {}).get("threads") or 1
+    latest = (record.get("segments") or [{}])[-1]
+    products = " --training-products auto" if latest.get("training_products") == "bfloat16" else ""
+    base = f"python -m bench run --suite {record.get('suite')} --threads {threads}{products}"
+    if list(groups) == [""]:
+        return [f"{base} --resume --out {path}"]
+    return [f"{base}{' ' + options if options else ''} --units {' '.join(units)} --resume --out {path}"
+            for options, units in sorted(groups.items())]
 
 
 def record_status(path: Path) -> str:
@@ -188,9 +221,8 @@ def record_status(path: Path) -> str:
     width = max((len(u) for u in units), default=0)
     statuses = [unit_status(record, u) for u in units]
     lines += [f"  {s.unit:<{width}}  {describe(s)}" for s in statuses]
-    if any(s.state != "complete" for s in statuses):
-        lines.append(f"  continue with: python -m bench run --suite {record.get('suite')} --threads {threads} "
-                     f"--resume --out {path}")
+    lines += [f"  continue with: {command}"
+              for command in continue_commands(record, path, [s.unit for s in statuses if s.state != "complete"])]
     return "\n".join(lines)
 
 

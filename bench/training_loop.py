@@ -413,6 +413,26 @@ class _Loop:
         self.save()
 
 
+def cannot_shorten(state: dict, epochs: int) -> str | None:
+    """Why the run saved in ``state`` (a training checkpoint) cannot go on under a budget of ``epochs``,
+    or None when it can: its budget is not larger, or the run has not reached the point where an
+    ``epochs``-epoch schedule leaves its own (the start of the shorter decay, or the shorter end).
+    Past that point, ending it at ``epochs`` would record as finished a run that never followed the
+    schedule it is recorded under."""
+    loop = state.get("loop") or {}
+    made_for = loop.get("epochs")
+    if made_for is None or made_for <= epochs:
+        return None
+    schedule = Schedule(**loop["schedule"]) if loop.get("schedule") else Schedule()
+    position = state["epoch"] + state.get("batch_in_epoch", 0) / (loop.get("batches_per_epoch") or 1)
+    departs = min(schedule.decay_start(epochs), float(epochs))
+    if position < departs and not state.get("finished"):
+        return None
+    at = "begins its decay" if departs < epochs else "ends"
+    return (f"trained {position:.1f} epochs of a {made_for}-epoch budget, past epoch {departs:g}, where a "
+            f"{epochs}-epoch schedule {at}; continue it with --epochs {made_for}")
+
+
 def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, resume: bool = False,
           rank: int = 0, world_size: int = 1, log: Callable[[str], None] = print,
           wrap: Callable[[nn.Module], nn.Module] | None = None,
@@ -435,7 +455,11 @@ def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, res
     loop = _Loop(task, cfg, path, rank, world_size, log, wrap, on_step)
     resumed = False
     if resume and path is not None and path.exists():
-        loop.restore(checkpoints.load(path))
+        state = checkpoints.load(path)
+        why = cannot_shorten(state, cfg.epochs)
+        if why:
+            raise ResumeMismatch(f"{path}: {why}")
+        loop.restore(state)
         resumed = True
         log(f"resumed from {path} at epoch {loop.epoch + 1}, batch {loop.batch_in_epoch}, step {loop.step}")
         loop.extend()

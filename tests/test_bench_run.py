@@ -547,3 +547,55 @@ def test_a_sitting_without_units_owns_the_whole_record(tiny, monkeypatch):
     monkeypatch.setattr(resume, "merge_other_sittings", lambda *a: pytest.fail("merged without --units"))
     rec, _ = runner.run(tiny("run"), log=quiet)
     assert rec["status"] == "complete"
+
+
+def _separate_units(monkeypatch):
+    """TINY with one unit per glimpse count (T1, T2) and its throughput unit."""
+    separate = replace(TINY, jobs=(replace(TINY.jobs[0], per_step_loss=False), TINY.jobs[1]))
+    monkeypatch.setitem(suites.SUITES, "tiny", separate)
+    return [u.id for u in runner.units(separate, None)]
+
+
+def test_a_sitting_at_a_smaller_budget_leaves_units_finished_under_a_larger_one_alone(tiny, monkeypatch):
+    """T1 trained to 4 epochs; a resume at the suite's 2 trains T2 and skips T1, saying why, where it
+    used to take the smaller budget for an extension: re-evaluate T1 and file its 4 epochs as a
+    2-epoch run."""
+    t1, t2, _ = _separate_units(monkeypatch)
+    _, path = runner.run(replace(tiny("run", units=(t1, "throughput-*")), epochs=4), log=quiet)
+    first = records.read(path)
+    lines = []
+    done, _ = runner.run(tiny("run", resume=True), log=lines.append)
+    assert any(f"{t1}: complete in the record (under a larger budget, 4 epochs), skipped" in x for x in lines)
+    assert done["jobs"][t1] == first["jobs"][t1] and "earlier" not in done["jobs"][t1]
+    assert done["jobs"][t2]["status"] == "complete" and done["jobs"][t2]["budget"]["epochs"] == 2
+    assert done["status"] == "complete"
+
+
+def test_a_unit_being_extended_is_refused_a_sitting_at_a_smaller_budget(tiny, monkeypatch):
+    """T1 (2 epochs) is being extended to 4 and stopped in its third epoch; a resume at 2 epochs would
+    end it there and record it as finished: it is refused before anything trains, naming the command
+    that continues T1, and the record is left as it was."""
+    from bench import tasks
+
+    t1, t2, _ = _separate_units(monkeypatch)
+    runner.run(tiny("run", units=(t1, "throughput-*")), log=quiet)
+    calls, orig = {"n": 0}, tasks.ClassifierTask.loss
+
+    def crashing(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:  # in the extension's third epoch
+            raise KeyboardInterrupt
+        return orig(self, model, batch)
+
+    monkeypatch.setattr(tasks.ClassifierTask, "loss", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(replace(tiny("run", resume=True, units=(t1,)), epochs=4), log=quiet)
+    monkeypatch.setattr(tasks.ClassifierTask, "loss", orig)
+    before = Path(tiny("run").out).read_bytes()
+    with pytest.raises(runner.ResumeError, match=rf"{t1} has trained 3\.\d epochs of a 4-epoch budget, .*; continue "
+                                                 rf"it with --epochs 4 --units {t1}"):
+        runner.run(tiny("run", resume=True), log=quiet)
+    assert Path(tiny("run").out).read_bytes() == before
+    runner.run(tiny("run", resume=True, units=(t2,)), log=quiet)  # the other units go on at their budget
+    done, _ = runner.run(replace(tiny("run", resume=True, units=(t1,)), epochs=4), log=quiet)
+    assert done["status"] == "complete" and done["jobs"][t1]["budget"]["epochs"] == 4 and done["jobs"][t1]["epochs"] == 4

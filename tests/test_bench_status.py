@@ -145,3 +145,33 @@ def test_units_a_resume_would_begin_are_listed_as_not_started(tmp_path):
     assert text.splitlines()[2].endswith("not started") and text.splitlines()[3].endswith("not started")
     rec["config"]["options"]["settings"] = {"no_such_setting": 1}  # a suite that no longer expands alike
     assert "3 units" not in status.record_status(records.write(rec, tmp_path / "runs" / "h512.json"))
+
+
+def table1_record(options=None, jobs=None, products="float32"):
+    rec = copy.deepcopy(make_record())
+    rec.update(suite="table1", status="incomplete", jobs=jobs or {}, segments=[{"training_products": products}])
+    rec["machine"]["threads"] = 1
+    rec["config"] = {"options": options or {}}
+    return rec
+
+
+T4, T8 = "classifier-cluttered100-T4-s0", "classifier-cluttered100-T8-s0"
+
+
+def test_a_unit_being_extended_is_continued_at_its_budget_and_by_name():
+    """T4 is being extended to 200 epochs (the suite's budget is 100), T8 goes on at 100: a plain resume
+    would refuse T4 and --epochs 200 alone would extend the record's finished units, so each gets its
+    own command. The last sitting trained on bf16 products: so do the commands."""
+    job = {"kind": "classifier", "dataset": "cluttered100", "epochs": 200, "time_budget_min": None}
+    rec = table1_record(jobs={T4: {"status": "incomplete", "job": job}}, products="bfloat16")
+    base = "python -m bench run --suite table1 --threads 1 --training-products auto"
+    assert status.continue_commands(rec, "r.json", [T4, T8]) == [
+        f"{base} --units {T8} --resume --out r.json", f"{base} --epochs 200 --units {T4} --resume --out r.json"]
+    assert status.continue_commands(rec, "r.json", [T8]) == [f"{base} --resume --out r.json"]
+
+
+def test_a_record_made_with_epochs_is_continued_with_them():
+    """Made with --epochs 150: a resume without it would train its units not begun to the suite's 100."""
+    rec = table1_record(options={"epochs": 150})
+    assert status.continue_commands(rec, "r.json", [T8]) == [
+        f"python -m bench run --suite table1 --threads 1 --epochs 150 --units {T8} --resume --out r.json"]

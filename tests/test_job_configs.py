@@ -36,8 +36,9 @@ def _resume(path: Path, tmp_path: Path) -> tuple[runner.Runner, dict, Path]:
     made = rec["config"].get("options", {})  # the overrides it was made with, given again on resume
     given = {k: tuple(made[k]) if isinstance(made.get(k), list) else made.get(k)
              for k in ("glimpses", "on_relapse", "jobs", "settings")}
-    # a finished record resumes only to extend it: a larger budget opens it the same way
-    extend = 10**6 if rec["status"] == "complete" else None
+    # a finished record resumes only to extend it, and a unit being extended only at its larger budget:
+    # a larger budget than any opens every record the same way
+    extend = 10**6
     r = runner.Runner(runner.RunOptions(suite=rec["suite"], resume=True, out=str(tmp_path / path.name), threads=1,
                                         progress=False, epochs=extend, **given), log=lambda m: None)
     record, opened = r.open_record()

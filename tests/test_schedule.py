@@ -76,3 +76,39 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path, schedule):
     assert torch.equal(params(ext.model), params(long.model))
     assert without_timings(ext.curve) == without_timings(long.curve)
     assert any("extending" in m or "restarting" in m for m in lines)
+
+
+def _stopped(tmp_path, name, epochs, schedule, at_step):
+    def stop(step):
+        if step == at_step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(ToyTask(), cfg(epochs, schedule), tmp_path / name, log=lambda m: None, on_step=stop)
+    return tmp_path / name
+
+
+def test_a_run_may_be_shortened_until_the_schedules_part(tmp_path):
+    """A 5-epoch wsd run stopped 1.5 epochs in (6 batches an epoch), before a 3-epoch schedule's decay
+    (epoch 2): resumed with 3 epochs, it ends where an uninterrupted 3-epoch run ends."""
+    sched = Schedule("wsd", warmup_epochs=1.0, decay_epochs=1.0)
+    short = train(ToyTask(), cfg(3, sched), tmp_path / "short.pt", log=lambda m: None)
+    shortened = train(ToyTask(), cfg(3, sched), _stopped(tmp_path, "run.pt", 5, sched, 9), resume=True,
+                      log=lambda m: None)
+    assert shortened.epochs_done == 3 and torch.equal(params(shortened.model), params(short.model))
+
+
+@pytest.mark.parametrize("schedule", [Schedule(), Schedule("wsd", warmup_epochs=1.0, decay_epochs=1.0)],
+                         ids=["constant", "wsd"])
+def test_a_run_past_a_shorter_schedule_s_decay_or_end_is_not_ended_there(tmp_path, schedule):
+    """Stopped 3 epochs into a 5-epoch run, past a 3-epoch schedule's decay (epoch 2) or at its end:
+    ending it at 3 would record as finished a run that never followed that schedule, so the loop
+    refuses and says how to continue it; at its own budget it goes on."""
+    from bench.training_loop import ResumeMismatch
+
+    path = _stopped(tmp_path, "run.pt", 5, schedule, 3 * 6)
+    where = "begins its decay" if schedule.kind == "wsd" else "ends"
+    with pytest.raises(ResumeMismatch, match=rf"trained 3\.0 epochs of a 5-epoch budget, past epoch \d, where a "
+                                             rf"3-epoch schedule {where}; continue it with --epochs 5"):
+        train(ToyTask(), cfg(3, schedule), path, resume=True, log=lambda m: None)
+    assert train(ToyTask(), cfg(5, schedule), path, resume=True, log=lambda m: None).epochs_done == 5

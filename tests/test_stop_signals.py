@@ -57,13 +57,15 @@ def images_in(ckpt: Path) -> int:
     return torch.load(ckpt, weights_only=False)["images_seen"]
 
 
-def resume(tmp_path: Path, out: Path) -> subprocess.CompletedProcess:
-    """Continue the record with a budget of one epoch, which the checkpoint has already reached or
-    soon reaches: the unit finishes and the record completes."""
+def resume(tmp_path: Path, out: Path, ckpt: Path) -> tuple[subprocess.CompletedProcess, int]:
+    """Continue the record with a budget that ends in the epoch the checkpoint is in (a run may be
+    shortened until it reaches the shorter budget's end): the unit finishes soon and the record
+    completes. Returns the process and that budget."""
+    epochs = torch.load(ckpt, weights_only=False)["epoch"] + 1
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(tmp_path / "launch.py"), "run", "--suite", "slow", "--threads", "1",
-                           "--no-progress", "--resume", "--out", str(out), "--epochs", "1"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                           "--no-progress", "--resume", "--out", str(out), "--epochs", str(epochs)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300), epochs
 
 
 @pytest.mark.slow
@@ -88,10 +90,10 @@ def test_a_stop_signal_checkpoints_and_marks_the_record_resumable(tmp_path, mnis
     assert r["status"] == "incomplete" and r["jobs"][UNIT]["status"] == "incomplete"
     assert r["segments"][-1]["status"] == "incomplete" and r["segments"][-1]["images_seen"] > 0
     assert ckpt.is_file() and images_in(ckpt) == r["segments"][-1]["images_seen"]  # the state at the stop
-    done = resume(tmp_path, out)
+    done, epochs = resume(tmp_path, out, ckpt)
     assert done.returncode == 0, done.stderr[-2000:]
     r = json.loads(out.read_text())
-    assert r["status"] == "complete" and len(r["segments"]) == 2 and r["jobs"][UNIT]["budget"]["epochs"] == 1
+    assert r["status"] == "complete" and len(r["segments"]) == 2 and r["jobs"][UNIT]["budget"]["epochs"] == epochs
 
 
 @pytest.mark.slow
@@ -111,6 +113,6 @@ def test_kill_9_loses_at_most_one_checkpoint_interval(tmp_path, mnist_data):
     assert lost <= interval + 1.5, f"the last checkpoint was {lost:.1f} s old at kill -9 (interval {interval} s)"
     r = json.loads(out.read_text())
     assert r["status"] == "incomplete" and r["jobs"][UNIT]["status"] == "running"  # what kill -9 leaves
-    done = resume(tmp_path, out)
+    done, _ = resume(tmp_path, out, ckpt)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(out.read_text())["status"] == "complete"
