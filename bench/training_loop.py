@@ -460,6 +460,9 @@ def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, res
         if why:
             raise ResumeMismatch(f"{path}: {why}")
         loop.restore(state)
+        if loop.made_for_epochs > cfg.epochs:
+            log(f"shortened: made for a {loop.made_for_epochs}-epoch budget, it goes on to {cfg.epochs} epochs "
+                "(the two schedules are alike up to here)")
         resumed = True
         log(f"resumed from {path} at epoch {loop.epoch + 1}, batch {loop.batch_in_epoch}, step {loop.step}")
         loop.extend()

@@ -93,9 +93,11 @@ def test_a_run_may_be_shortened_until_the_schedules_part(tmp_path):
     (epoch 2): resumed with 3 epochs, it ends where an uninterrupted 3-epoch run ends."""
     sched = Schedule("wsd", warmup_epochs=1.0, decay_epochs=1.0)
     short = train(ToyTask(), cfg(3, sched), tmp_path / "short.pt", log=lambda m: None)
+    lines = []
     shortened = train(ToyTask(), cfg(3, sched), _stopped(tmp_path, "run.pt", 5, sched, 9), resume=True,
-                      log=lambda m: None)
+                      log=lines.append)
     assert shortened.epochs_done == 3 and torch.equal(params(shortened.model), params(short.model))
+    assert any(x.startswith("shortened: made for a 5-epoch budget, it goes on to 3 epochs") for x in lines)
 
 
 @pytest.mark.parametrize("schedule", [Schedule(), Schedule("wsd", warmup_epochs=1.0, decay_epochs=1.0)],
