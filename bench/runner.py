@@ -241,7 +241,7 @@ class Runner:
                 record["config"].setdefault("options", {})["checkpoint_dir"] = o.checkpoint_dir
             self._check_no_shortening(path, pending)
             record["status"] = "incomplete"
-            trained = {u.id: u.job for u in self.units if u.job.kind in TRAINED_KINDS}
+            trained = {u.id: u.job for u in self.units if is_trained(u.job)}
             self.stamp_budgets = lambda rec: resume.stamp_budgets(
                 rec, lambda u: resume.budget(trained[u]) if u in trained else None)
             self.stamp_budgets(record)
@@ -279,7 +279,7 @@ class Runner:
         done = record["jobs"].get(unit.id, {})
         if done.get("status") != "complete":
             return False
-        return unit.job.kind not in TRAINED_KINDS or \
+        return not is_trained(unit.job) or \
             resume.covers(resume.finished_budget(done, resume.budget(unit.job)), resume.budget(unit.job))
 
     def _check_no_shortening(self, path: Path, pending: list[Unit]) -> None:
@@ -292,7 +292,7 @@ class Runner:
         refused = []
         for u in pending:
             ckpt = self.checkpoint_path(path, u)
-            if u.job.kind not in TRAINED_KINDS or not self._mine(u.id) or not ckpt.is_file() or not u.job.epochs:
+            if not is_trained(u.job) or not self._mine(u.id) or not ckpt.is_file() or not u.job.epochs:
                 continue
             try:
                 why = cannot_shorten(checkpoints.load(ckpt), u.job.epochs)
@@ -423,7 +423,7 @@ class Runner:
             for i, unit in enumerate(self.units):
                 if unit.id in self.skipped:
                     done = resume.finished_budget(record["jobs"][unit.id], resume.budget(unit.job))
-                    larger = unit.job.kind in TRAINED_KINDS and done != resume.budget(unit.job)
+                    larger = is_trained(unit.job) and done != resume.budget(unit.job)
                     self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: complete in the record"
                              + (f" (under a larger budget, {resume.describe_budget(done)})" if larger else "")
                              + ", skipped")
@@ -441,7 +441,7 @@ class Runner:
                                            "kind": unit.job.kind, "seed": unit.seed,
                                            "job": suites.as_record(unit.job)}
                 metrics, info = self.run_unit(unit, record, path)
-                if unit.job.kind in TRAINED_KINDS:
+                if is_trained(unit.job):
                     info["budget"] = resume.budget(unit.job)
                 if "extending_from" in record["jobs"][unit.id]:  # the run it extended stays, under its own budget
                     finished_run = record["jobs"][unit.id].pop("extending_from")
@@ -697,7 +697,13 @@ class Runner:
 
 # ---------------------------------------------------------------- hard attention (RAM) and plug-in glimpse models
 
-TRAINED_KINDS = ("classifier", "draw", "ram", "plugin")  # units the training loop trains and checkpoints
+TRAINED_KINDS = ("classifier", "draw", "ram", "plugin")  # the models the training loop trains and checkpoints
+
+
+def is_trained(job) -> bool:
+    """Whether the training loop trains and checkpoints ``job``'s units, whose budget may then grow: the
+    glimpse models, DRAW and the conv-net baseline."""
+    return job.kind in TRAINED_KINDS or (job.kind == "baseline" and job.model == "conv")
 
 
 @contextlib.contextmanager

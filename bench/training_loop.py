@@ -232,6 +232,9 @@ class _Loop:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ResumeMismatch(f"{self.ckpt}: not a training checkpoint of this harness "
                                 f"(format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+        if "reference_of" in state:  # bench export: weights for evaluation, no optimiser or RNG state
+            raise ResumeMismatch(f"{self.ckpt}: an evaluation-only export (of {state['reference_of']}); training "
+                                 "goes on only from the full checkpoint: put it here, or train the model afresh")
         diff = description_diff(self.task, state["task"])
         if diff:
             raise ResumeMismatch(f"{self.ckpt}: checkpoint was made for another configuration "

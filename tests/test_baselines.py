@@ -154,3 +154,44 @@ def test_bench_run_records_the_conv_baseline(tmp_path, monkeypatch, mnist_data):
     (again,) = records.read(out)["metrics"]
     assert again["params"]["protocol"] == "baseline-conv" and again["value"] == m["value"]  # same weights, same images
 
+
+
+def test_the_conv_baseline_is_extended_by_a_larger_budget(tmp_path, monkeypatch, mnist_data):
+    """Trained for 1 epoch, then resumed with --epochs 2: the conv net goes on from its checkpoint, its
+    1-epoch run stays in the record under `earlier` and in a table row of its own budget. A resume at
+    the smaller budget leaves it alone; an evaluation-only export cannot be trained on."""
+    from bench import runner, suites, tables, tasks
+    from bench.training_loop import ResumeMismatch
+
+    class SmallEval(tasks.ConvTask):
+        def __init__(self, job, seed, **kw):
+            super().__init__(job, seed, **{**kw, "valid_limit": 48, "test_limit": 48})
+
+    monkeypatch.setattr(tasks, "ConvTask", SmallEval)
+    suite = suites.Suite(name="conv", description="conv baseline", expected="seconds",
+                         jobs=(suites.BaselineJob(model="conv", dataset="cluttered100", epochs=1, train_limit=96),))
+    monkeypatch.setitem(suites.SUITES, "conv", suite)
+    runs = tmp_path / "runs"
+
+    def run(**kw):
+        return runner.run(runner.RunOptions(suite="conv", threads=1, progress=False, out=str(runs / "r.json"),
+                                            checkpoint_dir=str(tmp_path / "ck"), **kw), log=lambda m: None)[0]
+
+    unit = "baseline-conv-cluttered100-s0"
+    first = run()
+    assert first["jobs"][unit]["budget"] == {"epochs": 1, "time_budget_min": None}
+    with pytest.raises(runner.ResumeError, match="is complete"):
+        run(resume=True)
+    extended = run(resume=True, epochs=2)
+    entry = extended["jobs"][unit]
+    assert entry["epochs"] == 2 and entry["steps"] == 2 * first["jobs"][unit]["steps"] and entry["resumed"]
+    assert entry["budget"]["epochs"] == 2 and entry["earlier"][0]["info"]["budget"]["epochs"] == 1
+    rows = [line for line in tables.markdown(runs).splitlines() if line.startswith("| 2-layer conv net")]
+    assert len(rows) == 2 and any("budget 1 epochs" in r for r in rows) and any("budget 2 epochs" in r for r in rows)
+
+    ckpt = tmp_path / "ck" / "r" / f"{unit}.pt"
+    from bench import checkpoints
+
+    checkpoints.export_reference(ckpt, ckpt)
+    with pytest.raises(ResumeMismatch, match="an evaluation-only export"):
+        run(resume=True, epochs=3)
