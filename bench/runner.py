@@ -261,7 +261,20 @@ class Runner:
             path = DRY_RUNS / records.default_path(record).name
         else:
             path = records.default_path(record, records.records_dir(o.reference))
-        return record, self._sweep_path(path)
+        path = self._sweep_path(path)
+        if not o.dry_run:
+            self._check_no_checkpoint_in_the_way(path)
+        return record, path
+
+    def _check_no_checkpoint_in_the_way(self, path: Path) -> None:
+        """A new run writes its checkpoints under --checkpoint-dir/<record name>/: refuse one that would
+        write over another run's there (a record of the same name elsewhere, or one since removed)."""
+        ours = [self.checkpoint_path(path, u) for u in self.units if is_trained(u.job) and self._mine(u.id)]
+        taken = [c.name for c in ours if c.exists()]
+        if taken:
+            raise SettingError(f"{ours[0].parent} already holds checkpoints of another run ({', '.join(taken)}), "
+                               "which this run would write over: give this run another record name (--out) or "
+                               "--checkpoint-dir, or continue that run with --resume --out ITS_RECORD")
 
     def _unstarted_jobs(self, record: dict) -> set[int]:
         """Indices of the suite's jobs none of whose units is in the record (begun, finished or failed).

@@ -598,4 +598,18 @@ def test_a_unit_being_extended_is_refused_a_sitting_at_a_smaller_budget(tiny, mo
     assert Path(tiny("run").out).read_bytes() == before
     runner.run(tiny("run", resume=True, units=(t2,)), log=quiet)  # the other units go on at their budget
     done, _ = runner.run(replace(tiny("run", resume=True, units=(t1,)), epochs=4), log=quiet)
-    assert done["status"] == "complete" and done["jobs"][t1]["budget"]["epochs"] == 4 and done["jobs"][t1]["epochs"] == 4
+    assert done["status"] == "complete" and done["jobs"][t1]["budget"]["epochs"] == done["jobs"][t1]["epochs"] == 4
+
+
+def test_a_new_run_never_writes_over_another_run_s_checkpoints(tiny, tmp_path):
+    """Checkpoints go under --checkpoint-dir/<record name>/: a new record of the same name elsewhere (or
+    after its record was removed) would train over the other run's state. It is refused before it
+    starts, the checkpoints untouched; a dry run writes its own throwaway ones."""
+    runner.run(tiny("run"), log=quiet)
+    ckpts = sorted((tmp_path / "ckpt" / "run").glob("*.pt"))
+    before = [c.read_bytes() for c in ckpts]
+    elsewhere = replace(tiny("run"), out=str(tmp_path / "other" / "run.json"))
+    with pytest.raises(runner.SettingError, match=r"ckpt/run already holds checkpoints of another run \(classifier-"):
+        runner.run(elsewhere, log=quiet)
+    assert [c.read_bytes() for c in ckpts] == before and not (tmp_path / "other" / "run.json").exists()
+    runner.run(replace(tiny("run"), out=str(tmp_path / "other" / "new.json")), log=quiet)  # another name: fine
