@@ -290,6 +290,14 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_close(args) -> int:
+    from bench import closing
+
+    units = closing.close(args.record, args.reason or "", args.units, reopen=args.reopen, force=args.force)
+    print(f"{args.record}: {'reopened' if args.reopen else 'closed'} {len(units)} unit(s): {', '.join(units)}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from bench import compare
 
@@ -401,6 +409,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--reference", action="store_true", help="the committed reference records, results/runs")
     st.add_argument("--all", action="store_true", help="finished records too")
     st.set_defaults(func=cmd_status)
+
+    cl = sub.add_parser("close", help="retire units of a record that no sitting is to train (moved to another "
+                                      "record, replaced by longer runs): status and resume leave them alone")
+    cl.add_argument("record", help="the record")
+    cl.add_argument("--reason", help="why (kept in the record beside each unit; needed unless --reopen)")
+    cl.add_argument("--units", nargs="+", metavar="GLOB", help="the units (default: every one not complete)")
+    cl.add_argument("--reopen", action="store_true", help="take the closure of the units back")
+    cl.add_argument("--force", action="store_true",
+                    help="close although the record says a sitting is running (one killed with kill -9 never "
+                         "says it stopped)")
+    cl.set_defaults(func=cmd_close)
 
     c = sub.add_parser("compare", help="compare two records or folders of records")
     c.add_argument("a", help="baseline record or folder")

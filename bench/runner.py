@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from bench import records, resume, suites
+from bench import closing, records, resume, suites
 from bench.targets import check_targets
 from bench.records import metric
 from datasets.cliargs import UsageError
@@ -230,8 +230,10 @@ class Runner:
                 record.setdefault("recipe_renewed", []).append({"at": records.utc_now(), "job": i, "changes": changes})
             pending = self._pending(record)
             if not pending:
-                raise ResumeError(f"{path} is complete; nothing to resume (give a larger --epochs or --time-budget "
-                               "to extend it, or start a new run without --resume)")
+                shut = f"; {len(closing.closed(record))} unit(s) closed (bench close --reopen)" \
+                    if closing.closed(record) else ""
+                raise ResumeError(f"{path} is complete; nothing to resume{shut} (give a larger --epochs or "
+                                  "--time-budget to extend it, or start a new run without --resume)")
             if not any(self._mine(u.id) for u in pending):
                 raise ResumeError(f"{path}: no unfinished unit matches --units {' '.join(o.units)}; its unfinished "
                                   f"units are {', '.join(u.id for u in pending)}")
@@ -289,6 +291,8 @@ class Runner:
     def _finished(self, record: dict, unit: Unit) -> bool:
         """Complete in the record under the budget given now or a larger one (a larger one given now
         extends the unit; a smaller one leaves it as it is)."""
+        if unit.id in closing.closed(record):  # bench close: not to be trained here
+            return True
         done = record["jobs"].get(unit.id, {})
         if done.get("status") != "complete":
             return False
@@ -434,6 +438,10 @@ class Runner:
         waiting = []
         try:
             for i, unit in enumerate(self.units):
+                if unit.id in closing.closed(record):
+                    why = closing.closed(record)[unit.id]["reason"]
+                    self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: closed ({why}), skipped")
+                    continue
                 if unit.id in self.skipped:
                     done = resume.finished_budget(record["jobs"][unit.id], resume.budget(unit.job))
                     larger = is_trained(unit.job) and done != resume.budget(unit.job)
@@ -476,7 +484,8 @@ class Runner:
 
         def settle(rec: dict) -> None:  # under the record's lock, after taking in the other sittings' units
             # units of other sittings: not in --units, or complete when this one began and extended since
-            left[:] = [u for u in waiting + sorted(self.skipped) if rec["jobs"].get(u, {}).get("status") != "complete"]
+            left[:] = [u for u in waiting + sorted(self.skipped)
+                       if rec["jobs"].get(u, {}).get("status") != "complete" and u not in closing.closed(rec)]
             rec["finished_at"] = records.utc_now()
             if left:  # the record goes on in another sitting
                 rec["status"], rec["error"] = "incomplete", f"units left for another sitting (--units): {len(left)}"

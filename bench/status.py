@@ -14,14 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import checkpoints, convergence, cost, records
+from bench import checkpoints, closing, convergence, cost, records
 from bench.tables import unit_job
 
 
 @dataclass
 class UnitStatus:
     unit: str
-    state: str  # "complete", "in training" (or stopped mid-way), "not started"
+    state: str  # "complete", "in training" (or stopped mid-way), "not started", "closed" (bench close)
     epochs: int | None  # whole epochs done
     budget_epochs: int | None
     budget_minutes: float | None  # a time budget, when the unit has one
@@ -35,6 +35,7 @@ class UnitStatus:
     test: str  # the finished unit's test figure(s), "" otherwise
     to_go_hours: float | None  # in ``hours_unit``; None when unknown or done
     to_go_rate: str  # whose rate the estimate takes: "its last sitting's" or "its overall"
+    closed_because: str | None = None  # the reason a closed unit was closed
 
 
 def _checkpoint(path: str | None) -> dict | None:
@@ -117,6 +118,9 @@ def unit_status(record: dict, unit: str) -> UnitStatus:
     curve, epochs, images, train_s, spent = _progress(record, unit, ckpt)
     complete = entry.get("status") == "complete" and not (ckpt and ckpt.get("finished") is False)
     state = "complete" if complete else "in training" if (images or curve) else "not started"
+    closure = closing.closed(record).get(unit)
+    if closure and not complete:
+        state = "closed"
     metric = convergence.metric_of(curve)
     points = convergence.latest_epochs(curve, metric) if metric else []
     best = min(points, key=lambda e: e[metric]) if points else None
@@ -129,7 +133,8 @@ def unit_status(record: dict, unit: str) -> UnitStatus:
         images_seen=images, hours=cost.hours(spent, train_s, record.get("machine", {})), hours_unit=hours_unit,
         last_valid=points[-1][metric] if points else None, best_valid=(best[metric], best["epoch"]) if best else None,
         metric=metric, verdict=convergence.verdict(curve, metric) if metric else None,
-        test=_test_figure(record, unit) if state == "complete" else "", to_go_hours=to_go, to_go_rate=rate_of)
+        test=_test_figure(record, unit) if state == "complete" else "", to_go_hours=to_go, to_go_rate=rate_of,
+        closed_because=closure["reason"] if state == "closed" else None)
 
 
 def _figure(value: float, metric: str | None) -> str:
@@ -137,7 +142,7 @@ def _figure(value: float, metric: str | None) -> str:
 
 
 def describe(s: UnitStatus) -> str:
-    parts = [s.state]
+    parts = [f"closed ({s.closed_because})" if s.state == "closed" else s.state]
     if s.epochs is not None:
         parts.append(f"epoch {s.epochs}" + (f" (budget {s.budget_minutes:g} min)" if s.budget_minutes else
                                             f" of {s.budget_epochs}" if s.budget_epochs else ""))
@@ -216,19 +221,23 @@ def record_status(path: Path) -> str:
     threads = record.get("machine", {}).get("threads") or 1
     changed = records.deviations(record)  # bench run --set
     deviates = f"deviating: --set {changed}, " if changed else ""
-    lines = [f"{path} (suite {record.get('suite')}, {deviates}{record.get('status')}, {len(units)} units, "
-             f"{threads} thread(s) per model)"]
+    shut = len(set(closing.closed(record)) & set(units))
+    lines = [f"{path} (suite {record.get('suite')}, {deviates}{record.get('status')}, {len(units)} units"
+             f"{f', {shut} closed' if shut else ''}, {threads} thread(s) per model)"]
     width = max((len(u) for u in units), default=0)
     statuses = [unit_status(record, u) for u in units]
     lines += [f"  {s.unit:<{width}}  {describe(s)}" for s in statuses]
-    lines += [f"  continue with: {command}"
-              for command in continue_commands(record, path, [s.unit for s in statuses if s.state != "complete"])]
+    to_train = [s.unit for s in statuses if s.state not in ("complete", "closed")]
+    lines += [f"  continue with: {command}" for command in continue_commands(record, path, to_train)]
     return "\n".join(lines)
 
 
 def unfinished(path: Path) -> bool:
+    """Not complete, and (where `bench close` closed some of its units) with units still to train."""
     record = records.read(path)
-    return record.get("status") != "complete" and not records.is_dry_run(record)
+    if record.get("status") == "complete" or records.is_dry_run(record):
+        return False
+    return not closing.closed(record) or bool(closing.open_units(record))
 
 
 def report(paths: list[Path]) -> str:

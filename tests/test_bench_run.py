@@ -613,3 +613,35 @@ def test_a_new_run_never_writes_over_another_run_s_checkpoints(tiny, tmp_path):
         runner.run(elsewhere, log=quiet)
     assert [c.read_bytes() for c in ckpts] == before and not (tmp_path / "other" / "run.json").exists()
     runner.run(replace(tiny("run"), out=str(tmp_path / "other" / "new.json")), log=quiet)  # another name: fine
+
+
+def test_closed_units_are_left_alone_by_resume_and_status_until_reopened(tiny, monkeypatch, capsys):
+    """T1 trained, T2 never to be: `bench close` retires T2 with its reason; the record no longer counts as
+    unfinished, its status shows T2 closed with no command to continue it, and a resume finds nothing to
+    train. Closing is refused while a sitting says it is running (--force overrides); --reopen takes it
+    back and a resume trains T2."""
+    from bench import closing, status
+    from bench.cli import main
+
+    t1, t2, _ = _separate_units(monkeypatch)
+    _, path = runner.run(tiny("run", units=(t1, "throughput-*")), log=quiet)
+    assert status.unfinished(path)
+    assert main(["close", str(path), "--units", "*-T1-*", "--reason", "x"]) == 2
+    assert "no open (not complete, not closed) unit matches *-T1-*" in capsys.readouterr().err
+    assert main(["close", str(path), "--reason", "trained in another record"]) == 0
+    assert records.read(path)["closed"][t2]["reason"] == "trained in another record"
+    assert not status.unfinished(path)
+    text = status.record_status(path)
+    assert "1 closed" in text.splitlines()[0] and "continue with" not in text
+    assert next(x for x in text.splitlines() if t2 in x).endswith("closed (trained in another record)")
+    with pytest.raises(runner.ResumeError, match=r"nothing to resume; 1 unit\(s\) closed"):
+        runner.run(tiny("run", resume=True), log=quiet)
+
+    rec = records.read(path)
+    rec["segments"][-1]["status"] = "running"  # as a sitting killed with kill -9 leaves it
+    records.write(rec, path)
+    with pytest.raises(closing.CloseError, match="a sitting is working on it"):
+        closing.close(path, "", reopen=True)
+    assert closing.close(path, "", reopen=True, force=True) == [t2]
+    done, _ = runner.run(tiny("run", resume=True), log=quiet)
+    assert done["status"] == "complete" and done["jobs"][t2]["status"] == "complete" and not done["closed"]
