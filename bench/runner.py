@@ -235,8 +235,10 @@ class Runner:
                 raise ResumeError(f"{path} is complete; nothing to resume{shut} (give a larger --epochs or "
                                   "--time-budget to extend it, or start a new run without --resume)")
             if not any(self._mine(u.id) for u in pending):
+                shut = [u for u in closing.closed(record) if self._mine(u)]
                 raise ResumeError(f"{path}: no unfinished unit matches --units {' '.join(o.units)}; its unfinished "
-                                  f"units are {', '.join(u.id for u in pending)}")
+                                  f"units are {', '.join(u.id for u in pending)}"
+                                  + (f"; closed (bench close --reopen): {', '.join(shut)}" if shut else ""))
             if o.checkpoint_dir is None:  # where the record's checkpoints were written
                 o.checkpoint_dir = record["config"].get("options", {}).get("checkpoint_dir")
             else:  # moved there: later resumes look there too

@@ -636,6 +636,8 @@ def test_closed_units_are_left_alone_by_resume_and_status_until_reopened(tiny, m
     assert next(x for x in text.splitlines() if t2 in x).endswith("closed (trained in another record)")
     with pytest.raises(runner.ResumeError, match=r"nothing to resume; 1 unit\(s\) closed"):
         runner.run(tiny("run", resume=True), log=quiet)
+    with pytest.raises(runner.ResumeError, match=rf"closed \(bench close --reopen\): {t2}"):
+        runner.run(replace(tiny("run", resume=True, units=(t2,)), epochs=4), log=quiet)
 
     rec = records.read(path)
     rec["segments"][-1]["status"] = "running"  # as a sitting killed with kill -9 leaves it
