@@ -31,6 +31,8 @@ def open_units(record: dict) -> list[str]:
     """The units of ``record`` not complete, begun or not, that are not closed."""
     from bench import status
 
+    if record.get("status") == "complete":
+        return []
     not_done = [u for u, e in record.get("jobs", {}).items() if e.get("status") != "complete"]
     return [u for u in not_done + status.units_to_begin(record) if u not in closed(record)]
 
@@ -41,6 +43,8 @@ def close(path: str | Path, reason: str, units: list[str] | None = None, reopen:
     (default: every open unit; with ``reopen``, every closed one) and return them. Refused while a
     sitting is working on the record, which would write its own copy over the closure; ``force`` when
     the record says one is but none is (a sitting killed with kill -9 never says it stopped)."""
+    if not reopen and not reason.strip():
+        raise CloseError("--reason must say why the units are closed (it stays in the record)")
     path = Path(path)
     with file_lock(records.lock_path(path)):
         record = records.read(path)
@@ -57,8 +61,6 @@ def close(path: str | Path, reason: str, units: list[str] | None = None, reopen:
         if reopen:
             record["closed"] = {u: v for u, v in closed(record).items() if u not in chosen}
         else:
-            if not reason.strip():
-                raise CloseError("--reason must say why the units are closed (it stays in the record)")
             record["closed"] = {**closed(record), **{u: {"at": records.utc_now(), "reason": reason} for u in chosen}}
         records.write(record, path)
     return chosen

@@ -67,6 +67,12 @@ CASES = [
     ("bench", ["status", "{t}/missing"], "no such record or folder", False),
     ("bench", ["status", "{t}/notjson.json"], "not valid JSON", True),
     ("bench", ["status", "{t}/list.json"], "a JSON list, not a run record", False),
+    # close
+    ("bench", ["close", "{t}/missing.json", "--reason", "moved"], "no such record", False),
+    ("bench", ["close", "{t}/good.json"], "--reason must say why", False),
+    ("bench", ["close", "{t}/good.json", "--reason", "moved"], "no open (not complete, not closed) unit matches *",
+     True),
+    ("bench", ["close", "{t}/good.json", "--reopen"], "no closed unit matches *", False),
     # compare
     ("bench", ["compare", "{t}/missing.json", "{t}/good.json"], "no such record", False),
     ("bench", ["compare", "{t}/good.json", "{t}/binary.json"], "not valid JSON", True),

@@ -39,7 +39,8 @@ def test_a_study_trains_each_variant_on_the_same_images(tmp_path, monkeypatch, m
     monkeypatch.setitem(suites.SUITES, "tinybase", BASE)
     out = tmp_path / "s.json"
     code = recipe_study.main(["lrs", "--job", "tinybase:0", "--glimpses", "2", "--variant", "slow:lr=1e-4",
-                              "--variant", "fast:lr=1e-2", "--device", "cpu", "--out", str(out)])
+                              "--variant", "fast:lr=1e-2", "--device", "cpu", "--out", str(out),
+                              "--checkpoint-dir", str(tmp_path / "ck")])
     assert code == 0
     rec = records.read(out)
     assert rec["suite"] == "study-lrs" and rec["status"] == "complete" and rec["machine"]["device"] == "cpu"
