@@ -429,8 +429,12 @@ def cannot_shorten(state: dict, epochs: int) -> str | None:
     schedule = Schedule(**loop["schedule"]) if loop.get("schedule") else Schedule()
     position = state["epoch"] + state.get("batch_in_epoch", 0) / (loop.get("batches_per_epoch") or 1)
     departs = min(schedule.decay_start(epochs), float(epochs))
-    if position < departs and not state.get("finished"):
-        return None
+    if position < departs:
+        if not state.get("finished"):
+            return None
+        return (f"finished at epoch {position:.1f} of a {made_for}-epoch budget (stopped by its "
+                f"{state.get('stopped_by') or 'budget'}); a smaller budget does not reopen it: give "
+                f"--epochs {made_for}")
     at = "begins its decay" if departs < epochs else "ends"
     return (f"trained {position:.1f} epochs of a {made_for}-epoch budget, past epoch {departs:g}, where a "
             f"{epochs}-epoch schedule {at}; continue it with --epochs {made_for}")

@@ -114,3 +114,15 @@ def test_a_run_past_a_shorter_schedule_s_decay_or_end_is_not_ended_there(tmp_pat
                                              rf"3-epoch schedule {where}; continue it with --epochs 5"):
         train(ToyTask(), cfg(3, schedule), path, resume=True, log=lambda m: None)
     assert train(ToyTask(), cfg(5, schedule), path, resume=True, log=lambda m: None).epochs_done == 5
+
+
+def test_a_run_finished_by_its_time_budget_is_not_reopened_by_a_smaller_epoch_budget():
+    """Stopped by its time budget at epoch 4 of 20: a 10-epoch budget would train it on to 10 under a
+    schedule it never had; refused, saying it finished and what to give."""
+    from bench.training_loop import cannot_shorten
+
+    state = {"epoch": 4, "batch_in_epoch": 0, "finished": True, "stopped_by": "time_budget",
+             "loop": {"epochs": 20, "batches_per_epoch": 6, "schedule": None}}
+    assert cannot_shorten(state, 10) == ("finished at epoch 4.0 of a 20-epoch budget (stopped by its time_budget); a "
+                                         "smaller budget does not reopen it: give --epochs 20")
+    assert cannot_shorten({**state, "finished": False}, 10) is None and cannot_shorten(state, 20) is None
