@@ -8,11 +8,9 @@ the same record: finished units are kept, unfinished ones continue from their ch
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import io
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,13 +20,11 @@ import numpy as np
 
 from bench import closing, records, resume, suites
 from bench.targets import check_targets
-from bench.records import metric
+from bench.unit_runs import DRY_EVAL_IMAGES, UnitRuns
 from datasets.cliargs import UsageError
 
 CHECKPOINTS = records.RUNS / "checkpoints"
 DRY_RUNS = records.RUNS / "dry-run"
-DRY_EVAL_IMAGES = 64
-_PEAKS: dict = {}
 
 
 class RunError(RuntimeError):
@@ -130,7 +126,7 @@ def _dry(job):
     return job
 
 
-class Runner:
+class Runner(UnitRuns):
     def __init__(self, opts: RunOptions, log: Callable[[str], None] = print, argv: list[str] | None = None):
         self.opts, self.log = opts, log
         try:
@@ -514,210 +510,6 @@ class Runner:
 
         self.save(record, path, settle=settle)
 
-    def run_unit(self, unit: Unit, record: dict, path: Path) -> tuple[list[dict], dict]:
-        kind = unit.job.kind
-        if kind == "throughput":
-            return self.run_throughput(unit), {}
-        if kind == "baseline" and unit.job.model == "conv":
-            return self.run_conv(unit, record, path)
-        if kind == "baseline":
-            return self.run_baseline(unit, record)
-        return self.run_training(unit, record, path)
-
-    def _loop_config(self, job, task):
-        from bench import plateau
-        from bench.training_loop import LoopConfig
-
-        budget = None if job.time_budget_min is None else job.time_budget_min * 60
-        o = job.optim
-        return LoopConfig(epochs=job.epochs, time_budget_s=budget, lr=o.lr, betas=o.betas, clip_norm=o.clip_norm,
-                          schedule=task.schedule(), batches_per_epoch=task.batches_per_epoch(),
-                          max_batches=1 if self.opts.dry_run else None, progress=self.opts.progress,
-                          checkpoint_every_s=self.opts.checkpoint_every_s,
-                          compact_checkpoints=self.opts.compact_checkpoints,
-                          on_relapse=o.on_relapse, relapse_rule=plateau.for_task(job.kind))
-
-    def _task(self, unit: Unit):
-        """The task that trains ``unit``: what its checkpoints describe."""
-        from bench.tasks import ClassifierTask, ConvTask, DrawTask
-
-        kw = dict(device=self.device, data_dir=self.opts.data_dir, rank=self.opts.rank,
-                  world_size=self.opts.world_size)
-        if unit.job.kind == "baseline" and unit.job.model == "conv":
-            return ConvTask(unit.job, unit.seed, **kw)
-        if unit.job.kind == "classifier":
-            return ClassifierTask(unit.job, unit.glimpses, unit.seed, eval_glimpses=unit.eval_glimpses, **kw)
-        if unit.job.kind in ("ram", "plugin"):
-            return glimpse_model_task(unit, kw)
-        return DrawTask(unit.job, unit.seed, **kw)
-
-    def run_training(self, unit: Unit, record: dict, path: Path) -> tuple[list[dict], dict]:
-        from bench import distributed
-        from bench.training_loop import train
-
-        job, task = unit.job, self._task(unit)
-        ckpt = self.checkpoint_path(path, unit)
-        record["jobs"][unit.id]["checkpoint"] = _rel(ckpt)
-        self.save(record, path)
-        progress = record["jobs"][unit.id]["progress"] = self.sitting.track({})
-        with _curve_kept(record, unit):
-            res = train(task, self._loop_config(job, task), ckpt, resume=self.opts.resume, rank=self.opts.rank,
-                        status=progress, curve_so_far=record["curves"][unit.id],
-                        world_size=self.opts.world_size, log=lambda m: self.log(f"  {unit.id}: {m}"),
-                        wrap=lambda m: distributed.wrap_ddp(m, self.ctx))
-        record["curves"][unit.id] = res.curve
-        info = {"epochs": res.epochs_done, "steps": res.step, "images_seen": res.images_seen,
-                "train_time_s": round(res.train_time_s, 1), "train_cost": _rounded(res.train_cost),
-                "stopped_by": res.stopped_by, "best_epoch": res.best["epoch"], "resumed": res.resumed}
-        model, seed = res.model, unit.seed
-        flags = self._plateau(unit, res.curve, info, record)
-        self._convergence(unit, res.curve, info)
-        if job.kind == "draw":
-            info["training_products"] = res.images_by_products  # images trained with each (models/fast/products.py)
-        if job.optim.on_relapse != "continue" or res.rollbacks:
-            info["rollbacks"] = res.rollbacks  # each relapse undone (bench/training_loop.py _Loop.relapse)
-            info["lr_scale"] = res.lr_scale
-        from datasets.variants import split_info
-
-        info["data"] = {"train": {**split_info(job.dataset, "train", seed, 0), "epoch": "fresh per epoch"},
-                        "valid": split_info(job.dataset, "valid", task.data_seed),
-                        "test": split_info(job.dataset, "test", task.data_seed)}
-        t0 = time.time()
-        if job.kind in suites.GLIMPSE_KINDS:
-            protocol = "per-step" if getattr(job, "per_step_loss", False) else "separate"
-            test = task.evaluate(model, "test")
-            common = dict(protocol=protocol, dataset=job.dataset, **task.metric_params(model), **flags)
-            out = [metric("test_error", test[f"error@{t}"], "fraction", True, seed, glimpses=t,
-                          test_images=test["images"], data_seed=task.data_seed, **common) for t in unit.eval_glimpses]
-            best = res.best["metrics"]
-            out += [metric("valid_error", best[f"error@{t}"], "fraction", True, seed, glimpses=t,
-                           valid_images=best["images"], **common) for t in unit.eval_glimpses]
-            for k, v in task.glimpse_paths(model).items():
-                self.artifacts[f"{unit.id}/paths/{k}"] = v
-            summary = ", ".join(f"T={t}: {test[f'error@{t}']:.2%}" for t in unit.eval_glimpses)
-            self.log(f"  {unit.id}: test error {summary} ({test['images']} images)")
-        else:
-            m = job.model
-            common = dict(dataset=job.dataset, attention=m.attention, steps=m.steps, read_n=m.read_n, **flags,
-                          write_n=m.write_n,
-                          # the binarized test split is fixed by the seed; other variants are grey levels
-                          binarization="fixed" if job.dataset == "binarized" else "none", **task.metric_params(model))
-            test = task.evaluate(model, "test")
-            n = test["images"]
-            out = [metric("nll_elbo", test["nll_elbo"], "nats", True, seed, test_images=n, **common),
-                   metric("kl", test["kl"], "nats", None, seed, test_images=n, **common),
-                   metric("reconstruction", test["reconstruction"], "nats", None, seed, test_images=n, **common)]
-            iw = task.iwae(model, job.iwae_k, job.iwae_limit, progress=_show(self.opts.progress))
-            out.append(metric("nll_iwae", iw["nll_iwae"], "nats", True, seed, k=job.iwae_k, test_images=iw["images"],
-                              **common))
-            if job.samples:  # 0: none kept (a recipe study)
-                self.artifacts[f"{unit.id}/samples"] = task.samples(model, job.samples)
-            self.log(f"  {unit.id}: test NLL <= {test['nll_elbo']:.2f} nats (ELBO, {n} images), "
-                     f"<= {iw['nll_iwae']:.2f} (IWAE k={job.iwae_k}, {iw['images']} images)")
-        info["eval_time_s"] = round(time.time() - t0, 1)
-        return out, info
-
-    def _plateau(self, unit: Unit, curve: list[dict], info: dict, record: dict) -> dict:
-        """Escape point and relapses of the curve (into ``info``); a run still on its starting plateau
-        is logged loudly, noted in the record, and its metrics carry ``on_plateau``."""
-        from bench import plateau
-
-        kind = plateau.for_task(unit.job.kind)
-        if kind is None or self.opts.dry_run:
-            return {}
-        info["plateau"] = result = plateau.analyse(curve, kind)
-        line = f"{unit.id}: {plateau.describe(result, kind)}"
-        self.log(f"  {line}")
-        if not result["on_plateau"]:
-            return {}
-        record["notes"] = [n for n in record.get("notes", []) if not n.startswith(f"{unit.id}:")] + [line]
-        return {"on_plateau": True}
-
-    def _convergence(self, unit: Unit, curve: list[dict], info: dict) -> None:
-        """Whether validation was still improving when training ended (bench/convergence.py), into
-        ``info`` and the log."""
-        from bench import convergence
-
-        metric = convergence.metric_of(curve)
-        if metric is None or self.opts.dry_run:
-            return
-        info["convergence"] = result = convergence.verdict(curve, metric)
-        self.log(f"  {unit.id}: at the end of training, validation was {convergence.describe(result)}")
-
-    def run_throughput(self, unit: Unit) -> list[dict]:
-        from bench import throughput
-
-        if self.peak is None and self.opts.dry_run:
-            self.peak = 0.0  # a peak timed for a fraction of a second is no peak: no peak fraction either
-            self.log("  matmul peak: not measured in a dry run, so no peak fraction")
-        if self.peak is None:
-            key = (self.device, self.machine["threads"])
-            if key not in _PEAKS:  # once per process: it takes a second
-                from models.flops import measure_matmul_peak
-
-                _PEAKS[key] = measure_matmul_peak(seconds=1.0, device=self.device, size=2048)
-            self.peak = _PEAKS[key]
-            self.log(f"  matmul peak {self.peak:.1f} GFLOP/s on {self.device}")
-        return throughput.measure(unit.job, self.device, self.peak or None, self.opts.dry_run,
-                                  log=lambda m: self.log(f"  {m}"))
-
-    def run_conv(self, unit: Unit, record: dict, path: Path) -> tuple[list[dict], dict]:
-        """The conv-net baseline through the training loop: checkpoints, resume, curve, time budget and
-        the best-valid weights, like the classifier; Adam 1e-3, batch 64, clip 10."""
-        from bench import distributed
-        from bench.tasks import ConvTask
-        from bench.training_loop import LoopConfig, train
-
-        job, dry = unit.job, self.opts.dry_run
-        limit = DRY_EVAL_IMAGES if dry else None
-        task = ConvTask(job, unit.seed, valid_limit=limit, test_limit=limit, device=self.device,
-                        data_dir=self.opts.data_dir, rank=self.opts.rank, world_size=self.opts.world_size)
-        ckpt = self.checkpoint_path(path, unit)
-        record["jobs"][unit.id]["checkpoint"] = _rel(ckpt)
-        self.save(record, path)
-        progress = record["jobs"][unit.id]["progress"] = self.sitting.track({})
-        budget = None if job.time_budget_min is None else job.time_budget_min * 60
-        cfg = LoopConfig(epochs=job.epochs, time_budget_s=budget, lr=task.lr, clip_norm=10.0,
-                         max_batches=1 if dry else None, progress=self.opts.progress,
-                         checkpoint_every_s=self.opts.checkpoint_every_s,
-                         compact_checkpoints=self.opts.compact_checkpoints)
-        with _curve_kept(record, unit):
-            res = train(task, cfg, ckpt, resume=self.opts.resume, rank=self.opts.rank,
-                        world_size=self.opts.world_size, status=progress, curve_so_far=record["curves"][unit.id],
-                        log=lambda m: self.log(f"  {unit.id}: {m}"), wrap=lambda m: distributed.wrap_ddp(m, self.ctx))
-        record["curves"][unit.id] = res.curve
-        test = task.evaluate(res.model, "test")
-        self.log(f"  {unit.id}: test error {test['error']:.2%} ({test['images']} images)")
-        out = [metric("test_error", test["error"], "fraction", True, unit.seed, glimpses=None, protocol="baseline-conv",
-                      dataset=job.dataset, test_images=test["images"])]
-        net = res.model
-        info = {"test_images": test["images"], "model": "conv", "config": net.config.to_dict(),
-                "epochs": res.epochs_done, "steps": res.step, "train_images_seen": res.images_seen,
-                "train_time_s": round(res.train_time_s, 1), "train_cost": _rounded(res.train_cost),
-                "stopped_by": res.stopped_by, "best_epoch": res.best["epoch"], "resumed": res.resumed,
-                "batch_size": task.batch_size,
-                "lr": task.lr, "params": net.param_count(), "flops_per_image": net.flops_per_image()}
-        self._convergence(unit, res.curve, info)
-        return out, info
-
-    def run_baseline(self, unit: Unit, record: dict) -> tuple[list[dict], dict]:
-        try:
-            from models import baselines
-        except ImportError as e:
-            raise RunError(f"{unit.id}: models.baselines is not available ({e})") from e
-        job = unit.job
-        fn = getattr(baselines, "run_baseline", None)
-        if fn is None:
-            raise RunError(f"{unit.id}: models.baselines has no run_baseline(); baselines cannot run yet")
-        res = fn(job.model, job.dataset, seed=unit.seed, epochs=job.epochs, train_limit=job.train_limit,
-                 device=self.device, data_dir=self.opts.data_dir,
-                 test_limit=DRY_EVAL_IMAGES if self.opts.dry_run else None, time_budget_min=job.time_budget_min,
-                 log=lambda m: self.log(f"  {unit.id}: {m}"))
-        out = [metric("test_error", res["test_error"], "fraction", True, unit.seed, glimpses=None,
-                      protocol=f"baseline-{job.model}", dataset=job.dataset, test_images=res.get("test_images"),
-                      **baseline_cost(job, res))]
-        return out, {k: v for k, v in res.items() if k != "test_error"}
-
 
 # ---------------------------------------------------------------- hard attention (RAM) and plug-in glimpse models
 
@@ -728,24 +520,6 @@ def is_trained(job) -> bool:
     """Whether the training loop trains and checkpoints ``job``'s units, whose budget may then grow: the
     glimpse models, DRAW and the conv-net baseline."""
     return job.kind in TRAINED_KINDS or (job.kind == "baseline" and job.model == "conv")
-
-
-@contextlib.contextmanager
-def _curve_kept(record: dict, unit: Unit):
-    """Training stopped early (Ctrl-C, SIGTERM, a crash) leaves the unit's curve so far in the record,
-    which is saved next: an unfinished unit shows where it stands. Stopped before training took up
-    its checkpoint, the unit keeps the curve the record had."""
-    before = record["curves"].get(unit.id)
-    record["curves"][unit.id] = []
-    try:
-        yield
-    except BaseException:
-        if not record["curves"][unit.id]:
-            if before:
-                record["curves"][unit.id] = before
-            else:
-                del record["curves"][unit.id]
-        raise
 
 
 def glimpse_model_units(job, run_seeds: tuple[int, ...], seeds: tuple[int, ...] | None) -> list[Unit]:
@@ -763,40 +537,6 @@ def glimpse_model_units(job, run_seeds: tuple[int, ...], seeds: tuple[int, ...] 
             for t in job.glimpses for s in (run_seeds if seeds is not None else by_t.get(t, run_seeds))]
 
 
-def glimpse_model_task(unit: Unit, kw: dict):
-    from bench.tasks import PluginTask, RamTask
-
-    cls = RamTask if unit.job.kind == "ram" else PluginTask
-    return cls(unit.job, unit.glimpses, unit.seed, eval_glimpses=unit.eval_glimpses, **kw)
-
-
-def baseline_cost(job, res: dict) -> dict:
-    """Attention type, parameters and forward FLOPs per image of a baseline, from what it reported."""
-    if job.model == "conv":
-        return {"attention_type": "none", "param_count": res.get("params"),
-                "flops_per_image": res.get("flops_per_image")}
-    from datasets.variants import get_spec
-
-    spec = get_spec(job.dataset)
-    params, flops = pixel_baseline_cost(spec.height * spec.width, res.get("components", 64))
-    return {"attention_type": "none", "param_count": params, "flops_per_image": flops}
-
-
-def pixel_baseline_cost(pixels: int, components: int = 64, classes: int = 10) -> tuple[int, int]:
-    """(parameters, forward FLOPs per image) of PCA, standardisation and logistic regression."""
-    params = pixels + pixels * components + 2 * components + components * classes + classes
-    flops = pixels + 2 * pixels * components + 2 * components + 2 * components * classes + classes
-    return params, flops
-
-
-def _rounded(seconds: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 1) for k, v in seconds.items()}
-
-
-def _show(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else progress
-
-
 # What of a unit's finished run an extension keeps (the rest, its status and live progress, moves on)
 _EARLIER_FIELDS = ("budget", "job", "epochs", "steps", "images_seen", "train_images_seen", "train_time_s", "train_cost",
                    "stopped_by", "best_epoch", "rollbacks", "lr_scale", "training_products", "plateau", "convergence",
@@ -811,13 +551,6 @@ def earlier_run(record: dict, unit_id: str) -> dict:
     return {"info": {k: entry[k] for k in _EARLIER_FIELDS if k in entry},
             "metrics": [m for m in record["metrics"] if m["params"].get("job") == unit_id],
             "curve": record["curves"].get(unit_id, [])}
-
-
-def _rel(p: Path) -> str:
-    try:
-        return str(p.resolve().relative_to(records.REPO))
-    except ValueError:
-        return str(p)
 
 
 def run(opts: RunOptions, log: Callable[[str], None] = print, argv: list[str] | None = None) -> tuple[dict, Path]:

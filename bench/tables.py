@@ -421,7 +421,7 @@ def _draw_cost(g: pd.DataFrame, dataset: str, attention: bool, steps: int) -> tu
 
 def _baseline_cost(protocol: str) -> tuple[int, int]:
     """The 100 x 100 baselines' cost: the conv net, or PCA (64 components) + logistic regression."""
-    from bench.runner import pixel_baseline_cost
+    from bench.unit_runs import pixel_baseline_cost
     from models.baselines import ConvNet, ConvNetConfig
 
     if protocol == "baseline-sklearn":
