@@ -24,6 +24,9 @@ class Optim:
     # the escape) does: "continue" (only reported) or "rollback" (best-valid weights back, Adam reset,
     # the learning rate halved for the rest of the run; bench/training_loop.py)
     on_relapse: str = "continue"
+    # the location policy's rate as a multiple of lr, for a model that has one (RAM's location network:
+    # its policy_parameters()); 1 trains every parameter at the same rate
+    policy_lr_scale: float = 1.0
 
     def __post_init__(self):
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -38,6 +41,8 @@ class Optim:
         if self.on_relapse not in ON_RELAPSE:
             raise ValueError(f"Optim.on_relapse must be one of {', '.join(map(repr, ON_RELAPSE))}, "
                              f"got {self.on_relapse!r}")
+        if not self.policy_lr_scale > 0:
+            raise ValueError(f"Optim.policy_lr_scale must be > 0, got {self.policy_lr_scale!r}")
         self.lr_schedule()  # a bad schedule name or negative epochs is refused here, not mid-run
 
     def lr_schedule(self) -> Schedule:

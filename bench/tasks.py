@@ -46,12 +46,14 @@ class _Base:
 
     def describe(self) -> dict:
         """What a checkpoint must match to be resumed: the model built, the data and the optimiser
-        (a schedule or betas only when not the default, as checkpoints made before them have none)."""
+        (a schedule, betas or policy rate only when not the default, as checkpoints made before them
+        have none)."""
         j, o = self.job, self.job.optim
         return {"task": j.kind, "dataset": j.dataset, "seed": self.seed, "model": self.model_description(),
                 "batch_size": o.batch_size, "lr": o.lr, "train_limit": j.train_limit, "valid_limit": j.valid_limit,
                 **({"schedule": asdict(self.schedule())} if self.schedule().kind != "constant" else {}),
-                **({"betas": list(o.betas)} if o.betas != Optim().betas else {})}
+                **({"betas": list(o.betas)} if o.betas != Optim().betas else {}),
+                **({"policy_lr_scale": o.policy_lr_scale} if o.policy_lr_scale != 1.0 else {})}
 
     def schedule(self):
         return self.job.optim.lr_schedule()

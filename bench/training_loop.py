@@ -49,6 +49,7 @@ class LoopConfig:
     compact_checkpoints: bool = False  # Adam's moments in bfloat16 on disk (bench/checkpoints.py pack)
     on_relapse: str = "continue"  # or "rollback": see _Loop.relapse (a job's Optim.on_relapse)
     relapse_rule: plateau.Plateau | None = None  # the relapse rule; None: the one of the task's select metric
+    policy_lr_scale: float = 1.0  # the location policy's rate / lr (a job's Optim.policy_lr_scale): see adam()
 
 
 class Task(Protocol):
@@ -121,6 +122,24 @@ def _is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+def adam(model: nn.Module, cfg: LoopConfig) -> torch.optim.Adam:
+    """Adam over the model's parameters at cfg.lr. With cfg.policy_lr_scale != 1 the parameters of the
+    model's location policy (``model.policy_parameters()``, e.g. RAM's location network) form a group
+    of their own whose rate is that multiple of the scheduled rate (its ``lr_scale``)."""
+    if cfg.policy_lr_scale == 1.0:
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    policy = getattr(model, "policy_parameters", None)
+    if policy is None:
+        raise TrainingError(f"policy_lr_scale {cfg.policy_lr_scale:g}: {type(model).__name__} has no location "
+                            "policy (policy_parameters()); leave policy_lr_scale at 1")
+    ids = {id(p) for p in policy()}
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if id(p) not in ids], "lr_scale": 1.0, "lr": cfg.lr},
+              {"params": [p for p in params if id(p) in ids], "lr_scale": cfg.policy_lr_scale,
+               "lr": cfg.lr * cfg.policy_lr_scale}]
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
 class _Loop:
     def __init__(self, task: Task, cfg: LoopConfig, ckpt: Path | None, rank: int, world_size: int,
                  log: Callable[[str], None], wrap: Callable[[nn.Module], nn.Module] | None,
@@ -130,7 +149,7 @@ class _Loop:
         self.on_step = on_step
         self.model = task.build()
         self.train_model = wrap(self.model) if wrap else self.model
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.opt = adam(self.model, cfg)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.images_seen, self.train_time_s = 0, 0.0
         self.train_cost: dict[str, float] = {}  # bench/cost.py: core-seconds on a CPU, wall seconds elsewhere
@@ -308,7 +327,7 @@ class _Loop:
             if finite:
                 lr = self.lr_at(self.epoch, i + 1)
                 for group in self.opt.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 self.opt.step()
                 bad = 0
                 self.epoch_loss_sum += loss_sum
@@ -390,8 +409,7 @@ class _Loop:
         self.rollbacks.append(event)
         self.curve.append({**entry, "rollback": True})
         self.model.load_state_dict(self.best_state)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr,
-                                    betas=tuple(self.cfg.betas))
+        self.opt = adam(self.model, self.cfg)
         self.log(f"RELAPSE at epoch {self.epoch + 1}: {rule.metric} {value:.4g} is more than "
                  f"{rule.relapse_margin:g} above the best {self.best['value']:.4g} (epoch {self.best['epoch']}); "
                  f"ROLLED BACK to the epoch-{self.best['epoch']} weights, Adam reset, learning rate now "

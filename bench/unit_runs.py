@@ -46,7 +46,8 @@ class UnitRuns:
                           max_batches=1 if self.opts.dry_run else None, progress=self.opts.progress,
                           checkpoint_every_s=self.opts.checkpoint_every_s,
                           compact_checkpoints=self.opts.compact_checkpoints,
-                          on_relapse=o.on_relapse, relapse_rule=plateau.for_task(job.kind))
+                          on_relapse=o.on_relapse, relapse_rule=plateau.for_task(job.kind),
+                          policy_lr_scale=o.policy_lr_scale)
 
     def _task(self, unit: Unit):
         """The task that trains ``unit``: what its checkpoints describe."""

@@ -201,6 +201,11 @@ class RecurrentAttentionModel(nn.Module):
         half = c.patch / 2
         return {"gx": x0 + half + 0.5, "gy": y0 + half + 0.5, "side": torch.full_like(x0, c.patch)}
 
+    def policy_parameters(self) -> list[nn.Parameter]:
+        """The location network's parameters (the policy REINFORCE trains): an optimiser may give them
+        a rate of their own (bench/optim.py policy_lr_scale)."""
+        return list(self.locate.parameters())
+
     def param_count(self) -> int:
         return param_count(self)
 
