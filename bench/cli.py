@@ -16,6 +16,7 @@ missing or damaged record, checkpoint or data file, an unwritable path or a full
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -166,8 +167,10 @@ def cmd_run(args) -> int:
     try:
         record, path = runner.run(opts, log=log, argv=["python", "-m", "bench", *args.argv])
     except KeyboardInterrupt:
+        again = list(args.argv) + ([] if args.resume else ["--resume"])  # this sitting's budget, units, options
+        where = "" if args.out else " --out RECORD (the record above; bench status names it)"
         log(f"interrupted: the record is marked incomplete and checkpoints are kept; continue with "
-             f"python -m bench run --suite {args.suite} --resume" + (f" --out {args.out}" if args.out else ""))
+            f"python -m bench {shlex.join(again)}{where}")
         return 130
     finally:
         from bench import distributed

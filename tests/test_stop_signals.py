@@ -86,6 +86,9 @@ def test_a_stop_signal_checkpoints_and_marks_the_record_resumable(tmp_path, mnis
     assert p.returncode == 130, err[-2000:]
     assert stopped_in < 10, f"took {stopped_in:.1f} s to stop"
     assert "continue with" in err and "Traceback" not in err
+    # the sitting's own command again, with --resume: its budget, units and options
+    assert f"continue with python -m bench run --suite slow --threads 1 --no-progress --out {out} --checkpoint-dir " \
+           f"{out.parent / 'ckpt'} --checkpoint-every 0.5 --resume" in err, err[-500:]
     r = json.loads(out.read_text())
     assert r["status"] == "incomplete" and r["jobs"][UNIT]["status"] == "incomplete"
     assert r["segments"][-1]["status"] == "incomplete" and r["segments"][-1]["images_seen"] > 0
