@@ -36,6 +36,7 @@ class UnitStatus:
     to_go_hours: float | None  # in ``hours_unit``; None when unknown or done
     to_go_rate: str  # whose rate the estimate takes: "its last sitting's" or "its overall"
     closed_because: str | None = None  # the reason a closed unit was closed
+    evaluation_left: bool = False  # training done (its checkpoint says finished), the test evaluation not yet
 
 
 def _checkpoint(path: str | None) -> dict | None:
@@ -125,7 +126,8 @@ def unit_status(record: dict, unit: str) -> UnitStatus:
     points = convergence.latest_epochs(curve, metric) if metric else []
     best = min(points, key=lambda e: e[metric]) if points else None
     to_go, rate_of = None, ""
-    if state == "in training" and budget and images and train_s:
+    evaluation_left = state == "in training" and bool(ckpt and ckpt.get("finished"))
+    if state == "in training" and budget and images and train_s and not evaluation_left:
         to_go, rate_of = _hours_to_go(ckpt or {}, budget, epochs, images, train_s, threads)
     return UnitStatus(
         unit=unit, state=state, epochs=epochs, budget_epochs=budget,
@@ -134,7 +136,7 @@ def unit_status(record: dict, unit: str) -> UnitStatus:
         last_valid=points[-1][metric] if points else None, best_valid=(best[metric], best["epoch"]) if best else None,
         metric=metric, verdict=convergence.verdict(curve, metric) if metric else None,
         test=_test_figure(record, unit) if state == "complete" else "", to_go_hours=to_go, to_go_rate=rate_of,
-        closed_because=closure["reason"] if state == "closed" else None)
+        closed_because=closure["reason"] if state == "closed" else None, evaluation_left=evaluation_left)
 
 
 def _figure(value: float, metric: str | None) -> str:
@@ -157,6 +159,8 @@ def describe(s: UnitStatus) -> str:
         parts.append(convergence.describe(s.verdict))
     if s.test:
         parts.append(s.test)
+    if s.evaluation_left:
+        parts.append("training done; its test evaluation is left (a resume runs it alone)")
     if s.to_go_hours is not None:
         parts.append(f"about {s.to_go_hours:.1f} {s.hours_unit} of training to go at {s.to_go_rate} rate")
     return "; ".join(parts)

@@ -175,3 +175,11 @@ def test_a_record_made_with_epochs_is_continued_with_them():
     rec = table1_record(options={"epochs": 150})
     assert status.continue_commands(rec, "r.json", [T8]) == [
         f"python -m bench run --suite table1 --threads 1 --epochs 150 --units {T8} --resume --out r.json"]
+
+
+def test_a_unit_whose_training_ended_before_its_evaluation_says_only_the_evaluation_is_left(tmp_path):
+    state = checkpoint(epoch=60)
+    state["finished"] = True
+    s = status.unit_status(records.read(long_record(tmp_path, state)), "clf-T8-s1")
+    assert s.state == "in training" and s.to_go_hours is None and s.evaluation_left
+    assert status.describe(s).endswith("; training done; its test evaluation is left (a resume runs it alone)")
