@@ -63,6 +63,18 @@ def params(model):
 CFG = LoopConfig(epochs=3, lr=0.05, progress=False)
 
 
+def stopped_at(step: int, task, cfg: LoopConfig, path):
+    """Train ``task`` under ``cfg`` with its checkpoint at ``path`` and stop it (as Ctrl-C would) after
+    optimiser step ``step``; returns ``path``."""
+    def stop(done):
+        if done == step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(task, cfg, path, on_step=stop, log=lambda m: None)
+    return path
+
+
 def test_resume_after_simulated_crash_continues_exactly(tmp_path):
     ref = train(ToyTask(), CFG, tmp_path / "ref.pt", log=lambda m: None)
     assert ref.step == 18 and ref.epochs_done == 3 and ref.images_seen == 288

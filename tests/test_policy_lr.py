@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.training_loop import LoopConfig, TrainingError, train
-from test_bench_loop import ToyTask, params
+from test_bench_loop import ToyTask, params, stopped_at
 
 ONE_STEP = LoopConfig(epochs=1, max_batches=1, lr=1e-3, clip_norm=1e9, progress=False)
 
@@ -44,13 +44,8 @@ def test_a_run_with_a_policy_rate_resumes_exactly(tmp_path):
     cfg = LoopConfig(epochs=3, lr=0.05, progress=False, policy_lr_scale=3.0)
     whole = train(PolicyToy(), cfg, tmp_path / "whole.pt", log=lambda m: None)
 
-    def crash(step):
-        if step == 8:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(PolicyToy(), cfg, tmp_path / "run.pt", on_step=crash, log=lambda m: None)
-    again = train(PolicyToy(), cfg, tmp_path / "run.pt", resume=True, log=lambda m: None)
+    path = stopped_at(8, PolicyToy(), cfg, tmp_path / "run.pt")
+    again = train(PolicyToy(), cfg, path, resume=True, log=lambda m: None)
     assert torch.equal(params(again.model), params(whole.model))
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 from bench.schedule import Schedule, ScheduleError
 from bench.training_loop import LoopConfig, train
-from test_bench_loop import ToyTask, params
+from test_bench_loop import ToyTask, params, stopped_at
 from tests.fixtures.bench_records import without_timings
 
 WSD = Schedule("wsd", warmup_epochs=1.0, decay_epochs=4.0, min_lr_ratio=0.1)
@@ -78,24 +78,14 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path, schedule):
     assert any("extending" in m or "restarting" in m for m in lines)
 
 
-def _stopped(tmp_path, name, epochs, schedule, at_step):
-    def stop(step):
-        if step == at_step:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(ToyTask(), cfg(epochs, schedule), tmp_path / name, log=lambda m: None, on_step=stop)
-    return tmp_path / name
-
-
 def test_a_run_may_be_shortened_until_the_schedules_part(tmp_path):
     """A 5-epoch wsd run stopped 1.5 epochs in (6 batches an epoch), before a 3-epoch schedule's decay
     (epoch 2): resumed with 3 epochs, it ends where an uninterrupted 3-epoch run ends."""
     sched = Schedule("wsd", warmup_epochs=1.0, decay_epochs=1.0)
     short = train(ToyTask(), cfg(3, sched), tmp_path / "short.pt", log=lambda m: None)
+    path = stopped_at(9, ToyTask(), cfg(5, sched), tmp_path / "run.pt")
     lines = []
-    shortened = train(ToyTask(), cfg(3, sched), _stopped(tmp_path, "run.pt", 5, sched, 9), resume=True,
-                      log=lines.append)
+    shortened = train(ToyTask(), cfg(3, sched), path, resume=True, log=lines.append)
     assert shortened.epochs_done == 3 and torch.equal(params(shortened.model), params(short.model))
     assert any(x.startswith("shortened: made for a 5-epoch budget, it goes on to 3 epochs") for x in lines)
 
@@ -108,7 +98,7 @@ def test_a_run_past_a_shorter_schedule_s_decay_or_end_is_not_ended_there(tmp_pat
     refuses and says how to continue it; at its own budget it goes on."""
     from bench.training_loop import ResumeMismatch
 
-    path = _stopped(tmp_path, "run.pt", 5, schedule, 3 * 6)
+    path = stopped_at(3 * 6, ToyTask(), cfg(5, schedule), tmp_path / "run.pt")
     where = "begins its decay" if schedule.kind == "wsd" else "ends"
     with pytest.raises(ResumeMismatch, match=rf"trained 3\.0 epochs of a 5-epoch budget, past epoch \d, where a "
                                              rf"3-epoch schedule {where}; continue it with --epochs 5"):
