@@ -167,6 +167,9 @@ def cmd_run(args) -> int:
     try:
         record, path = runner.run(opts, log=log, argv=["python", "-m", "bench", *args.argv])
     except KeyboardInterrupt:
+        if args.dry_run:
+            log("interrupted: a dry run is not resumed; run it again")
+            return 130
         again = list(args.argv) + ([] if args.resume else ["--resume"])  # this sitting's budget, units, options
         where = "" if args.out else " --out RECORD (the record above; bench status names it)"
         log(f"interrupted: the record is marked incomplete and checkpoints are kept; continue with "

@@ -164,3 +164,20 @@ def test_a_reader_that_stops_early_is_no_error(program):
     p.stdout.close()
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 0 and err == ""
+
+
+def test_an_interrupted_run_prints_its_own_command_to_continue(tmp_path, monkeypatch, capsys):
+    """With --resume added, the sitting's budget, units and options stay; a dry run is only run again."""
+    from bench import runner
+
+    def interrupted(opts, log, argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run", interrupted)
+    out = tmp_path / "r.json"
+    assert main(["run", "--suite", "table2", "--epochs", "150", "--units", "draw-*", "--out", str(out)]) == 130
+    assert f"continue with python -m bench run --suite table2 --epochs 150 --units 'draw-*' --out {out} --resume" \
+        in capsys.readouterr().err
+    assert main(["run", "--dry-run", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "a dry run is not resumed; run it again" in err and "--resume" not in err
