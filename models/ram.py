@@ -3,7 +3,8 @@ trained with REINFORCE.
 
 Per step t = 1..T:
     l_{t-1} ~ N(f_l(h_{t-1}), std^2 I) in training, = f_l(h_{t-1}) at evaluation    (location network)
-             (f_l reads h_{t-1} detached with reinforce_into_core=False)
+             (f_l reads h_{t-1} detached with reinforce_into_core=False; with reinforce_core_scale = k
+              the REINFORCE gradient reaches h_{t-1} multiplied by k)
     rho = retina(x, l_{t-1})                       k patches g x g at scales 1, 2, 4, ... (models/retina.py)
     g_t = ReLU(Linear(ReLU(Linear(rho))) + Linear(ReLU(Linear(l_{t-1}))))            ("what" + "where")
     h_t = LSTM(g_t, h_{t-1}), or ReLU(Linear(g_t) + Linear(h_{t-1})) with core="relu"  (core)
@@ -63,6 +64,11 @@ class RamConfig(ConfigMixin):
     # the location mean; False reads h detached there (as some public ports do): the core then
     # learns from the cross-entropy alone and the location network from REINFORCE alone.
     reinforce_into_core: bool = True
+    # With reinforce_into_core, the REINFORCE gradient that reaches the core through the location mean is
+    # multiplied by this (1: the paper's hybrid gradient); the forward pass is the same for every value.
+    # Between 0 and 1 the core is taught to keep what the policy reads (where the digit is) while the
+    # cross-entropy still dominates its gradient.
+    reinforce_core_scale: float = 1.0
     # M in the paper's REINFORCE estimate (eq. 2): each training image is run M times, each with its own
     # sampled locations, and every term is averaged over the B * M episodes (M times the cost per image)
     samples: int = 1
@@ -74,6 +80,8 @@ class RamConfig(ConfigMixin):
                 raise ValueError(f"RamConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.location_std > 0:
             raise ValueError(f"RamConfig.location_std must be > 0, got {self.location_std}")
+        if not self.reinforce_core_scale >= 0:
+            raise ValueError(f"RamConfig.reinforce_core_scale must be >= 0, got {self.reinforce_core_scale}")
         if self.core not in CORES:
             raise ValueError(f"RamConfig.core must be one of {CORES}, got {self.core!r}")
 
@@ -134,6 +142,15 @@ class RecurrentAttentionModel(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"RecurrentAttentionModel expects float images in [0, 1], got dtype {x.dtype}")
 
+    def _policy_input(self, h: torch.Tensor) -> torch.Tensor:
+        """h as the location network reads it: its value, with the gradient back into the core scaled."""
+        c = self.config
+        if not c.reinforce_into_core or c.reinforce_core_scale == 0:
+            return h.detach()
+        if c.reinforce_core_scale == 1:
+            return h
+        return h.detach() + c.reinforce_core_scale * (h - h.detach())
+
     def forward(self, x: torch.Tensor, keep_windows: bool = True, sample: bool | None = None,
                 generator: torch.Generator | None = None) -> RamOutput:
         """``sample``: draw the locations (default: in training mode) or take the policy's mean (eval)."""
@@ -148,7 +165,7 @@ class RecurrentAttentionModel(nn.Module):
         integral = self.glimpse.prepare(x)  # once: every glimpse of the sequence reads it
         hs, locs, log_probs = [], [], []
         for t in range(c.glimpses):
-            mean = torch.tanh(self.locate(h if c.reinforce_into_core else h.detach()))
+            mean = torch.tanh(self.locate(self._policy_input(h)))
             if sample:
                 noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
                 loc = (mean + c.location_std * noise).detach()

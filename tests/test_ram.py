@@ -182,6 +182,34 @@ def test_reinforce_reaches_the_core_only_when_asked(into_core):
     assert reached == ({"locate", "core", "glimpse"} if into_core else {"locate"})
 
 
+
+def test_reinforce_core_scale_scales_only_the_gradient_into_the_core():
+    """reinforce_core_scale = k leaves the forward pass and the location network's gradient as they are
+    and multiplies the REINFORCE gradient that reaches the core and the glimpse network by k."""
+    def reinforce_grads(scale):
+        model = RecurrentAttentionModel(RamConfig(**SMALL, reinforce_core_scale=scale)).double()
+        model.load_state_dict(reference.state_dict())
+        torch.manual_seed(0)
+        out = model(x)
+        reinforce_loss(out.log_probs, reward, out.baselines).backward()
+        return out, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    reference = RecurrentAttentionModel(RamConfig(**SMALL)).double()
+    x = torch.rand(6, 1, 32, 32, dtype=torch.float64)
+    reward = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    full_out, full = reinforce_grads(1.0)
+    out, scaled = reinforce_grads(0.25)
+    assert torch.equal(out.locations, full_out.locations) and torch.equal(out.log_probs, full_out.log_probs)
+    assert scaled.keys() == full.keys()
+    for name, grad in full.items():
+        want = grad if name.startswith("locate") else 0.25 * grad
+        torch.testing.assert_close(scaled[name], want, rtol=1e-12, atol=1e-15, msg=name)
+    _, none = reinforce_grads(0.0)
+    assert {name.split(".")[0] for name, g in none.items() if g.abs().sum() > 0} == {"locate"}
+    with pytest.raises(ValueError, match="reinforce_core_scale"):
+        RamConfig(reinforce_core_scale=-0.5)
+
+
 def test_location_network_gets_the_score_function_gradient():
     """In the hybrid loss only the REINFORCE term reaches the location network: its bias gradient is
     the mean over images of sum_t -(R - b_t) (l_t - mu_t) / std^2 * (1 - mu_t^2), R = 1 when right."""
