@@ -1,6 +1,7 @@
 """Where a glimpse model's errors come from: the digit never found, or found and misread.
 
-    python -m bench.attention_errors CHECKPOINT ... [--split valid|test] [--limit N] [--data-seed S] [--json OUT]
+    python -m bench.attention_errors CHECKPOINT ... [--split valid|test] [--limit N] [--data-seed S] [--probe]
+                                     [--json OUT]
 
 For a checkpoint of the glimpse classifier (soft attention) or of RAM (hard attention) on a
 single-digit variant, each glimpse's centre is set against the centre of the digit, which the
@@ -11,7 +12,8 @@ was found and misread), with the error rate of each group, and how many misread 
 glimpse had read right. For the classifier, what each step reads: the medians of its window's span
 and stride, filter sigma (and sigma per stride: under about 0.5 the grid samples points rather than
 averaging between them), intensity and how far it moved. The classifier's centre is its grid
-centre (gx, gy); RAM's is its patch centre at the policy's mean location.
+centre (gx, gy); RAM's is its patch centre at the policy's mean location. ``--probe`` adds how much of
+where the digit is the model's recurrent state holds after each glimpse (bench/location_probe.py).
 """
 
 from __future__ import annotations
@@ -92,9 +94,10 @@ def glimpse_centres(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def analyse(checkpoint: str, split: str = "valid", limit: int | None = 10_000, data_seed: int = 0,
-            device: str = "cpu", data_dir=None) -> dict:
+            device: str = "cpu", data_dir=None, probe: bool = False) -> dict:
     """The decomposition on the first ``limit`` images of ``split`` (the fixed validation or test set of
-    ``data_seed``), for the model in ``checkpoint``."""
+    ``data_seed``), for the model in ``checkpoint``; with ``probe``, the linear location probes too."""
+    from bench import location_probe
     from bench.evaluate import rebuild
     from datasets.cliargs import UsageError
     from datasets.torch_data import iterate_batches
@@ -108,11 +111,14 @@ def analyse(checkpoint: str, split: str = "valid", limit: int | None = 10_000, d
     if spec.n_digits != 1:
         raise UsageError(f"{built.dataset} has {spec.n_digits} digits per image; the analysis needs one")
     n = len(plan) if limit is None else min(limit, len(plan))
-    preds, centres, labels, windows = [], [], [], []
+    preds, centres, labels, windows, retinas = [], [], [], [], []
     built.model.eval()
+    states = location_probe.StateRecorder(built.model) if probe else None
     with torch.no_grad():  # unshuffled, the batches visit the split's first n examples in order
         for x, y in iterate_batches(built.dataset, split, EVAL_BATCH, seed=data_seed, device=built.device,
                                     data_dir=data_dir, limit=n):
+            if probe and kind == "ram":
+                retinas.append(location_probe.first_retina(built.model, x))
             pred, centre, window = glimpse_centres(built.model, x)
             preds.append(pred.cpu().numpy())
             centres.append(centre.cpu().numpy())
@@ -121,11 +127,15 @@ def analyse(checkpoint: str, split: str = "valid", limit: int | None = 10_000, d
     labels = np.concatenate(labels)
     assert np.array_equal(labels, plan.labels[:n]), "the batches left the split's order"
     soft = windows[0] is not None
-    result = decompose(np.concatenate(preds), labels, np.concatenate(centres).astype(np.float64),
-                       np.asarray(plan.digit_xy[:n, 0], dtype=np.float64),
+    centres = np.concatenate(centres).astype(np.float64)
+    digit_xy = np.asarray(plan.digit_xy[:n, 0], dtype=np.float64)
+    result = decompose(np.concatenate(preds), labels, centres, digit_xy,
                        {f: np.concatenate([w[f].cpu().numpy() for w in windows]).astype(np.float64)
                         for f in WINDOW_FIELDS} if soft else None,
                        built.model.config.read_n if soft else None)
+    if probe:
+        result["probe"] = location_probe.probe(states.take(), centres, digit_xy + (DIGIT + 1) / 2,
+                                               np.concatenate(retinas) if retinas else None)
     return {"checkpoint": str(checkpoint), "model": kind, "dataset": built.dataset, "split": split,
             "data_seed": data_seed, "epoch": built.state.get("epoch"), "images_seen": built.state.get("images_seen"),
             "best_epoch": (built.state.get("best") or {}).get("epoch"), **result}
@@ -156,6 +166,13 @@ def format_result(r: dict) -> str:
     if r.get("misread_right_earlier") is not None:
         lines.append(f"{pct(r['misread_right_earlier'])} of the misread digits had been read right after an "
                      "earlier glimpse")
+    if r.get("probe"):
+        pr = r["probe"]
+        lines.append("where the digit is, R^2 per step (1: exactly; 0: no better than the mean centre): "
+                     "linear readout of the state h_t on held-out images | the glimpse centre itself")
+        lines += [f"{t + 1:>4} | {a:.3f} | {b:.3f}" for t, (a, b) in enumerate(zip(pr["state_r2"], pr["glimpse_r2"]))]
+        if pr["first_retina_r2"] is not None:
+            lines.append(f"linear readout of the first glimpse's retina: R^2 {pr['first_retina_r2']:.3f}")
     return "\n".join(lines)
 
 
@@ -170,13 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=integer(1), default=10_000, help="the first N images of the split (default 10,000)")
     p.add_argument("--data-seed", type=integer(0), default=0, help="the clutter seed of the split (default 0)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--probe", action="store_true", help="also fit linear probes of where the digit is: from the "
+                                                        "recurrent state after each glimpse and, for RAM, from its "
+                                                        "first glimpse (bench/location_probe.py)")
     p.add_argument("--json", help="also write the results here as a run record (JSON: command, commit, machine, "
                                   "metrics, every figure under results)")
     args = p.parse_args(argv)
     results = []
     try:
         for path in args.checkpoints:
-            results.append(analyse(path, args.split, args.limit, args.data_seed, args.device))
+            results.append(analyse(path, args.split, args.limit, args.data_seed, args.device, probe=args.probe))
             print(format_result(results[-1]) + "\n")
     except (CheckpointError, UsageError, OSError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
