@@ -34,7 +34,8 @@ from datasets.fileio import atomic_write_bytes, file_lock
 SCHEMA_VERSION = 1
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"  # committed reference results
-RUNS = REPO / "runs"  # a user's runs, reports and checkpoints (git-ignored)
+# a user's runs, reports and checkpoints: runs/ (git-ignored), or $GLIMPSE_RUNS (the tests use their own)
+RUNS = Path(os.environ["GLIMPSE_RUNS"]).expanduser().resolve() if os.environ.get("GLIMPSE_RUNS") else REPO / "runs"
 STATUSES = ("complete", "incomplete", "failed")
 REQUIRED = ("schema_version", "suite", "started_at", "finished_at", "status", "commit", "machine",
             "config", "seeds", "metrics", "curves")

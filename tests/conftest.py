@@ -4,7 +4,10 @@ checkout sits beside it, else from the download fallbacks."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,11 @@ if not os.environ.get("GLIMPSE_MNIST_SOURCE") and SHARED_MNIST.is_dir():
     os.environ["GLIMPSE_MNIST_SOURCE"] = str(SHARED_MNIST)
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# bench's default places for a user's runs (records, checkpoints, dry runs) go to a folder of the test
+# session's own, removed at exit, so tests never write into the checkout's runs/ or a user's $GLIMPSE_RUNS
+os.environ["GLIMPSE_RUNS"] = tempfile.mkdtemp(prefix="glimpse-test-runs-")
+atexit.register(shutil.rmtree, os.environ["GLIMPSE_RUNS"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

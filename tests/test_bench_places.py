@@ -60,8 +60,28 @@ def test_user_places_are_ignored_and_the_reference_index_is_tracked():
     for p in ("results/index.csv", "results/README.md"):
         assert _git("check-ignore", "-q", "--no-index", p).returncode == 1, f"{p} is git-ignored"
         assert _git("ls-files", "--error-unmatch", p).returncode == 0, f"{p} is not tracked"
-    assert runner.CHECKPOINTS == records.REPO / "runs" / "checkpoints"
-    assert runner.DRY_RUNS == records.REPO / "runs" / "dry-run"
+    assert runner.CHECKPOINTS == records.RUNS / "checkpoints"
+    assert runner.DRY_RUNS == records.RUNS / "dry-run"
+
+
+@pytest.mark.parametrize("runs_env", [None, "", "elsewhere/my-runs"])
+def test_a_user_s_runs_go_to_runs_or_to_glimpse_runs(runs_env, tmp_path):
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GLIMPSE_RUNS"}
+    if runs_env is not None:
+        env["GLIMPSE_RUNS"] = runs_env
+    p = subprocess.run([sys.executable, "-c", "from bench import records, runner; "
+                        "print(records.RUNS); print(runner.CHECKPOINTS)"],
+                       cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    want = REPO / "runs" if not runs_env else (REPO / runs_env).resolve()
+    assert p.stdout.split() == [str(want), str(want / "checkpoints")]
+
+
+def test_the_tests_keep_their_runs_out_of_the_checkout():
+    assert records.RUNS != REPO / "runs" and not records.RUNS.is_relative_to(REPO)
 
 
 def test_run_writes_the_reference_only_when_asked(places):

@@ -28,8 +28,8 @@ def test_dry_run_report_and_tables_leave_a_clone_clean(tmp_path, mnist_data):
     _git(tmp_path, "clone", "-q", "--no-checkout", str(REPO), str(clone))
     _git(clone, "checkout", "-q", "--detach", head)
     assert _git(clone, "status", "--porcelain") == ""
-    env = {**os.environ, "PYTHONPATH": str(clone),
-           "GLIMPSE_DATA": os.environ.get("GLIMPSE_DATA") or str(REPO / "data")}  # share the built data
+    env = {k: v for k, v in os.environ.items() if k != "GLIMPSE_RUNS"}  # the clone's own runs/, as a user's
+    env.update(PYTHONPATH=str(clone), GLIMPSE_DATA=os.environ.get("GLIMPSE_DATA") or str(REPO / "data"))  # built data
 
     def bench(*args: str) -> subprocess.CompletedProcess:
         p = subprocess.run([sys.executable, "-m", "bench", *args], cwd=clone, env=env, capture_output=True,
