@@ -67,15 +67,20 @@ def _checkpoint(tmp_path, kind, model, dataset="cluttered60"):
     return path
 
 
-@pytest.mark.parametrize("kind", ["classifier", "ram"])
-def test_the_final_error_is_the_harness_s_own_on_the_same_images(kind, tmp_path, mnist_data):
+def tiny_checkpoint(tmp_path, kind: str):
+    """A checkpoint of an untrained three-glimpse classifier or RAM on cluttered60."""
     torch.manual_seed(0)
     if kind == "classifier":
         model = GlimpseClassifier(ClassifierConfig(height=60, width=60, glimpses=3, read_n=4, hidden=16))
     else:
         model = RecurrentAttentionModel(RamConfig(height=60, width=60, glimpses=3, patch=6, scales=2,
                                                   glimpse_hidden=16, location_hidden=8, glimpse_size=16, hidden=16))
-    path = _checkpoint(tmp_path, kind, model)
+    return _checkpoint(tmp_path, kind, model)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "ram"])
+def test_the_final_error_is_the_harness_s_own_on_the_same_images(kind, tmp_path, mnist_data):
+    path = tiny_checkpoint(tmp_path, kind)
     r = attention_errors.analyse(str(path), "valid", limit=40)
     assert (r["model"], r["dataset"], r["images"], r["glimpses"], r["epoch"]) == (kind, "cluttered60", 40, 3, 3)
     built = evaluate.rebuild(path, limit=40)

@@ -13,7 +13,7 @@ from bench import attention_errors, location_probe
 from datasets.cliargs import UsageError
 from models.classifier import ClassifierConfig, GlimpseClassifier
 from models.ram import RamConfig, RecurrentAttentionModel
-from tests.test_attention_errors import _checkpoint
+from tests.test_attention_errors import tiny_checkpoint
 
 
 def _ridge_r2_reference(features, target, split, alpha):
@@ -80,13 +80,7 @@ def test_the_recorded_states_are_those_the_head_reads(kind):
 
 @pytest.mark.parametrize("kind", ["classifier", "ram"])
 def test_probe_runs_end_to_end_and_prints_one_line_per_glimpse(kind, tmp_path, capsys, mnist_data):
-    torch.manual_seed(0)
-    if kind == "classifier":
-        model = GlimpseClassifier(ClassifierConfig(height=60, width=60, glimpses=3, read_n=4, hidden=16))
-    else:
-        model = RecurrentAttentionModel(RamConfig(height=60, width=60, glimpses=3, patch=6, scales=2,
-                                                  glimpse_hidden=16, location_hidden=8, glimpse_size=16, hidden=16))
-    path = _checkpoint(tmp_path, kind, model)
+    path = tiny_checkpoint(tmp_path, kind)
     r = attention_errors.analyse(str(path), "valid", limit=60, probe=True)
     pr = r["probe"]
     assert len(pr["state_r2"]) == len(pr["glimpse_r2"]) == 3 and all(v <= 1 for v in pr["state_r2"])
