@@ -59,8 +59,7 @@ class StateRecorder:
 def first_retina(model, x: torch.Tensor) -> np.ndarray:
     """RAM's first glimpse (all scales, flattened) at the policy's mean location, which is the same for
     every image (h_0 = 0)."""
-    h0 = x.new_zeros(x.shape[0], model.config.hidden)
-    loc = torch.tanh(model.locate(h0))
+    loc = model.location_mean(x.new_zeros(x.shape[0], model.config.hidden))
     return model.glimpse.sense(x, loc, model.glimpse.prepare(x)).flatten(1).cpu().numpy()
 
 

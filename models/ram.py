@@ -142,14 +142,15 @@ class RecurrentAttentionModel(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"RecurrentAttentionModel expects float images in [0, 1], got dtype {x.dtype}")
 
-    def _policy_input(self, h: torch.Tensor) -> torch.Tensor:
-        """h as the location network reads it: its value, with the gradient back into the core scaled."""
+    def location_mean(self, h: torch.Tensor) -> torch.Tensor:
+        """f_l(h): the mean of the next location, read from the core's state h with the gradient back into
+        the core as the config says (none, a share, or all of it)."""
         c = self.config
         if not c.reinforce_into_core or c.reinforce_core_scale == 0:
-            return h.detach()
-        if c.reinforce_core_scale == 1:
-            return h
-        return h.detach() + c.reinforce_core_scale * (h - h.detach())
+            h = h.detach()
+        elif c.reinforce_core_scale != 1:
+            h = h.detach() + c.reinforce_core_scale * (h - h.detach())
+        return torch.tanh(self.locate(h))
 
     def forward(self, x: torch.Tensor, keep_windows: bool = True, sample: bool | None = None,
                 generator: torch.Generator | None = None) -> RamOutput:
@@ -165,7 +166,7 @@ class RecurrentAttentionModel(nn.Module):
         integral = self.glimpse.prepare(x)  # once: every glimpse of the sequence reads it
         hs, locs, log_probs = [], [], []
         for t in range(c.glimpses):
-            mean = torch.tanh(self.locate(self._policy_input(h)))
+            mean = self.location_mean(h)
             if sample:
                 noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
                 loc = (mean + c.location_std * noise).detach()
