@@ -79,13 +79,7 @@ def test_resume_after_simulated_crash_continues_exactly(tmp_path):
     ref = train(ToyTask(), CFG, tmp_path / "ref.pt", log=lambda m: None)
     assert ref.step == 18 and ref.epochs_done == 3 and ref.images_seen == 288
 
-    def crash(step):
-        if step == 8:  # mid-epoch 2 (6 batches per epoch)
-            raise KeyboardInterrupt
-
-    ck = tmp_path / "run.pt"
-    with pytest.raises(KeyboardInterrupt):
-        train(ToyTask(), CFG, ck, on_step=crash, log=lambda m: None)
+    ck = stopped_at(8, ToyTask(), CFG, tmp_path / "run.pt")  # mid-epoch 2 (6 batches per epoch)
     saved = checkpoints.load(ck)
     assert (saved["epoch"], saved["batch_in_epoch"], saved["step"], saved["finished"]) == (1, 2, 8, False)
     assert saved["sitting_start"] == {"images_seen": 0, "train_time_s": 0.0, "train_cost": {}}
