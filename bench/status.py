@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import checkpoints, closing, convergence, cost, records
+from bench.schedule import Schedule
 from bench.tables import unit_job
 
 
@@ -37,6 +38,7 @@ class UnitStatus:
     to_go_rate: str  # whose rate the estimate takes: "its last sitting's" or "its overall"
     closed_because: str | None = None  # the reason a closed unit was closed
     evaluation_left: bool = False  # training done (its checkpoint says finished), the test evaluation not yet
+    decay_from: float | None = None  # the epoch a unit in training begins its decay, while it has not reached it
 
 
 def _checkpoint(path: str | None) -> dict | None:
@@ -129,6 +131,7 @@ def unit_status(record: dict, unit: str) -> UnitStatus:
     evaluation_left = state == "in training" and bool(ckpt and ckpt.get("finished"))
     if state == "in training" and budget and images and train_s and not evaluation_left:
         to_go, rate_of = _hours_to_go(ckpt or {}, budget, epochs, images, train_s, threads)
+    decay_from = _decay_ahead(ckpt, budget, epochs) if state == "in training" else None
     return UnitStatus(
         unit=unit, state=state, epochs=epochs, budget_epochs=budget,
         budget_minutes=entry.get("budget", {}).get("time_budget_min") or job.get("time_budget_min"),
@@ -136,7 +139,18 @@ def unit_status(record: dict, unit: str) -> UnitStatus:
         last_valid=points[-1][metric] if points else None, best_valid=(best[metric], best["epoch"]) if best else None,
         metric=metric, verdict=convergence.verdict(curve, metric) if metric else None,
         test=_test_figure(record, unit) if state == "complete" else "", to_go_hours=to_go, to_go_rate=rate_of,
-        closed_because=closure["reason"] if state == "closed" else None, evaluation_left=evaluation_left)
+        closed_because=closure["reason"] if state == "closed" else None, evaluation_left=evaluation_left,
+        decay_from=decay_from)
+
+
+def _decay_ahead(ckpt: dict | None, budget: int | None, epochs: int | None) -> float | None:
+    """The epoch at which the checkpoint's schedule begins its decay over ``budget`` epochs, when the unit
+    has not reached it yet; None without a decay or once in it."""
+    loop = (ckpt or {}).get("loop", {})
+    if not loop.get("schedule") or not budget or epochs is None:
+        return None
+    start = Schedule(**loop["schedule"]).decay_start(budget)
+    return start if epochs < start < float(budget) + 1 else None
 
 
 def _figure(value: float, metric: str | None) -> str:
@@ -156,7 +170,10 @@ def describe(s: UnitStatus) -> str:
         parts.append(f"valid {_figure(s.last_valid, s.metric)} (best {_figure(s.best_valid[0], s.metric)} "
                      f"at epoch {s.best_valid[1]})")
     if s.verdict and s.verdict["status"] != "short":
-        parts.append(convergence.describe(s.verdict))
+        judged = convergence.describe(s.verdict)
+        if s.verdict["status"] == "flat" and s.decay_from is not None:
+            judged += f", but in the stable phase, which says little: its decay begins at epoch {s.decay_from:g}"
+        parts.append(judged)
     if s.test:
         parts.append(s.test)
     if s.evaluation_left:

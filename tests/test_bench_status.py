@@ -68,6 +68,26 @@ def test_the_hours_to_go_take_the_latest_sitting_s_rate_when_it_was_long_enough(
     assert s.to_go_hours == pytest.approx(50 * 100 * 2 / 3600) and s.to_go_rate == "its overall"
 
 
+def test_a_flat_curve_before_a_scheduled_decay_is_said_to_say_little(tmp_path):
+    """Flat for 10 epochs at epoch 25 of 60, under a schedule that decays over its last 20 epochs: the line
+    names the decay still ahead. Once in the decay, or without one, the verdict stands alone."""
+    flat = [{"epoch": e, "images_seen": 50_000 * e, "valid_error": max(0.30 - 0.01 * e, 0.15)} for e in range(1, 26)]
+    wsd = {"kind": "wsd", "warmup_epochs": 1.0, "decay_epochs": 20.0, "min_lr_ratio": 0.0}
+    state = checkpoint(epoch=25, curve=flat)
+    state["loop"]["schedule"] = wsd
+    s = status.unit_status(records.read(long_record(tmp_path, state)), "clf-T8-s1")
+    assert s.verdict["status"] == "flat" and s.decay_from == 40
+    assert ("flat for the last 10 epochs (best valid at epoch 15), but in the stable phase, which says little: "
+            "its decay begins at epoch 40;") in status.describe(s)
+    state = checkpoint(epoch=45, curve=flat + [dict(flat[-1], epoch=e) for e in range(26, 46)])
+    state["loop"]["schedule"] = wsd
+    s = status.unit_status(records.read(long_record(tmp_path, state)), "clf-T8-s1")
+    assert s.decay_from is None and "stable phase" not in status.describe(s)
+    s = status.unit_status(records.read(long_record(tmp_path, checkpoint(epoch=25, curve=flat))), "clf-T8-s1")
+    assert s.decay_from is None and "flat for the last 10 epochs" in status.describe(s)
+    assert "stable phase" not in status.describe(s)
+
+
 def test_without_a_readable_checkpoint_the_record_speaks(tmp_path):
     path = long_record(tmp_path)
     (tmp_path / "going.pt").write_bytes(b"not a checkpoint")
