@@ -167,5 +167,6 @@ def format_result(res: Result) -> str:
     for w in res.warnings:
         lines.append(f"warning: {w}")
     n = {v: sum(r.verdict == v for r in res.rows) for v in ("regression", "improvement")}
-    lines.append(f"{len(res.rows)} metrics compared: {n['regression']} regression(s), {n['improvement']} improvement(s)")
+    lines.append(f"{len(res.rows)} metrics compared: {n['regression']} regression(s), "
+                 f"{n['improvement']} improvement(s)")
     return "\n".join(lines)

@@ -100,7 +100,8 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed:
     machine = records.machine_info(dev)
     cfg = {"checkpoint": str(path), "task": task_desc, "dataset": ds, "data_seed": data_seed,
            "epochs_trained": state.get("epoch"), "best": state.get("best", {}).get("epoch")}
-    record = records.new_record("eval", cfg, [seed], machine, ["python", "-m", "bench", "eval", "--checkpoint", str(path)])
+    command = ["python", "-m", "bench", "eval", "--checkpoint", str(path)]
+    record = records.new_record("eval", cfg, [seed], machine, command)
     common = {"dataset": ds, "data_seed": data_seed, "checkpoint": Path(path).name}
     if task_desc["task"] == "baseline-conv":
         res = task.evaluate(model, "test")

@@ -387,8 +387,8 @@ def load_all(path: str | Path = RESULTS / "runs"):
                 "sha": r["commit"].get("sha"), "dirty": r["commit"].get("dirty"),
                 "machine_id": r["machine"].get("id"), "device": r["machine"].get("device")}
         rows += [metric_row(base, m) for m in r["metrics"]]
-    cols = ["record", "suite", "status", "dry_run", "started_at", "sha", "dirty", "machine_id", "device", "name", "value",
-            "unit", "lower_is_better", "seed"]
+    cols = ["record", "suite", "status", "dry_run", "started_at", "sha", "dirty", "machine_id", "device", "name",
+            "value", "unit", "lower_is_better", "seed"]
     return pd.DataFrame(rows, columns=None if rows else cols)
 
 

@@ -325,7 +325,8 @@ def _nll_table(recs) -> str:
     for r in nll_rows(recs):
         rows.append(f"<tr><td>{'DRAW' if r['attention'] else 'DRAW, no attention'} ({r['dataset']})</td>"
                     f"<td>{r['steps']}</td><td>{r['seed']}</td><td>{r.get('nll_elbo', float('nan')):.2f}</td>"
-                    f"<td>{r.get('nll_iwae', float('nan')):.2f}</td><td>{r.get('k')}</td><td>{html.escape(r['record'])}</td></tr>")
+                    f"<td>{r.get('nll_iwae', float('nan')):.2f}</td><td>{r.get('k')}</td>"
+                    f"<td>{html.escape(r['record'])}</td></tr>")
     for p in paper.TABLE2:
         rows.append(f"<tr class=paper><td>paper: {html.escape(p['model'])}</td><td></td><td></td>"
                     f"<td>{'&le; ' if p['bound'] else '&asymp; '}{p['nll']:.2f}</td><td></td><td></td><td></td></tr>")

@@ -16,7 +16,8 @@ f_l is Linear followed by tanh, which keeps the mean inside the image.
 
 Hybrid loss (sec. 4): cross-entropy of the last step's logits, plus REINFORCE on the locations with
 reward R = 1 when the last step's prediction is right (else 0) and the learned baseline b_t, plus
-the baseline's squared error; with ``samples`` = M each image runs as M episodes (eq. 2). The baseline reads h detached, so its loss does not shape the core.
+the baseline's squared error; with ``samples`` = M each image runs as M episodes (eq. 2). The baseline
+reads h detached, so its loss does not shape the core.
 
 The location noise comes from the global torch RNG (or ``generator``): the training loop's
 checkpoints keep that RNG's state, so a resumed run draws the same locations.

@@ -76,7 +76,8 @@ def test_a_run_that_deviates_from_the_recipe_has_its_own_row_beside_the_paper(tm
     records.write(deviating, runs / "wide.json")
     rows = [r for r in _headline(runs) if r.startswith("| Table 1, differentiable RAM, T = 8")]
     assert len(rows) == 2
-    assert rows[0].startswith("| Table 1, differentiable RAM, T = 8 | 3.36% | 6.00% +- 1.00%") and "recipe.json" in rows[0]
+    assert rows[0].startswith("| Table 1, differentiable RAM, T = 8 | 3.36% | 6.00% +- 1.00%")
+    assert "recipe.json" in rows[0]
     assert rows[1].startswith("| Table 1, differentiable RAM, T = 8, deviating: --set hidden=512 | 3.36% | 3.20%")
     assert "wide.json" in rows[1]
 

@@ -95,8 +95,8 @@ def _cli(tmp: Path) -> dict:
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        code = cli.main(["run", "--suite", "quick", "--dry-run", "--no-progress", "--out", str(tmp / "cli" / "run.json"),
-                         "--checkpoint-dir", str(tmp / "cli" / "ck")])
+        code = cli.main(["run", "--suite", "quick", "--dry-run", "--no-progress",
+                         "--out", str(tmp / "cli" / "run.json"), "--checkpoint-dir", str(tmp / "cli" / "ck")])
     return {"code": code, "stdout": buf.getvalue()}
 
 

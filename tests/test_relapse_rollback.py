@@ -149,6 +149,7 @@ def test_on_relapse_from_the_command_line_is_part_of_the_recipe():
     table1 = suites.override(suites.TABLE1, on_relapse=args.on_relapse)
     assert {j.optim.on_relapse for j in table1.jobs if hasattr(j, "optim")} == {"rollback"}
     assert [j.kind for j in table1.jobs] == [j.kind for j in suites.TABLE1.jobs]
-    recorded = records.read(Path(__file__).resolve().parent.parent / "results/runs/long/table1-wsd100.json")["config"]["suite"]["jobs"]
+    long_record = Path(__file__).resolve().parent.parent / "results/runs/long/table1-wsd100.json"
+    recorded = records.read(long_record)["config"]["suite"]["jobs"]
     with pytest.raises(resume.RecipeChanged, match="classifier on_relapse: record 'continue', given 'rollback'"):
         resume.check_recipe(recorded, table1.jobs)

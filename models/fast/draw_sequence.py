@@ -153,7 +153,8 @@ class _Workspace:
         self.d_write = [d[:, own] for d in self.v.d]  # D_t's own block (no attention: the canvas increment)
         if keep:
             self.v.g_dec, self.v.g_enc = list(self.g_dec.unbind(0)), list(self.g_enc.unbind(0))
-            self.g_dec_rec, self.g_dec_enc_in = [t[:, :4 * hd] for t in self.v.g_dec], [t[:, enc_in] for t in self.v.g_dec]
+            self.g_dec_rec = [t[:, :4 * hd] for t in self.v.g_dec]
+            self.g_dec_enc_in = [t[:, enc_in] for t in self.v.g_dec]
             self.g_write = [t[:, own] for t in self.v.g_dec]
             self.g_dec_late = [t[:, g.col_read:] for t in self.v.g_dec]  # the blocks step t itself completes
         self.operands: _Operands | None = None

@@ -147,7 +147,8 @@ def test_draw_training_throughput_vs_naive_two_threads(benchmark):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("GLIMPSE_BENCH_COMPILE") != "1", reason="set GLIMPSE_BENCH_COMPILE=1 (compiles ~30 s)")
+@pytest.mark.skipif(os.environ.get("GLIMPSE_BENCH_COMPILE") != "1",
+                    reason="set GLIMPSE_BENCH_COMPILE=1 (compiles ~30 s)")
 def test_draw_compiled_training_throughput_vs_naive():
     cfg, fast, naive = _models(compile_step=True)
     x = _data(BATCH)
