@@ -28,10 +28,13 @@ def _line(tmp_path, name, *extra):
 @pytest.mark.slow
 def test_runs_side_by_side_are_stopped_at_the_deadline_and_resumable(tmp_path, mnist_data):
     plan = tmp_path / "plan.txt"
-    plan.write_text(f"# two runs\n{_line(tmp_path, 'a', '--epochs 1000')}\n\n{_line(tmp_path, 'b', '--epochs 1000')}\n")
+    plan.write_text(f"# two runs, the first with another queued behind it\n{_line(tmp_path, 'a', '--epochs 1000')} ;; "
+                    f"{_line(tmp_path, 'c')}\n\n{_line(tmp_path, 'b', '--epochs 1000')}\n")
     done = _run([20, plan, tmp_path / "logs"], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("started line") == 2
+    assert done.stdout.count("started line") == 2 and "started line 2, run 1 of 2" in done.stdout
+    assert "run 2 of 2" not in (tmp_path / "logs" / "2.log").read_text()  # no queued run starts after the deadline
+    assert not (tmp_path / "c.json").exists()
     for name in "ab":
         record = json.loads((tmp_path / f"{name}.json").read_text())
         assert record["status"] == "incomplete"  # stopped by the deadline, resumable
@@ -73,3 +76,15 @@ def test_a_module_line_runs_that_module(tmp_path):
     assert "-m bench.recipe_study --help" in done.stdout and "-m bench run --list" in done.stdout
     assert "usage: python -m bench.recipe_study" in (tmp_path / "logs" / "1.log").read_text()
     assert "table1" in (tmp_path / "logs" / "2.log").read_text()
+
+
+def test_runs_queued_on_one_line_run_one_after_another_into_its_log(tmp_path):
+    plan = tmp_path / "plan.txt"
+    plan.write_text("--list ;; --suite no-such-suite ;; -m bench.recipe_study --help\n")
+    done = _run([60, plan, tmp_path / "logs"], tmp_path)
+    assert done.returncode == 1  # the failing run in the middle fails the script, and the queue goes on
+    assert "line 1, run 2" in done.stderr and "failed with exit status 2" in done.stderr
+    log = (tmp_path / "logs" / "1.log").read_text()
+    heads = [log.index(f"== run {k} of 3") for k in (1, 2, 3)]
+    assert heads == sorted(heads)
+    assert log.index("table1") < heads[1] and log.index("usage: python -m bench.recipe_study") > heads[2]
