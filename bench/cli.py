@@ -1,4 +1,4 @@
-"""`python -m bench run | eval | export | tables | compare | report`.
+"""`python -m bench run | eval | export | tables | status | close | compare | report`.
 
 Where things go: your runs' records under runs/records/<machine>/ (index runs/index.csv), reports
 in runs/report/, checkpoints in runs/checkpoints/, dry runs in runs/dry-run/; runs/ is git-ignored,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -181,3 +182,11 @@ def test_an_interrupted_run_prints_its_own_command_to_continue(tmp_path, monkeyp
     assert main(["run", "--dry-run", "--out", str(out)]) == 130
     err = capsys.readouterr().err
     assert "a dry run is not resumed; run it again" in err and "--resume" not in err
+
+
+def test_the_help_s_first_line_names_every_command():
+    from bench import cli
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    first_line = cli.__doc__.splitlines()[0]
+    assert [c for c in commands if f" {c} " not in first_line.replace("`", " ")] == []
