@@ -11,6 +11,7 @@ command that continues it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def _decay_ahead(ckpt: dict | None, budget: int | None, epochs: int | None) -> f
     if not loop.get("schedule") or not budget or epochs is None:
         return None
     start = Schedule(**loop["schedule"]).decay_start(budget)
-    return start if epochs < start < float(budget) + 1 else None
+    return start if epochs < start < math.inf else None
 
 
 def _figure(value: float, metric: str | None) -> str:
