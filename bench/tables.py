@@ -174,6 +174,8 @@ def _training(g: pd.DataFrame) -> str:
         recipe += f" (warm-up {job.get('warmup_epochs'):g}, decay {job.get('decay_epochs'):g} ep)"
     if job.get("kind") in ("classifier", "draw"):  # the soft-attention models' first window
         recipe += f", {job.get('window_init', 'default')} init"
+    if job.get("kind") == "ram":
+        recipe += _ram_policy(job)
     minutes = job.get("time_budget_min")
     recipe += f"; budget {minutes:g} min" if minutes else f"; budget {job.get('epochs')} epochs"
     if all("images_seen" in d for d in done):
@@ -181,6 +183,17 @@ def _training(g: pd.DataFrame) -> str:
         recipe += f"; {epochs_and_images(done)}, {training_hours(done, machines)}"
     recipe += _products(done) + _rollbacks(job, done, units) + _at_end(pairs)
     return recipe
+
+
+def _ram_policy(job: dict) -> str:
+    """RAM's location policy: its std, and the share of the REINFORCE gradient that reaches the core (the
+    RAM paper's hybrid gradient: all of it); a setting the record leaves out is the model's default."""
+    from models.ram import RamConfig
+
+    setting = {**RamConfig().to_dict(), **{k: v for k, v in job.items() if v is not None}}
+    share = setting["reinforce_core_scale"] if setting["reinforce_into_core"] else 0.0
+    text = f", location std {setting['location_std']:g}, REINFORCE into the core x{share:g}"
+    return text + (" (the paper: x1)" if share != 1 else "")
 
 
 def _baseline_training(g: pd.DataFrame, protocol: str) -> str:

@@ -78,6 +78,7 @@ def test_ram_run_is_recorded_tabulated_and_plotted(tiny_ram, tmp_path):
     text = tables.markdown(path.parent)
     row = next(line for line in text.splitlines() if line.startswith("| RAM, 6x6, 2 scales"))
     assert "location at evaluation: mean" in row and "| 4.96% |" not in row  # the paper has no T = 2
+    assert "location std 0.2, REINFORCE into the core x1;" in row  # the policy's recipe (the suites' differs)
     assert f"| hard | {want.param_count():,} | {want.flops_per_image() / 1e6:.2f} |" in row
     page = report.write_report(path, tmp_path / "report", log=quiet).read_text()
     assert "glimpses_ram-cluttered60-T2-s0.png" in page and "error_vs_glimpses.png" in page
