@@ -185,28 +185,40 @@ def plot_throughput(recs, out, figures) -> None:
 
 
 def plot_curves(recs, out, figures) -> None:
-    curves = {}
+    """Every unit's validation curve against images seen, one panel per dataset and figure (error on a log
+    axis, or the bound), each with its legend beside it."""
+    from bench.tables import unit_job
+
+    panels: dict[tuple[str, str], dict[str, list]] = {}
     for path, r in recs:
         for unit, c in r.get("curves", {}).items():
-            if c and all("images_seen" in e for e in c):
-                curves[f"{Path(path).stem}: {unit}"] = c
-    if not curves:
+            if not c or not all("images_seen" in e for e in c):
+                continue
+            key = next((k for k in ("valid_error", "valid_nll_elbo") if k in c[0]), None)
+            if key:
+                dataset = unit_job(r, unit).get("dataset") or "?"
+                panels.setdefault((key, dataset), {})[f"{Path(path).stem}: {unit}"] = c
+    if not panels:
         return
     plt = _plt()
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    for unit, c in curves.items():
-        x = [e["images_seen"] for e in c]
-        if "valid_error" in c[0]:
-            ax[0].plot(x, [100 * e["valid_error"] for e in c], marker=".", label=unit)
-        elif "valid_nll_elbo" in c[0]:
-            ax[1].plot(x, [e["valid_nll_elbo"] for e in c], marker=".", label=unit)
-    ax[0].set_ylabel("valid error (%)")
-    ax[1].set_ylabel("valid NLL, ELBO (nats)")
-    for a in ax:
-        a.set_xlabel("training images seen")
-        a.grid(alpha=0.3)
-        if a.lines:
-            a.legend(fontsize=6)
+    order = sorted(panels.items())
+    heights = [max(3.0, 0.16 * len(curves)) for _, curves in order]  # room for each legend
+    fig, axes = plt.subplots(len(order), 1, figsize=(8, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, ((key, dataset), curves) in zip(axes[:, 0], order):
+        percent = key == "valid_error"
+        for label, c in curves.items():
+            ax.plot([e["images_seen"] / 1e6 for e in c], [100 * e[key] if percent else e[key] for e in c],
+                    marker=".", ms=2, lw=1, label=label)
+        if percent:
+            ax.set_yscale("log")
+            ax.set_yticks(ERROR_TICKS, [f"{t:g}" for t in ERROR_TICKS])
+            ax.minorticks_off()
+        ax.set(title=dataset, xlabel="training images seen (millions)",
+               ylabel="valid error (%, log scale)" if percent else "valid NLL, ELBO (nats)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
     _save(fig, out, "learning_curves.png", figures)
 
 
