@@ -237,6 +237,14 @@ _VS_PAPER = (
 )
 
 
+def _finished_before(record: dict, unit: str) -> list[tuple[str, list[dict]]]:
+    """The finished runs of a unit that an extension went on from (its own curve then shows the extension:
+    a restarted decay replaces the finished run's last epochs), each labelled with its budget."""
+    entry = record.get("jobs", {}).get(unit, {})
+    runs = entry.get("earlier", []) + ([entry["extending_from"]] if entry.get("extending_from") else [])
+    return [(f" (finished, {run['info'].get('epochs')} epochs)", run.get("curve") or []) for run in runs]
+
+
 def plot_curves_vs_paper(recs, out, figures) -> None:
     """Every model of Table 1 (T = 4, 8) and Table 2 (64 steps) against images seen, one line per
     record and unit, the paper's figure as a dotted line: where a curve flattened, and how far above."""
@@ -246,9 +254,10 @@ def plot_curves_vs_paper(recs, out, figures) -> None:
             for i, (_, prefix, key, _, _) in enumerate(_VS_PAPER):
                 if not unit.startswith(prefix):
                     continue
-                points = [(e["images_seen"] / 1e6, e[key]) for e in curve or () if e.get(key) is not None]
-                if len(points) > 1:
-                    panels[i].append((f"{Path(path).stem}: {unit}", points, key == "valid_error"))
+                for label, run_curve in [*_finished_before(r, unit), ("", curve)]:
+                    points = [(e["images_seen"] / 1e6, e[key]) for e in run_curve or () if e.get(key) is not None]
+                    if len(points) > 1:
+                        panels[i].append((f"{Path(path).stem}: {unit}{label}", points, key == "valid_error"))
     if not any(panels):
         return
     plt = _plt()
@@ -257,7 +266,7 @@ def plot_curves_vs_paper(recs, out, figures) -> None:
         for label, points, percent in lines:
             x, y = zip(*points)
             ax.plot(x, [100 * v for v in y] if percent else y, lw=1, label=label,
-                    ls="--" if "perstep" in label else "-")
+                    ls=":" if label.endswith("epochs)") else "--" if "perstep" in label else "-")
         ax.axhline(ref, color="black", ls=":", lw=1, label=f"paper: {ref:.2f}")
         ax.set(title=title, xlabel="training images seen (millions)", ylim=ylim)
         ax.grid(alpha=0.3)

@@ -93,6 +93,15 @@ def test_long_runs_are_drawn_beside_the_papers_figures(tmp_path, monkeypatch):
     assert [name for name, _ in figures] == ["curves_vs_paper.png"] and (tmp_path / "curves_vs_paper.png").exists()
     assert drawn == {"long: classifier-cluttered100-T8-s0": [20.0, 10.0, 20 / 3, 5.0, 4.0],  # in percent
                      "long: draw-binarized-attn-T64-s0": [89.0, 88.0, 87.0]}
+    # a unit being extended from a finished run (whose decay the extension went back over) draws that run too
+    finished = [{"epoch": e, "images_seen": 50000 * e, "valid_nll_elbo": 80.0 - e} for e in range(1, 4)]
+    rec["jobs"] = {"draw-binarized-attn-T64-s0": {"earlier": [{"info": {"epochs": 2}, "curve": finished[:2]}],
+                                                  "extending_from": {"info": {"epochs": 3}, "curve": finished}}}
+    drawn.clear()
+    report.plot_curves_vs_paper([(tmp_path / "long.json", rec)], tmp_path, figures)
+    assert drawn["long: draw-binarized-attn-T64-s0 (finished, 2 epochs)"] == [79.0, 78.0]
+    assert drawn["long: draw-binarized-attn-T64-s0 (finished, 3 epochs)"] == [79.0, 78.0, 77.0]
+    assert drawn["long: draw-binarized-attn-T64-s0"] == [89.0, 88.0, 87.0]
     figures.clear()
     report.plot_curves_vs_paper([(tmp_path / "quick.json", make_record())], tmp_path / "none", figures)
     assert figures == []  # no Table 1 or 2 model in it: no figure
