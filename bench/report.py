@@ -61,20 +61,38 @@ def _series_label(params: dict, run: str) -> str:
         model = "RAM, location at its mean" if params.get("location") == "mean" else "RAM"
     attention = params.get("attention_type") or ("soft" if model == "classifier" else "unspecified")
     kind = "no attention" if attention == "none" else f"{attention} attention"
-    return f"{kind} ({model}), {params.get('protocol')}, run {run}"
+    return f"{kind} ({model}), {params.get('protocol')}, run{'s' if ', ' in run else ''} {run}"
 
 
 def error_series(recs) -> dict:
-    """{dataset: {line label: {glimpses: [test error of every seed]}}}: one line per record, model and
-    protocol (runs with other settings are not pooled); soft and hard attention share a dataset's plot."""
-    series: dict = {}
+    """{dataset: {line label: {glimpses: [test error of every seed]}}}: one line per model, protocol and
+    recipe, pooling records that trained it one model or seed apart (as `bench tables` pools them; a
+    seed trained in two records keeps each record its own line); runs with other settings are not
+    pooled. Soft and hard attention share a dataset's plot."""
+    from bench.tables import _signature
+
+    groups: dict = {}  # (dataset, protocol, model, recipe) -> {run: {glimpses: [(seed, error)]}}
     for path, r in recs:
         run = Path(path).stem.split("_")[-1]
         for m in r["metrics"]:
             if m["name"] == "test_error" and m["params"].get("glimpses") is not None:
                 p = m["params"]
-                series.setdefault(p.get("dataset"), {}).setdefault(_series_label(p, run), {}) \
-                    .setdefault(p["glimpses"], []).append(m["value"])
+                key = (p.get("dataset"), _series_label(p, ""), _signature(str(path), p.get("job")))
+                groups.setdefault(key, {"params": p, "runs": {}})["runs"].setdefault(run, {}) \
+                    .setdefault(p["glimpses"], []).append((m.get("seed"), m["value"]))
+    series: dict = {}
+    for (dataset, _, _), group in groups.items():
+        by_run = group["runs"]
+        trained = [(t, seed) for points in by_run.values() for t, vals in points.items() for seed, _ in vals]
+        parts = [by_run] if len(trained) == len(set(trained)) else [{run: pts} for run, pts in by_run.items()]
+        for part in parts:
+            runs = sorted(part)
+            named = runs[0] if len(runs) == 1 else f"{', '.join(runs[:3])}" + (
+                f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+            line = series.setdefault(dataset, {}).setdefault(_series_label(group["params"], named), {})
+            for points in part.values():
+                for t, vals in points.items():
+                    line.setdefault(t, []).extend(v for _, v in vals)
     return series
 
 

@@ -93,7 +93,24 @@ def test_report_plots_soft_and_hard_attention_together(tiny_ram, tmp_path):
     kinds = {label.split(" (")[0] for label in series["cluttered60"]}
     assert kinds == {"soft attention", "hard attention"}
     hard = next(v for k, v in series["cluttered60"].items() if k.startswith("hard"))
-    assert hard == {2: [next(m["value"] for m in rec["metrics"] if m["name"] == "test_error")]}
+    error = next(m["value"] for m in rec["metrics"] if m["name"] == "test_error")
+    assert hard == {2: [error]}
+
+    # a record of the same recipe that trained another glimpse count joins the line; one that trained
+    # the same glimpse count and seed again keeps each record its own line
+    import copy
+
+    other = copy.deepcopy(rec)
+    for m in other["metrics"]:
+        m["params"]["glimpses"] = 3
+    records.write(other, tmp_path / "ram-T3.json")
+    records.write(copy.deepcopy(rec), tmp_path / "ram-again.json")
+    loaded = [(p, records.read(p)) for p in (path, tmp_path / "ram-T3.json")]
+    lines = {k: v for k, v in report.error_series(loaded)["cluttered60"].items() if k.startswith("hard")}
+    assert lines == {"hard attention (RAM, location at its mean), separate, runs ram, ram-T3": {2: [error], 3: [error]}}
+    loaded.append((tmp_path / "ram-again.json", records.read(tmp_path / "ram-again.json")))
+    lines = {k: v for k, v in report.error_series(loaded)["cluttered60"].items() if k.startswith("hard")}
+    assert sorted(lines) == [f"hard attention (RAM, location at its mean), separate, run {r}" for r in ("ram", "ram-T3", "ram-again")]
 
 
 def test_report_labels_soft_and_hard_attention():
