@@ -69,15 +69,15 @@ def error_series(recs) -> dict:
     recipe, pooling records that trained it one model or seed apart (as `bench tables` pools them; a
     seed trained in two records keeps each record its own line); runs with other settings are not
     pooled. Soft and hard attention share a dataset's plot."""
-    from bench.tables import _signature
+    from bench.tables import recipe_signature
 
-    groups: dict = {}  # (dataset, protocol, model, recipe) -> {run: {glimpses: [(seed, error)]}}
+    groups: dict = {}  # (dataset, model and protocol, recipe) -> the params and {run: {glimpses: [(seed, error)]}}
     for path, r in recs:
         run = Path(path).stem.split("_")[-1]
         for m in r["metrics"]:
             if m["name"] == "test_error" and m["params"].get("glimpses") is not None:
                 p = m["params"]
-                key = (p.get("dataset"), _series_label(p, ""), _signature(str(path), p.get("job")))
+                key = (p.get("dataset"), _series_label(p, ""), recipe_signature(str(path), p.get("job")))
                 groups.setdefault(key, {"params": p, "runs": {}})["runs"].setdefault(run, {}) \
                     .setdefault(p["glimpses"], []).append((m.get("seed"), m["value"]))
     series: dict = {}
@@ -87,8 +87,7 @@ def error_series(recs) -> dict:
         parts = [by_run] if len(trained) == len(set(trained)) else [{run: pts} for run, pts in by_run.items()]
         for part in parts:
             runs = sorted(part)
-            named = runs[0] if len(runs) == 1 else f"{', '.join(runs[:3])}" + (
-                f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+            named = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
             line = series.setdefault(dataset, {}).setdefault(_series_label(group["params"], named), {})
             for points in part.values():
                 for t, vals in points.items():
@@ -275,16 +274,17 @@ def plot_curves_vs_paper(recs, out, figures) -> None:
                 for label, run_curve in [*_finished_before(r, unit), ("", curve)]:
                     points = [(e["images_seen"] / 1e6, e[key]) for e in run_curve or () if e.get(key) is not None]
                     if len(points) > 1:
-                        panels[i].append((f"{Path(path).stem}: {unit}{label}", points, key == "valid_error"))
+                        panels[i].append((f"{Path(path).stem}: {unit}{label}", points, key == "valid_error",
+                                          bool(label)))
     if not any(panels):
         return
     plt = _plt()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for ax, (title, _, _, ref, ylim), lines in zip(axes.flat, _VS_PAPER, panels):
-        for label, points, percent in lines:
+        for label, points, percent, finished_before in lines:
             x, y = zip(*points)
             ax.plot(x, [100 * v for v in y] if percent else y, lw=1, label=label,
-                    ls=":" if label.endswith("epochs)") else "--" if "perstep" in label else "-")
+                    ls=":" if finished_before else "--" if "perstep" in label else "-")
         ax.axhline(ref, color="black", ls=":", lw=1, label=f"paper: {ref:.2f}")
         ax.set(title=title, xlabel="training images seen (millions)", ylim=ylim)
         ax.grid(alpha=0.3)

@@ -226,7 +226,7 @@ def _unit_records(g: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted({(u, r) for u, r in zip(g["p_job"], g["record"]) if isinstance(u, str)})
 
 
-def _signature(record_path: str, unit) -> str:
+def recipe_signature(record_path: str, unit) -> str:
     """What must be equal for two records' models to share a row: the suite and every setting of the
     unit's job (data, model, optimiser, budget) but its seeds and the record's glimpse selection."""
     rec = _read(record_path)
@@ -257,7 +257,7 @@ def runs(rows: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFrame]
     if rows.empty:
         return []
     units = rows["p_job"] if "p_job" in rows else [None] * len(rows)
-    rows = rows.assign(_run=[_signature(r, u) for r, u in zip(rows["record"], units)])
+    rows = rows.assign(_run=[recipe_signature(r, u) for r, u in zip(rows["record"], units)])
     groups = []
     for key, g in rows.groupby(["_run", *keys], dropna=False):
         seeds = [s for _, gr in g.groupby("record") for s in set(gr["seed"])]
@@ -506,7 +506,7 @@ def table2(df: pd.DataFrame, root: Path = Path(".")) -> str:
         return "\n".join(rows)
     paper_att = {p["attention"]: p["nll"] for p in paper.TABLE2 if "attention" in p}
     units = nll["p_job"] if "p_job" in nll else [None] * len(nll)
-    nll = nll.assign(_run=[_signature(r, u) for r, u in zip(nll["record"], units)])  # budgets never pool
+    nll = nll.assign(_run=[recipe_signature(r, u) for r, u in zip(nll["record"], units)])  # budgets never pool
     for (record, _, dataset, attention, steps), g in nll.groupby(["record", "_run", "p_dataset", "p_attention",
                                                                   "p_steps"]):
         def col(name, fmt=lambda v: f"{v:.2f}"):
