@@ -61,10 +61,23 @@ def commit_info(repo: Path = REPO) -> dict:
 
     try:
         sha = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-        return {"sha": sha, "short": sha[:8], "dirty": dirty}
+        changed = git("diff", "HEAD", "--name-only", "--no-renames").splitlines()
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "short": "nogit", "dirty": None}
+    return {"sha": sha, "short": sha[:8], **dirty_state(changed)}
+
+
+RESULTS_DIR = "results/"
+DIRTY_PATHS_KEPT = 20
+
+
+def dirty_state(changed: list[str]) -> dict:
+    """Whether the code a run used differs from its commit. Tracked files under ``results/`` are left
+    out: the long runs beside it rewrite their records and checkpoints there, which changes no code.
+    ``dirty_paths`` names the first changed files; ``results_changed`` counts those left out."""
+    code = sorted(p for p in changed if not p.startswith(RESULTS_DIR))
+    return {"dirty": bool(code), "dirty_paths": code[:DIRTY_PATHS_KEPT],
+            "results_changed": len(changed) - len(code)}
 
 
 def _cpu_model() -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -30,6 +32,34 @@ def test_new_record_has_provenance():
     assert machine["id"].startswith("cpu-")
     path = records.default_path(r)
     assert path.parent.name == machine["id"] and path.name.endswith(f"_{r['commit']['short']}.json")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_commit_dirty_counts_code_only(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "results" / "runs").mkdir(parents=True)
+    (tmp_path / "bench" / "tables.py").write_text("a = 1\n")
+    (tmp_path / "results" / "runs" / "r.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "x")
+    clean = records.commit_info(tmp_path)
+    assert clean["dirty"] is False and clean["dirty_paths"] == [] and clean["results_changed"] == 0
+    (tmp_path / "results" / "runs" / "r.json").write_text('{"a": 1}\n')  # a run beside it wrote its record
+    beside = records.commit_info(tmp_path)
+    assert beside["dirty"] is False and beside["results_changed"] == 1
+    (tmp_path / "bench" / "tables.py").write_text("a = 2\n")
+    edited = records.commit_info(tmp_path)
+    assert edited["dirty"] is True and edited["dirty_paths"] == ["bench/tables.py"]
+    assert edited["sha"] == clean["sha"] and edited["results_changed"] == 1
+
+
+def test_commit_outside_git_is_unknown(tmp_path):
+    assert records.commit_info(tmp_path / "none") == {"sha": None, "short": "nogit", "dirty": None}
 
 
 ZEN4 = """processor	: 0
