@@ -9,13 +9,15 @@ figure improve on the best before them by more than the metric's tolerance?
 - ``short``: fewer than ``WINDOW + 1`` whole epochs, too few to tell.
 
 Tolerances are the noise floor of a validation figure: 0.1 percentage point of error (10 of the
-10,000 validation images), 0.1 nat of bound.
+10,000 validation images), 0.1 nat of bound. A gain of exactly the tolerance is flat, however the
+subtraction of two stored figures happens to round.
 """
 
 from __future__ import annotations
 
 WINDOW = 10
 TOLERANCE = {"valid_error": 0.001, "valid_nll_elbo": 0.1}
+ROUNDING = 1e-9  # far below any tolerance, far above float64's error in subtracting two figures
 
 
 def metric_of(curve: list[dict]) -> str | None:
@@ -56,7 +58,7 @@ def verdict(curve: list[dict], metric: str, window: int = WINDOW, tolerance: flo
     best_recent = min(points[-window:], key=lambda p: p[metric])
     gain = best_before[metric] - best_recent[metric]
     best = best_recent if gain > 0 else best_before
-    return {**out, "status": "improving" if gain > tolerance else "flat", "gain": gain,
+    return {**out, "status": "improving" if gain > tolerance + ROUNDING else "flat", "gain": gain,
             "best": best[metric], "best_epoch": best["epoch"]}
 
 

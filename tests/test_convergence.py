@@ -37,6 +37,14 @@ def test_a_gain_within_the_tolerance_is_flat_and_one_beyond_it_is_not():
     assert convergence.verdict(falling, "valid_nll_elbo")["status"] == "improving"
 
 
+
+@pytest.mark.parametrize("before, after", [(0.0486, 0.0476), (0.0523, 0.0513), (0.0100, 0.0090)])
+def test_a_gain_of_exactly_the_tolerance_is_flat_however_it_rounds(before, after):
+    # 10 of 10,000 validation images; 0.0523 - 0.0513 is 0.0010000000000000009 in float64
+    result = convergence.verdict(curve([before] * 5 + [after] * 10), "valid_error")
+    assert result["status"] == "flat" and result["gain"] == pytest.approx(0.001)
+    assert convergence.verdict(curve([before] * 5 + [after - 0.0001] * 10), "valid_error")["status"] == "improving"
+
 def test_ten_epochs_or_fewer_are_too_short_to_judge():
     assert convergence.verdict(curve([0.5] * 10), "valid_error")["status"] == "short"
     assert convergence.verdict([], "valid_error") == {"metric": "valid_error", "window": 10, "tolerance": 0.001,
@@ -75,6 +83,6 @@ def test_the_verdict_follows_the_rule(values, window):
     than the tolerance; the best reported is the curve's best."""
     result = convergence.verdict(curve(values), "valid_error", window=window)
     gain = min(values[:-window]) - min(values[-window:])
-    assert result["status"] == ("improving" if gain > 0.001 else "flat")
+    assert result["status"] == ("improving" if gain > 0.001 + convergence.ROUNDING else "flat")
     assert result["best"] == min(values)
     assert values[result["best_epoch"] - 1] == min(values)
