@@ -260,12 +260,24 @@ def runs(rows: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFrame]
     rows = rows.assign(_run=[recipe_signature(r, u) for r, u in zip(rows["record"], units)])
     groups = []
     for key, g in rows.groupby(["_run", *keys], dropna=False):
-        seeds = [s for _, gr in g.groupby("record") for s in set(gr["seed"])]
-        if len(seeds) == len(set(seeds)):
-            groups.append((tuple(key[1:]), g))
-        else:
-            groups += [(tuple(key[1:]), gr) for _, gr in g.groupby("record")]
+        groups += [(tuple(key[1:]), part) for part in _one_figure_per_seed(g)]
     return sorted(groups, key=lambda kv: (min(kv[1]["record"]), kv[0]))
+
+
+def _one_figure_per_seed(g: pd.DataFrame) -> list[pd.DataFrame]:
+    """``g`` as rows whose seeds are distinct: whole if they are; else a row per record, and within a
+    record that holds a seed twice, a row per unit (per metric row where units are not named)."""
+    if g["seed"].is_unique:
+        return [g]
+    parts = []
+    for _, by_record in g.groupby("record"):
+        if by_record["seed"].is_unique:
+            parts.append(by_record)
+        elif "p_job" in by_record and by_record["p_job"].notna().all():
+            parts += [by_unit for _, by_unit in by_record.groupby("p_job")]
+        else:
+            parts += [by_record.iloc[[i]] for i in range(len(by_record))]
+    return parts
 
 
 def _records(g: pd.DataFrame) -> list[str]:

@@ -173,6 +173,15 @@ def test_records_that_trained_the_same_seed_never_pool(tmp_path):
     assert len(rows) == 4 and all(len(r.split("| 0, 1, 2 |")) == 1 for r in rows)
 
 
+
+def test_a_record_holding_one_seed_twice_never_averages_the_two():
+    rows = pd.DataFrame({"record": ["r.json"] * 3, "p_job": ["m-s0", "m-again-s0", "m-s1"], "seed": [0, 0, 1],
+                         "value": [0.05, 0.07, 0.06]})
+    groups = tables.runs(rows, [])  # which seed 0 would pool with seed 1? neither: a row per model
+    assert sorted(list(g["value"]) for _, g in groups) == [[0.05], [0.06], [0.07]]
+    unnamed = rows.drop(columns="p_job")
+    assert sorted(len(g) for _, g in tables.runs(unnamed, [])) == [1, 1, 1]
+
 def test_baseline_rows_never_pool_runs(tmp_path):
     """The conv net of a 4-minute run and of a 20-epoch run are two rows, each with its training."""
     for name, minutes, error in (("short", 4, 0.35), ("long", None, 0.05)):
