@@ -22,12 +22,26 @@ def _images(g: pd.DataFrame) -> float:
 
 
 def _training(g: pd.DataFrame) -> str:
-    """Epochs and images per model, then whether validation was still improving at the end."""
+    """Epochs and images per model, the recipe's settings that the paper's model was not trained with
+    and the share of bf16 training products, then whether validation was still improving at the end."""
     pairs = tables._unit_records(g)
     done = [tables.unit_entry(tables._read(r), u) for u, r in pairs]
     text = tables.epochs_and_images(done) if done and all("epochs" in d for d in done) else ""
     at_end = tables._at_end(pairs).removeprefix("; ")
-    return "; ".join(t for t in (text, at_end) if t)
+    products = tables._products(done).removeprefix("; ")
+    return "; ".join(t for t in (text, _recipe(pairs), products, at_end) if t)
+
+
+def _recipe(pairs: list[tuple[str, str]]) -> str:
+    """RAM's location policy and a relapse setting other than the default: settings of our recipe
+    that the paper's figure was not trained with."""
+    if not pairs:
+        return ""
+    job = tables.unit_job(tables._read(pairs[0][1]), pairs[0][0])
+    text = tables._ram_policy(job).removeprefix(", ") if job.get("kind") == "ram" else ""
+    if job.get("on_relapse", "continue") != "continue":
+        text += ("; " if text else "") + f"on relapse: {job['on_relapse']}"
+    return text
 
 
 def _most_trained(groups: list[tuple[tuple, pd.DataFrame]]) -> pd.DataFrame | None:

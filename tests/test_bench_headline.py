@@ -105,3 +105,19 @@ def test_the_markdown_tables_open_with_the_headline(tmp_path):
     records.write(_classifier_record({0: 0.05}, epochs=10), runs / "a.json")
     text = tables.markdown(runs)
     assert text.startswith("### Against the paper") and text.index("### Against") < text.index("### Table 1")
+
+
+def test_the_row_names_settings_the_paper_did_not_train_with(tmp_path):
+    """A relapse setting other than the default and bf16 training products are said beside the figure,
+    not only in the full tables."""
+    runs = tmp_path / "runs"
+    rec = _classifier_record({0: 0.05, 1: 0.07, 2: 0.06}, epochs=100)
+    for entry in rec["jobs"].values():
+        entry["job"] = {**entry["job"], "on_relapse": "rollback"}
+        entry["training_products"] = {"float32": 1_000_000, "bfloat16": 4_000_000}
+    records.write(rec, runs / "rollback.json")
+    row = next(r for r in _headline(runs) if r.startswith("| Table 1, differentiable RAM, T = 8 |"))
+    assert "on relapse: rollback" in row and "bfloat16 80% of images (evaluated in float32)" in row
+    records.write(_classifier_record({0: 0.05, 1: 0.07, 2: 0.06}, epochs=150), runs / "plain.json")
+    row = next(r for r in _headline(runs) if r.startswith("| Table 1, differentiable RAM, T = 8 |"))
+    assert "plain.json" in row and "on relapse" not in row and "bfloat16" not in row
