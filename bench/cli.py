@@ -134,6 +134,8 @@ def cmd_run(args) -> int:
 
         _selection_from_record(args, records.read(args.out))  # a missing or damaged record is refused here
     check_device(args.device)
+    if args.resume and not args.out and not args.sweep_parallel:
+        _selection_from_latest(args)
     check_data_dir(args.data_dir)
     if args.out:
         check_writable(args.out)
@@ -199,6 +201,18 @@ def _selection_from_record(args, record: dict) -> None:
             setattr(args, name, kind(made_with[name]))
     if made_with.get("compact_checkpoints"):
         args.compact_checkpoints = True
+
+
+def _selection_from_latest(args) -> None:
+    """A resume without --out continues this machine's latest unfinished record of the suite
+    (bench/runner.py): take that record's selection as a resume with --out does."""
+    from bench import records, runner
+    from models.training import pick_device
+
+    machine_id = records.machine_info(str(pick_device(args.device)))["id"]
+    latest = runner.latest_unfinished(args.suite, args.reference, machine_id)
+    if latest is not None:  # none: the runner says so
+        _selection_from_record(args, records.read(latest))
 
 
 def _distribute(args, opts):

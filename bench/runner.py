@@ -329,19 +329,13 @@ class Runner(UnitRuns):
             if o.sweep_world > 1 else path
 
     def _latest_unfinished(self) -> Path:
-        folder = records.records_dir(self.opts.reference) / self.machine["id"]
-        found = []
-        for p in records.find(folder) if folder.is_dir() else []:
-            r = records.read(p)
-            opts = r["config"].get("options", {})
-            if r["suite"] == self.suite.name and r["status"] != "complete" and \
-                    (opts.get("sweep_rank", 0), opts.get("sweep_world", 1)) == (self.opts.sweep_rank,
-                                                                                 self.opts.sweep_world):
-                found.append((r["started_at"], p))
-        if not found:
+        o = self.opts
+        found = latest_unfinished(self.suite.name, o.reference, self.machine["id"], (o.sweep_rank, o.sweep_world))
+        if found is None:
+            folder = records.records_dir(o.reference) / self.machine["id"]
             raise ResumeError(f"no unfinished record of suite {self.suite.name!r} under {folder}; "
-                           "pass the record to resume with --out PATH")
-        return max(found)[1]
+                              "pass the record to resume with --out PATH")
+        return found
 
     def _artifact_path(self, path: Path) -> Path:
         return path.with_suffix(".npz")
@@ -514,6 +508,20 @@ class Runner(UnitRuns):
 # ---------------------------------------------------------------- hard attention (RAM) and plug-in glimpse models
 
 TRAINED_KINDS = ("classifier", "draw", "ram", "plugin")  # the models the training loop trains and checkpoints
+
+
+def latest_unfinished(suite: str, reference: bool, machine_id: str, sweep: tuple[int, int] = (0, 1)) -> Path | None:
+    """The record that `bench run --resume` without --out continues: the latest started of ``suite``'s
+    unfinished records made on this machine (by this rank of a --sweep-parallel run); None if none."""
+    folder = records.records_dir(reference) / machine_id
+    found = []
+    for p in records.find(folder) if folder.is_dir() else []:
+        r = records.read(p)
+        opts = r["config"].get("options", {})
+        if r["suite"] == suite and r["status"] != "complete" and \
+                (opts.get("sweep_rank", 0), opts.get("sweep_world", 1)) == sweep:
+            found.append((r["started_at"], p))
+    return max(found)[1] if found else None
 
 
 def is_trained(job) -> bool:

@@ -272,6 +272,29 @@ def test_resume_finds_the_latest_unfinished_record(tiny, monkeypatch, tmp_path):
         runner.run(replace(tiny("x"), out=None, resume=True), log=quiet)
 
 
+def test_a_resume_without_out_takes_the_latest_records_selection(tiny, monkeypatch, tmp_path):
+    """`bench run --suite S --resume` continues this machine's latest unfinished record with what it was
+    made with (here --jobs 0), as a resume with --out does: it neither refuses it nor adds units to it."""
+    from bench import cli, tasks
+
+    monkeypatch.setattr(records, "RUNS", tmp_path / "runs")
+    calls, orig = {"n": 0}, tasks.ClassifierTask.loss
+
+    def crashing(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return orig(self, model, batch)
+
+    monkeypatch.setattr(tasks.ClassifierTask, "loss", crashing)
+    argv = ["run", "--suite", "tiny", "--threads", "1", "--no-progress", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    assert cli.main([*argv, "--jobs", "0"]) == 130
+    [path] = (tmp_path / "runs" / "records").rglob("*.json")
+    assert records.read(path)["config"]["options"]["jobs"] == [0]
+    assert cli.main([*argv, "--resume"]) == 0
+    done = records.read(path)
+    assert done["status"] == "complete" and all(u.startswith("classifier") for u in done["jobs"])
+
 def test_a_run_left_on_the_plateau_says_so(tiny):
     """The tiny suite trains 8 batches: its classifier cannot leave chance level, and the record,
     its metrics and the log say so instead of passing the figure off as a result."""
