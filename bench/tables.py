@@ -139,7 +139,17 @@ def _range(values, fmt) -> str:
 def epochs_and_images(done: list[dict]) -> str:
     """'E epochs, N M images' per model (ranges over the models) from their jobs' entries."""
     images = [d.get("images_seen", d.get("train_images_seen", 0)) / 1e6 for d in done]
-    return f"{_range([d['epochs'] for d in done], str)} epochs, {_range(images, lambda v: f'{v:.2f}')} M images"
+    return f"{_range([_epochs(d) for d in done], str)} epochs, {_range(images, lambda v: f'{v:.2f}')} M images"
+
+
+def _epochs(entry: dict) -> int | float:
+    """The epochs a model trained: a time budget ends inside an epoch, whose count then says how much of
+    it ran (25.7, not the 26th epoch begun); an epoch budget ends on a whole one."""
+    size = ((entry.get("data") or {}).get("train") or {}).get("n")
+    seen = entry.get("images_seen", entry.get("train_images_seen"))
+    if entry.get("stopped_by") == "time_budget" and size and seen:
+        return round(seen / size, 1)
+    return entry["epochs"]
 
 
 def training_hours(done: list[dict], machines: list[dict]) -> str:

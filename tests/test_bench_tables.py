@@ -298,3 +298,13 @@ def test_training_cost_is_shown_by_where_each_model_trained():
     begun_on_gpu = [{"train_time_s": 0, "train_cost": {"unattributed": 360.0, "cpu": 3600.0}},
                     {"train_time_s": 0, "train_cost": {"unattributed": 720.0, "cpu": 3960.0}}]
     assert tables.training_hours(begun_on_gpu, [gpu, gpu]) == "0.10-0.20 h on NVIDIA H200 + 1.00-1.10 core-h"
+
+
+def test_a_time_budget_shows_how_much_of_its_last_epoch_ran():
+    data = {"train": {"n": 50000}}
+    timed = {"epochs": 26, "stopped_by": "time_budget", "images_seen": 1_286_848, "data": data}
+    whole = {"epochs": 100, "stopped_by": "epochs", "images_seen": 4_998_400, "data": data}
+    assert tables.epochs_and_images([timed]) == "25.7 epochs, 1.29 M images"
+    assert tables.epochs_and_images([whole]) == "100 epochs, 5.00 M images"
+    assert tables.epochs_and_images([{"epochs": 3, "stopped_by": "time_budget", "images_seen": 10}]) == \
+        "3 epochs, 0.00 M images"  # no data size recorded: the epoch count as it stands
