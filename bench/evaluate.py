@@ -119,8 +119,7 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed:
     else:
         res = task.evaluate(model, "test")
         iw = task.iwae(model, iwae_k, job.iwae_limit)
-        base = dict(attention=job.model.attention, steps=job.model.steps, binarization="fixed", **common,
-                    **task.metric_params(model))
+        base = dict(attention=job.model.attention, steps=job.model.steps, **common, **task.metric_params(model))
         record["metrics"] = [
             metric("nll_elbo", res["nll_elbo"], "nats", True, seed, test_images=res["images"], **base),
             metric("kl", res["kl"], "nats", None, seed, test_images=res["images"], **base),

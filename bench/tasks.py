@@ -183,7 +183,15 @@ class DrawTask(_Base):
         return model.loss(batch[0], self.noise(batch[2]) if len(batch) > 2 else None)[0]
 
     def metric_params(self, model) -> dict:
-        return cost_params(model, "soft" if self.job.model.attention else "none")
+        """The attention type and cost, and how the images were binarized: the test split once, fixed by
+        its seed; the training images afresh each epoch (the dataset's fresh_train), or once."""
+        spec = get_spec(self.job.dataset)
+        if not spec.binarize:
+            binarized = {"binarization": "none"}  # grey levels as Bernoulli targets
+        else:
+            binarized = {"binarization": "fixed", "train_binarization": "fresh per epoch" if spec.fresh_train
+                         else "fixed"}
+        return {**cost_params(model, "soft" if self.job.model.attention else "none"), **binarized}
 
     def _keyed_noise(self, key: tuple):
         """models.bounds NoiseFn: the noise of each image is a function of (key, its position in the

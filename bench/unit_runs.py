@@ -111,9 +111,7 @@ class UnitRuns:
         else:
             m = job.model
             common = dict(dataset=job.dataset, attention=m.attention, steps=m.steps, read_n=m.read_n, **flags,
-                          write_n=m.write_n,
-                          # the binarized test split is fixed by the seed; other variants are grey levels
-                          binarization="fixed" if job.dataset == "binarized" else "none", **task.metric_params(model))
+                          write_n=m.write_n, **task.metric_params(model))
             test = task.evaluate(model, "test")
             n = test["images"]
             out = [metric("nll_elbo", test["nll_elbo"], "nats", True, seed, test_images=n, **common),

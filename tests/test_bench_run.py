@@ -63,6 +63,7 @@ def test_dry_run_end_to_end(tmp_path, mnist_data):
     assert all(m["params"]["protocol"] == "per-step" and 0 <= m["value"] <= 1 for m in errs)
     iw = next(m for m in r["metrics"] if m["name"] == "nll_iwae")
     assert iw["params"]["k"] == 4 and iw["params"]["binarization"] == "fixed"
+    assert iw["params"]["train_binarization"] == "fresh per epoch"  # the quick DRAW trains on fresh binarizations
     assert all(j["status"] == "complete" for j in r["jobs"].values())
     assert all(len(c) == 1 for c in r["curves"].values())
     with np.load(out.with_suffix(".npz")) as z:
