@@ -124,7 +124,8 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed:
             metric("nll_elbo", res["nll_elbo"], "nats", True, seed, test_images=res["images"], **base),
             metric("kl", res["kl"], "nats", None, seed, test_images=res["images"], **base),
             metric("reconstruction", res["reconstruction"], "nats", None, seed, test_images=res["images"], **base),
-            metric("nll_iwae", iw["nll_iwae"], "nats", True, seed, k=iwae_k, test_images=iw["images"], **base)]
+            metric("nll_iwae", iw["nll_iwae"], "nats", True, seed, k=iwae_k, test_images=iw["images"], **base),
+            metric("nll_elbo_mc", iw["nll_elbo_mc"], "nats", True, seed, k=iwae_k, test_images=iw["images"], **base)]
         log(f"test NLL <= {res['nll_elbo']:.2f} (ELBO), <= {iw['nll_iwae']:.2f} (IWAE k={iwae_k})")
     record["status"], record["finished_at"] = "complete", records.utc_now()
     dest = Path(out) if out else records.default_path(record)

@@ -210,7 +210,7 @@ class DrawTask(_Base):
         """-log p(x) <= -E log (1/k) sum_i p(x, z_i) / q(z_i | x), averaged over the test images."""
         r = iwae_bound(model, self.eval_batches("test", limit), k=k, device=self.device, progress=progress,
                        total=limit, noise=self._keyed_noise(("iwae", self.data_seed, k)), reduce=all_reduce_sum)
-        return {"nll_iwae": r["nll_iwae"], "images": r["n_images"]}
+        return {"nll_iwae": r["nll_iwae"], "nll_elbo_mc": r["nll_elbo_mc"], "images": r["n_images"]}
 
     def samples(self, model, count: int) -> np.ndarray:
         """(T, count, H, W) uint8: the canvas after every step of ``count`` images from the prior."""

@@ -118,12 +118,13 @@ class UnitRuns:
                    metric("kl", test["kl"], "nats", None, seed, test_images=n, **common),
                    metric("reconstruction", test["reconstruction"], "nats", None, seed, test_images=n, **common)]
             iw = task.iwae(model, job.iwae_k, job.iwae_limit, progress=_show(self.opts.progress))
-            out.append(metric("nll_iwae", iw["nll_iwae"], "nats", True, seed, k=job.iwae_k, test_images=iw["images"],
-                              **common))
+            out += [metric(name, iw[name], "nats", True, seed, k=job.iwae_k, test_images=iw["images"], **common)
+                    for name in ("nll_iwae", "nll_elbo_mc")]
             if job.samples:  # 0: none kept (a recipe study)
                 self.artifacts[f"{unit.id}/samples"] = task.samples(model, job.samples)
             self.log(f"  {unit.id}: test NLL <= {test['nll_elbo']:.2f} nats (ELBO, {n} images), "
-                     f"<= {iw['nll_iwae']:.2f} (IWAE k={job.iwae_k}, {iw['images']} images)")
+                     f"<= {iw['nll_iwae']:.2f} (IWAE k={job.iwae_k}, {iw['images']} images, whose ELBO is "
+                     f"{iw['nll_elbo_mc']:.2f})")
         info["eval_time_s"] = round(time.time() - t0, 1)
         return out, info
 

@@ -170,7 +170,11 @@ def iwae_bound(model, batches: Iterable, k: int = 100, device=None, progress: bo
                limit: int | None = None, seed: int = 0, total: int | None = None,
                log: Callable[[str], None] | None = None, noise: NoiseFn | None = None,
                reduce: Reduce | None = None) -> dict:
-    """Importance-weighted bound with ``k`` samples per image: dict(nll_iwae, k, n_images).
+    """Importance-weighted bound with ``k`` samples per image: dict(nll_iwae, nll_elbo_mc, k, n_images).
+
+    ``nll_elbo_mc`` is the ELBO's NLL bound on the same images from the same samples, the mean of
+    -log w over the ``k`` of each image (its KL by Monte Carlo, not in closed form): the bound the
+    IWAE tightens, paired with it image for image.
 
     Each image is repeated ``k`` times; about ``chunk`` rows (images x samples) go through the
     model at once. ``limit`` evaluates only the first ``limit`` images (record it). Progress is a
@@ -186,7 +190,7 @@ def iwae_bound(model, batches: Iterable, k: int = 100, device=None, progress: bo
     gen = torch.Generator(device=device).manual_seed(seed)
     per = max(1, chunk // k)  # images per forward pass
     bar = _Progress(progress, limit if limit is not None else total, f"IWAE k={k}", log)
-    nll, n = 0.0, 0
+    nll, elbo, n = 0.0, 0.0, 0
     try:
         with eval_mode(model):
             model.to(device)
@@ -197,13 +201,14 @@ def iwae_bound(model, batches: Iterable, k: int = 100, device=None, progress: bo
                     lw = model(xs.repeat_interleave(k, 0), eps, windows=False, generator=gen).log_weight
                     lw = lw.double().view(xs.shape[0], k)
                     nll += float(-(torch.logsumexp(lw, dim=1) - math.log(k)).sum())
+                    elbo += float(-lw.mean(dim=1).sum())
                     n += xs.shape[0]
                     bar.update(xs.shape[0], nll / n)
     finally:
         bar.close()
     if reduce is not None:
-        nll, n = reduce(torch.tensor([nll, n], dtype=torch.float64)).tolist()
+        nll, elbo, n = reduce(torch.tensor([nll, elbo, n], dtype=torch.float64)).tolist()
         n = int(n)
     if n == 0:
         raise ValueError("iwae_bound got no images: the batches iterable was empty")
-    return {"nll_iwae": nll / n, "k": k, "n_images": n}
+    return {"nll_iwae": nll / n, "nll_elbo_mc": elbo / n, "k": k, "n_images": n}

@@ -54,7 +54,7 @@ def test_dry_run_end_to_end(tmp_path, mnist_data):
     r = records.read(out)
     assert r["status"] == "complete" and r["config"]["dry_run"] and r["finished_at"]
     names = {m["name"] for m in r["metrics"]}
-    assert names >= {"test_error", "valid_error", "nll_elbo", "nll_iwae", "kl", "reconstruction",
+    assert names >= {"test_error", "valid_error", "nll_elbo", "nll_iwae", "nll_elbo_mc", "kl", "reconstruction",
                      "train_images_per_s", "eval_images_per_s"}
     # a matmul peak timed for a fraction of a second is no peak: no fraction of it either
     assert "peak_fraction" not in names and "matmul peak: not measured in a dry run" in p.stderr

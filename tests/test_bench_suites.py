@@ -9,7 +9,7 @@ from bench import records, runner, suites
 
 PRODUCED = {"classifier": {"test_error", "valid_error"}, "ram": {"test_error", "valid_error"},
             "plugin": {"test_error", "valid_error"}, "baseline": {"test_error"},
-            "draw": {"nll_elbo", "nll_iwae", "kl", "reconstruction"},
+            "draw": {"nll_elbo", "nll_iwae", "nll_elbo_mc", "kl", "reconstruction"},
             "throughput": {"train_images_per_s", "eval_images_per_s", "peak_fraction"}}
 
 

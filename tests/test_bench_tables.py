@@ -45,6 +45,17 @@ def test_tables_list_every_seed_with_spread_and_paper(tmp_path):
     assert "120.00" in draw and "115.50 (k=1000, 200 images)" in draw and "<= 80.97" in draw
 
 
+def test_the_iwae_cell_gives_the_elbo_of_the_same_images_where_the_record_has_it(tmp_path):
+    runs = table_records(tmp_path)
+    rec = records.read(runs / "b.json")
+    common = {k: v for k, v in rec["metrics"][1]["params"].items()}
+    rec["metrics"].append(metric("nll_elbo_mc", 119.25, "nats", True, 0, **common))
+    records.write(rec, runs / "b.json")
+    draw = next(line for line in tables.markdown(runs).splitlines() if line.startswith("| DRAW, 64 steps, attention"))
+    assert "| 115.50 (k=1000, 200 images; their ELBO 119.25) |" in draw
+    assert "| 120.00 |" in draw  # the ELBO column stays the one over the whole test set
+
+
 def test_tables_cli(tmp_path, capsys):
     from bench.cli import main
 

@@ -86,6 +86,7 @@ def test_noise_and_reduce_hooks():
         lw = m(x.repeat_interleave(3, 0), noise=eps).log_weight.double().view(7, 3)
     want = -(torch.logsumexp(lw, 1) - math.log(3)).mean().item()
     assert got["nll_iwae"] == pytest.approx(want, rel=1e-6)
+    assert got["nll_elbo_mc"] == pytest.approx(-lw.mean().item(), rel=1e-6)  # the same samples, averaged
 
 
 def test_one_sample_elbo_is_unbiased_for_the_analytic_elbo():
@@ -107,6 +108,9 @@ def test_iwae_is_below_elbo_and_tightens_with_k():
     gap = elbo - iw[200]
     assert gap > 0.5, (elbo, iw)  # with K = 200 clearly tighter than the ELBO
     assert iw[200] < iw[2] < elbo + 0.2, (elbo, iw)
+    paired = iwae_bound(m, [x], k=200, chunk=512, seed=200, progress=False)
+    assert paired["nll_elbo_mc"] == pytest.approx(elbo, abs=0.5)  # the same ELBO, from the IWAE's samples
+    assert paired["nll_elbo_mc"] - paired["nll_iwae"] == pytest.approx(gap, abs=0.5)
 
 
 def test_untrained_model_scores_about_543_nats(mnist_data):
