@@ -15,6 +15,7 @@ from bench.optim import Optim
 from bench.suites import RamJob, Suite, Target
 from models.ram import RamConfig
 from tests.fixtures.bench_records import without_timings
+from tests.fixtures.interrupts import interrupt_loss
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -126,16 +127,7 @@ def test_ram_resume_matches_uninterrupted(tiny_ram, monkeypatch):
     ref, _ = runner.run(tiny_ram("ref"), log=quiet)
     from bench import tasks
 
-    calls = {"n": 0}
-    orig = tasks.RamTask.loss
-
-    def crashing(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:  # in epoch 2 of 4 batches each
-            raise KeyboardInterrupt
-        return orig(self, model, batch)
-
-    monkeypatch.setattr(tasks.RamTask, "loss", crashing)
+    orig = interrupt_loss(monkeypatch, tasks.RamTask, 6)  # in epoch 2 of 4 batches each
     with pytest.raises(KeyboardInterrupt):
         runner.run(tiny_ram("run"), log=quiet)
     monkeypatch.setattr(tasks.RamTask, "loss", orig)

@@ -17,6 +17,7 @@ from bench.optim import Optim
 from bench.suites import ClassifierJob, Suite, Target, ThroughputJob
 from models.classifier import ClassifierConfig
 from tests.fixtures.bench_records import without_timings
+from tests.fixtures.interrupts import interrupt_loss
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,16 +79,7 @@ def test_crash_then_resume_matches_uninterrupted(tiny, monkeypatch):
     assert ref["status"] == "complete" and ref["targets"][0]["passed"]
 
     from bench import tasks
-    calls = {"n": 0}
-    orig = tasks.ClassifierTask.loss
-
-    def crashing(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:  # in epoch 2 of 4 batches each
-            raise KeyboardInterrupt
-        return orig(self, model, batch)
-
-    monkeypatch.setattr(tasks.ClassifierTask, "loss", crashing)
+    orig = interrupt_loss(monkeypatch, tasks.ClassifierTask, 6)  # in epoch 2 of 4 batches each
     with pytest.raises(KeyboardInterrupt):
         runner.run(tiny("run"), log=quiet)
     path = Path(tiny("run").out)
@@ -149,15 +141,7 @@ def test_a_run_with_set_keeps_its_deviation_through_resume_and_into_the_tables(t
     of the full tables names the deviation."""
     from bench import cli, resume, tables, tasks
 
-    calls, orig = {"n": 0}, tasks.ClassifierTask.loss
-
-    def crashing(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return orig(self, model, batch)
-
-    monkeypatch.setattr(tasks.ClassifierTask, "loss", crashing)
+    orig = interrupt_loss(monkeypatch, tasks.ClassifierTask, 3)
     with pytest.raises(KeyboardInterrupt):
         runner.run(tiny("run", settings={"hidden": 24}), log=quiet)
     monkeypatch.setattr(tasks.ClassifierTask, "loss", orig)
@@ -279,15 +263,7 @@ def test_a_resume_without_out_takes_the_latest_records_selection(tiny, monkeypat
     from bench import cli, tasks
 
     monkeypatch.setattr(records, "RUNS", tmp_path / "runs")
-    calls, orig = {"n": 0}, tasks.ClassifierTask.loss
-
-    def crashing(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return orig(self, model, batch)
-
-    monkeypatch.setattr(tasks.ClassifierTask, "loss", crashing)
+    interrupt_loss(monkeypatch, tasks.ClassifierTask, 3)
     argv = ["run", "--suite", "tiny", "--threads", "1", "--no-progress", "--checkpoint-dir", str(tmp_path / "ckpt")]
     assert cli.main([*argv, "--jobs", "0"]) == 130
     [path] = (tmp_path / "runs" / "records").rglob("*.json")
@@ -334,15 +310,7 @@ def test_resume_refuses_a_changed_recipe_and_runs_jobs_the_suite_gained(tiny, mo
 
 def test_checkpoints_moved_elsewhere_are_found_and_remembered(tiny, monkeypatch, tmp_path):
     from bench import tasks
-    orig, calls = tasks.ClassifierTask.loss, {"n": 0}
-
-    def crashing(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] in (3, 6):  # once in each of the first two sittings
-            raise KeyboardInterrupt
-        return orig(self, model, batch)
-
-    monkeypatch.setattr(tasks.ClassifierTask, "loss", crashing)
+    orig = interrupt_loss(monkeypatch, tasks.ClassifierTask, 3, 6)  # once in each of the first two sittings
     with pytest.raises(KeyboardInterrupt):
         runner.run(tiny("run"), log=quiet)
     moved = tmp_path / "kept"
@@ -415,15 +383,7 @@ def test_an_extended_unit_keeps_the_run_it_extended(tiny, monkeypatch):
     first, _ = runner.run(tiny("run"), log=quiet)
     unit = next(u for u in first["jobs"] if u.startswith("classifier"))
     before = [m for m in first["metrics"] if m["params"].get("job") == unit]
-    calls, orig = {"n": 0}, tasks.ClassifierTask.loss
-
-    def crashing(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 2:  # early in the extension
-            raise KeyboardInterrupt
-        return orig(self, model, batch)
-
-    monkeypatch.setattr(tasks.ClassifierTask, "loss", crashing)
+    orig = interrupt_loss(monkeypatch, tasks.ClassifierTask, 2)  # early in the extension
     with pytest.raises(KeyboardInterrupt):
         runner.run(replace(tiny("run", resume=True), epochs=4), log=quiet)
     stopped = records.read(tiny("run").out)["jobs"][unit]
@@ -603,15 +563,7 @@ def test_a_unit_being_extended_is_refused_a_sitting_at_a_smaller_budget(tiny, mo
 
     t1, t2, _ = _separate_units(monkeypatch)
     runner.run(tiny("run", units=(t1, "throughput-*")), log=quiet)
-    calls, orig = {"n": 0}, tasks.ClassifierTask.loss
-
-    def crashing(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:  # in the extension's third epoch
-            raise KeyboardInterrupt
-        return orig(self, model, batch)
-
-    monkeypatch.setattr(tasks.ClassifierTask, "loss", crashing)
+    orig = interrupt_loss(monkeypatch, tasks.ClassifierTask, 6)  # in the extension's third epoch
     with pytest.raises(KeyboardInterrupt):
         runner.run(replace(tiny("run", resume=True, units=(t1,)), epochs=4), log=quiet)
     monkeypatch.setattr(tasks.ClassifierTask, "loss", orig)
