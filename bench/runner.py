@@ -200,59 +200,11 @@ class Runner(UnitRuns):
                 "dry_run": o.dry_run, "device": self.device}
 
     def open_record(self) -> tuple[dict, Path]:
+        """The record this sitting writes and its path: a new one, or with --resume the one it continues."""
         o = self.opts
-        seeds = sorted({u.seed for u in self.units if u.job.kind != "throughput"}) or [0]
         if o.resume:
-            path = self._sweep_path(Path(o.out)) if o.out else self._latest_unfinished()
-            record = records.read(path)
-            if record["suite"] != self.suite.name:
-                raise ResumeError(f"{path} is a record of suite {record['suite']!r}, not {self.suite.name!r}; "
-                               f"resume with --suite {record['suite']}")
-            made_with = record["config"].get("options", {}).get("jobs")
-            if made_with is not None and list(made_with) != list(o.jobs or ()):
-                raise ResumeError(f"{path} was made with --jobs {','.join(map(str, made_with))} (only those jobs of "
-                                  f"suite {self.suite.name}); resume it with the same --jobs")
-            recorded_jobs = record["config"]["suite"]["jobs"]
-            unstarted = self._unstarted_jobs(record)
-            try:
-                added = resume.check_recipe(recorded_jobs, self.suite.jobs, unstarted)
-            except resume.RecipeChanged as e:
-                raise resume.RecipeChanged(f"cannot resume {path}: {e}") from None
-            for i in sorted(unstarted & set(range(len(recorded_jobs)))):
-                changes = resume.recipe_changes(recorded_jobs[i], self.suite.jobs[i])
-                if not changes:
-                    continue
-                self.log(f"job {i} has no unit in the record yet: it takes the suite's settings ({'; '.join(changes)})")
-                record.setdefault("recipe_renewed", []).append({"at": records.utc_now(), "job": i, "changes": changes})
-            pending = self._pending(record)
-            if not pending:
-                shut = f"; {len(closing.closed(record))} unit(s) closed (bench close --reopen)" \
-                    if closing.closed(record) else ""
-                raise ResumeError(f"{path} is complete; nothing to resume{shut} (give a larger --epochs or "
-                                  "--time-budget to extend it, or start a new run without --resume)")
-            if not any(self._mine(u.id) for u in pending):
-                shut = [u for u in closing.closed(record) if self._mine(u)]
-                raise ResumeError(f"{path}: no unfinished unit matches --units {' '.join(o.units)}; its unfinished "
-                                  f"units are {', '.join(u.id for u in pending)}"
-                                  + (f"; closed (bench close --reopen): {', '.join(shut)}" if shut else ""))
-            if o.checkpoint_dir is None:  # where the record's checkpoints were written
-                o.checkpoint_dir = record["config"].get("options", {}).get("checkpoint_dir")
-            else:  # moved there: later resumes look there too
-                record["config"].setdefault("options", {})["checkpoint_dir"] = o.checkpoint_dir
-            self._check_no_shortening(path, pending)
-            record["status"] = "incomplete"
-            trained = {u.id: u.job for u in self.units if is_trained(u.job)}
-            self.stamp_budgets = lambda rec: resume.stamp_budgets(
-                rec, lambda u: resume.budget(trained[u]) if u in trained else None)
-            self.stamp_budgets(record)
-            record["config"]["suite"] = suites.as_record(self.suite)  # the budget applied from now on
-            record.setdefault("resumed_at", []).append(records.utc_now())
-            record["machine_resumed"] = self.machine
-            self._load_artifacts(path)
-            self.log(f"resuming {path}" + (f"; the suite gained {added} job(s) since, whose units run after the "
-                                             "record's" if added else ""))
-            self.sitting = resume.Sitting(record, self.machine, training_products=o.training_products)
-            return record, path
+            return self._reopen(self._sweep_path(Path(o.out)) if o.out else self._latest_unfinished())
+        seeds = sorted({u.seed for u in self.units if u.job.kind != "throughput"}) or [0]
         record = records.new_record(self.suite.name, self.config(), seeds, self.machine, self.argv)
         self.sitting = resume.Sitting(record, self.machine, training_products=o.training_products)
         if o.out:
@@ -265,6 +217,73 @@ class Runner(UnitRuns):
         if not o.dry_run:
             self._check_no_checkpoint_in_the_way(path)
         return record, path
+
+    def _reopen(self, path: Path) -> tuple[dict, Path]:
+        """The record at ``path``, checked to be one this sitting can continue and stamped for it."""
+        o = self.opts
+        record = records.read(path)
+        self._check_same_selection(path, record)
+        added = self._check_recipe(path, record)
+        pending = self._pending(record)
+        self._check_something_to_do(path, record, pending)
+        if o.checkpoint_dir is None:  # where the record's checkpoints were written
+            o.checkpoint_dir = record["config"].get("options", {}).get("checkpoint_dir")
+        else:  # moved there: later resumes look there too
+            record["config"].setdefault("options", {})["checkpoint_dir"] = o.checkpoint_dir
+        self._check_no_shortening(path, pending)
+        record["status"] = "incomplete"
+        trained = {u.id: u.job for u in self.units if is_trained(u.job)}
+        self.stamp_budgets = lambda rec: resume.stamp_budgets(
+            rec, lambda u: resume.budget(trained[u]) if u in trained else None)
+        self.stamp_budgets(record)
+        record["config"]["suite"] = suites.as_record(self.suite)  # the budget applied from now on
+        record.setdefault("resumed_at", []).append(records.utc_now())
+        record["machine_resumed"] = self.machine
+        self._load_artifacts(path)
+        self.log(f"resuming {path}" + (f"; the suite gained {added} job(s) since, whose units run after the "
+                                       "record's" if added else ""))
+        self.sitting = resume.Sitting(record, self.machine, training_products=o.training_products)
+        return record, path
+
+    def _check_same_selection(self, path: Path, record: dict) -> None:
+        """The suite and the --jobs the record was made with."""
+        if record["suite"] != self.suite.name:
+            raise ResumeError(f"{path} is a record of suite {record['suite']!r}, not {self.suite.name!r}; "
+                              f"resume with --suite {record['suite']}")
+        made_with = record["config"].get("options", {}).get("jobs")
+        if made_with is not None and list(made_with) != list(self.opts.jobs or ()):
+            raise ResumeError(f"{path} was made with --jobs {','.join(map(str, made_with))} (only those jobs of "
+                              f"suite {self.suite.name}); resume it with the same --jobs")
+
+    def _check_recipe(self, path: Path, record: dict) -> int:
+        """The recipe of every job the record has begun is unchanged (bench/resume.py); a job it has not
+        begun takes the suite's settings, noted in the record. Returns how many jobs the suite gained."""
+        recorded_jobs = record["config"]["suite"]["jobs"]
+        unstarted = self._unstarted_jobs(record)
+        try:
+            added = resume.check_recipe(recorded_jobs, self.suite.jobs, unstarted)
+        except resume.RecipeChanged as e:
+            raise resume.RecipeChanged(f"cannot resume {path}: {e}") from None
+        for i in sorted(unstarted & set(range(len(recorded_jobs)))):
+            changes = resume.recipe_changes(recorded_jobs[i], self.suite.jobs[i])
+            if not changes:
+                continue
+            self.log(f"job {i} has no unit in the record yet: it takes the suite's settings ({'; '.join(changes)})")
+            record.setdefault("recipe_renewed", []).append({"at": records.utc_now(), "job": i, "changes": changes})
+        return added
+
+    def _check_something_to_do(self, path: Path, record: dict, pending: list[Unit]) -> None:
+        """A unit left to train, and one that --units selects."""
+        closed = closing.closed(record)
+        if not pending:
+            shut = f"; {len(closed)} unit(s) closed (bench close --reopen)" if closed else ""
+            raise ResumeError(f"{path} is complete; nothing to resume{shut} (give a larger --epochs or "
+                              "--time-budget to extend it, or start a new run without --resume)")
+        if not any(self._mine(u.id) for u in pending):
+            shut = [u for u in closed if self._mine(u)]
+            raise ResumeError(f"{path}: no unfinished unit matches --units {' '.join(self.opts.units)}; its unfinished "
+                              f"units are {', '.join(u.id for u in pending)}"
+                              + (f"; closed (bench close --reopen): {', '.join(shut)}" if shut else ""))
 
     def _check_no_checkpoint_in_the_way(self, path: Path) -> None:
         """A new run writes its checkpoints under --checkpoint-dir/<record name>/: refuse one that would
