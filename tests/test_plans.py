@@ -4,6 +4,7 @@ continues every record and begins none twice."""
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import shlex
 from pathlib import Path
@@ -21,6 +22,15 @@ def runs(plan: Path) -> list[list[str]]:
     """Each run of the plan as its arguments: one per line, or several on a line separated by ' ;; '."""
     lines = [line for line in plan.read_text().splitlines() if line.strip() and not line.startswith("#")]
     return [shlex.split(run) for line in lines for run in line.split(" ;; ")]
+
+
+def extends(record: dict, parsed) -> bool:
+    """Whether the run's --epochs is more than some unit it selects (--units, else all) has trained."""
+    if parsed.epochs is None:
+        return False
+    chosen = [u for u, entry in record["jobs"].items()
+              if not parsed.units or any(fnmatch.fnmatch(u, pattern) for pattern in parsed.units)]
+    return any(record["jobs"][u].get("epochs", 0) < parsed.epochs for u in chosen)
 
 
 def test_the_plans_of_what_is_left_are_there():
@@ -49,6 +59,20 @@ def test_a_plan_of_what_is_left_continues_each_begun_record_and_begins_only_new_
         record = REPO / parsed.out
         if parsed.resume:
             assert record.exists(), f"{name}: --resume names {parsed.out}, which is not there: drop --resume"
-            assert records.read(record)["status"] != "complete", f"{name}: {parsed.out} is complete: drop its run"
+            done = records.read(record)
+            assert done["status"] != "complete" or extends(done, parsed), \
+                f"{name}: {parsed.out} is complete: drop its run, or extend it with a larger --epochs"
         else:
             assert not record.exists(), f"{name}: {parsed.out} has begun: continue it with --resume"
+
+
+def test_a_finished_record_may_stay_in_a_plan_only_to_be_extended():
+    record = {"jobs": {"draw-a-s0": {"epochs": 200}, "draw-b-s0": {"epochs": 100}}}
+
+    def parse(*args):
+        return cli.build_parser().parse_args(["run", "--suite", "table2", "--resume", "--out", "r.json", *args])
+
+    assert extends(record, parse("--epochs", "250", "--units", "draw-a-*"))
+    assert not extends(record, parse("--epochs", "200", "--units", "draw-a-*"))
+    assert extends(record, parse("--epochs", "150"))  # draw-b has trained 100 of them
+    assert not extends(record, parse())
