@@ -72,8 +72,8 @@ DIRTY_PATHS_KEPT = 20
 
 
 def dirty_state(changed: list[str]) -> dict:
-    """Whether the code a run used differs from its commit. Tracked files under ``results/`` are left
-    out: the long runs beside it rewrite their records and checkpoints there, which changes no code.
+    """Whether the checkout a run used differs from its commit: any tracked file (code, docs) but those
+    under ``results/``, which the long runs beside it rewrite (records and checkpoints, no code).
     ``dirty_paths`` names the first changed files; ``results_changed`` counts those left out."""
     code = sorted(p for p in changed if not p.startswith(RESULTS_DIR))
     return {"dirty": bool(code), "dirty_paths": code[:DIRTY_PATHS_KEPT],
