@@ -64,6 +64,8 @@ class Result:
 
 def _key(m: dict) -> tuple[str, str]:
     params = {k: v for k, v in m["params"].items() if k not in IGNORED_PARAMS}
+    if params.get("binarization") == "fixed":  # records made before it was named trained on fresh binarizations
+        params.setdefault("train_binarization", "fresh per epoch")
     return m["name"], json.dumps(params, sort_keys=True, default=str)
 
 

@@ -81,3 +81,12 @@ def test_cli_fail_on_regression_exit_codes(tmp_path, capsys):
     assert main(["compare", str(a), str(a), "--fail-on-regression"]) == 0
     assert main(["compare", str(a), str(tmp_path / "missing.json")]) == 2
     assert "no such record or folder" in capsys.readouterr().err
+
+
+def test_a_bound_recorded_before_train_binarization_was_named_pairs_with_one_that_names_it(tmp_path):
+    old, new = make_record(), make_record()  # their bounds say binarization "fixed"
+    for m in new["metrics"]:
+        if m["params"].get("binarization") == "fixed":
+            m["params"]["train_binarization"] = "fresh per epoch"
+    res = compare.compare_paths(records.write(old, tmp_path / "a.json"), records.write(new, tmp_path / "b.json"))
+    assert not res.only_a and not res.only_b and not res.regressions
