@@ -38,10 +38,8 @@ def _recipe(pairs: list[tuple[str, str]]) -> str:
     if not pairs:
         return ""
     job = tables.unit_job(tables._read(pairs[0][1]), pairs[0][0])
-    text = tables._ram_policy(job).removeprefix(", ") if job.get("kind") == "ram" else ""
-    if job.get("on_relapse", "continue") != "continue":
-        text += ("; " if text else "") + f"on relapse: {job['on_relapse']}"
-    return text
+    policy = tables._ram_policy(job) if job.get("kind") == "ram" else ""
+    return (policy + tables._rollbacks(job, [], [])).removeprefix(", ").removeprefix("; ")
 
 
 def _most_trained(groups: list[tuple[tuple, pd.DataFrame]]) -> pd.DataFrame | None:
