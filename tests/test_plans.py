@@ -28,7 +28,7 @@ def extends(record: dict, parsed) -> bool:
     """Whether the run's --epochs is more than some unit it selects (--units, else all) has trained."""
     if parsed.epochs is None:
         return False
-    chosen = [u for u, entry in record["jobs"].items()
+    chosen = [u for u in record["jobs"]
               if not parsed.units or any(fnmatch.fnmatch(u, pattern) for pattern in parsed.units)]
     return any(record["jobs"][u].get("epochs", 0) < parsed.epochs for u in chosen)
 
