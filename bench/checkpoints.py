@@ -93,3 +93,30 @@ def export_reference(src: str | Path, dst: str | Path) -> Path:
     slim["reference_of"] = Path(src).name
     atomic_write_bytes(dst, _serialise(slim))
     return Path(dst)
+
+
+def is_export(state: dict) -> bool:
+    """Whether ``state`` is an evaluation-only export (`export_reference`), not a training checkpoint."""
+    return "reference_of" in state
+
+
+def stable_path(path: str | Path) -> Path:
+    """Where the training loop keeps the state at the start of a run's decay, beside its checkpoint."""
+    path = Path(path)
+    return path.with_name(path.stem + ".stable" + path.suffix)
+
+
+def keep_for_evaluation(path: str | Path) -> bool:
+    """Replace a finished run's training checkpoint by its evaluation-only export, in place, when
+    nothing would continue from it: a larger budget restarts from the state kept where the run's
+    decay began (`stable_path`), which must be there. The export is about a third of the file (no
+    optimiser state, one copy of the weights), so the repository grows less per finished model.
+    Returns whether the file was replaced; a run that is unfinished, has no decay or lacks that
+    state keeps its full checkpoint."""
+    path = Path(path)
+    state = load(path)
+    if is_export(state) or not state.get("finished") or not state.get("decay_saved") \
+            or not stable_path(path).is_file():
+        return False
+    export_reference(path, path)
+    return True

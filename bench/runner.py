@@ -485,6 +485,7 @@ class Runner(UnitRuns):
                 record["jobs"][unit.id] = {**record["jobs"][unit.id], **info, "status": "complete",
                                            "wall_s": round(time.time() - t0, 1)}
                 self.save(record, path)
+                self._keep_for_evaluation(unit, path)
         except KeyboardInterrupt as e:
             self._stop(record, path, "incomplete", f"interrupted ({str(e) or 'Ctrl-C'})")
             raise
@@ -511,6 +512,19 @@ class Runner(UnitRuns):
         if left:
             self.log(f"{len(left)} unit(s) not in --units wait for another sitting: {', '.join(left)}")
         return record, path
+
+    def _keep_for_evaluation(self, unit: Unit, path: Path) -> None:
+        """Once a unit's test figures are in its record, its checkpoint becomes the evaluation-only export
+        where a longer budget would continue from the state kept at the start of its decay instead."""
+        from bench import checkpoints
+
+        ckpt = self.checkpoint_path(path, unit)
+        if self.opts.rank != 0 or not is_trained(unit.job) or not ckpt.is_file():
+            return
+        full = ckpt.stat().st_size
+        if checkpoints.keep_for_evaluation(ckpt):
+            self.log(f"  {unit.id}: kept as an evaluation-only export ({ckpt.stat().st_size / 1e6:.1f} MB of "
+                     f"{full / 1e6:.1f}); a longer budget goes on from {checkpoints.stable_path(ckpt).name}")
 
     def _stop(self, record: dict, path: Path, status: str, why: str) -> None:
         def settle(rec: dict) -> None:

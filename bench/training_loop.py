@@ -186,7 +186,7 @@ class _Loop:
 
     def stable_path(self) -> Path | None:
         """Where the state at the start of the decay is kept, so that a longer run can restart its decay."""
-        return None if self.ckpt is None else self.ckpt.with_name(self.ckpt.stem + ".stable" + self.ckpt.suffix)
+        return None if self.ckpt is None else checkpoints.stable_path(self.ckpt)
 
     # ------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -233,6 +233,22 @@ class _Loop:
             self.finished, self.decay_saved = False, False
             self.log(f"the decay had begun: restarting from {stable} (epoch {self.epoch + 1}, step {self.step}), "
                      f"inside the stable phase of the {cfg.epochs}-epoch schedule")
+
+    def from_stable(self, export: dict) -> dict:
+        """The state a finished run kept only as its evaluation-only export (`checkpoints.keep_for_evaluation`)
+        goes on from: the one kept where its decay began, when this budget's decay begins later."""
+        stable = self.stable_path()
+        if not stable.is_file():
+            raise ResumeMismatch(f"{self.ckpt}: an evaluation-only export (of {export['reference_of']}); training "
+                                 "goes on only from the full checkpoint: put it here, or train the model afresh")
+        state = checkpoints.load(stable)
+        made_for = state["loop"]["epochs"]
+        decay = self.cfg.schedule.decay_start
+        if decay(self.cfg.epochs) <= decay(made_for):
+            raise ResumeMismatch(f"{self.ckpt}: finished under a {made_for}-epoch budget and kept as an evaluation-"
+                                 f"only export, which `bench eval` scores; a larger --epochs than {made_for} "
+                                 f"continues it from {stable}")
+        return state
 
     def report_status(self) -> None:
         if self.status is not None:
@@ -481,6 +497,9 @@ def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, res
     resumed = False
     if resume and path is not None and path.exists():
         state = checkpoints.load(path)
+        kept_at_decay = checkpoints.is_export(state)
+        if kept_at_decay:
+            state = loop.from_stable(state)
         why = cannot_shorten(state, cfg.epochs)
         if why:
             raise ResumeMismatch(f"{path}: {why}")
@@ -489,7 +508,12 @@ def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, res
             log(f"shortened: made for a {loop.made_for_epochs}-epoch budget, it goes on to {cfg.epochs} epochs "
                 "(the two schedules are alike up to here)")
         resumed = True
-        log(f"resumed from {path} at epoch {loop.epoch + 1}, batch {loop.batch_in_epoch}, step {loop.step}")
+        if kept_at_decay:
+            log(f"extending a finished run kept as an evaluation-only export to {cfg.epochs} epochs: restarting "
+                f"from {loop.stable_path()} (epoch {loop.epoch + 1}, step {loop.step}), where its decay began, "
+                f"inside the stable phase of the {cfg.epochs}-epoch schedule")
+        else:
+            log(f"resumed from {path} at epoch {loop.epoch + 1}, batch {loop.batch_in_epoch}, step {loop.step}")
         loop.extend()
     loop.status = status
     loop.images_at_start, loop.train_time_at_start = loop.images_seen, loop.train_time_s

@@ -399,6 +399,33 @@ def test_an_extended_unit_keeps_the_run_it_extended(tiny, monkeypatch):
     assert [e["epoch"] for e in extended["curves"][unit]] == [1, 2, 3, 4]
 
 
+def test_a_finished_unit_keeps_an_evaluation_export_and_a_larger_budget_extends_it(tiny, monkeypatch):
+    """With a decaying schedule, a finished unit's checkpoint becomes its evaluation-only export once the
+    record holds its test figures: `bench eval` scores it as the record did, and a larger budget
+    restarts from the state kept where the decay began."""
+    from bench import checkpoints, evaluate
+
+    wsd = Optim(batch_size=16, schedule="wsd", warmup_epochs=0.5, decay_epochs=1.0)
+    monkeypatch.setitem(suites.SUITES, "tiny", replace(TINY, jobs=(replace(TINY.jobs[0], optim=wsd),)))
+    lines = []
+    first, path = runner.run(tiny("run"), log=lines.append)
+    (unit,) = first["jobs"]
+    ckpt = Path(tiny("run").checkpoint_dir) / "run" / f"{unit}.pt"
+    assert checkpoints.is_export(checkpoints.load(ckpt)) and checkpoints.stable_path(ckpt).is_file()
+    assert any(f"{unit}: kept as an evaluation-only export" in m for m in lines)
+    rebuilt = evaluate.rebuild(ckpt, device="cpu", limit=TINY.jobs[0].test_limit)
+    scored = rebuilt.task.evaluate(rebuilt.model, "test")
+    recorded = {m["params"]["glimpses"]: m["value"] for m in first["metrics"]
+                if m["name"] == "test_error" and m["params"].get("job") == unit}
+    assert {t: scored[f"error@{t}"] for t in recorded} == recorded
+    lines.clear()
+    extended, _ = runner.run(replace(tiny("run", resume=True), epochs=4), log=lines.append)
+    assert extended["jobs"][unit]["status"] == "complete" and extended["jobs"][unit]["epochs"] == 4
+    assert any("kept as an evaluation-only export to 4 epochs: restarting from" in m for m in lines)
+    assert [e["epoch"] for e in extended["curves"][unit]] == [1, 2, 3, 4]
+    assert checkpoints.is_export(checkpoints.load(ckpt))
+
+
 def test_a_unit_finished_before_records_kept_budgets_finished_under_its_own(tiny, monkeypatch):
     """A unit that finished before units kept their budget, in a record whose config a longer sitting
     has since rewritten (4 epochs): it finished under the 2 epochs it stopped at, so a 4-epoch resume

@@ -116,3 +116,52 @@ def test_a_run_finished_by_its_time_budget_is_not_reopened_by_a_smaller_epoch_bu
     assert cannot_shorten(state, 10) == ("finished at epoch 4.0 of a 20-epoch budget (stopped by its time_budget); a "
                                          "smaller budget does not reopen it: give --epochs 20")
     assert cannot_shorten({**state, "finished": False}, 10) is None and cannot_shorten(state, 20) is None
+
+
+def test_a_finished_run_kept_as_its_export_is_extended_from_where_its_decay_began(tmp_path):
+    """A finished wsd run's checkpoint replaced by its evaluation-only export (a third of the file):
+    the same budget is refused with a message saying what continues it, a larger one goes on from the
+    state kept at the start of the decay and ends where an uninterrupted run ends."""
+    from bench import checkpoints
+    from bench.training_loop import ResumeMismatch
+
+    sched = Schedule("wsd", warmup_epochs=1.0, decay_epochs=1.0)
+    quiet = lambda m: None  # noqa: E731
+    long = train(ToyTask(), cfg(5, sched), tmp_path / "long.pt", log=quiet)
+    short = train(ToyTask(), cfg(3, sched), tmp_path / "run.pt", log=quiet)
+    full = (tmp_path / "run.pt").stat().st_size
+    assert checkpoints.keep_for_evaluation(tmp_path / "run.pt")
+    kept = checkpoints.load(tmp_path / "run.pt")
+    assert checkpoints.is_export(kept) and "optimizer" not in kept
+    assert (tmp_path / "run.pt").stat().st_size < full / 2
+    exported = ToyTask().build()
+    exported.load_state_dict(kept["model"])
+    assert torch.equal(params(exported), params(short.model))  # the best-valid weights the run returned
+    assert not checkpoints.keep_for_evaluation(tmp_path / "run.pt")  # already an export
+    with pytest.raises(ResumeMismatch, match=r"finished under a 3-epoch budget .* a larger --epochs than 3"):
+        train(ToyTask(), cfg(3, sched), tmp_path / "run.pt", resume=True, log=quiet)
+    lines = []
+    ext = train(ToyTask(), cfg(5, sched), tmp_path / "run.pt", resume=True, log=lines.append)
+    assert any(m.startswith("extending a finished run kept as an evaluation-only export to 5 epochs") for m in lines)
+    assert ext.epochs_done == 5 and torch.equal(params(ext.model), params(long.model))
+    assert without_timings(ext.curve) == without_timings(long.curve)
+    assert not checkpoints.is_export(checkpoints.load(tmp_path / "run.pt"))  # training state again
+
+
+def test_a_checkpoint_that_would_be_continued_is_not_replaced_by_its_export(tmp_path):
+    """Only a finished run whose decay began, with the state kept there, gives up its full checkpoint:
+    without a decay (constant rate), a larger budget continues from the checkpoint itself; an unfinished
+    run goes on from it; a missing stable state leaves nothing else to continue from."""
+    from bench import checkpoints
+
+    quiet = lambda m: None  # noqa: E731
+    train(ToyTask(), cfg(3), tmp_path / "constant.pt", log=quiet)
+    sched = Schedule("wsd", warmup_epochs=1.0, decay_epochs=1.0)
+    unfinished = stopped_at(15, ToyTask(), cfg(3, sched), tmp_path / "unfinished.pt")  # in the decay
+    assert (tmp_path / "unfinished.stable.pt").is_file()
+    train(ToyTask(), cfg(3, sched), tmp_path / "lost.pt", log=quiet)
+    (tmp_path / "lost.stable.pt").unlink()
+    for path in (tmp_path / "constant.pt", unfinished, tmp_path / "lost.pt"):
+        before = path.read_bytes()
+        assert not checkpoints.keep_for_evaluation(path)
+        assert path.read_bytes() == before
