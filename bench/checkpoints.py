@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from bench import checkpoint_bytes
 from datasets.fileio import atomic_write_bytes
 
 
@@ -15,9 +16,12 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _serialise(state: dict) -> bytes:
+def _serialise(state: dict, compress: bool = False) -> bytes:
     """The checkpoint's bytes, made in memory: torch.save turns a failed file write into an unclear
-    RuntimeError, so only plain bytes go to disk (a full disk then raises WriteError)."""
+    RuntimeError, so only plain bytes go to disk (a full disk then raises WriteError). With
+    ``compress``, losslessly compressed (bench/checkpoint_bytes.py): smaller, a few seconds slower."""
+    if compress:
+        return checkpoint_bytes.compress(state)
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
@@ -53,8 +57,8 @@ def unpack(state: dict) -> dict:
     return state
 
 
-def save(path: str | Path, state: dict, compact: bool = False) -> None:
-    atomic_write_bytes(path, _serialise(pack(state, compact)))
+def save(path: str | Path, state: dict, compact: bool = False, compress: bool = False) -> None:
+    atomic_write_bytes(path, _serialise(pack(state, compact), compress))
 
 
 def load(path: str | Path) -> dict:
@@ -65,7 +69,11 @@ def load(path: str | Path) -> dict:
     try:
         # Our checkpoints hold RNG states and plain containers; weights_only=False is needed for them,
         # so only load checkpoints you made or trust.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        data = path.read_bytes()
+        if checkpoint_bytes.is_compressed(data):
+            state = checkpoint_bytes.decompress(data)
+        else:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         raise CheckpointError(f"{path}: unreadable checkpoint ({reason}); "
@@ -91,7 +99,7 @@ def export_reference(src: str | Path, dst: str | Path) -> Path:
     slim = {k: state[k] for k in _REFERENCE_KEYS if k in state}
     slim["model"] = state.get("best_state") or state["model"]
     slim["reference_of"] = Path(src).name
-    atomic_write_bytes(dst, _serialise(slim))
+    atomic_write_bytes(dst, _serialise(slim, compress=True))
     return Path(dst)
 
 

@@ -205,9 +205,11 @@ class _Loop:
                               "train_cost": self.cost_at_start},
         }
 
-    def save(self) -> None:
+    def save(self, lasting: bool = False) -> None:
+        """``lasting``: a state that stays (the end of the run or of the sitting), compressed losslessly;
+        the periodic saves in between are not, as each is soon replaced."""
         if self.ckpt is not None and self.rank == 0:
-            checkpoints.save(self.ckpt, self.state(), compact=self.cfg.compact_checkpoints)
+            checkpoints.save(self.ckpt, self.state(), compact=self.cfg.compact_checkpoints, compress=lasting)
         self.last_save = time.monotonic()
 
     def position(self) -> float:
@@ -260,7 +262,7 @@ class _Loop:
         """Keep the state at the start of the decay (once); a longer budget later restarts from it."""
         path = self.stable_path()
         if path is not None and self.rank == 0:
-            checkpoints.save(path, self.state(), compact=self.cfg.compact_checkpoints)
+            checkpoints.save(path, self.state(), compact=self.cfg.compact_checkpoints, compress=True)
         self.decay_saved = True
 
     def restore(self, state: dict) -> None:
@@ -447,7 +449,7 @@ class _Loop:
             if self.over_budget():
                 self.stopped_by, self.finished = "time_budget", True
             self.save()
-        self.save()
+        self.save(lasting=True)
 
 
 def cannot_shorten(state: dict, epochs: int) -> str | None:
@@ -522,7 +524,7 @@ def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, res
     try:
         loop.run()
     except BaseException as e:
-        loop.save()
+        loop.save(lasting=True)
         if curve_so_far is not None:
             curve_so_far[:] = loop.curve
         lost = distributed.peer_failure(e, rank, loop.step) if world_size > 1 else None

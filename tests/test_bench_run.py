@@ -216,8 +216,7 @@ def test_eval_checkpoint_on_other_test_clutter(tiny, tmp_path, capsys):
 
 
 def test_exported_reference_checkpoint_evaluates_like_the_full_one(tiny, tmp_path, capsys):
-    import torch
-
+    from bench import checkpoint_bytes, checkpoints
     from bench.cli import main
 
     rec, _ = runner.run(tiny("run"), log=quiet)
@@ -225,8 +224,9 @@ def test_exported_reference_checkpoint_evaluates_like_the_full_one(tiny, tmp_pat
     ckpt = Path(job["checkpoint"]) if Path(job["checkpoint"]).is_absolute() else REPO / job["checkpoint"]
     ref = tmp_path / "ref" / "model.pt"
     assert main(["export", str(ckpt), str(ref)]) == 0
-    slim = torch.load(ref, weights_only=False)
+    slim = checkpoints.load(ref)
     assert "optimizer" not in slim and "rng" not in slim and ref.stat().st_size < ckpt.stat().st_size
+    assert checkpoint_bytes.is_compressed(ref.read_bytes())
     outs = {}
     for name, path in (("full", ckpt), ("ref", ref)):
         out = tmp_path / f"{name}.json"

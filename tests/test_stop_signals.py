@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+
+from bench import checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,14 +55,14 @@ def wait_for(predicate, timeout: float = 120.0) -> None:
 
 
 def images_in(ckpt: Path) -> int:
-    return torch.load(ckpt, weights_only=False)["images_seen"]
+    return checkpoints.load(ckpt)["images_seen"]
 
 
 def resume(tmp_path: Path, out: Path, ckpt: Path) -> tuple[subprocess.CompletedProcess, int]:
     """Continue the record with a budget that ends in the epoch the checkpoint is in (a run may be
     shortened until it reaches the shorter budget's end): the unit finishes soon and the record
     completes. Returns the process and that budget."""
-    epochs = torch.load(ckpt, weights_only=False)["epoch"] + 1
+    epochs = checkpoints.load(ckpt)["epoch"] + 1
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(tmp_path / "launch.py"), "run", "--suite", "slow", "--threads", "1",
                            "--no-progress", "--resume", "--out", str(out), "--epochs", str(epochs)],
