@@ -203,6 +203,24 @@ def measure(name: str, slowdown: float = 0.0, rounds: int | None = None) -> dict
     return summarise(name, t["step"], t["floor"])
 
 
+def measure_side_by_side(name: str, slowdown: float, rounds: int | None = None) -> tuple[dict, dict]:
+    """One gate's step as it is and with a planted ``slowdown``, each on its own copy of the model,
+    timed in the same interleaved rounds with the floor: the two factors share the machine's load,
+    so their ratio holds on a busy machine too. Returns (as it is, planted), as `measure` does."""
+    gate = GATES[name]
+    before = torch.get_num_threads()
+    torch.set_num_threads(gate.threads)
+    try:
+        model, loss, floor = gate.build()
+        planted_model, planted_loss, _ = gate.build()
+        fns = {"step": train_stepper(model, loss, 0.0, gate.clock), "floor": floor,
+               "planted": train_stepper(planted_model, planted_loss, slowdown, gate.clock)}
+        t = interleaved(fns, rounds or gate.rounds, clock=gate.clock)
+    finally:
+        torch.set_num_threads(before)
+    return summarise(name, t["step"], t["floor"]), summarise(name, t["planted"], t["floor"])
+
+
 def summarise(name: str, steps: list[float], floors: list[float]) -> dict:
     return {"gate": name, "threads": GATES[name].threads, "steps_s": steps, "floors_s": floors,
             "step_s": statistics.median(steps), "floor_s": statistics.median(floors),

@@ -63,3 +63,26 @@ def test_committed_baselines_are_well_formed():
         for name in perf_gate.GATES:
             if name in entry:
                 assert 1.0 <= entry[name]["factor"] < perf_gate.LOOSE_BOUND[name], (key, name)
+
+
+def test_side_by_side_times_the_planted_step_in_the_same_rounds(monkeypatch):
+    """Each round times the step, the floor and the slowed step in turn on a clock that advances by a
+    fixed amount per call: the planted step's factor comes out 50% above the unchanged one's, each step
+    training its own copy of the model."""
+    built = []
+    now = [0.0]
+
+    def clock():
+        now[0] += 0.001
+        return now[0]
+
+    def build():
+        model = torch.nn.Linear(4, 1)
+        built.append(model)
+        return model, (lambda: model(torch.ones(3, 4)).square().sum()), (lambda: None)
+
+    monkeypatch.setitem(perf_gate.GATES, "toy", perf_gate.Gate("toy", build, 1, clock, rounds=3))
+    unchanged, planted = perf_gate.measure_side_by_side("toy", 0.5)
+    assert len(built) == 2 and len(unchanged["steps_s"]) == len(planted["steps_s"]) == 3
+    assert unchanged["floors_s"] == planted["floors_s"]  # one floor, timed once per round
+    assert planted["factor"] > 1.4 * unchanged["factor"]
