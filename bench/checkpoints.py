@@ -116,15 +116,16 @@ def stable_path(path: str | Path) -> Path:
 
 def keep_for_evaluation(path: str | Path) -> bool:
     """Replace a finished run's training checkpoint by its evaluation-only export, in place, when
-    nothing would continue from it: a larger budget restarts from the state kept where the run's
-    decay began (`stable_path`), which must be there. The export is about a third of the file (no
-    optimiser state, one copy of the weights), so the repository grows less per finished model.
-    Returns whether the file was replaced; a run that is unfinished, has no decay or lacks that
-    state keeps its full checkpoint."""
+    nothing would continue from it: it ended at its epoch budget, so only a larger one continues it,
+    and that restarts from the state kept where the run's decay began (`stable_path`), which must be
+    there. The export is about a third of the file (no optimiser state, one copy of the weights), so
+    the repository grows less per finished model. Returns whether the file was replaced; a run that
+    is unfinished, stopped by its time budget (a larger one continues it from here), has no decay or
+    lacks that state keeps its full checkpoint."""
     path = Path(path)
     state = load(path)
-    if is_export(state) or not state.get("finished") or not state.get("decay_saved") \
-            or not stable_path(path).is_file():
+    if is_export(state) or not state.get("finished") or state.get("stopped_by") != "epochs" \
+            or not state.get("decay_saved") or not stable_path(path).is_file():
         return False
     export_reference(path, path)
     return True

@@ -149,9 +149,10 @@ def test_a_finished_run_kept_as_its_export_is_extended_from_where_its_decay_bega
 
 
 def test_a_checkpoint_that_would_be_continued_is_not_replaced_by_its_export(tmp_path):
-    """Only a finished run whose decay began, with the state kept there, gives up its full checkpoint:
-    without a decay (constant rate), a larger budget continues from the checkpoint itself; an unfinished
-    run goes on from it; a missing stable state leaves nothing else to continue from."""
+    """Only a run that finished its epochs after its decay began, with the state kept there, gives up
+    its full checkpoint: without a decay (constant rate), a larger budget continues from the checkpoint
+    itself, as it does for a run stopped by its time budget; an unfinished run goes on from it; a
+    missing stable state leaves nothing else to continue from."""
     from bench import checkpoints
 
     quiet = lambda m: None  # noqa: E731
@@ -161,7 +162,11 @@ def test_a_checkpoint_that_would_be_continued_is_not_replaced_by_its_export(tmp_
     assert (tmp_path / "unfinished.stable.pt").is_file()
     train(ToyTask(), cfg(3, sched), tmp_path / "lost.pt", log=quiet)
     (tmp_path / "lost.stable.pt").unlink()
-    for path in (tmp_path / "constant.pt", unfinished, tmp_path / "lost.pt"):
+    train(ToyTask(), cfg(3, sched), tmp_path / "timed.pt", log=quiet)
+    timed = checkpoints.load(tmp_path / "timed.pt")
+    assert timed["decay_saved"] and timed["stopped_by"] == "epochs"
+    checkpoints.save(tmp_path / "timed.pt", {**timed, "stopped_by": "time_budget"})  # as a time budget ends one
+    for path in (tmp_path / "constant.pt", unfinished, tmp_path / "lost.pt", tmp_path / "timed.pt"):
         before = path.read_bytes()
         assert not checkpoints.keep_for_evaluation(path)
         assert path.read_bytes() == before
