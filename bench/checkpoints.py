@@ -89,11 +89,11 @@ _REFERENCE_KEYS = ("format", "task", "epoch", "step", "images_seen", "train_time
                    "stopped_by")
 
 
-def export_reference(src: str | Path, dst: str | Path) -> Path:
+def export_reference(src: str | Path, dst: str | Path, state: dict | None = None) -> Path:
     """Write a small evaluation-only copy of a training checkpoint: the best-`valid` weights (or the
     last ones), the task description and the curve, without the optimiser or RNG states. `bench eval`
-    reads it like the full checkpoint; `--resume` needs the full one."""
-    state = load(src)
+    reads it like the full checkpoint; `--resume` needs the full one. ``state``: ``src`` already loaded."""
+    state = load(src) if state is None else state
     if not isinstance(state.get("task"), dict):
         raise CheckpointError(f"{src}: not a checkpoint written by bench run (no task description)")
     slim = {k: state[k] for k in _REFERENCE_KEYS if k in state}
@@ -127,5 +127,5 @@ def keep_for_evaluation(path: str | Path) -> bool:
     if is_export(state) or not state.get("finished") or state.get("stopped_by") != "epochs" \
             or not state.get("decay_saved") or not stable_path(path).is_file():
         return False
-    export_reference(path, path)
+    export_reference(path, path, state)
     return True
