@@ -236,13 +236,16 @@ class _Loop:
             self.log(f"the decay had begun: restarting from {stable} (epoch {self.epoch + 1}, step {self.step}), "
                      f"inside the stable phase of the {cfg.epochs}-epoch schedule")
 
+    def export_refused(self, export: dict) -> ResumeMismatch:
+        return ResumeMismatch(f"{self.ckpt}: an evaluation-only export (of {export['reference_of']}); training "
+                              "goes on only from the full checkpoint: put it here, or train the model afresh")
+
     def from_stable(self, export: dict) -> dict:
         """The state a finished run kept only as its evaluation-only export (`checkpoints.keep_for_evaluation`)
         goes on from: the one kept where its decay began, when this budget's decay begins later."""
         stable = self.stable_path()
         if not stable.is_file():
-            raise ResumeMismatch(f"{self.ckpt}: an evaluation-only export (of {export['reference_of']}); training "
-                                 "goes on only from the full checkpoint: put it here, or train the model afresh")
+            raise self.export_refused(export)
         state = checkpoints.load(stable)
         made_for = state["loop"]["epochs"]
         decay = self.cfg.schedule.decay_start
@@ -270,8 +273,7 @@ class _Loop:
             raise ResumeMismatch(f"{self.ckpt}: not a training checkpoint of this harness "
                                 f"(format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
         if "reference_of" in state:  # bench export: weights for evaluation, no optimiser or RNG state
-            raise ResumeMismatch(f"{self.ckpt}: an evaluation-only export (of {state['reference_of']}); training "
-                                 "goes on only from the full checkpoint: put it here, or train the model afresh")
+            raise self.export_refused(state)
         diff = description_diff(self.task, state["task"])
         if diff:
             raise ResumeMismatch(f"{self.ckpt}: checkpoint was made for another configuration "
