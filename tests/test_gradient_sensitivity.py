@@ -24,8 +24,8 @@ def draw_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = DRAW(CONFIG)
     path = tmp_path / "draw.pt"
-    checkpoints.save(path, {"format": "glimpse-train-1", "loop": {"clip_norm": 10.0},
-                            "task": {"task": "draw", "dataset": "binarized", "seed": 0, "model": model.config.to_dict()},
+    task = {"task": "draw", "dataset": "binarized", "seed": 0, "model": model.config.to_dict()}
+    checkpoints.save(path, {"format": "glimpse-train-1", "loop": {"clip_norm": 10.0}, "task": task,
                             "model": model.state_dict(), "epoch": 2})
     return path
 
