@@ -7,8 +7,8 @@ the machine's load; what remains depends on the kind of CPU (how fast its exp, t
 traffic are against its GEMMs). So each gate compares the factor with a baseline recorded for
 this kind of CPU:
 
-- where ``results/bench/gate_baselines.json`` holds a baseline for this CPU (its model name, its
-  vector features, native loops or not), the gate fails when the factor exceeds the baseline by
+- where ``results/bench/gate_baselines.json`` holds a baseline for this CPU (its model name, family
+  and model, its vector features, native loops or not), the gate fails when the factor exceeds the baseline by
   more than ``TOLERANCE``: a step made 25% slower fails it;
 - elsewhere the gate is a loose bound that every CPU seen passes, and the test says how to record
   a baseline for this CPU: ``python -m bench.perf_gate --record`` (about a minute).
@@ -42,15 +42,19 @@ LOOSE_BOUND_TORCH_PATH = {"classifier-1t": 6.0, "draw-1t": 5.0, "draw-2t": 6.0}
 FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve")
 
 
-def cpu_key() -> str:
-    """This kind of CPU: model name, the vector features that change kernel speed, native loops or not."""
+def cpu_key(identity: dict | None = None) -> str:
+    """This kind of CPU: model name, family and model, the vector features that change kernel speed,
+    native loops or not. Virtual machines mask the model name ("AMD EPYC", "Intel(R) Xeon(R) Processor")
+    over generations whose overhead factors differ; family and model tell those apart."""
     from models.fast import native
 
     from models.fast.native_cpu import cpu_flags
 
+    ident = records.cpu_identity() if identity is None else identity
+    generation = f" (family {ident['family']} model {ident['model']})" if ident.get("family") is not None else ""
     flags = cpu_flags()
     feats = "+".join(f for f in FEATURES if f in flags) or "-"
-    return f"{records.machine_info()['cpu_model']} [{feats}] {'native' if native.library() else 'torch'}"
+    return f"{records.machine_info()['cpu_model']}{generation} [{feats}] {'native' if native.library() else 'torch'}"
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int, clock=time.process_time) -> dict[str, list[float]]:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bench import perf_gate
+from bench import perf_gate, records
 
 
 def test_bound_uses_this_cpus_baseline_plus_tolerance():
@@ -56,6 +56,14 @@ def test_record_writes_a_baseline_for_this_cpu(tmp_path, monkeypatch):
     assert data["other cpu"] == {"draw-1t": {"factor": 9.0}}  # other CPUs' baselines are kept
     assert data[perf_gate.cpu_key()] == entry
     assert entry["draw-1t"]["factor"] == 1.3 and entry["draw-1t"]["min"] == 1.2
+
+
+def test_cpu_key_tells_generations_apart_behind_a_masked_model_name():
+    zen4, zen5 = ({"vendor": "AuthenticAMD", "family": f, "model": m} for f, m in ((25, 17), (26, 2)))
+    a, b = perf_gate.cpu_key(zen4), perf_gate.cpu_key(zen5)
+    assert a != b and "(family 25 model 17) [" in a and "(family 26 model 2) [" in b
+    assert "family" not in perf_gate.cpu_key({})  # off Linux: no identity, the name and features alone
+    assert perf_gate.cpu_key() == perf_gate.cpu_key(records.cpu_identity())
 
 
 def test_committed_baselines_are_well_formed():
