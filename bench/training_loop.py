@@ -155,6 +155,9 @@ class _Loop:
         self.train_cost: dict[str, float] = {}  # bench/cost.py: core-seconds on a CPU, wall seconds elsewhere
         first = next(self.model.parameters(), None)
         self.charged_to = cost.where(first.device if first is not None else "cpu")
+        # the cost (bench/cost.py): CPU time on a CPU, wall time on an accelerator; summed over the ranks
+        self.cost_clock = time.process_time if self.charged_to == cost.CPU else time.perf_counter
+        self.cost_last = 0.0  # the cost clock at the last step (set as each epoch begins)
         self.curve: list[dict] = []
         self.best: dict = {"epoch": None, "value": math.inf, "metrics": {}}
         self.best_state: dict | None = None
@@ -301,6 +304,36 @@ class _Loop:
         # ranks' clocks differ; all must stop at the same batch (no-op in one process)
         return distributed.any_rank(self.train_time_s >= self.cfg.time_budget_s)
 
+    def optimise(self, batch, i: int) -> tuple[bool, torch.Tensor]:
+        """One step on ``batch``, the i-th of the epoch: the loss, its gradients clipped and, when every
+        rank's loss and gradients are finite, Adam at the schedule's rate. Returns (stepped, loss). The
+        cost since the last step and the loss are summed over the ranks in one all-reduce."""
+        task, cfg = self.task, self.cfg
+        loss = task.loss(self.train_model, batch)
+        self.opt.zero_grad(set_to_none=True)
+        finite = bool(torch.isfinite(loss))
+        if finite or self.world_size > 1:  # under DDP every rank must join the gradient all-reduce
+            loss.backward()
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+            finite = finite and bool(torch.isfinite(norm))
+        n_img = task.batch_images(batch)
+        now = self.cost_clock()
+        loss_sum, n_all, failed, spent = distributed.all_reduce_sum(torch.tensor(
+            [loss.item() * n_img if finite else 0.0, n_img, 0.0 if finite else 1.0, now - self.cost_last],
+            dtype=torch.float64)).tolist()
+        self.cost_last = now
+        cost.add(self.train_cost, self.charged_to, spent)
+        if failed:
+            self.opt.zero_grad(set_to_none=True)
+            return False, loss
+        lr = self.lr_at(self.epoch, i + 1)
+        for group in self.opt.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        self.opt.step()
+        self.epoch_loss_sum += loss_sum
+        self.epoch_loss_n += int(n_all)
+        return True, loss
+
     def train_epoch(self) -> None:
         from tqdm import tqdm
 
@@ -314,47 +347,22 @@ class _Loop:
         last_line, t_epoch, seen_epoch = time.monotonic(), self.train_time_s, 0
         self.epoch_complete = False
         t_last = time.perf_counter()  # training time includes making the batch
-        # the cost (bench/cost.py): CPU time on a CPU, wall time on an accelerator; summed over the ranks
-        cost_clock = time.process_time if self.charged_to == cost.CPU else time.perf_counter
-        cost_last = cost_clock()
+        self.cost_last = self.cost_clock()
         decay_start = cfg.schedule.decay_start(cfg.epochs)
         products_now = products.name_of(products.training_dtype())
         for i, batch in enumerate(batches):
             if i < self.batch_in_epoch:  # done before the interruption
-                t_last, cost_last = time.perf_counter(), cost_clock()
+                t_last, self.cost_last = time.perf_counter(), self.cost_clock()
                 continue
             if self.epoch + i / (cfg.batches_per_epoch or 1) >= decay_start and not self.decay_saved:
                 self.save_stable()
             if (cfg.max_batches is not None and i >= cfg.max_batches) or self.over_budget():
                 break
-            loss = task.loss(model, batch)
-            self.opt.zero_grad(set_to_none=True)
-            finite = bool(torch.isfinite(loss))
-            if finite or self.world_size > 1:  # under DDP every rank must join the gradient all-reduce
-                loss.backward()
-                norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
-                finite = finite and bool(torch.isfinite(norm))
-            # the batch's global loss sum and images, how many ranks failed, and the ranks' cost since the
-            # last step's all-reduce (no-op in one process)
-            n_img = task.batch_images(batch)
-            cost_now = cost_clock()
-            loss_sum, n_all, failed, spent = distributed.all_reduce_sum(torch.tensor(
-                [loss.item() * n_img if finite else 0.0, n_img, 0.0 if finite else 1.0, cost_now - cost_last],
-                dtype=torch.float64)).tolist()
-            cost_last = cost_now
-            cost.add(self.train_cost, self.charged_to, spent)
-            finite = failed == 0
-            if finite:
-                lr = self.lr_at(self.epoch, i + 1)
-                for group in self.opt.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                self.opt.step()
+            stepped, loss = self.optimise(batch, i)
+            if stepped:
                 bad = 0
-                self.epoch_loss_sum += loss_sum
-                self.epoch_loss_n += int(n_all)
             else:
                 bad += 1
-                self.opt.zero_grad(set_to_none=True)
                 if bad >= cfg.max_bad_steps:
                     raise TrainingError(f"{bad} consecutive non-finite losses or gradients at step {self.step}: "
                                         f"training diverged; lower the learning rate (now {cfg.lr}) "
@@ -364,14 +372,14 @@ class _Loop:
             t_last = now
             self.step += 1
             self.batch_in_epoch = i + 1
-            self.images_seen += task.batch_images(batch) * self.world_size
-            self.images_by_products[products_now] = (self.images_by_products.get(products_now, 0)
-                                                     + task.batch_images(batch) * self.world_size)
+            images = task.batch_images(batch) * self.world_size
+            self.images_seen += images
+            self.images_by_products[products_now] = self.images_by_products.get(products_now, 0) + images
             self.safe_rng = rng_states()
             self.report_status()
             bar.update(1)
             seen_epoch += task.batch_images(batch)
-            if finite:
+            if stepped:
                 bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
             if bar.disable and self.rank == 0 and time.monotonic() - last_line >= cfg.log_every_s:
                 last_line = time.monotonic()
