@@ -308,8 +308,9 @@ RAM60 = Suite(
     name="ram60",
     description="RAM (hard attention) on 60x60 cluttered MNIST at T = 4, 6, 8, one model per T, beside the "
                 "RAM paper's 4.96 / 4.08 / 4.04%; evaluated with the location policy's mean.",
-    expected="days on a 2-core CPU; on an H200 about 1,450 images/s per model at batch 64 (an hour per "
-             "model), models side by side",
+    expected="0.4-0.75 core-hours per model for 100 epochs (one thread on an Intel Xeon with AMX, family 6 "
+             "model 207), so the 9 models about 3 hours on 2 cores; on an H200 about 1,450 images/s per model "
+             "at batch 64 (an hour per model), models side by side",
     jobs=(
         # 3 scales: the largest patch (48 px) covers most of the 60 px canvas; ANCHORS.md does not give
         # the RAM paper's retina for this variant.
