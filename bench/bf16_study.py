@@ -73,6 +73,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench import records
+from bench.stats import median_iqr
 from datasets.fileio import atomic_write_bytes
 from models.draw import DRAW, DRAWConfig
 from models.fast import draw_sequence, fused, native, products
@@ -92,17 +93,6 @@ def cpu_info() -> dict:
     flags = cpu_flags()
     return {"cpu_model": records.machine_info()["cpu_model"], "flags": [f for f in BF16_FLAGS if f in flags],
             "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "torch": torch.__version__}
-
-
-def _iqr(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[2] - q[0]
-
-
-def _stat(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "iqr": _iqr(values)}
 
 
 def _rel_err(approx: torch.Tensor, ref: torch.Tensor) -> float:
@@ -380,8 +370,8 @@ def measure_step(attention: bool, rounds: int = 9, batch: int = 64, cfg: DRAWCon
         torch.set_num_threads(before)
     return {"config": {"attention": attention, "steps": cfg.steps, "batch": batch, "enc_hidden": cfg.enc_hidden,
                        "dec_hidden": cfg.dec_hidden, "z_size": cfg.z_size}, "clock": "cpu", "rounds": rounds,
-            "f32_s": _stat(times["f32"]), "bf16_s": _stat(times["bf16"]),
-            "speedup": _stat([a / b for a, b in zip(times["f32"], times["bf16"])])}
+            "f32_s": median_iqr(times["f32"]), "bf16_s": median_iqr(times["bf16"]),
+            "speedup": median_iqr([a / b for a, b in zip(times["f32"], times["bf16"])])}
 
 
 def measure_gemms(attention: bool, rounds: int = 9, batch: int = 64, cfg: DRAWConfig | None = None,
@@ -408,8 +398,8 @@ def measure_gemms(attention: bool, rounds: int = 9, batch: int = 64, cfg: DRAWCo
                 "cast_out_us": 1e6 * statistics.median(t["cast_out"]),
                 "f32_gflops": gm.flops / statistics.median(t["f32"]) / 1e9,
                 "bf16_gflops": gm.flops / statistics.median(t["bf16"]) / 1e9,
-                "speedup": _stat([a / b for a, b in zip(t["f32"], t["bf16"])]),
-                "speedup_with_conversions": _stat([a / b for a, b in zip(t["f32"], conv)]),
+                "speedup": median_iqr([a / b for a, b in zip(t["f32"], t["bf16"])]),
+                "speedup_with_conversions": median_iqr([a / b for a, b in zip(t["f32"], conv)]),
                 "rel_err": gemm_errors(gm),
             })
         fl = floors(gemms, cfg.steps, bases, bases16)
@@ -431,18 +421,19 @@ def measure_gemms(attention: bool, rounds: int = 9, batch: int = 64, cfg: DRAWCo
         "rounds": rounds, "clock": "cpu", "gemms": shapes,
         "gflop_per_step": sum(gm.flops * gm.count for gm in gemms) / 1e9,
         "weight_elements_cast_per_step": weight_casts,
-        "floor_f32_s": _stat(ff), "floor_bf16_s": _stat(fb), "floor_bf16_conv_s": _stat(fc),
-        "floor_speedup": _stat([a / b for a, b in zip(ff, fb)]),
-        "floor_speedup_with_conversions": _stat([a / b for a, b in zip(ff, fc)]),
+        "floor_f32_s": median_iqr(ff), "floor_bf16_s": median_iqr(fb), "floor_bf16_conv_s": median_iqr(fc),
+        "floor_speedup": median_iqr([a / b for a, b in zip(ff, fb)]),
+        "floor_speedup_with_conversions": median_iqr([a / b for a, b in zip(ff, fc)]),
     }
     if step:
         st = t["step"]
         frac = [a / b for a, b in zip(ff, st)]
         out.update({
-            "sequence_path": seq_used, "step_s": _stat(st), "gemm_fraction": _stat(frac),
+            "sequence_path": seq_used, "step_s": median_iqr(st), "gemm_fraction": median_iqr(frac),
             # Amdahl per round: the step with its GEMMs s times faster
-            "step_speedup_bound": _stat([1 / ((1 - f) + f * b / a) for f, a, b in zip(frac, ff, fb)]),
-            "step_speedup_bound_with_conversions": _stat([1 / ((1 - f) + f * c / a) for f, a, c in zip(frac, ff, fc)]),
+            "step_speedup_bound": median_iqr([1 / ((1 - f) + f * b / a) for f, a, b in zip(frac, ff, fb)]),
+            "step_speedup_bound_with_conversions": median_iqr([1 / ((1 - f) + f * c / a)
+                                                               for f, a, c in zip(frac, ff, fc)]),
         })
     return out
 
@@ -628,12 +619,12 @@ def train_fidelity(attention: bool, steps: int = 300, batch: int = 64, cfg: DRAW
             "valid_loss": finals[r.name], "valid_diff": finals[r.name] - finals[REFERENCE],
             "finite": all(math.isfinite(v) for v in r.losses),
             "losses": r.losses,
-            "wall_s": _stat(r.wall[warmup:] or r.wall), "cpu_s": _stat(r.cpu[warmup:] or r.cpu),
+            "wall_s": median_iqr(r.wall[warmup:] or r.wall), "cpu_s": median_iqr(r.cpu[warmup:] or r.cpu),
         }
         if r is not ref:
             for clock in ("wall", "cpu"):
                 mine, theirs = (getattr(x, clock)[warmup:] or getattr(x, clock) for x in (r, ref))
-                rec[f"{clock}_over_ref"] = _stat([a / b for a, b in zip(mine, theirs)])
+                rec[f"{clock}_over_ref"] = median_iqr([a / b for a, b in zip(mine, theirs)])
         if r.mode is not None:
             rec["emulated_gemm_calls_per_step"] = {k: v / steps for k, v in r.mode.calls.items()}
         out["variants"][r.name] = rec

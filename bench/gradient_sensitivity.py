@@ -34,6 +34,7 @@ import torch
 
 from bench import records
 from bench.checkpoints import CheckpointError
+from bench.stats import median_iqr
 from datasets.cliargs import UsageError
 from datasets.fileio import atomic_write_bytes
 from models.fast import products
@@ -42,8 +43,7 @@ DEFAULT_SCALES = (1e-4, 1e-3, 4e-3)
 
 
 def _stat(values: list[float]) -> dict:
-    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
-    return {"median": statistics.median(values), "iqr": q[2] - q[0], "min": min(values), "max": max(values)}
+    return {**median_iqr(values), "min": min(values), "max": max(values)}
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

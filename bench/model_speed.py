@@ -35,6 +35,7 @@ import time
 import torch
 
 from bench import records
+from bench.stats import iqr
 from datasets.fileio import atomic_write_bytes
 from models.fast import draw_sequence, native
 from models.classifier import ClassifierConfig, GlimpseClassifier
@@ -91,13 +92,6 @@ def _stepper(model, loss, path=contextlib.nullcontext):
     return step
 
 
-def _iqr(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[2] - q[0]
-
-
 def measure(model: str, threads: int, rounds: int = 5, batch: int | None = None,
             variants: tuple[str, ...] = VARIANTS, clock: str = "wall") -> dict:
     """Seconds per training step of each variant (see the module doc), rounds interleaved: medians,
@@ -126,13 +120,13 @@ def measure(model: str, threads: int, rounds: int = 5, batch: int | None = None,
         torch.set_num_threads(before)
     out: dict = {"batch": batch, "clock": clock, "rounds": rounds}
     for k, v in times.items():
-        out.update({f"{k}_s": statistics.median(v), f"{k}_iqr_s": _iqr(v),
+        out.update({f"{k}_s": statistics.median(v), f"{k}_iqr_s": iqr(v),
                     f"{k}_images_per_s": batch / statistics.median(v)})
     if "fast" in times:
         for k in steps:
             if k != "fast":
                 ratios = [a / b for a, b in zip(times[k], times["fast"])]
-                out.update({f"{k}_over_fast": statistics.median(ratios), f"{k}_over_fast_iqr": _iqr(ratios)})
+                out.update({f"{k}_over_fast": statistics.median(ratios), f"{k}_over_fast_iqr": iqr(ratios)})
     if "naive" in times:
         out.update({f"{k}_speedup": out["naive_s"] / out[f"{k}_s"] for k in steps if k != "naive"})
     return out
