@@ -534,6 +534,7 @@ def train(task: Task, cfg: LoopConfig, checkpoint: str | Path | None = None, res
     try:
         loop.run()
     except BaseException as e:
+        loop.report_status()  # a stop signal may land between a step's counters and its status update
         loop.save(lasting=True)
         if curve_so_far is not None:
             curve_so_far[:] = loop.curve
