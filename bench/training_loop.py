@@ -27,6 +27,7 @@ from torch import nn
 from bench import checkpoints, cost, distributed, plateau
 from bench.optim import ON_RELAPSE
 from bench.schedule import Schedule
+from bench.signal_hold import uninterrupted
 from models.fast import products
 
 CHECKPOINT_FORMAT = "glimpse-train-1"
@@ -358,25 +359,26 @@ class _Loop:
                 self.save_stable()
             if (cfg.max_batches is not None and i >= cfg.max_batches) or self.over_budget():
                 break
-            stepped, loss = self.optimise(batch, i)
-            if stepped:
-                bad = 0
-            else:
-                bad += 1
-                if bad >= cfg.max_bad_steps:
-                    raise TrainingError(f"{bad} consecutive non-finite losses or gradients at step {self.step}: "
-                                        f"training diverged; lower the learning rate (now {cfg.lr}) "
-                                        f"or the clipping norm (now {cfg.clip_norm})")
-            now = time.perf_counter()
-            self.train_time_s += now - t_last
-            t_last = now
-            self.step += 1
-            self.batch_in_epoch = i + 1
-            images = task.batch_images(batch) * self.world_size
-            self.images_seen += images
-            self.images_by_products[products_now] = self.images_by_products.get(products_now, 0) + images
-            self.safe_rng = rng_states()
-            self.report_status()
+            with uninterrupted():  # a checkpoint holds a step's weights, moments, counters and RNG, or none
+                stepped, loss = self.optimise(batch, i)
+                if stepped:
+                    bad = 0
+                else:
+                    bad += 1
+                    if bad >= cfg.max_bad_steps:
+                        raise TrainingError(f"{bad} consecutive non-finite losses or gradients at step {self.step}: "
+                                            f"training diverged; lower the learning rate (now {cfg.lr}) "
+                                            f"or the clipping norm (now {cfg.clip_norm})")
+                now = time.perf_counter()
+                self.train_time_s += now - t_last
+                t_last = now
+                self.step += 1
+                self.batch_in_epoch = i + 1
+                images = task.batch_images(batch) * self.world_size
+                self.images_seen += images
+                self.images_by_products[products_now] = self.images_by_products.get(products_now, 0) + images
+                self.safe_rng = rng_states()
+                self.report_status()
             bar.update(1)
             seen_epoch += task.batch_images(batch)
             if stepped:
@@ -395,9 +397,21 @@ class _Loop:
             self.epoch_complete = True
         bar.close()
 
-    def validate(self) -> None:
+    def validate(self) -> dict:
+        """The validation metrics and the seconds they took; changes nothing that a checkpoint keeps."""
         t0 = time.perf_counter()
         metrics = self.task.evaluate(self.model, "valid")
+        return {"metrics": metrics, "valid_time_s": time.perf_counter() - t0}
+
+    def end_epoch(self, valid: dict) -> None:
+        """The epoch's curve entry (or a rollback), the best state, and the counters of the next epoch."""
+        self.record_valid(valid["metrics"], valid["valid_time_s"])
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
+        self.safe_rng = rng_states()
+
+    def record_valid(self, metrics: dict, valid_time_s: float) -> None:
         partial = not self.epoch_complete
         entry = {
             "epoch": self.epoch + 1, "step": self.step, "images_seen": self.images_seen,
@@ -405,7 +419,7 @@ class _Loop:
             **{f"valid_{k}": v for k, v in metrics.items()},
             "train_time_s": round(self.train_time_s, 3),
             "train_cost": {k: round(v, 3) for k, v in self.train_cost.items()},
-            "valid_time_s": round(time.perf_counter() - t0, 3),
+            "valid_time_s": round(valid_time_s, 3),
             "partial_epoch": bool(partial),
         }
         if self.relapse(entry):
@@ -451,11 +465,9 @@ class _Loop:
                 self.finished = True
                 break
             self.train_epoch()
-            self.validate()
-            self.epoch += 1
-            self.batch_in_epoch = 0
-            self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
-            self.safe_rng = rng_states()
+            valid = self.validate()
+            with uninterrupted():
+                self.end_epoch(valid)
             if self.over_budget():
                 self.stopped_by, self.finished = "time_budget", True
             self.save()
