@@ -95,23 +95,32 @@ def error_series(recs) -> dict:
     return series
 
 
+ATTENTION_MARKERS = {"soft": "o", "hard": "s", "no": "^"}  # by the label's first word
+PAPER_STYLES = ("--", ":", "-.")
+
+
 def plot_error_vs_glimpses(recs, out, figures) -> None:
+    """One plot per dataset, stacked, each with its legend below it (labels are long: they name the
+    runs); our lines take distinct colours and a marker by attention type, the paper's are black."""
     plt = _plt()
     series = error_series(recs)
     if not series:
         return
-    fig, axes = plt.subplots(1, len(series), figsize=(6.5 * len(series), 4), squeeze=False)
-    for ax, (ds, protos) in zip(axes[0], sorted(series.items())):
-        for proto, by_t in sorted(protos.items()):
+    fig, axes = plt.subplots(len(series), 1, figsize=(8, 6 * len(series)), squeeze=False, layout="constrained")
+    colours = plt.get_cmap("tab10").colors + plt.get_cmap("tab20").colors[1::2]  # ten strong, then ten light
+    for ax, (ds, protos) in zip(axes[:, 0], sorted(series.items())):
+        for k, (proto, by_t) in enumerate(sorted(protos.items())):
             ts = sorted(by_t)
             mean = [100 * np.mean(by_t[t]) for t in ts]
             std = [100 * np.std(by_t[t], ddof=1) if len(by_t[t]) > 1 else 0.0 for t in ts]  # sample std, as the tables
             n = max(len(by_t[t]) for t in ts)
-            ax.errorbar(ts, mean, yerr=std, marker="o", capsize=3, label=f"ours, {proto} (up to {n} seeds)")
+            ax.errorbar(ts, mean, yerr=std, marker=ATTENTION_MARKERS.get(proto.split()[0], "o"), capsize=3,
+                        color=colours[k % len(colours)], label=f"ours, {proto} (up to {n} seeds)")
         pts = [p for p in paper.error_points(ds) if p["glimpses"] is not None]
-        for model in dict.fromkeys(p["model"] for p in pts):
+        for k, model in enumerate(dict.fromkeys(p["model"] for p in pts)):
             sel = [p for p in pts if p["model"] == model]
-            ax.plot([p["glimpses"] for p in sel], [100 * p["error"] for p in sel], "x--", label=f"paper: {model}")
+            ax.plot([p["glimpses"] for p in sel], [100 * p["error"] for p in sel], marker="x", color="black",
+                    linestyle=PAPER_STYLES[k % len(PAPER_STYLES)], label=f"paper: {model}")
         ax.set_xscale("log", base=2)
         ticks = sorted({t for by_t in protos.values() for t in by_t} | {p["glimpses"] for p in pts})
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -122,7 +131,7 @@ def plot_error_vs_glimpses(recs, out, figures) -> None:
         ax.set_xlabel("glimpses T")
         ax.set_ylabel("test error (%, log scale)")
         ax.set_title(ds)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15))  # below the plot, off the data
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))  # below the plot, off the data
         ax.grid(alpha=0.3)
     _save(fig, out, "error_vs_glimpses.png", figures)
 
