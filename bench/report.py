@@ -322,7 +322,8 @@ def plot_samples(arts, out, figures) -> None:
         seq = arts[key]  # (T, n, H, W)
         t, n = seq.shape[:2]
         steps = sorted(set(np.linspace(0, t - 1, min(t, 8)).round().astype(int)))
-        fig, axes = plt.subplots(n, len(steps), figsize=(1.1 * len(steps), 1.1 * n), squeeze=False)
+        fig, axes = plt.subplots(n, len(steps), figsize=(1.1 * len(steps), 1.1 * n), squeeze=False,
+                                 layout="constrained")  # the default margins leave 2 in. empty above 16 rows
         for i in range(n):
             for j, s in enumerate(steps):
                 axes[i, j].imshow(seq[s, i], cmap="gray", vmin=0, vmax=255)
