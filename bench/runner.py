@@ -27,6 +27,9 @@ CHECKPOINTS = records.RUNS / "checkpoints"
 DRY_RUNS = records.RUNS / "dry-run"
 
 
+ANOTHER_SITTINGS = "not in --units, left for another sitting"
+
+
 class RunError(RuntimeError):
     """A run that cannot start or go on; the message says what to do."""
 
@@ -435,6 +438,32 @@ class Runner(UnitRuns):
         from datasets import mnist
 
         mnist.fetch(self.opts.data_dir, log=self.log)
+        self._announce(path)
+        self.skipped = {u.id for u in self.units if self._finished(record, u)}
+        self.save(record, path)
+        waiting = []  # units of this suite that other sittings train (not in --units)
+        try:
+            for i, unit in enumerate(self.units):
+                head = f"[{i + 1}/{len(self.units)}] {unit.id}"
+                skip = self._why_skipped(record, unit)
+                if skip:
+                    self.log(f"{head}: {skip}")
+                    if skip == ANOTHER_SITTINGS:
+                        waiting.append(unit.id)
+                    continue
+                self._train_unit(head, unit, record, path)
+        except KeyboardInterrupt as e:
+            self._stop(record, path, "incomplete", f"interrupted ({str(e) or 'Ctrl-C'})")
+            raise
+        except BaseException as e:
+            self._stop(record, path, "failed", f"{type(e).__name__}: {e}")
+            raise
+        left = self._close_sitting(record, path, waiting)
+        if left:
+            self.log(f"{len(left)} unit(s) not in --units wait for another sitting: {', '.join(left)}")
+        return record, path
+
+    def _announce(self, path: Path) -> None:
         commit = self.sitting.entry["commit"]  # this sitting's: a resumed record began at another
         self.log(f"suite {self.suite.name}{' (dry run)' if self.opts.dry_run else ''}: {len(self.units)} units on "
                  f"{self.device} ({self.machine['device_name']}{records.cpu_label(self.machine)}, "
@@ -444,54 +473,48 @@ class Runner(UnitRuns):
         if self.device == "cpu" and not self.opts.threads and load > self.machine["cores"]:
             self.log(f"note: this CPU is busy (load {load:.1f} on {self.machine['cores']} cores); with other work "
                      "running, --threads 1 is often several times faster than the default")
-        self.skipped = {u.id for u in self.units if self._finished(record, u)}
+
+    def _why_skipped(self, record: dict, unit: Unit) -> str | None:
+        """Why this sitting does not train ``unit`` (closed, complete, or another sitting's), or None."""
+        if unit.id in closing.closed(record):
+            return f"closed ({closing.closed(record)[unit.id]['reason']}), skipped"
+        if unit.id in self.skipped:
+            done = resume.finished_budget(record["jobs"][unit.id], resume.budget(unit.job))
+            larger = is_trained(unit.job) and done != resume.budget(unit.job)
+            return ("complete in the record"
+                    + (f" (under a larger budget, {resume.describe_budget(done)})" if larger else "") + ", skipped")
+        if not self._mine(unit.id):
+            return ANOTHER_SITTINGS
+        return None
+
+    def _train_unit(self, head: str, unit: Unit, record: dict, path: Path) -> None:
+        """Train and score ``unit``, its figures replacing any earlier ones in the record, which is saved."""
+        extending = record["jobs"].get(unit.id, {}).get("status") == "complete"
+        self.log(head + (" (extending its budget)" if extending else ""))
+        if extending:  # kept until the extension ends, across sittings: then moved under "earlier"
+            record["jobs"][unit.id]["extending_from"] = earlier_run(record, unit.id)
+        t0 = time.time()
+        record["jobs"][unit.id] = {**record["jobs"].get(unit.id, {}), "status": "running",
+                                   "kind": unit.job.kind, "seed": unit.seed,
+                                   "job": suites.as_record(unit.job)}
+        metrics, info = self.run_unit(unit, record, path)
+        if is_trained(unit.job):
+            info["budget"] = resume.budget(unit.job)
+        if "extending_from" in record["jobs"][unit.id]:  # the run it extended stays, under its own budget
+            finished_run = record["jobs"][unit.id].pop("extending_from")
+            info["earlier"] = record["jobs"][unit.id].get("earlier", []) + [finished_run]
+        record["metrics"] = [m for m in record["metrics"] if m["params"].get("job") != unit.id]
+        for m in metrics:
+            m["params"]["job"] = unit.id
+        record["metrics"] += metrics
+        record["jobs"][unit.id] = {**record["jobs"][unit.id], **info, "status": "complete",
+                                   "wall_s": round(time.time() - t0, 1)}
         self.save(record, path)
-        waiting = []
-        try:
-            for i, unit in enumerate(self.units):
-                if unit.id in closing.closed(record):
-                    why = closing.closed(record)[unit.id]["reason"]
-                    self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: closed ({why}), skipped")
-                    continue
-                if unit.id in self.skipped:
-                    done = resume.finished_budget(record["jobs"][unit.id], resume.budget(unit.job))
-                    larger = is_trained(unit.job) and done != resume.budget(unit.job)
-                    self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: complete in the record"
-                             + (f" (under a larger budget, {resume.describe_budget(done)})" if larger else "")
-                             + ", skipped")
-                    continue
-                if not self._mine(unit.id):
-                    self.log(f"[{i + 1}/{len(self.units)}] {unit.id}: not in --units, left for another sitting")
-                    waiting.append(unit.id)
-                    continue
-                extending = record["jobs"].get(unit.id, {}).get("status") == "complete"
-                self.log(f"[{i + 1}/{len(self.units)}] {unit.id}" + (" (extending its budget)" if extending else ""))
-                if extending:  # kept until the extension ends, across sittings: then moved under "earlier"
-                    record["jobs"][unit.id]["extending_from"] = earlier_run(record, unit.id)
-                t0 = time.time()
-                record["jobs"][unit.id] = {**record["jobs"].get(unit.id, {}), "status": "running",
-                                           "kind": unit.job.kind, "seed": unit.seed,
-                                           "job": suites.as_record(unit.job)}
-                metrics, info = self.run_unit(unit, record, path)
-                if is_trained(unit.job):
-                    info["budget"] = resume.budget(unit.job)
-                if "extending_from" in record["jobs"][unit.id]:  # the run it extended stays, under its own budget
-                    finished_run = record["jobs"][unit.id].pop("extending_from")
-                    info["earlier"] = record["jobs"][unit.id].get("earlier", []) + [finished_run]
-                record["metrics"] = [m for m in record["metrics"] if m["params"].get("job") != unit.id]
-                for m in metrics:
-                    m["params"]["job"] = unit.id
-                record["metrics"] += metrics
-                record["jobs"][unit.id] = {**record["jobs"][unit.id], **info, "status": "complete",
-                                           "wall_s": round(time.time() - t0, 1)}
-                self.save(record, path)
-                self._keep_for_evaluation(unit, path)
-        except KeyboardInterrupt as e:
-            self._stop(record, path, "incomplete", f"interrupted ({str(e) or 'Ctrl-C'})")
-            raise
-        except BaseException as e:
-            self._stop(record, path, "failed", f"{type(e).__name__}: {e}")
-            raise
+        self._keep_for_evaluation(unit, path)
+
+    def _close_sitting(self, record: dict, path: Path, waiting: list[str]) -> list[str]:
+        """Save the record at the sitting's end: complete, with its targets checked, or incomplete while
+        units of other sittings are left. Returns those units."""
         left = []
 
         def settle(rec: dict) -> None:  # under the record's lock, after taking in the other sittings' units
@@ -509,9 +532,7 @@ class Runner(UnitRuns):
                 self.sitting.update(rec["status"])
 
         self.save(record, path, settle=settle)
-        if left:
-            self.log(f"{len(left)} unit(s) not in --units wait for another sitting: {', '.join(left)}")
-        return record, path
+        return left
 
     def _keep_for_evaluation(self, unit: Unit, path: Path) -> None:
         """Once a unit's test figures are in its record, its checkpoint becomes the evaluation-only export
