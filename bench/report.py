@@ -30,6 +30,11 @@ def _plt():
     return plt
 
 
+def _palette(plt) -> tuple:
+    """Twenty colours, ten strong then ten light: the plots carry more lines than tab10's ten."""
+    return plt.get_cmap("tab10").colors + plt.get_cmap("tab20").colors[1::2]
+
+
 def _save(fig, out: Path, name: str, figures: list) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -107,7 +112,7 @@ def plot_error_vs_glimpses(recs, out, figures) -> None:
     if not series:
         return
     fig, axes = plt.subplots(len(series), 1, figsize=(8, 6 * len(series)), squeeze=False, layout="constrained")
-    colours = plt.get_cmap("tab10").colors + plt.get_cmap("tab20").colors[1::2]  # ten strong, then ten light
+    colours = _palette(plt)
     for ax, (ds, protos) in zip(axes[:, 0], sorted(series.items())):
         for k, (proto, by_t) in enumerate(sorted(protos.items())):
             ts = sorted(by_t)
@@ -233,9 +238,10 @@ def plot_curves(recs, out, figures) -> None:
                              gridspec_kw={"height_ratios": heights})
     for ax, ((key, dataset), curves) in zip(axes[:, 0], order):
         percent = key == "valid_error"
-        for label, c in curves.items():
+        colours = _palette(plt)
+        for k, (label, c) in enumerate(curves.items()):
             ax.plot([e["images_seen"] / 1e6 for e in c], [100 * e[key] if percent else e[key] for e in c],
-                    marker=".", ms=2, lw=1, label=label)
+                    marker=".", ms=2, lw=1, label=label, color=colours[k % len(colours)])
         if percent:
             ax.set_yscale("log")
             ax.set_yticks(ERROR_TICKS, [f"{t:g}" for t in ERROR_TICKS])
@@ -290,9 +296,10 @@ def plot_curves_vs_paper(recs, out, figures) -> None:
     plt = _plt()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for ax, (title, _, _, ref, ylim), lines in zip(axes.flat, _VS_PAPER, panels):
-        for label, points, percent, finished_before in lines:
+        colours = _palette(plt)
+        for k, (label, points, percent, finished_before) in enumerate(lines):
             x, y = zip(*points)
-            ax.plot(x, [100 * v for v in y] if percent else y, lw=1, label=label,
+            ax.plot(x, [100 * v for v in y] if percent else y, lw=1, label=label, color=colours[k % len(colours)],
                     ls=":" if finished_before else "--" if "perstep" in label else "-")
         ax.axhline(ref, color="black", ls=":", lw=1, label=f"paper: {ref:.2f}")
         ax.set(title=title, xlabel="training images seen (millions)", ylim=ylim)
