@@ -116,7 +116,8 @@ class ClassifierTask(_Base):
     def metric_params(self, model) -> dict:
         """What every metric of this model carries: the model, its attention type and its cost."""
         m = self.job.model
-        return {"model": "classifier", "read_n": m.read_n, "hidden": m.hidden, **cost_params(model, "soft")}
+        return {"model": "classifier", "read_n": m.read_n, "hidden": m.hidden,
+                **cost_params(model, "soft" if m.attention else "none")}
 
     def evaluate(self, model, split: str, limit: int | None = -1) -> dict[str, float]:
         limit = self.limit(split) if limit == -1 else limit

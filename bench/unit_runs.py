@@ -230,8 +230,8 @@ class UnitRuns:
                  log=lambda m: self.log(f"  {unit.id}: {m}"))
         out = [metric("test_error", res["test_error"], "fraction", True, unit.seed, glimpses=None,
                       protocol=f"baseline-{job.model}", dataset=job.dataset, test_images=res.get("test_images"),
-                      **baseline_cost(job, res))]
-        return out, {k: v for k, v in res.items() if k != "test_error"}
+                      data_seed=res.get("data_seed"), **baseline_cost(job, res))]
+        return out, {k: v for k, v in res.items() if k not in ("test_error", "data_seed")}
 
 
 @contextlib.contextmanager

@@ -182,11 +182,13 @@ class PixelBaseline:
 
 def run_baseline(model: str, dataset: str, seed: int = 0, epochs: int = 20, train_limit: int | None = None,
                  device: str | torch.device = "cpu", data_dir=None, test_limit: int | None = None,
-                 time_budget_min: float | None = None, log=None) -> dict:
-    """Fit and test the pixel baseline (``model`` "sklearn": PixelBaseline on the fixed train set) on
-    a benchmark variant; returns test_error, test_images and the settings and sizes that produced it.
-    The conv net ("conv") has a training loop: `bench run` trains it through the harness's loop
-    (bench/tasks.py ConvTask). ``epochs``, ``device`` and ``time_budget_min`` are unused here."""
+                 time_budget_min: float | None = None, log=None, data_seed: int = 0) -> dict:
+    """Fit and test the pixel baseline (``model`` "sklearn": PixelBaseline on the fixed train set of
+    ``seed``) on a benchmark variant, tested on the test clutter of ``data_seed``, the set every other
+    model of the harness is tested on (bench/tasks.py); returns test_error, test_images, data_seed and
+    the settings and sizes that produced it. The conv net ("conv") has a training loop: `bench run`
+    trains it through the harness's loop (bench/tasks.py ConvTask). ``epochs``, ``device`` and
+    ``time_budget_min`` are unused here."""
     from datasets import variants
     from datasets.torch_data import iterate_batches
 
@@ -200,14 +202,15 @@ def run_baseline(model: str, dataset: str, seed: int = 0, epochs: int = 20, trai
         raise ValueError(f"unknown baseline {model!r}: use 'conv' or 'sklearn'")
     t0 = time.perf_counter()
 
-    def split(name: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def split(name: str, limit: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
         for x, y in iterate_batches(dataset, name, 5000, seed=seed, data_dir=data_dir, limit=limit):
             xs.append((x[:, 0] * 255).round().to(torch.uint8).numpy())  # the generator's bytes, exactly
             ys.append(y.numpy())
         return np.concatenate(xs), np.concatenate(ys)
 
-    base = PixelBaseline(seed=seed).fit(*split("train", train_limit))
-    te_x, te_y = split("test", test_limit)
+    base = PixelBaseline(seed=seed).fit(*split("train", train_limit, seed))
+    te_x, te_y = split("test", test_limit, data_seed)
     err = base.error(te_x, te_y)
-    return {"test_error": err, "test_images": int(te_x.shape[0]), **base.info, "seconds": time.perf_counter() - t0}
+    return {"test_error": err, "test_images": int(te_x.shape[0]), "data_seed": data_seed, **base.info,
+            "seconds": time.perf_counter() - t0}

@@ -195,3 +195,21 @@ def test_the_conv_baseline_is_extended_by_a_larger_budget(tmp_path, monkeypatch,
     checkpoints.export_reference(ckpt, ckpt)
     with pytest.raises(ResumeMismatch, match="an evaluation-only export"):
         run(resume=True, epochs=3)
+
+
+def test_the_pixel_baseline_is_tested_on_the_harness_test_clutter_whatever_its_seed(monkeypatch):
+    """Every model is tested on the clutter of data seed 0 (bench/tasks.py); the pixel baseline's unit
+    seed chooses its training set only."""
+    from datasets import torch_data
+
+    seen, real = [], torch_data.iterate_batches
+
+    def spy(name, split, batch, seed=0, **kw):
+        seen.append((split, seed))
+        return real(name, split, batch, seed=seed, **kw)
+
+    monkeypatch.setattr(torch_data, "iterate_batches", spy)
+    res = run_baseline("sklearn", "translated60", seed=2, train_limit=60, test_limit=40)
+    assert seen == [("train", 2), ("test", 0)] and res["data_seed"] == 0
+    run_baseline("sklearn", "translated60", seed=2, train_limit=60, test_limit=40, data_seed=3)
+    assert seen[-1] == ("test", 3)

@@ -208,3 +208,13 @@ def test_evaluate_matches_predict():
     want = (model.predict(x) != y[:, None]).double().mean(dim=0)
     assert err.shape == (cfg.glimpses,)
     torch.testing.assert_close(err, want)
+
+
+def test_a_classifier_without_attention_is_recorded_as_such():
+    from bench.suites import ClassifierJob
+    from bench.tasks import ClassifierTask
+
+    for attention, kind in ((True, "soft"), (False, "none")):
+        job = ClassifierJob(dataset="cluttered60", glimpses=(2,), model=ClassifierConfig(attention=attention))
+        task = ClassifierTask(job, 2, 0)
+        assert task.metric_params(task.build())["attention_type"] == kind
