@@ -354,10 +354,13 @@ def _record_on_plateau(g: pd.DataFrame, record_path: str) -> str:
     rec, stuck, back = _read(record_path), [], []
     if "p_job" not in g:
         return ""
-    for unit, seed in sorted({(u, s) for u, s in zip(g["p_job"], g["seed"]) if isinstance(u, str)}):
+    datasets = g["p_dataset"] if "p_dataset" in g else [None] * len(g)
+    for unit, seed, dataset in sorted({(u, s, d) for u, s, d in zip(g["p_job"], g["seed"], datasets)
+                                       if isinstance(u, str)}, key=lambda t: t[:2]):
         if extending(rec, unit):  # the record's curve is the extension's so far; the figure is from before
             continue
-        kind = plateau.for_task(unit_entry(rec, unit).get("kind", unit.split("-")[0]))
+        kind = plateau.for_task(unit_entry(rec, unit).get("kind", unit.split("-")[0]),
+                                dataset if isinstance(dataset, str) else None)
         curve = unit_curve(rec, unit)
         result = plateau.analyse(curve, kind) if kind and curve else {}
         if result.get("on_plateau"):

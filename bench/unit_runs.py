@@ -46,7 +46,7 @@ class UnitRuns:
                           max_batches=1 if self.opts.dry_run else None, progress=self.opts.progress,
                           checkpoint_every_s=self.opts.checkpoint_every_s,
                           compact_checkpoints=self.opts.compact_checkpoints,
-                          on_relapse=o.on_relapse, relapse_rule=plateau.for_task(job.kind),
+                          on_relapse=o.on_relapse, relapse_rule=plateau.for_task(job.kind, job.dataset),
                           policy_lr_scale=o.policy_lr_scale)
 
     def _task(self, unit: Unit):
@@ -133,7 +133,7 @@ class UnitRuns:
         is logged loudly, noted in the record, and its metrics carry ``on_plateau``."""
         from bench import plateau
 
-        kind = plateau.for_task(unit.job.kind)
+        kind = plateau.for_task(unit.job.kind, unit.job.dataset)
         if kind is None or self.opts.dry_run:
             return {}
         info["plateau"] = result = plateau.analyse(curve, kind)

@@ -44,3 +44,18 @@ def test_a_run_that_relapses_and_never_comes_back_is_told_apart_from_one_that_re
     assert not stayed["on_plateau"] and stayed["ended_relapsed"] == {"epoch": 4, "value": 0.84}
     recovered = plateau.analyse(curve([0.85, 0.30, 0.07, 0.82, 0.09, 0.06]), plateau.CLASSIFIER)
     assert recovered["ended_relapsed"] is None and len(recovered["relapses"]) == 1
+
+
+def test_draws_plateau_is_set_by_the_dataset():
+    """Nats depend on the images: the two-digit run's first 23 epochs (60x60 grey levels, mean image
+    about 624 nats) left its plateau at epoch 1, though never below binarized MNIST's 180."""
+    twodigit = [411.9, 379.7, 374.1, 353.0, 341.0, 344.4, 336.8, 338.3, 324.2, 340.6, 317.2, 377.3, 325.9]
+    rule = plateau.for_task("draw", "twodigit60")
+    r = plateau.analyse(curve(twodigit, key="valid_nll_elbo"), rule)
+    assert not r["on_plateau"] and r["escaped"]["epoch"] == 1
+    assert [e["epoch"] for e in r["relapses"]] == [10, 12]  # 340.6 after 324.2, 377.3 after 317.2
+    assert plateau.analyse(curve(twodigit, key="valid_nll_elbo"), plateau.DRAW)["on_plateau"]  # the wrong rule
+    assert plateau.analyse(curve([610.0, 590.0, 565.3], key="valid_nll_elbo"), rule)["on_plateau"]
+    assert plateau.for_task("draw", "binarized") is plateau.DRAW
+    assert plateau.for_task("draw", "some-custom-variant") is None  # no rule measured: no check
+    assert plateau.for_task("ram", "cluttered60") is plateau.CLASSIFIER
