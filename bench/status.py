@@ -187,13 +187,15 @@ def describe(s: UnitStatus) -> str:
 def _suite_units(record: dict, made_with_budget: bool = True) -> list | None:
     """The units of the record's suite, rebuilt from the options it was made with (``made_with_budget``
     False: without its --epochs and --time-budget, as a resume that gives none trains them); None
-    where the suite is not a built-in one (studies, plug-ins) or no longer expands alike."""
+    where the suite is not a built-in one (studies) or no longer expands alike. A record made with
+    --model expands to its plug-in's units."""
     from bench import runner, suites
 
     made_with = record.get("config", {}).get("options", {})
     budget = {"epochs": made_with.get("epochs"), "time_budget_min": made_with.get("time_budget_min")}
     try:
-        suite = suites.for_run(record.get("suite"), glimpses=made_with.get("glimpses"),
+        suite = suites.for_run(record.get("suite"), model=made_with.get("model"),
+                               glimpses=made_with.get("glimpses"),
                                on_relapse=made_with.get("on_relapse"), jobs=made_with.get("jobs"),
                                settings=made_with.get("settings"), **(budget if made_with_budget else {}))
         seeds = made_with.get("seeds")
@@ -238,7 +240,7 @@ def continue_commands(record: dict, path: Path, unfinished: list[str]) -> list[s
 def record_status(path: Path) -> str:
     record = records.read(path)
     units = list(record.get("jobs", {}))
-    if record.get("status") != "complete" and not record.get("config", {}).get("options", {}).get("model"):
+    if record.get("status") != "complete":
         units += units_to_begin(record)
     threads = record.get("machine", {}).get("threads") or 1
     changed = records.deviations(record)  # bench run --set

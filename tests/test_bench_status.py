@@ -203,3 +203,18 @@ def test_a_unit_whose_training_ended_before_its_evaluation_says_only_the_evaluat
     s = status.unit_status(records.read(long_record(tmp_path, state)), "clf-T8-s1")
     assert s.state == "in training" and s.to_go_hours is None and s.evaluation_left
     assert status.describe(s).endswith("; training done; its test evaluation is left (a resume runs it alone)")
+
+
+def test_a_record_made_with_a_plugin_model_expands_to_its_units():
+    """Made with --model and --epochs 20: its open units are the plug-in's (not the built-in suite's),
+    and the command that continues it keeps its budget."""
+    from bench import closing
+
+    unit = "plugin-tiny_glimpse-cluttered60-T8-perstep-s0"
+    rec = copy.deepcopy(make_record())
+    rec.update(suite="quick", status="incomplete", jobs={}, segments=[{"training_products": "float32"}])
+    rec["machine"]["threads"] = 1
+    rec["config"] = {"options": {"model": "examples.tiny_glimpse:build", "epochs": 20}}
+    assert status.units_to_begin(rec) == [unit] and closing.open_units(rec) == [unit]
+    assert status.continue_commands(rec, "r.json", [unit]) == [
+        f"python -m bench run --suite quick --threads 1 --epochs 20 --units {unit} --resume --out r.json"]
