@@ -128,7 +128,6 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed:
             metric("nll_elbo_mc", iw["nll_elbo_mc"], "nats", True, seed, k=iwae_k, test_images=iw["images"], **base)]
         log(f"test NLL <= {res['nll_elbo']:.2f} (ELBO), <= {iw['nll_iwae']:.2f} (IWAE k={iwae_k})")
     record["status"], record["finished_at"] = "complete", records.utc_now()
-    dest = Path(out) if out else records.default_path(record)
-    records.write(record, dest)
+    dest = records.write(record, Path(out)) if out else records.claim(record, records.default_path(record))
     records.update_index(dest, record)  # the index of the place holding dest (runs/ or results/), if any
     return record, dest

@@ -271,6 +271,35 @@ def default_path(record: dict, folder: Path | None = None) -> Path:
     return folder / record["machine"]["id"] / f"{stamp}_{record['commit']['short']}.json"
 
 
+def claim(record: dict, path: Path) -> Path:
+    """Write a new ``record`` at ``path``, a default path, or where a file is there already (a run
+    started in the same second on this machine and commit) at ``path`` with -2, -3, ... after its stem.
+    The name is taken atomically (a hard link, which fails on an existing file), so two runs never
+    share a record file. Returns the path written."""
+    validate(record, str(path))
+    from datasets.fileio import atomic_write_bytes
+
+    tmp = atomic_write_bytes(path.with_name(f".{path.name}.claim-{os.getpid()}"), dumps(record).encode())
+    os.chmod(tmp, 0o644)
+    try:
+        for n in range(1, 1000):
+            candidate = path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+            try:
+                os.link(tmp, candidate)
+                return candidate
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links on this file system: create exclusively, then write
+                try:
+                    os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                except FileExistsError:
+                    continue
+                return write(record, candidate)
+    finally:
+        tmp.unlink(missing_ok=True)
+    raise RecordError(f"{path}: 999 records of this name exist already; give the record a path with --out")
+
+
 def lock_path(record_path: str | Path) -> Path:
     """The lock that sittings writing one record file take (in the temporary folder: nothing to commit)."""
     key = hashlib.sha256(str(Path(record_path).resolve()).encode()).hexdigest()[:16]

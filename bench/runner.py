@@ -219,6 +219,8 @@ class Runner(UnitRuns):
         path = self._sweep_path(path)
         if not o.dry_run:
             self._check_no_checkpoint_in_the_way(path)
+        if not o.out and o.rank == 0:  # a default name: another run may have started in the same second
+            path = records.claim(record, path)
         return record, path
 
     def _reopen(self, path: Path) -> tuple[dict, Path]:

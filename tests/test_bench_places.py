@@ -126,3 +126,24 @@ def test_report_and_tables_read_yours_else_the_reference(places, capsys):
     assert "ref" in out and "mine" not in out
     assert main(["report", "--reference"]) == 0
     assert "ref.json" in (places / "results" / "report" / "index.html").read_text()
+
+
+def test_two_runs_started_in_the_same_second_write_two_records(places, monkeypatch):
+    """A default record name holds the start to the second: a second run in that second (a plan's lines
+    start together) takes the name with -2, atomically, also where the file system has no hard links."""
+    monkeypatch.setattr(records, "utc_now", lambda: "2026-12-05T20:00:00Z")
+
+    def path():
+        opts = runner.RunOptions(suite="quick", device="cpu", threads=1)
+        return runner.Runner(opts, log=lambda m: None).open_record()[1]
+
+    a, b = path(), path()
+    assert b == a.with_name(f"{a.stem}-2.json") and records.read(a)["suite"] == records.read(b)["suite"] == "quick"
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(records.os, "link", no_links)
+    c = path()
+    assert c == a.with_name(f"{a.stem}-3.json") and records.read(c)["suite"] == "quick"
+    assert sorted(p.name for p in a.parent.iterdir()) == sorted(p.name for p in (a, b, c))  # no leftovers
