@@ -149,8 +149,8 @@ def sitting_key(segment: dict) -> tuple:
 
 def merge_other_sittings(record: dict, disk: dict, mine, own_segment: dict | None) -> None:
     """Take into ``record`` what other sittings on the same record file (``disk``, as read now) wrote
-    for the units this one does not train (``mine(unit)`` false): their jobs, curves and metrics, and
-    every segment but this sitting's own. Two sittings with disjoint ``--units`` can so train one
+    for the units this one does not train (``mine(unit)`` false): their jobs, curves, metrics and notes,
+    every segment but this sitting's own, and every sitting's resume and recipe stamps. Two sittings with disjoint ``--units`` can so train one
     record side by side, each writing the whole file under a lock without undoing the other's work."""
     for section in ("jobs", "curves"):
         theirs = {u: v for u, v in disk.get(section, {}).items() if not mine(u)}
@@ -158,6 +158,16 @@ def merge_other_sittings(record: dict, disk: dict, mine, own_segment: dict | Non
     job_of = lambda m: m.get("params", {}).get("job")  # noqa: E731
     record["metrics"] = ([m for m in record.get("metrics", []) if job_of(m) is None or mine(job_of(m))]
                          + [m for m in disk.get("metrics", []) if job_of(m) is not None and not mine(job_of(m))])
+    # notes are "UNIT: ..." lines: the other sittings' for their units; this sitting's for its own and the rest
+    unit_of = lambda note: note.split(":", 1)[0]  # noqa: E731
+    theirs = lambda note: unit_of(note) in record["jobs"] and not mine(unit_of(note))  # noqa: E731
+    notes = [n for n in record.get("notes", []) if not theirs(n)] + [n for n in disk.get("notes", []) if theirs(n)]
+    if notes or "notes" in record:
+        record["notes"] = list(dict.fromkeys(notes))
+    for key in ("resumed_at", "recipe_renewed"):  # each sitting's stamps, kept whichever sitting writes
+        both = record.get(key, []) + [e for e in disk.get(key, []) if e not in record.get(key, [])]
+        if both:
+            record[key] = sorted(both, key=lambda e: e if isinstance(e, str) else e.get("at") or "")
     own = sitting_key(own_segment) if own_segment is not None else None
     others = [s for s in disk.get("segments", []) if sitting_key(s) != own]
     record["segments"] = sorted(others + ([own_segment] if own_segment is not None else []),

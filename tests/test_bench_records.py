@@ -131,3 +131,23 @@ def test_index_and_load_all(tmp_path):
     speed = df[df.name == "train_images_per_s"]
     assert (speed["q1"] <= speed["median"]).all() and (speed["median"] <= speed["q3"]).all()
     assert records.rebuild_index(root).read_text() == (root / "index.csv").read_text()
+
+
+def test_sittings_sharing_a_record_keep_each_others_notes_and_stamps():
+    """Sitting B (unit Y) saves after sitting A (unit X) noted X's plateau and resumed: A's note and
+    stamp stay; B's own note on Y replaces its old one; notes of no unit stay B's."""
+    from bench import resume
+
+    disk = {"jobs": {"X": {"status": "complete"}, "Y": {"status": "running"}}, "curves": {}, "metrics": [],
+            "segments": [], "notes": ["X: WARNING: never left the plateau", "Y: old"],
+            "resumed_at": ["2026-12-05T10:00:00Z"],
+            "recipe_renewed": [{"at": "2026-12-05T10:00:00Z", "job": 0, "changes": ["lr"]}]}
+    b = {"jobs": {"X": {"status": "running"}, "Y": {"status": "running"}}, "curves": {}, "metrics": [],
+         "segments": [], "notes": ["Y: left the plateau at epoch 2", "a note on the whole record"],
+         "resumed_at": ["2026-12-05T09:00:00Z"]}
+    resume.merge_other_sittings(b, disk, lambda u: u == "Y", None)
+    assert b["jobs"]["X"] == {"status": "complete"}
+    assert b["notes"] == ["Y: left the plateau at epoch 2", "a note on the whole record",
+                          "X: WARNING: never left the plateau"]
+    assert b["resumed_at"] == ["2026-12-05T09:00:00Z", "2026-12-05T10:00:00Z"]
+    assert b["recipe_renewed"] == disk["recipe_renewed"]
