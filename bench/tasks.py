@@ -286,8 +286,9 @@ class ConvTask(_Base):
 # ---------------------------------------------------------------- hard attention (RAM) and plug-in glimpse models
 
 class RamTask(ClassifierTask):
-    """RAM with ``glimpses`` steps. Training samples the locations (torch's global RNG, which the
-    loop's checkpoints keep); evaluation (eval mode) takes the location policy's mean."""
+    """RAM with ``glimpses`` steps. Training samples the locations with noise keyed by each image's
+    place in the epoch (and its episode), so that it is the same on any number of processes, as the
+    data is; evaluation (eval mode) takes the location policy's mean."""
 
     def config(self):
         """The job's model config with the dataset's image size and this unit's T."""
@@ -297,6 +298,22 @@ class RamTask(ClassifierTask):
         from models.ram import RecurrentAttentionModel
 
         return RecurrentAttentionModel
+
+    def batches(self, epoch: int):
+        """(x, y, where): ``where`` keys each image's location noise by its epoch position."""
+        b = per_rank_batch(self.job.optim.batch_size, self.world_size)
+        for k, (x, y) in enumerate(super().batches(epoch)):
+            yield x, y, (("ram-locations", self.seed, epoch), positions(k * b, x.shape[0], self._shard()))
+
+    def noise(self, where) -> torch.Tensor:
+        """(T, len(pos) * samples, 2) location noise, each image's episodes next to each other."""
+        key, pos = where
+        m = self.job.model
+        e = example_noise(key, pos, (m.samples, self.glimpses, 2), self.device)
+        return e.flatten(0, 1).transpose(0, 1).contiguous()
+
+    def loss(self, model, batch):
+        return model.loss(batch[0], batch[1], self.noise(batch[2]) if len(batch) > 2 else None)[0]
 
     def metric_params(self, model) -> dict:
         m = self.job.model

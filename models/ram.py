@@ -19,8 +19,9 @@ reward R = 1 when the last step's prediction is right (else 0) and the learned b
 the baseline's squared error; with ``samples`` = M each image runs as M episodes (eq. 2). The baseline
 reads h detached, so its loss does not shape the core.
 
-The location noise comes from the global torch RNG (or ``generator``): the training loop's
-checkpoints keep that RNG's state, so a resumed run draws the same locations.
+The location noise is given (``noise``: the harness keys it by each image's place in the epoch, so
+that it is the same on any number of processes, bench/tasks.py RamTask), or comes from the global torch
+RNG (or ``generator``), whose state the training loop's checkpoints keep.
 """
 
 from __future__ import annotations
@@ -154,12 +155,16 @@ class RecurrentAttentionModel(nn.Module):
         return torch.tanh(self.locate(h))
 
     def forward(self, x: torch.Tensor, keep_windows: bool = True, sample: bool | None = None,
-                generator: torch.Generator | None = None) -> RamOutput:
-        """``sample``: draw the locations (default: in training mode) or take the policy's mean (eval)."""
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> RamOutput:
+        """``sample``: draw the locations (default: in training mode) or take the policy's mean (eval).
+        ``noise``: (T, B, 2) standard normals for the sampled locations, else drawn here."""
         self._check(x)
         c = self.config
         sample = self.training if sample is None else sample
         batch = x.shape[0]
+        if sample and noise is not None and tuple(noise.shape) != (c.glimpses, batch, 2):
+            raise ValueError(f"RAM: noise must have shape (T, B, 2) = {(c.glimpses, batch, 2)}, "
+                             f"got {tuple(noise.shape)}")
         w_ih, w_hh = self.core.weight_ih.t(), self.core.weight_hh.t()
         bias = self.core.bias_ih + self.core.bias_hh
         h = x.new_zeros(batch, c.hidden)
@@ -169,8 +174,9 @@ class RecurrentAttentionModel(nn.Module):
         for t in range(c.glimpses):
             mean = self.location_mean(h)
             if sample:
-                noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-                loc = (mean + c.location_std * noise).detach()
+                e = noise[t].to(mean.dtype) if noise is not None else torch.randn(
+                    mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+                loc = (mean + c.location_std * e).detach()
                 log_probs.append(gaussian_log_prob(loc, mean, c.location_std))
             else:
                 loc = mean.detach()
@@ -192,13 +198,15 @@ class RecurrentAttentionModel(nn.Module):
         return RamOutput(logits, locations if keep_windows else None, locations,
                          torch.stack(log_probs, dim=1) if sample else None, baselines)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, RamOutput]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, RamOutput]:
         """The hybrid loss when the locations are sampled (training mode), else the cross-entropy alone.
-        In training each image is run ``samples`` times (episodes next to each other in ``out``)."""
+        In training each image is run ``samples`` times (episodes next to each other in ``out``);
+        ``noise``, when given, is (T, B * samples, 2) in that order."""
         m = self.config.samples
         if self.training and m > 1:
             x, y = x.repeat_interleave(m, dim=0), y.repeat_interleave(m, dim=0)
-        out = self.forward(x, keep_windows=False)
+        out = self.forward(x, keep_windows=False, noise=noise)
         last = out.logits[:, -1]
         loss = F.cross_entropy(last, y)
         if out.log_probs is not None:

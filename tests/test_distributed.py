@@ -139,3 +139,25 @@ def test_peer_failure_names_collective_errors_only():
     assert distributed.peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), 0, 7) is None
     assert distributed.peer_failure(KeyboardInterrupt(), 0, 7) is None
     assert distributed.peer_failure(ValueError("timeout"), 0, 7) is None
+
+
+def test_ram_location_noise_on_two_ranks_is_the_one_process_noise(mnist_data):
+    """Each image's location noise (all its episodes) is keyed by its place in the epoch: rank r's batch
+    holds the one-process noise of its images, so two ranks do not draw the same noise."""
+    from bench.optim import Optim
+    from bench.suites import RamJob
+    from bench.tasks import RamTask
+    from models.ram import RamConfig
+
+    job = RamJob(dataset="cluttered60", glimpses=(3,), model=RamConfig(samples=2), optim=Optim(batch_size=8),
+                 train_limit=40)
+    one = list(RamTask(job, 3, 5).batches(2))
+    ranks = [list(RamTask(job, 3, 5, rank=r, world_size=2).batches(2)) for r in range(2)]
+    task = RamTask(job, 3, 5)
+    for k, batch in enumerate(one):
+        noise = task.noise(batch[2]).view(3, 8, 2, 2)  # (T, image, episode, 2)
+        assert not torch.equal(noise[:, 0], noise[:, 1]) and not torch.equal(noise[:, :, 0], noise[:, :, 1])
+        for r in range(2):
+            assert torch.equal(ranks[r][k][0], batch[0][r::2])
+            assert torch.equal(task.noise(ranks[r][k][2]).view(3, 4, 2, 2), noise[:, r::2])
+    assert not torch.equal(task.noise(one[0][2]), task.noise(list(task.batches(3))[0][2]))  # next epoch: other

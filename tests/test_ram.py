@@ -389,3 +389,20 @@ def test_samples_run_each_image_as_m_episodes():
     assert multi.flops_per_image(train=True) == 4 * single.flops_per_image(train=True)
     with pytest.raises(ValueError, match="samples must be >= 1"):
         RamConfig(samples=0)
+
+
+def test_given_noise_sets_the_locations_and_is_checked():
+    """The harness's keyed noise: the locations are mean + std * noise[t], whatever the global RNG."""
+    model = RecurrentAttentionModel(RamConfig(**SMALL))
+    x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    noise = torch.randn(SMALL["glimpses"], 4, 2, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    a = model(x, noise=noise)
+    torch.manual_seed(1)
+    b = model(x, noise=noise)
+    assert torch.equal(a.locations, b.locations)
+    std = model.config.location_std
+    mean = model.location_mean(torch.zeros(4, model.config.hidden))
+    assert torch.allclose(a.locations[:, 0], (mean + std * noise[0]).clamp(-1, 1))
+    with pytest.raises(ValueError, match=r"noise must have shape \(T, B, 2\)"):
+        model(x, noise=noise[:, :3])
