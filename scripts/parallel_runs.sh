@@ -12,8 +12,9 @@
 # are skipped. A line may queue several runs separated by ` ;; `: they run one after another in that
 # process's place, each whatever way the one before it ended (a record with nothing left to run
 # ends with an error), and none starts after the deadline. Each line's output goes to
-# LOG_DIR/<line number>.log (default runs/logs/parallel). Exit status: 0 when every run ended by
-# itself or was stopped at the deadline and saved; 1 when any run failed.
+# LOG_DIR/<line number>.log (default runs/logs/parallel). SIGTERM, SIGINT or SIGHUP to this script
+# stops everything as the deadline does: no queued run starts, the runs going get SIGTERM. Exit status:
+# 0 when every run ended by itself or was stopped (deadline or signal) and saved; 1 when any run failed.
 set -u
 if [ $# -lt 2 ]; then
     echo "usage: $0 DEADLINE_SECONDS PLAN_FILE [LOG_DIR]" >&2
@@ -30,6 +31,14 @@ esac
 mkdir -p "$log_dir"
 state=$(mktemp -d)  # stop: the deadline has passed; <line>.pid: the run a line has going
 trap 'rm -rf "$state"' EXIT
+
+# No run starts any more; the runs going get SIGTERM (each saves its checkpoint and exits).
+stop_runs() {
+    touch "$state/stop"
+    for file in "$state"/*.pid; do
+        [ -e "$file" ] && kill -TERM "$(cat "$file")" 2>/dev/null
+    done
+}
 
 # The runs of plan line $1 ($2: the line), one after another.
 run_line() {
@@ -71,20 +80,24 @@ while IFS= read -r line || [ -n "$line" ]; do
 done < "$plan"
 [ ${#lines[@]} -gt 0 ] || { echo "plan file '$plan' names no runs" >&2; exit 2; }
 
+signalled=0
+trap 'signalled=1; stop_runs' TERM INT HUP
 end=$((SECONDS + deadline_s))
-while [ $SECONDS -lt $end ]; do
+while [ $SECONDS -lt $end ] && [ $signalled -eq 0 ]; do
     alive=0
     for pid in "${lines[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
     [ $alive -eq 1 ] || break
-    sleep 5
+    sleep 1
 done
-touch "$state/stop"
-for file in "$state"/*.pid; do
-    [ -e "$file" ] && kill -TERM "$(cat "$file")" 2>/dev/null
-done
+stop_runs
 
 status=0
 for pid in "${lines[@]}"; do
-    wait "$pid" || status=1
+    while true; do  # a signal interrupts wait (status > 128) while the line still runs: wait again
+        wait "$pid"
+        rc=$?
+        [ $rc -gt 128 ] && kill -0 "$pid" 2>/dev/null || break
+    done
+    [ $rc -eq 0 ] || status=1
 done
 exit $status

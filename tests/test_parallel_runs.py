@@ -88,3 +88,37 @@ def test_runs_queued_on_one_line_run_one_after_another_into_its_log(tmp_path):
     heads = [log.index(f"== run {k} of 3") for k in (1, 2, 3)]
     assert heads == sorted(heads)
     assert log.index("table1") < heads[1] and log.index("usage: python -m bench.recipe_study") > heads[2]
+
+
+FAKE_RUN = """#!/usr/bin/env bash
+# a stand-in for `python -m NAME`: says it started, runs until SIGTERM, then exits as bench run does (130)
+echo "start $2" >> "$FAKE_LOG"
+trap 'echo "term $2" >> "$FAKE_LOG"; exit 130' TERM
+while true; do sleep 0.1; done
+"""
+
+
+@pytest.mark.parametrize("sig", ["TERM", "INT", "HUP"])
+def test_a_signal_to_the_script_stops_its_runs_and_their_queues(tmp_path, sig):
+    import signal
+    import time
+
+    fake, log = tmp_path / "fake_python", tmp_path / "runs.log"
+    fake.write_text(FAKE_RUN)
+    fake.chmod(0o755)
+    plan = tmp_path / "plan.txt"
+    plan.write_text("-m first ;; -m queued\n-m second\n")
+    env = dict(os.environ, PYTHON=str(fake), FAKE_LOG=str(log))
+    p = subprocess.Popen(["bash", str(SCRIPT), "600", str(plan), str(tmp_path / "logs")], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not (log.exists() and log.read_text().count("start") == 2):
+            time.sleep(0.1)
+        p.send_signal(getattr(signal, f"SIG{sig}"))
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    events = sorted(log.read_text().split("\n")[:-1])
+    assert events == ["start first", "start second", "term first", "term second"], (events, out, err)
+    assert p.returncode == 0, err
