@@ -102,3 +102,17 @@ def test_the_installed_packages_run_from_another_directory(wheel, tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("ok")
+
+
+def test_ci_runs_the_readme_test_command_and_stops_when_any_part_of_it_fails(tmp_path):
+    """.ci/run runs the README's set-up + test line verbatim; under set -e a failure before the last &&
+    would not stop it, so the line ends with || exit 1. Checked by running that line with a failing
+    set-up in a shell with the script's options."""
+    readme = (REPO / "README.md").read_text()
+    command = next(line.strip() for line in readme.splitlines() if "pip install" in line and "pytest" in line)
+    ci_lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if command in line]
+    assert ci_lines == [f"{command} || exit 1"]
+    failing = ci_lines[0].replace("python3 -m venv .venv", "false")
+    done = subprocess.run(["bash", "-c", f"set -euo pipefail; {failing}; echo went on"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=30)
+    assert done.returncode == 1 and "went on" not in done.stdout
