@@ -28,7 +28,9 @@ THRESHOLDS = {
     "peak_fraction": None,
 }
 SPEED = ("train_images_per_s", "eval_images_per_s")
-IGNORED_PARAMS = ("job", "test_images", "valid_images")  # per-seed or bookkeeping, not identity
+# per-seed or bookkeeping, not identity; on_plateau (a seed that never left its starting plateau) is
+# said in a warning, and its figure is judged like any other
+IGNORED_PARAMS = ("job", "test_images", "valid_images", "on_plateau")
 
 
 @dataclass
@@ -139,6 +141,12 @@ def compare_paths(a, b, speed_factor: float = 1.10, thresholds: dict | None = No
     only_b = [(k[0], json.loads(k[1])) for k in sorted(set(gb) - set(ga))]
     warnings = [f"{side}: {n} dry-run record(s) left out (one batch, one timed call: not measurements)"
                 for side, n in (("A", dry_a), ("B", dry_b)) if n]
+    for side, groups in (("A", ga), ("B", gb)):
+        stuck = sorted({(m["name"], m["params"].get("job") or "?") for ms in groups.values() for m in ms
+                        if m["params"].get("on_plateau")})
+        if stuck:
+            warnings.append(f"{side}: {len(stuck)} figure(s) from runs that never left their starting plateau "
+                            f"(not results of the method): {', '.join(f'{n} of {j}' for n, j in stuck)}")
     if ma and mb and ma != mb:
         warnings.append(f"machines differ (A: {', '.join(sorted(ma))}; B: {', '.join(sorted(mb))}): "
                         "throughput differences may come from the hardware, not the code")

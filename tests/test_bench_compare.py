@@ -90,3 +90,18 @@ def test_a_bound_recorded_before_train_binarization_was_named_pairs_with_one_tha
             m["params"]["train_binarization"] = "fresh per epoch"
     res = compare.compare_paths(records.write(old, tmp_path / "a.json"), records.write(new, tmp_path / "b.json"))
     assert not res.only_a and not res.only_b and not res.regressions
+
+
+def test_a_run_that_stayed_on_its_plateau_is_judged_and_named(tmp_path):
+    """B's T = 8 seed never left the plateau (its metrics carry on_plateau): its 85% error still pairs
+    with A's figure and is a regression, and a warning names it."""
+    a = write(tmp_path, "a.json")
+    rec = make_record(errors={1: 0.40, 2: 0.25, 4: 0.12, 8: 0.85})
+    for m in rec["metrics"]:
+        if m["params"].get("glimpses") == 8:
+            m["params"].update(on_plateau=True, job="classifier-cluttered60-T8-s0")
+    b = records.write(rec, tmp_path / "b.json")
+    res = compare.compare_paths(a, b)
+    assert verdicts(res)[("test_error", 8)] == "regression" and not res.only_a and not res.only_b
+    assert any(w.startswith("B: 1 figure(s) from runs that never left their starting plateau") and
+               "classifier-cluttered60-T8-s0" in w for w in res.warnings)
