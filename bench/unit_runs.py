@@ -139,9 +139,11 @@ class UnitRuns:
         info["plateau"] = result = plateau.analyse(curve, kind)
         line = f"{unit.id}: {plateau.describe(result, kind)}"
         self.log(f"  {line}")
+        # an earlier run of the unit's note goes: an extension may have left the plateau since
+        record["notes"] = [n for n in record.get("notes", []) if not n.startswith(f"{unit.id}:")]
         if not result["on_plateau"]:
             return {}
-        record["notes"] = [n for n in record.get("notes", []) if not n.startswith(f"{unit.id}:")] + [line]
+        record["notes"].append(line)
         return {"on_plateau": True}
 
     def _convergence(self, unit: Unit, curve: list[dict], info: dict) -> None:

@@ -59,3 +59,18 @@ def test_draws_plateau_is_set_by_the_dataset():
     assert plateau.for_task("draw", "binarized") is plateau.DRAW
     assert plateau.for_task("draw", "some-custom-variant") is None  # no rule measured: no check
     assert plateau.for_task("ram", "cluttered60") is plateau.CLASSIFIER
+
+
+def test_an_extension_that_left_the_plateau_drops_the_earlier_warning():
+    from types import SimpleNamespace
+
+    from bench.unit_runs import UnitRuns
+
+    runs = SimpleNamespace(opts=SimpleNamespace(dry_run=False), log=lambda m: None)
+    unit = SimpleNamespace(id="classifier-cluttered100-T8-s0",
+                           job=SimpleNamespace(kind="classifier", dataset="cluttered100"))
+    record = {"notes": ["other-unit: a note that stays"]}
+    assert UnitRuns._plateau(runs, unit, curve([0.85, 0.82, 0.80]), {}, record) == {"on_plateau": True}
+    assert record["notes"][1].startswith(f"{unit.id}: WARNING: never left")
+    assert UnitRuns._plateau(runs, unit, curve([0.85, 0.82, 0.80, 0.30, 0.09]), {}, record) == {}
+    assert record["notes"] == ["other-unit: a note that stays"]
