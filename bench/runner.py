@@ -520,8 +520,14 @@ class Runner(UnitRuns):
         left = []
 
         def settle(rec: dict) -> None:  # under the record's lock, after taking in the other sittings' units
-            # units of other sittings: not in --units, or complete when this one began and extended since
-            left[:] = [u for u in waiting + sorted(self.skipped)
+            from bench import status
+
+            # units of other sittings: not in --units, or complete when this one began and extended since,
+            # or units of the record this sitting's selection left out (a resume with fewer --seeds)
+            ours = {u.id for u in self.units}
+            planned = status.planned_units(rec)
+            outside = [u for u in (list(rec["jobs"]) if planned is None else planned) if u not in ours]
+            left[:] = [u for u in dict.fromkeys(waiting + sorted(self.skipped) + outside)
                        if rec["jobs"].get(u, {}).get("status") != "complete" and u not in closing.closed(rec)]
             rec["finished_at"] = records.utc_now()
             if left:  # the record goes on in another sitting

@@ -204,6 +204,13 @@ def _suite_units(record: dict, made_with_budget: bool = True) -> list | None:
         return None
 
 
+def planned_units(record: dict) -> list[str] | None:
+    """The ids of every unit of the record's own selection (its suite and the options it was made
+    with), or None where that cannot be rebuilt (see _suite_units)."""
+    planned = _suite_units(record)
+    return None if planned is None else [u.id for u in planned]
+
+
 def units_to_begin(record: dict) -> list[str]:
     """Units of the record's suite it has no entry for yet (the units of a run stopped before it reached
     them, or the other seeds of a run trained one --units at a time), from its suite and the options it

@@ -650,3 +650,20 @@ def test_closed_units_are_left_alone_by_resume_and_status_until_reopened(tiny, m
     assert closing.close(path, "", reopen=True, force=True) == [t2]
     done, _ = runner.run(tiny("run", resume=True), log=quiet)
     assert done["status"] == "complete" and done["jobs"][t2]["status"] == "complete" and not done["closed"]
+
+
+def test_a_resume_with_fewer_seeds_leaves_the_others_for_another_sitting(tiny, monkeypatch):
+    """Made with --seeds 0,1 and stopped in seed 0: a resume with --seeds 0 trains seed 0 only, and the
+    record stays incomplete (seed 1 is left), so its targets are not judged on half of it."""
+    from bench import tasks
+
+    orig = interrupt_loss(monkeypatch, tasks.ClassifierTask, 3)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(tiny("run", seeds=(0, 1)), log=quiet)
+    monkeypatch.setattr(tasks.ClassifierTask, "loss", orig)
+    rec, _ = runner.run(tiny("run", resume=True, seeds=(0,)), log=quiet)
+    s1 = [u for u in runner.units(TINY, (0, 1)) if u.id.endswith("-s1")]
+    assert s1 and rec["status"] == "incomplete" and "units left for another sitting" in rec["error"]
+    assert not rec.get("targets")
+    done, _ = runner.run(tiny("run", resume=True, seeds=(0, 1)), log=quiet)  # the CLI takes them from the record
+    assert done["status"] == "complete" and all(done["jobs"][u.id]["status"] == "complete" for u in s1)
