@@ -93,6 +93,16 @@ def check_writable(path: str, what: str = "--out", example: str = "run.json") ->
     check_output_file(path, what, example)
 
 
+def _is_dry_run(path: str) -> bool:
+    """Whether the record at ``path`` is a dry run's (which another dry run may replace)."""
+    from bench import records
+
+    try:
+        return records.is_dry_run(records.read(path))
+    except (records.RecordError, OSError, ValueError):
+        return False
+
+
 def check_dataset(name: str | None) -> None:
     from datasets.variants import PRESETS
 
@@ -126,9 +136,9 @@ def cmd_run(args) -> int:
                          "(a dry run is never a reference result)")
     if args.resume and args.dry_run:
         raise UsageError("--resume and --dry-run do not go together: a dry run is one batch and is never resumed")
-    if args.out and not args.resume and not args.dry_run and Path(args.out).exists():
+    if args.out and not args.resume and Path(args.out).exists() and not (args.dry_run and _is_dry_run(args.out)):
         raise UsageError(f"--out {args.out} already exists; continue its run with --resume, or give another --out "
-                         "(a new run never replaces a record; a dry run may)")
+                         "(a new run never replaces a record; a dry run replaces only a dry run's record)")
     if args.resume and args.out:
         from bench import records
 

@@ -217,7 +217,7 @@ class Runner(UnitRuns):
         else:
             path = records.default_path(record, records.records_dir(o.reference))
         path = self._sweep_path(path)
-        if not o.dry_run:
+        if not (o.dry_run and path.is_file()):  # a dry run may replace a dry run's record and its checkpoints
             self._check_no_checkpoint_in_the_way(path)
         if not o.out and o.rank == 0:  # a default name: another run may have started in the same second
             path = records.claim(record, path)
