@@ -93,7 +93,25 @@ def check_writable(path: str, what: str = "--out", example: str = "run.json") ->
     check_output_file(path, what, example)
 
 
-def _is_dry_run(path: str) -> bool:
+def _own_record(args) -> Path | None:
+    """The record this process writes for --out: --out itself, or with --sweep-parallel under torchrun
+    this rank's NAME.rankR-of-W.json beside it (bench/runner.py)."""
+    if not args.out:
+        return None
+    out = Path(args.out)
+    if args.sweep_parallel:
+        from bench import distributed
+
+        try:
+            ranks = distributed.env_ranks()
+        except distributed.DistError as e:
+            raise UsageError(str(e)) from None
+        if ranks is not None and ranks[1] > 1:
+            return out.with_name(f"{out.stem}.rank{ranks[0]}-of-{ranks[1]}{out.suffix}")
+    return out
+
+
+def _is_dry_run(path: Path) -> bool:
     """Whether the record at ``path`` is a dry run's (which another dry run may replace)."""
     from bench import records
 
@@ -136,13 +154,15 @@ def cmd_run(args) -> int:
                          "(a dry run is never a reference result)")
     if args.resume and args.dry_run:
         raise UsageError("--resume and --dry-run do not go together: a dry run is one batch and is never resumed")
-    if args.out and not args.resume and Path(args.out).exists() and not (args.dry_run and _is_dry_run(args.out)):
-        raise UsageError(f"--out {args.out} already exists; continue its run with --resume, or give another --out "
+    mine = _own_record(args)  # --sweep-parallel: this rank's own record beside --out
+    if mine and not args.resume and mine.exists() and not (args.dry_run and _is_dry_run(mine)):
+        what = f"--out {args.out}" if mine == Path(args.out) else f"{mine} (this rank's record of --out {args.out})"
+        raise UsageError(f"{what} already exists; continue its run with --resume, or give another --out "
                          "(a new run never replaces a record; a dry run replaces only a dry run's record)")
     if args.resume and args.out:
         from bench import records
 
-        _selection_from_record(args, records.read(args.out))  # a missing or damaged record is refused here
+        _selection_from_record(args, records.read(mine))  # a missing or damaged record is refused here
     check_device(args.device)
     if args.resume and not args.out and not args.sweep_parallel:
         _selection_from_latest(args)

@@ -161,3 +161,21 @@ def test_ram_location_noise_on_two_ranks_is_the_one_process_noise(mnist_data):
             assert torch.equal(ranks[r][k][0], batch[0][r::2])
             assert torch.equal(task.noise(ranks[r][k][2]).view(3, 4, 2, 2), noise[:, r::2])
     assert not torch.equal(task.noise(one[0][2]), task.noise(list(task.batches(3))[0][2]))  # next epoch: other
+
+
+def test_a_sweep_rank_checks_and_resumes_its_own_record_beside_out(tmp_path, monkeypatch, capsys):
+    """Under torchrun with --sweep-parallel each rank writes NAME.rankR-of-W.json: the CLI refuses a new
+    run over that file and a resume reads it (not --out itself, which no rank writes)."""
+    from bench import records
+    from bench.cli import main
+    from fixtures.bench_records import make_record
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "run.json"
+    records.write(make_record(), tmp_path / "run.rank1-of-2.json")
+    assert main(["run", "--sweep-parallel", "--out", str(out)]) == 2
+    assert "run.rank1-of-2.json (this rank's record of --out" in capsys.readouterr().err
+    assert main(["run", "--sweep-parallel", "--resume", "--out", str(out), "--suite", "table1"]) == 2
+    err = capsys.readouterr().err
+    assert "no such record" not in err and "is a record of suite" in err, err  # it read the rank's record
