@@ -52,17 +52,22 @@ def as_images(batch, device: torch.device | str | None = None) -> torch.Tensor:
     return x
 
 
+def _dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
 def _device(model: torch.nn.Module, device) -> torch.device:
     return torch.device(device) if device is not None else next(model.parameters()).device
 
 
-def _take(batches: Iterable, limit: int | None, device) -> Iterable[torch.Tensor]:
-    """Image batches until ``limit`` images (all when None)."""
+def _take(batches: Iterable, limit: int | None, device, dtype: torch.dtype) -> Iterable[torch.Tensor]:
+    """Image batches until ``limit`` images (all when None), in the model's float ``dtype`` (float64
+    arrays, as np.loadtxt gives, meet a float32 model)."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None (all images), got {limit}")
     seen = 0
     for batch in batches:
-        x = as_images(batch, device)
+        x = as_images(batch, device).to(dtype)
         if limit is not None:
             x = x[: limit - seen]
         if x.shape[0]:
@@ -112,7 +117,7 @@ def elbo_bound(model, batches: Iterable, device=None, limit: int | None = None, 
     sums = torch.zeros(steps + 2, dtype=torch.float64)  # KL of every step, reconstruction, images
     with eval_mode(model):
         model.to(device)
-        for x in _take(batches, limit, device):
+        for x in _take(batches, limit, device, _dtype(model)):
             n = int(sums[-1])
             eps = None if noise is None else noise(n, x.shape[0], 1)
             out = model(x, eps, windows=False, generator=gen)
@@ -194,7 +199,7 @@ def iwae_bound(model, batches: Iterable, k: int = 100, device=None, progress: bo
     try:
         with eval_mode(model):
             model.to(device)
-            for x in _take(batches, limit, device):
+            for x in _take(batches, limit, device, _dtype(model)):
                 for s in range(0, x.shape[0], per):
                     xs = x[s:s + per]
                     eps = None if noise is None else noise(n, xs.shape[0], k)

@@ -74,6 +74,10 @@ class GlimpseClassifier(nn.Module):
                              f"got {tuple(x.shape)}: add the channel axis or set height/width/channels")
         if not x.is_floating_point():
             raise ValueError(f"GlimpseClassifier expects float images in [0, 1], got dtype {x.dtype}")
+        weights = self.head.weight.dtype
+        if x.dtype != weights:
+            raise ValueError(f"GlimpseClassifier: images are {x.dtype} and its weights {weights}: cast the images "
+                             f"(x.to({weights})) or the model (model.to({x.dtype}))")
 
     def _first_glimpse(self, x: torch.Tensor) -> tuple[torch.Tensor, Window]:
         """Step 1 reads with h_0 = 0, so one window serves the whole batch: build its filterbanks

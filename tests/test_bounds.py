@@ -154,3 +154,14 @@ def test_input_handling_and_errors():
         iwae_bound(m, [data(2)], k=0)
     with pytest.raises(ValueError, match="limit"):
         elbo_bound(m, [data(2)], limit=0)
+
+
+def test_float64_images_meet_a_float32_model():
+    """Binarized MNIST read with np.loadtxt is float64: the bounds take it as the model's float32."""
+    from models.draw import DRAW, DRAWConfig
+
+    torch.manual_seed(0)
+    m = DRAW(DRAWConfig(steps=2, height=6, width=6, enc_hidden=4, dec_hidden=4, z_size=2, read_n=2, write_n=2))
+    x = (np.random.default_rng(0).random((4, 6, 6)) < 0.5).astype(np.float64)
+    assert elbo_bound(m, [x])["nll_elbo"] == elbo_bound(m, [x.astype(np.float32)])["nll_elbo"]
+    assert iwae_bound(m, [x], k=3)["nll_iwae"] == iwae_bound(m, [x.astype(np.float32)], k=3)["nll_iwae"]

@@ -218,3 +218,9 @@ def test_a_classifier_without_attention_is_recorded_as_such():
         job = ClassifierJob(dataset="cluttered60", glimpses=(2,), model=ClassifierConfig(attention=attention))
         task = ClassifierTask(job, 2, 0)
         assert task.metric_params(task.build())["attention_type"] == kind
+
+
+def test_images_of_another_float_type_than_the_weights_are_refused_clearly():
+    model = GlimpseClassifier(ClassifierConfig(height=8, width=8, read_n=2, hidden=4, glimpses=2))
+    with pytest.raises(ValueError, match=r"images are torch.float64 and its weights torch.float32: cast"):
+        model(torch.rand(2, 1, 8, 8, dtype=torch.float64))
