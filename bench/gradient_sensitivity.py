@@ -90,13 +90,13 @@ def measure(task, model, epoch: int, batches: int, scales=DEFAULT_SCALES, bf16: 
     nxt = next(it, None)
     if nxt is None:
         raise UsageError(f"epoch {epoch} of this task has no training batches")
-    _, g_next, norms_next = gradient(task, model, nxt)
+    loss_next, g_next, norms_next = gradient(task, model, nxt)
     for i in range(batches):
-        batch, g, norms = nxt, g_next, norms_next
+        batch, loss, g, norms = nxt, loss_next, g_next, norms_next
         nxt = next(it, None)
         if nxt is None:
             raise UsageError(f"--batches {batches}: an epoch here has only {i + 1} batches; ask for at most {i}")
-        loss, g_next, norms_next = gradient(task, model, nxt)
+        loss_next, g_next, norms_next = gradient(task, model, nxt)
         norm = float(g.norm())
         _, g64, _ = gradient(task, wide, batch, precision=torch.float64)
         row = {"batch": i, "loss": loss, "norm": norm, "cos_float64": _cos(g, g64),

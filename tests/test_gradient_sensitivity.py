@@ -70,13 +70,18 @@ def test_gradient_is_the_autograd_gradient_of_the_batch_loss(mnist_data, one_thr
 def test_measure_float64_and_tiny_moves_agree_with_float32_and_shares_sum_to_one(mnist_data, one_thread):
     task = tiny_task()
     torch.manual_seed(0)
-    r = gs.measure(task, DRAW(CONFIG), epoch=1, batches=2, scales=(1e-7, 0.5), bf16=False)
+    r_model = DRAW(CONFIG)
+    r = gs.measure(task, r_model, epoch=1, batches=2, scales=(1e-7, 0.5), bf16=False)
     assert [row["batch"] for row in r["batches"]] == [0, 1] and "bf16" not in r["summary"]
     assert r["summary"]["cos_float64"]["min"] > 0.9999
     assert r["summary"]["moved"]["1e-07"]["cos"]["min"] > 0.999
     assert r["summary"]["moved"]["0.5"]["cos"]["median"] < r["summary"]["moved"]["1e-07"]["cos"]["median"]
     assert sum(r["grad_share"].values()) == pytest.approx(1.0, abs=0.05)  # medians of shares, per batch exact
     assert all(-1 <= row["cos_next_batch"] <= 1 for row in r["batches"])
+    model = DRAW(CONFIG)
+    model.load_state_dict(r_model.state_dict())
+    for row, batch in zip(r["batches"], task.batches(1)):  # each row's loss is its own batch's
+        assert row["loss"] == pytest.approx(gs.gradient(task, model, batch)[0])
 
 
 @pytest.mark.skipif(not products.bf16_supported(), reason="no native bf16 products on this CPU")
