@@ -27,9 +27,20 @@ from datasets.fileio import atomic_write_bytes  # noqa: E402
 
 
 def changed_checkpoints() -> list[Path]:
-    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "results/checkpoints"],
+    """The checkpoints under results/checkpoints that git sees new or changed (a rename's new name; not
+    the deleted ones), from NUL-separated porcelain output, which leaves names with spaces unquoted."""
+    out = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all", "--", "results/checkpoints"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
-    return sorted(REPO / line[3:] for line in out.splitlines() if line.endswith(".pt") and line[:2] != " D")
+    entries, paths = iter(out.split("\0")), []
+    for entry in entries:
+        if not entry:
+            continue
+        status, name = entry[:2], entry[3:]
+        if "R" in status or "C" in status:
+            next(entries, None)  # the rename's or copy's source follows its target
+        if "D" not in status and name.endswith(".pt"):
+            paths.append(REPO / name)
+    return sorted(paths)
 
 
 def compress_file(path: Path) -> tuple[int, int] | None:

@@ -115,3 +115,41 @@ def test_the_script_compresses_an_uncompressed_checkpoint_in_place(tmp_path, cap
     assert capsys.readouterr().out.splitlines()[-1].endswith("run.pt: compressed already")
     with pytest.raises(SystemExit, match="no such file"):
         mod.main([str(tmp_path / "missing.pt")])
+
+
+def test_same_bits_takes_nans_by_their_bits():
+    """A curve may hold a NaN (a diverged validation) and NumPy arrays may too: a lossless copy is the same."""
+    import numpy as np
+
+    state = {"curve": [{"valid_error": float("nan")}], "rng": np.array([np.nan, 1.0])}
+    assert checkpoint_bytes.same_bits(checkpoint_bytes.decompress(checkpoint_bytes.compress(state)), state)
+    assert not checkpoint_bytes.same_bits({"v": float("nan")}, {"v": 0.0})
+    assert not checkpoint_bytes.same_bits({"v": 1.0}, {"v": 1})  # another type
+    assert not checkpoint_bytes.same_bits(np.array([1.0, 2.0]), np.array([1.0, 2.5]))
+    assert not checkpoint_bytes.same_bits(np.array([1.0], dtype=np.float32), np.array([1.0]))
+
+
+def test_the_script_finds_new_and_changed_checkpoints_but_not_deleted_or_renamed_away(tmp_path):
+    import importlib.util
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "compress_checkpoints.py"
+    spec = importlib.util.spec_from_file_location("compress_checkpoints", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ck = tmp_path / "results" / "checkpoints"
+    ck.mkdir(parents=True)
+    for name in ("gone.pt", "old.pt", "kept.pt", "c d.pt"):
+        (ck / name).write_bytes(b"0")
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,  # noqa
+                                    check=True, capture_output=True)
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    git("rm", "-q", "results/checkpoints/gone.pt")
+    git("mv", "results/checkpoints/old.pt", "results/checkpoints/new.pt")
+    (ck / "c d.pt").write_bytes(b"1")
+    (ck / "fresh.pt").write_bytes(b"2")
+    mod.REPO = tmp_path
+    assert [p.name for p in mod.changed_checkpoints()] == ["c d.pt", "fresh.pt", "new.pt"]
