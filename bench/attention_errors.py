@@ -88,7 +88,9 @@ def glimpse_centres(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
         return out.logits.argmax(-1), torch.stack([boxes["gx"], boxes["gy"]], -1), None
     out = model(x, keep_windows=True)
     if not out.windows:
-        raise ValueError("this classifier has no attention windows (attention off): nothing to locate")
+        from datasets.cliargs import UsageError
+
+        raise UsageError("this classifier has no attention windows (attention off): nothing to locate")
     steps = {f: torch.stack([getattr(w, f).reshape(-1) for w in out.windows], 1) for f in ("gx", "gy", *WINDOW_FIELDS)}
     return out.logits.argmax(-1), torch.stack([steps["gx"], steps["gy"]], -1), {f: steps[f] for f in WINDOW_FIELDS}
 

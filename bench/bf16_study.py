@@ -685,11 +685,13 @@ def _print_train(model: str, r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from datasets.cliargs import integer
+
     ap = argparse.ArgumentParser(prog="python -m bench.bf16_study", description=__doc__.split("\n")[0])
     ap.add_argument("--part", nargs="+", default=["gemm", "step", "train"], choices=["gemm", "step", "train"])
     ap.add_argument("--model", nargs="+", default=list(MODELS), choices=list(MODELS),
                     help="DRAW without attention (noattn) and with (attn)")
-    ap.add_argument("--rounds", type=int, default=9, help="part gemm: rounds (medians and IQRs over them)")
+    ap.add_argument("--rounds", type=integer(1), default=9, help="part gemm: rounds (medians and IQRs over them)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=None, help="DRAW's T (default: 64 for gemm, 16 for train)")
     ap.add_argument("--hidden", type=int, default=None, help="both LSTMs (default: 256 for gemm, 128 for train)")

@@ -207,8 +207,10 @@ def _measure(repeats: int, loop: bool, bf16: bool, min_round_s: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from datasets.cliargs import integer
+
     ap = argparse.ArgumentParser(prog="python -m bench.kernel_speed", description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=integer(1), default=15)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: torch's own); 1 is the robust choice on a shared machine")
     ap.add_argument("--no-loop", action="store_true", help="skip the loop reference (the slow part)")

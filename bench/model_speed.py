@@ -133,10 +133,12 @@ def measure(model: str, threads: int, rounds: int = 5, batch: int | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
+    from datasets.cliargs import integer
+
     ap = argparse.ArgumentParser(prog="python -m bench.model_speed", description=__doc__.split("\n")[0])
     ap.add_argument("--model", nargs="+", default=["classifier", "draw"], choices=MODELS)
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=integer(1), default=5)
     ap.add_argument("--batch", type=int, default=None, help="batch size (default: 128 classifier, 100 DRAW, 64 RAM)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                     help="which steps take turns (fast_step_path: DRAW only)")

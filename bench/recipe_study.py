@@ -68,7 +68,10 @@ def study_suite(name: str, job, variants: list[str], glimpses: int | None, seed:
     jobs = []
     if common:
         _, shared = parse_variant(f"common:{common}", job)
-        job = suites.with_settings(job, **shared)
+        try:
+            job = suites.with_settings(job, **shared)
+        except (TypeError, ValueError) as e:  # a value the model or optimiser config refuses
+            raise StudyError(f"--set {common!r}: {e}") from None
     for text in variants:
         label, overrides = parse_variant(text, job)
         try:

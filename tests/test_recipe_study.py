@@ -33,6 +33,8 @@ def test_a_tuple_value_and_common_settings():
         [(10, 5, "zero"), (10, 5, "learned")]
     with pytest.raises(recipe_study.StudyError, match="not name=value"):
         recipe_study.study_suite("s", job, ["a:"], None, 0, "no_such=1")
+    with pytest.raises(recipe_study.StudyError, match="--set 'batch_size=-5': .*positive integer"):
+        recipe_study.study_suite("s", job, ["a:"], None, 0, "batch_size=-5")  # a value the config refuses
 
 
 def test_a_study_trains_each_variant_on_the_same_images(tmp_path, monkeypatch, mnist_data, capsys):
