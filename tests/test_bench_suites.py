@@ -88,3 +88,28 @@ def test_throughput_suite_dry_run(tmp_path, mnist_data):
     speeds = [m for m in r["metrics"] if m["name"] == "train_images_per_s"]
     assert {m["params"]["model"] for m in speeds} == {"classifier", "draw"}
     assert all(m["value"] > 0 and m["stats"]["q1"] <= m["value"] <= m["stats"]["q3"] for m in speeds)
+
+
+def test_targets_pass_and_fail_on_the_mean_over_seeds_and_the_trend_over_glimpses():
+    from bench.records import metric
+    from bench.suites import Suite, Target
+    from bench.targets import check_targets
+
+    suite = Suite(name="t", description="", expected="", jobs=(), targets=(
+        Target("test_error", "<", 0.05, (("glimpses", 8),)),
+        Target("nll_elbo", "<=", 80.97),
+        Target("test_error", "falling"),
+    ))
+
+    def run(errors_by_t, nll):
+        return check_targets(suite, [metric("test_error", e, "fraction", True, s, glimpses=t)
+                                     for t, es in errors_by_t.items() for s, e in enumerate(es)]
+                             + [metric("nll_elbo", nll, "nats", True, 0)])
+
+    good = run({2: [0.20, 0.22], 4: [0.08, 0.09], 8: [0.04, 0.05]}, 80.97)
+    assert [t["passed"] for t in good] == [True, True, True] and good[0]["value"] == pytest.approx(0.045)
+    bad = run({2: [0.20, 0.22], 4: [0.08, 0.09], 8: [0.04, 0.07]}, 80.98)  # T = 8 mean 0.055
+    assert [t["passed"] for t in bad] == [False, False, True]
+    rising = run({2: [0.20], 4: [0.08], 8: [0.10]}, 80.0)  # T = 8 worse than T = 4 by more than half a point
+    assert rising[2]["passed"] is False and rising[2]["value"] == {"2": 0.20, "4": 0.08, "8": 0.10}
+    assert run({}, 80.0)[0]["passed"] is None  # no figure: not judged

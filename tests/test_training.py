@@ -82,3 +82,10 @@ def test_flop_helpers_hand_counts():
 def test_matmul_peak_is_plausible():
     gflops = flops.measure_matmul_peak(seconds=0.2, size=256)
     assert 0.1 < gflops < 1e6
+
+
+def test_matmul_peak_is_the_best_repeats_flops_per_second():
+    """With a clock that says each repeat took 1 ms, then 2 ms: 2 n^3 FLOP in 1 ms, in GFLOP/s."""
+    ticks = iter([0.0, 0.002, 1.0, 1.001] * 1000)
+    gflops = flops.measure_matmul_peak(seconds=0.05, size=64, clock=lambda: next(ticks))
+    assert gflops == pytest.approx(2 * 64**3 / 1e-3 / 1e9)
