@@ -217,10 +217,8 @@ class Runner(UnitRuns):
         else:
             path = records.default_path(record, records.records_dir(o.reference))
         path = self._sweep_path(path)
-        if not (o.dry_run and path.is_file()):  # a dry run may replace a dry run's record and its checkpoints
+        if not o.dry_run:  # a dry run's checkpoints go to a place of their own (checkpoint_path)
             self._check_no_checkpoint_in_the_way(path)
-        if not o.out and o.rank == 0:  # a default name: another run may have started in the same second
-            path = records.claim(record, path)
         return record, path
 
     def _reopen(self, path: Path) -> tuple[dict, Path]:
@@ -428,18 +426,24 @@ class Runner(UnitRuns):
         self.artifacts = {**{k: v for k, v in self.artifacts.items() if self._ours(k.split("/", 1)[0])}, **theirs}
 
     def checkpoint_path(self, path: Path, unit: Unit) -> Path:
+        """Where ``unit``'s checkpoint goes. A dry run's (one batch) go under the dry-run folder whatever
+        --checkpoint-dir says: they never mix with, or write over, a run's."""
+        if self.opts.dry_run:
+            return DRY_RUNS / "checkpoints" / path.stem / f"{unit.id}.pt"
         root = Path(self.opts.checkpoint_dir) if self.opts.checkpoint_dir else CHECKPOINTS
         return root / path.stem / f"{unit.id}.pt"
 
     # ------------------------------------------------------------ running
     def run(self) -> tuple[dict, Path]:
         record, path = self.open_record()
-        from bench import distributed
-
-        path = Path(distributed.broadcast_object(str(path)))  # DDP: rank 0's record and checkpoint paths
         from datasets import mnist
 
         mnist.fetch(self.opts.data_dir, log=self.log)
+        if not self.opts.out and not self.opts.resume and self.opts.rank == 0:
+            path = records.claim(record, path)  # a default name: another run may have started in the same second
+        from bench import distributed
+
+        path = Path(distributed.broadcast_object(str(path)))  # DDP: rank 0's record and checkpoint paths
         self._announce(path)
         self.skipped = {u.id for u in self.units if self._finished(record, u)}
         self.save(record, path)
@@ -526,6 +530,10 @@ class Runner(UnitRuns):
             # or units of the record this sitting's selection left out (a resume with fewer --seeds)
             ours = {u.id for u in self.units}
             planned = status.planned_units(rec)
+            if planned is not None and self.opts.sweep_world > 1:  # this rank's record holds its share only
+                from bench import distributed
+
+                planned = distributed.assign(planned, self.opts.sweep_rank, self.opts.sweep_world)
             outside = [u for u in (list(rec["jobs"]) if planned is None else planned) if u not in ours]
             left[:] = [u for u in dict.fromkeys(waiting + sorted(self.skipped) + outside)
                        if rec["jobs"].get(u, {}).get("status") != "complete" and u not in closing.closed(rec)]

@@ -132,18 +132,30 @@ def test_two_runs_started_in_the_same_second_write_two_records(places, monkeypat
     """A default record name holds the start to the second: a second run in that second (a plan's lines
     start together) takes the name with -2, atomically, also where the file system has no hard links."""
     monkeypatch.setattr(records, "utc_now", lambda: "2026-12-05T20:00:00Z")
-
-    def path():
-        opts = runner.RunOptions(suite="quick", device="cpu", threads=1)
-        return runner.Runner(opts, log=lambda m: None).open_record()[1]
-
-    a, b = path(), path()
-    assert b == a.with_name(f"{a.stem}-2.json") and records.read(a)["suite"] == records.read(b)["suite"] == "quick"
+    record, path = runner.Runner(runner.RunOptions(suite="quick", device="cpu", threads=1),
+                                 log=lambda m: None).open_record()
+    assert not path.exists()  # named, not yet taken: the run takes it once MNIST is there
+    a, b = records.claim(record, path), records.claim(record, path)
+    assert a == path and b == a.with_name(f"{a.stem}-2.json")
+    assert records.read(a)["suite"] == records.read(b)["suite"] == "quick"
 
     def no_links(src, dst):
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(records.os, "link", no_links)
-    c = path()
+    c = records.claim(record, path)
     assert c == a.with_name(f"{a.stem}-3.json") and records.read(c)["suite"] == "quick"
     assert sorted(p.name for p in a.parent.iterdir()) == sorted(p.name for p in (a, b, c))  # no leftovers
+
+
+def test_a_run_that_fails_before_training_leaves_no_record(places, monkeypatch):
+    """MNIST cannot be had: no empty record is left for --resume to find."""
+    from datasets import mnist
+
+    def no_mnist(*a, **k):
+        raise mnist.DataError("no MNIST here")
+
+    monkeypatch.setattr(mnist, "fetch", no_mnist)
+    with pytest.raises(mnist.DataError):
+        runner.run(runner.RunOptions(suite="quick", device="cpu", threads=1), log=lambda m: None)
+    assert not list((places / "runs").rglob("*.json"))

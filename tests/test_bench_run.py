@@ -667,3 +667,11 @@ def test_a_resume_with_fewer_seeds_leaves_the_others_for_another_sitting(tiny, m
     assert not rec.get("targets")
     done, _ = runner.run(tiny("run", resume=True, seeds=(0, 1)), log=quiet)  # the CLI takes them from the record
     assert done["status"] == "complete" and all(done["jobs"][u.id]["status"] == "complete" for u in s1)
+
+
+def test_a_sweep_ranks_record_completes_with_its_share_of_the_units(tiny):
+    """--sweep-parallel: rank 1 of 2 trains every other unit into its own record, which is complete when
+    they are (the other rank's units are in the other record, not left for another sitting)."""
+    rec, path = runner.run(tiny("run", sweep_rank=1, sweep_world=2), log=quiet)
+    assert path.name == "run.rank1-of-2.json" and rec["status"] == "complete", rec.get("error")
+    assert list(rec["jobs"]) == [u.id for u in runner.units(TINY, None)][1::2]
