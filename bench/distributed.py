@@ -122,16 +122,21 @@ def _timeout_s() -> float:
 def stop_signals_to_interrupt() -> None:
     """SIGTERM (from `kill`, a scheduler, or torchrun ending the surviving ranks when one dies) and
     SIGINT both become KeyboardInterrupt, so the loop saves its checkpoint and the record is marked
-    incomplete (resumable). SIGINT is re-armed because a shell starts background jobs with it ignored."""
+    incomplete (resumable). SIGINT is re-armed because a shell starts background jobs with it ignored.
+    After the first, both are ignored: a second signal of either kind (Ctrl-C reaches a process group
+    that scripts/parallel_runs.sh then also sends SIGTERM) must not cut the checkpoint short."""
     if threading.current_thread() is not threading.main_thread():
         return
 
     def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the checkpoint short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the record says "interrupted (Ctrl-C)"
         raise KeyboardInterrupt(f"terminated by signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def init_from_env(device: str = "auto", timeout_s: float | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -110,7 +111,7 @@ def test_a_signal_to_the_script_stops_its_runs_and_their_queues(tmp_path, sig):
     plan.write_text("-m first ;; -m queued\n-m second\n")
     env = dict(os.environ, PYTHON=str(fake), FAKE_LOG=str(log))
     p = subprocess.Popen(["bash", str(SCRIPT), "600", str(plan), str(tmp_path / "logs")], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         end = time.monotonic() + 30
         while time.monotonic() < end and not (log.exists() and log.read_text().count("start") == 2):
@@ -118,7 +119,8 @@ def test_a_signal_to_the_script_stops_its_runs_and_their_queues(tmp_path, sig):
         p.send_signal(getattr(signal, f"SIG{sig}"))
         out, err = p.communicate(timeout=30)
     finally:
-        p.kill()
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of the script, its lines and runs
+            os.killpg(p.pid, signal.SIGKILL)
     events = sorted(log.read_text().split("\n")[:-1])
     assert events == ["start first", "start second", "term first", "term second"], (events, out, err)
     assert p.returncode == 0, err

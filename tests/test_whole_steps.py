@@ -27,18 +27,6 @@ def ctrl_c():
     signal.signal(signal.SIGINT, before)
 
 
-class Status(dict):
-    """A status dict (`train(status=...)`) that calls ``hook`` on every update."""
-
-    def __init__(self, hook):
-        super().__init__()
-        self.hook = hook
-
-    def update(self, *a, **k):
-        super().update(*a, **k)
-        self.hook()
-
-
 def signal_on_call(n: int):
     """A function that sends SIGINT to this process on its n-th call."""
     calls = []
@@ -52,23 +40,25 @@ def signal_on_call(n: int):
 
 
 # Where, inside the 8th step (of 6 an epoch) or the 2nd epoch's end, the signal lands: each place sits
-# between two of the updates that make up the step's state.
-PLACES = ["forward", "optimiser_step", "rng_capture", "status_update", "best_weights_copy"]
+# between two of the updates that make up the step's state (after Adam's step, before the loss sums
+# and counters; between the step counter and the images seen; after the counters, inside the RNG
+# capture; inside the epoch's end, between its curve entry and the next epoch's counters).
+PLACES = ["optimiser_step", "counters", "rng_capture", "best_weights_copy"]
 
 
 @pytest.mark.parametrize("place", PLACES)
 def test_a_signal_anywhere_in_a_step_resumes_exactly(tmp_path, monkeypatch, ctrl_c, place):
     ref = train(ToyTask(), CFG, tmp_path / "ref.pt", log=lambda m: None)
-    task, status = ToyTask(), None
-    if place == "forward":
-        hook, loss = signal_on_call(8), task.loss
+    task = ToyTask()
+    if place == "counters":
+        hook, count = signal_on_call(3 * 7 + 2), task.batch_images  # 3 calls a step: the 2nd follows step += 1
 
-        def loss_then_signal(model, batch):
-            out = loss(model, batch)
+        def count_then_signal(batch):
+            out = count(batch)
             hook()
             return out
 
-        task.loss = loss_then_signal
+        task.batch_images = count_then_signal
     elif place == "optimiser_step":
         hook, step = signal_on_call(8), torch.optim.Adam.step
 
@@ -87,8 +77,6 @@ def test_a_signal_anywhere_in_a_step_resumes_exactly(tmp_path, monkeypatch, ctrl
             return out
 
         monkeypatch.setattr(training_loop, "rng_states", capture_then_signal)
-    elif place == "status_update":
-        status = Status(signal_on_call(9))  # the first update is the loop's start
     else:
         hook, copy = signal_on_call(2), training_loop._state_to_cpu
 
@@ -100,7 +88,7 @@ def test_a_signal_anywhere_in_a_step_resumes_exactly(tmp_path, monkeypatch, ctrl
         monkeypatch.setattr(training_loop, "_state_to_cpu", copy_then_signal)
     ck = tmp_path / "run.pt"
     with pytest.raises(KeyboardInterrupt):
-        train(task, CFG, ck, status=status, log=lambda m: None)
+        train(task, CFG, ck, log=lambda m: None)
     saved = checkpoints.load(ck)
     assert 0 < saved["step"] < ref.step
     monkeypatch.undo()
@@ -149,3 +137,22 @@ def test_uninterrupted_passes_an_exception_through_and_leaves_ignored_signals_ig
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_after_the_first_stop_signal_both_are_ignored_while_the_checkpoint_is_written(first):
+    """Ctrl-C in a terminal reaches the whole process group, and parallel_runs.sh then sends SIGTERM
+    too: the second signal must not interrupt the save the first one started."""
+    from bench.distributed import stop_signals_to_interrupt
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop_signals_to_interrupt()
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            signal.raise_signal(first)
+        assert (str(stopped.value) == "") == (first == signal.SIGINT)  # SIGINT: "interrupted (Ctrl-C)"
+        signal.raise_signal(signal.SIGTERM)  # the save goes on
+        signal.raise_signal(signal.SIGINT)
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
