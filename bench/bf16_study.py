@@ -372,7 +372,7 @@ def measure_step(attention: bool, rounds: int = 9, batch: int = 64, cfg: DRAWCon
                        "dec_hidden": cfg.dec_hidden, "z_size": cfg.z_size}, "clock": "cpu", "rounds": rounds,
             "f32_s": median_iqr(times["f32"]), "bf16_s": median_iqr(times["bf16"]),
             "speedup": median_iqr([a / b for a, b in zip(times["f32"], times["bf16"])]),
-            "per_round_s": {k: [round(t, 6) for t in v] for k, v in times.items()}}
+            "per_round_s": {k: list(v) for k, v in times.items()}}
 
 
 def measure_gemms(attention: bool, rounds: int = 9, batch: int = 64, cfg: DRAWConfig | None = None,

@@ -145,11 +145,12 @@ def test_bench_run_records_the_conv_baseline(tmp_path, monkeypatch, mnist_data):
     assert m["params"]["test_images"] == runner.DRY_EVAL_IMAGES and 0.0 <= m["value"] <= 1.0
     job = record["jobs"][unit]
     assert job["status"] == "complete" and job["model"] == "conv" and job["steps"] == 1
-    assert (tmp_path / "ck" / "r" / f"{unit}.pt").is_file() and len(record["curves"][unit]) == 1
+    ckpt = runner.DRY_RUNS / "checkpoints" / "r" / f"{unit}.pt"  # a dry run's, whatever --checkpoint-dir says
+    assert ckpt.is_file() and not (tmp_path / "ck").exists() and len(record["curves"][unit]) == 1
     from bench.cli import main
 
     out = tmp_path / "eval.json"
-    assert main(["eval", "--checkpoint", str(tmp_path / "ck" / "r" / f"{unit}.pt"), "--limit", "64", "--device", "cpu",
+    assert main(["eval", "--checkpoint", str(ckpt), "--limit", "64", "--device", "cpu",
                  "--out", str(out)]) == 0
     (again,) = records.read(out)["metrics"]
     assert again["params"]["protocol"] == "baseline-conv" and again["value"] == m["value"]  # same weights, same images

@@ -43,4 +43,4 @@ def test_dry_run_report_and_tables_leave_a_clone_clean(tmp_path, mnist_data):
     assert _git(clone, "status", "--porcelain", "--ignored=no") == ""
     assert list((clone / "runs" / "dry-run").glob("*.json")), "the dry run's record is not under runs/dry-run"
     assert (clone / "runs" / "report" / "index.html").exists()
-    assert list((clone / "runs" / "checkpoints").rglob("*.pt"))
+    assert list((clone / "runs" / "dry-run" / "checkpoints").rglob("*.pt"))  # a dry run's, apart from runs

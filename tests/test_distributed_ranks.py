@@ -235,4 +235,4 @@ def test_cli_run_on_two_ranks_records_world_and_backend(ranks):
     record = json.loads((out / "run.json").read_text())
     assert (record["machine"]["world_size"], record["machine"]["backend"]) == (2, "gloo")
     assert record["status"] == "complete"
-    assert sorted(x.name for x in out.iterdir()) == ["ck", "run.json", "run.npz"]
+    assert sorted(x.name for x in out.iterdir()) == ["run.json", "run.npz"]  # a dry run's checkpoints go apart
