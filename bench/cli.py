@@ -106,8 +106,10 @@ def _own_record(args) -> Path | None:
             ranks = distributed.env_ranks()
         except distributed.DistError as e:
             raise UsageError(str(e)) from None
-        if ranks is not None and ranks[1] > 1:
-            return out.with_name(f"{out.stem}.rank{ranks[0]}-of-{ranks[1]}{out.suffix}")
+        if ranks is not None:
+            from bench.runner import sweep_record_path
+
+            return sweep_record_path(out, ranks[0], ranks[1])
     return out
 
 

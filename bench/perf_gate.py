@@ -285,20 +285,12 @@ def record(repeats: int = 5, path: Path = BASELINES) -> dict:
     return entry
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"give a whole number >= 1, got {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
+    from datasets.cliargs import integer
+
     ap = argparse.ArgumentParser(prog="python -m bench.perf_gate", description=__doc__.split("\n")[0])
     ap.add_argument("--record", action="store_true", help="store this CPU's baseline (median of --repeats)")
-    ap.add_argument("--repeats", type=_positive_int, default=5, help="measurements per gate (default 5)")
+    ap.add_argument("--repeats", type=integer(1), default=5, help="measurements per gate (default 5)")
     args = ap.parse_args(argv)
     if args.record:
         entry = record(args.repeats)

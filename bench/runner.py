@@ -345,10 +345,7 @@ class Runner(UnitRuns):
         return [u for u in self.units if not self._finished(record, u)]
 
     def _sweep_path(self, path: Path) -> Path:
-        """--sweep-parallel: each rank's own record, NAME.rankR-of-W.json."""
-        o = self.opts
-        return path.with_name(f"{path.stem}.rank{o.sweep_rank}-of-{o.sweep_world}{path.suffix}") \
-            if o.sweep_world > 1 else path
+        return sweep_record_path(path, self.opts.sweep_rank, self.opts.sweep_world)
 
     def _latest_unfinished(self) -> Path:
         o = self.opts
@@ -578,6 +575,11 @@ class Runner(UnitRuns):
 # ---------------------------------------------------------------- hard attention (RAM) and plug-in glimpse models
 
 TRAINED_KINDS = ("classifier", "draw", "ram", "plugin")  # the models the training loop trains and checkpoints
+
+
+def sweep_record_path(path: Path, rank: int, world: int) -> Path:
+    """--sweep-parallel: each rank's own record, NAME.rankR-of-W.json (``path`` itself for one rank)."""
+    return path.with_name(f"{path.stem}.rank{rank}-of-{world}{path.suffix}") if world > 1 else path
 
 
 def latest_unfinished(suite: str, reference: bool, machine_id: str, sweep: tuple[int, int] = (0, 1)) -> Path | None:

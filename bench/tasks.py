@@ -76,6 +76,19 @@ class _Base:
                                seed=self.seed, epoch=epoch, shuffle=True, device=self.device, data_dir=self.data_dir,
                                drop_last=True, limit=self.job.train_limit, shard=self._shard())
 
+    def positioned_batches(self, epoch: int, stream: str):
+        """(x, y, where): ``where`` keys each example's noise of ``stream`` by its epoch position, so
+        the noise, like the data, is the same on any world size."""
+        b = per_rank_batch(self.job.optim.batch_size, self.world_size)
+        for k, (x, y) in enumerate(_Base.batches(self, epoch)):
+            yield x, y, ((stream, self.seed, epoch), positions(k * b, x.shape[0], self._shard()))
+
+    def noise_rows(self, where, shape: tuple[int, ...]) -> torch.Tensor:
+        """Keyed noise of ``shape`` = (samples, steps, width) per example, as (steps, examples * samples,
+        width), each example's samples next to each other."""
+        key, pos = where
+        return example_noise(key, pos, shape, self.device).flatten(0, 1).transpose(0, 1).contiguous()
+
     def eval_batches(self, split: str, limit: int | None):
         # sharded under DDP; callers reduce the sums with all_reduce_sum
         return iterate_batches(self.job.dataset, split, EVAL_BATCH, seed=self.data_seed, device=self.device,
@@ -167,18 +180,11 @@ class DrawTask(_Base):
         return DRAW
 
     def batches(self, epoch: int):
-        """(x, y, where): ``where`` keys each example's noise by its epoch position, so the noise,
-        like the data, is the same on any world size."""
-        b = per_rank_batch(self.job.optim.batch_size, self.world_size)
-        for k, (x, y) in enumerate(super().batches(epoch)):
-            yield x, y, (("train", self.seed, epoch), positions(k * b, x.shape[0], self._shard()))
+        return self.positioned_batches(epoch, "train")
 
     def noise(self, where, samples: int = 1) -> torch.Tensor:
         """(T, len(pos) * samples, z) posterior noise, image-major, a function of (key, position)."""
-        key, pos = where
-        m = self.job.model
-        e = example_noise(key, pos, (samples, m.steps, m.z_size), self.device)
-        return e.flatten(0, 1).transpose(0, 1).contiguous()
+        return self.noise_rows(where, (samples, self.job.model.steps, self.job.model.z_size))
 
     def loss(self, model, batch):
         return model.loss(batch[0], self.noise(batch[2]) if len(batch) > 2 else None)[0]
@@ -300,17 +306,11 @@ class RamTask(ClassifierTask):
         return RecurrentAttentionModel
 
     def batches(self, epoch: int):
-        """(x, y, where): ``where`` keys each image's location noise by its epoch position."""
-        b = per_rank_batch(self.job.optim.batch_size, self.world_size)
-        for k, (x, y) in enumerate(super().batches(epoch)):
-            yield x, y, (("ram-locations", self.seed, epoch), positions(k * b, x.shape[0], self._shard()))
+        return self.positioned_batches(epoch, "ram-locations")
 
     def noise(self, where) -> torch.Tensor:
         """(T, len(pos) * samples, 2) location noise, each image's episodes next to each other."""
-        key, pos = where
-        m = self.job.model
-        e = example_noise(key, pos, (m.samples, self.glimpses, 2), self.device)
-        return e.flatten(0, 1).transpose(0, 1).contiguous()
+        return self.noise_rows(where, (self.job.model.samples, self.glimpses, 2))
 
     def loss(self, model, batch):
         return model.loss(batch[0], batch[1], self.noise(batch[2]) if len(batch) > 2 else None)[0]
