@@ -479,7 +479,8 @@ def cannot_shorten(state: dict, epochs: int) -> str | None:
     or None when it can: its budget is not larger, or the run has not reached the point where an
     ``epochs``-epoch schedule leaves its own (the start of the shorter decay, or the shorter end).
     Past that point, ending it at ``epochs`` would record as finished a run that never followed the
-    schedule it is recorded under."""
+    schedule it is recorded under; exactly at it (stopped after the last step before the shorter decay
+    or end, its validation not yet run, say), the run has followed that schedule step for step."""
     loop = state.get("loop") or {}
     made_for = loop.get("epochs")
     if made_for is None or made_for <= epochs:
@@ -487,7 +488,7 @@ def cannot_shorten(state: dict, epochs: int) -> str | None:
     schedule = Schedule(**loop["schedule"]) if loop.get("schedule") else Schedule()
     position = state["epoch"] + state.get("batch_in_epoch", 0) / (loop.get("batches_per_epoch") or 1)
     departs = min(schedule.decay_start(epochs), float(epochs))
-    if position < departs:
+    if position <= departs:
         if not state.get("finished"):
             return None
         return (f"finished at epoch {position:.1f} of a {made_for}-epoch budget (stopped by its "

@@ -93,17 +93,27 @@ def test_a_run_may_be_shortened_until_the_schedules_part(tmp_path):
 @pytest.mark.parametrize("schedule", [Schedule(), Schedule("wsd", warmup_epochs=1.0, decay_epochs=1.0)],
                          ids=["constant", "wsd"])
 def test_a_run_past_a_shorter_schedule_s_decay_or_end_is_not_ended_there(tmp_path, schedule):
-    """Stopped 3 epochs into a 5-epoch run, past a 3-epoch schedule's decay (epoch 2) or at its end:
-    ending it at 3 would record as finished a run that never followed that schedule, so the loop
-    refuses and says how to continue it; at its own budget it goes on."""
+    """Stopped a batch past 3 epochs into a 5-epoch run, past a 3-epoch schedule's decay (epoch 2) or
+    its end: ending it at 3 would record as finished a run that never followed that schedule, so the
+    loop refuses and says how to continue it; at its own budget it goes on."""
     from bench.training_loop import ResumeMismatch
 
-    path = stopped_at(3 * 6, ToyTask(), cfg(5, schedule), tmp_path / "run.pt")
+    path = stopped_at(3 * 6 + 1, ToyTask(), cfg(5, schedule), tmp_path / "run.pt")
     where = "begins its decay" if schedule.kind == "wsd" else "ends"
-    with pytest.raises(ResumeMismatch, match=rf"trained 3\.0 epochs of a 5-epoch budget, past epoch \d, where a "
+    with pytest.raises(ResumeMismatch, match=rf"trained 3\.2 epochs of a 5-epoch budget, past epoch \d, where a "
                                              rf"3-epoch schedule {where}; continue it with --epochs 5"):
         train(ToyTask(), cfg(3, schedule), path, resume=True, log=lambda m: None)
     assert train(ToyTask(), cfg(5, schedule), path, resume=True, log=lambda m: None).epochs_done == 5
+
+
+def test_a_run_stopped_exactly_where_a_shorter_schedule_ends_may_end_there(tmp_path):
+    """Stopped after the last step of epoch 3 of a 5-epoch constant-rate run, before that epoch's
+    validation: it has trained step for step as a 3-epoch run, so a 3-epoch budget ends it where an
+    uninterrupted 3-epoch run ends."""
+    short = train(ToyTask(), cfg(3), tmp_path / "short.pt", log=lambda m: None)
+    path = stopped_at(3 * 6, ToyTask(), cfg(5), tmp_path / "run.pt")
+    shortened = train(ToyTask(), cfg(3), path, resume=True, log=lambda m: None)
+    assert shortened.epochs_done == 3 and torch.equal(params(shortened.model), params(short.model))
 
 
 def test_a_run_finished_by_its_time_budget_is_not_reopened_by_a_smaller_epoch_budget():
