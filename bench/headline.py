@@ -55,13 +55,13 @@ def _by_deviation(source: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [("", source[changed == ""])] + [(d, source[changed == d]) for d in sorted(set(changed) - {""})]
 
 
-def _row(label: str, published: str, g: pd.DataFrame | None, fmt, root: Path, extra: str = "",
-         marks: bool = False) -> str:
-    """``marks``: say which seeds never left the starting plateau (the soft-attention models, as in the tables)."""
+def _row(label: str, published: str, g: pd.DataFrame | None, fmt, root: Path, extra: str = "") -> str:
+    """The row of one published figure; it says which seeds never left the starting plateau or ended
+    relapsed, as the tables do."""
     if g is None:
         return f"| {label} | {published} | no finished run yet (`python -m bench status --reference`) | | | |"
     g = g.sort_values("seed")
-    plateau = tables._on_plateau(g) if marks else ""
+    plateau = tables._on_plateau(g)
     return (f"| {label} | {published} | {tables._spread(list(g['value']), fmt)}{plateau}{extra} | "
             f"{', '.join(str(int(s)) for s in g['seed'])} | {_training(g)} | "
             f"{tables._link(tables._records(g), root)} |")
@@ -88,7 +88,7 @@ def table(df: pd.DataFrame, root: Path = Path(".")) -> str:
                 label, source = "Table 1, 2-layer conv net", err[err["p_protocol"] == "baseline-conv"]
             for changed, runs in _by_deviation(source):
                 rows.append(_row(label + (f", deviating: --set {changed}" if changed else ""), tables._pct(p["error"]),
-                                 _most_trained(tables.runs(runs, [])), tables._pct, root, marks=soft))
+                                 _most_trained(tables.runs(runs, [])), tables._pct, root))
     nll = df[df["name"].isin(["nll_elbo", "nll_iwae"]) & (df["suite"] != "quick")]
     if "p_dataset" in nll and "p_steps" in nll:
         nll = nll[(nll["p_dataset"] == "binarized") & (nll["p_steps"] == 64)]
@@ -113,4 +113,4 @@ def _nll_row(label: str, p: dict, ours: pd.DataFrame, root: Path) -> str:
             extra = (f"; IWAE {tables._spread(list(iwae.sort_values('seed')['value']), lambda v: f'{v:.2f}')}"
                      f" (k = {int(iwae['p_k'].iloc[0])}"
                      + (f", {int(images):,} test images)" if pd.notna(images) else ")"))
-    return _row(label, f"<= {p['nll']:.2f}", elbo, lambda v: f"{v:.2f}", root, extra, marks=True)
+    return _row(label, f"<= {p['nll']:.2f}", elbo, lambda v: f"{v:.2f}", root, extra)

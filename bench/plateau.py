@@ -65,9 +65,9 @@ def analyse(curve: list[dict], plateau: Plateau) -> dict:
         if value is None:
             continue
         if escape is None and value < plateau.escape_below:
-            escape = {"epoch": entry["epoch"], "images_seen": entry["images_seen"], "value": value}
+            escape = {"epoch": entry["epoch"], "images_seen": entry.get("images_seen"), "value": value}
         elif escape is not None and value > best + plateau.relapse_margin:
-            relapses.append({"epoch": entry["epoch"], "images_seen": entry["images_seen"], "value": value,
+            relapses.append({"epoch": entry["epoch"], "images_seen": entry.get("images_seen"), "value": value,
                              "best_before": best})
         if escape is not None:  # relapsed since this point, if the curve ends there
             back = back or {"epoch": entry["epoch"], "value": value} if value > best + plateau.relapse_margin else None

@@ -73,27 +73,35 @@ def error_series(recs) -> dict:
     """{dataset: {line label: {glimpses: [test error of every seed]}}}: one line per model, protocol and
     recipe, pooling records that trained it one model or seed apart (as `bench tables` pools them; a
     seed trained in two records keeps each record its own line); runs with other settings are not
-    pooled. Soft and hard attention share a dataset's plot."""
-    from bench.tables import recipe_signature
+    pooled. Soft and hard attention share a dataset's plot. A seed whose run never left its starting
+    plateau, or relapsed and never came back, is left out (the tables mark it "not a result"), and its
+    line's label says how many were."""
+    from bench.tables import plateau_flag, recipe_signature
 
     groups: dict = {}  # (dataset, model and protocol, recipe) -> the params and {run: {glimpses: [(seed, error)]}}
+    left_out: dict = {}  # the same keys -> seeds left out
     for path, r in recs:
         run = Path(path).stem.split("_")[-1]
         for m in r["metrics"]:
             if m["name"] == "test_error" and m["params"].get("glimpses") is not None:
                 p = m["params"]
                 key = (p.get("dataset"), _series_label(p, ""), recipe_signature(str(path), p.get("job")))
+                if p.get("job") and plateau_flag(r, p["job"], p.get("dataset")) is not None:
+                    left_out[key] = left_out.get(key, 0) + 1
+                    continue
                 groups.setdefault(key, {"params": p, "runs": {}})["runs"].setdefault(run, {}) \
                     .setdefault(p["glimpses"], []).append((m.get("seed"), m["value"]))
     series: dict = {}
-    for (dataset, _, _), group in groups.items():
+    for key, group in groups.items():
         by_run = group["runs"]
         trained = [(t, seed) for points in by_run.values() for t, vals in points.items() for seed, _ in vals]
         parts = [by_run] if len(trained) == len(set(trained)) else [{run: pts} for run, pts in by_run.items()]
+        dropped = left_out.get(key, 0)
+        note = f"; {dropped} seed{'s' if dropped > 1 else ''} left out: plateau or relapse" if dropped else ""
         for part in parts:
             runs = sorted(part)
             named = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
-            line = series.setdefault(dataset, {}).setdefault(_series_label(group["params"], named), {})
+            line = series.setdefault(key[0], {}).setdefault(_series_label(group["params"], named) + note, {})
             for points in part.values():
                 for t, vals in points.items():
                     line.setdefault(t, []).extend(v for _, v in vals)
@@ -145,18 +153,41 @@ ERROR_TICKS = (1, 2, 3, 5, 10, 20, 50, 100)
 
 
 def nll_rows(recs) -> list[dict]:
+    """One row per DRAW model (dataset, attention, steps, seed): its bounds from the record that trained
+    it on the most images (the later one where they tie); the quick suite's smoke runs are left out.
+    ``flag`` says when the run never left its starting plateau or relapsed and never came back."""
+    from bench.tables import plateau_flag, unit_entry
+
     rows: dict = {}
-    for p, r in recs:  # later records replace earlier ones for the same model
+    for p, r in recs:
+        if r.get("suite") == "quick":
+            continue
         for m in r["metrics"]:
-            if m["name"] in ("nll_elbo", "nll_iwae"):
-                q = m["params"]
-                key = (q.get("dataset"), q.get("attention"), q.get("steps"), m["seed"])
-                row = rows.setdefault(key, {"dataset": key[0], "attention": key[1], "steps": key[2], "seed": key[3]})
-                row[m["name"]] = m["value"]
-                if m["name"] == "nll_iwae":
-                    row["k"] = q.get("k")
-                row["record"] = p.name
-    return list(rows.values())
+            if m["name"] not in ("nll_elbo", "nll_iwae"):
+                continue
+            q = m["params"]
+            key = (q.get("dataset"), q.get("attention"), q.get("steps"), m["seed"])
+            unit = q.get("job")
+            images = (unit_entry(r, unit).get("images_seen") or 0) if unit else 0
+            rank = (images, r.get("started_at") or "")
+            row = rows.get(key)
+            if row is None or (row["record"] != p.name and rank > row["rank"]):
+                row = rows[key] = {"dataset": key[0], "attention": key[1], "steps": key[2], "seed": key[3],
+                                   "record": p.name, "rank": rank, "flag": None}
+            if row["record"] != p.name:
+                continue
+            row[m["name"]] = m["value"]
+            if m["name"] == "nll_iwae":
+                row["k"] = q.get("k")
+            if unit and m["name"] == "nll_elbo":
+                flag = plateau_flag(r, unit, q.get("dataset"))
+                row["flag"] = None if flag is None else (
+                    "never left the starting plateau" if flag == "plateau" else f"relapsed at epoch {flag}")
+    return [{k: v for k, v in row.items() if k != "rank"} for row in rows.values()]
+
+
+def _nll_label(row: dict) -> str:
+    return f" (not a result: {row['flag']})" if row.get("flag") else ""
 
 
 def plot_nll(recs, out, figures) -> None:
@@ -166,7 +197,7 @@ def plot_nll(recs, out, figures) -> None:
     plt = _plt()
     labels, elbo, iwae = [], [], []
     for r in rows:
-        labels.append(f"ours: {'attn' if r['attention'] else 'no attn'}, T={r['steps']}, s{r['seed']}")
+        labels.append(f"ours: {'attn' if r['attention'] else 'no attn'}, T={r['steps']}, s{r['seed']}{_nll_label(r)}")
         elbo.append(r.get("nll_elbo", np.nan))
         iwae.append(r.get("nll_iwae", np.nan))
     ref = [p for p in paper.TABLE2]
@@ -228,7 +259,8 @@ def plot_curves(recs, out, figures) -> None:
             key = next((k for k in ("valid_error", "valid_nll_elbo") if k in c[0]), None)
             if key:
                 dataset = unit_job(r, unit).get("dataset") or "?"
-                panels.setdefault((key, dataset), {})[f"{Path(path).stem}: {unit}"] = c
+                # records of the same name in two folders (long/, gpu/) keep a curve each
+                panels.setdefault((key, dataset), {})[f"{Path(path).parent.name}/{Path(path).stem}: {unit}"] = c
     if not panels:
         return
     plt = _plt()
@@ -386,7 +418,8 @@ def _records_table(recs) -> str:
 def _nll_table(recs) -> str:
     rows = ["<tr><th>model</th><th>steps</th><th>seed</th><th>ELBO</th><th>IWAE</th><th>k</th><th>record</th></tr>"]
     for r in nll_rows(recs):
-        rows.append(f"<tr><td>{'DRAW' if r['attention'] else 'DRAW, no attention'} ({r['dataset']})</td>"
+        rows.append(f"<tr><td>{'DRAW' if r['attention'] else 'DRAW, no attention'} ({r['dataset']})"
+                    f"{html.escape(_nll_label(r))}</td>"
                     f"<td>{r['steps']}</td><td>{r['seed']}</td><td>{r.get('nll_elbo', float('nan')):.2f}</td>"
                     f"<td>{r.get('nll_iwae', float('nan')):.2f}</td><td>{r.get('k')}</td>"
                     f"<td>{html.escape(r['record'])}</td></tr>")

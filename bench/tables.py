@@ -349,27 +349,36 @@ def _record_on_plateau(g: pd.DataFrame, record_path: str) -> str:
     """A mark for the seeds whose run never left its starting plateau, or relapsed and never came
     back (from the record's curves, so records made before the runner flagged it are
     marked too)."""
-    from bench import plateau
-
     rec, stuck, back = _read(record_path), [], []
     if "p_job" not in g:
         return ""
     datasets = g["p_dataset"] if "p_dataset" in g else [None] * len(g)
     for unit, seed, dataset in sorted({(u, s, d) for u, s, d in zip(g["p_job"], g["seed"], datasets)
                                        if isinstance(u, str)}, key=lambda t: t[:2]):
-        if extending(rec, unit):  # the record's curve is the extension's so far; the figure is from before
-            continue
-        kind = plateau.for_task(unit_entry(rec, unit).get("kind", unit.split("-")[0]),
-                                dataset if isinstance(dataset, str) else None)
-        curve = unit_curve(rec, unit)
-        result = plateau.analyse(curve, kind) if kind and curve else {}
-        if result.get("on_plateau"):
+        flag = plateau_flag(rec, unit, dataset if isinstance(dataset, str) else None)
+        if flag == "plateau":
             stuck.append(str(int(seed)))
-        elif result.get("ended_relapsed"):
-            back.append(f"seed {int(seed)} relapsed at epoch {result['ended_relapsed']['epoch']} and never came "
-                        "back: its best-valid weights, from before, are scored")
+        elif flag:
+            back.append(f"seed {int(seed)} relapsed at epoch {flag} and never came back: its best-valid "
+                        "weights, from before, are scored")
     marks = [f"seed {', '.join(stuck)} never left the starting plateau: not a result"] if stuck else []
     return "".join(f" ({m})" for m in marks + back)
+
+
+def plateau_flag(rec: dict, unit: str, dataset: str | None) -> str | int | None:
+    """"plateau" when the unit's run never left its starting plateau, the epoch its relapse began when
+    it relapsed and never came back, else None (also for a unit being extended: its curve is the
+    extension's so far, its figures from before)."""
+    from bench import plateau
+
+    if extending(rec, unit):
+        return None
+    rule = plateau.for_task(unit_entry(rec, unit).get("kind", unit.split("-")[0]), dataset)
+    curve = unit_curve(rec, unit)
+    result = plateau.analyse(curve, rule) if rule and curve else {}
+    if result.get("on_plateau"):
+        return "plateau"
+    return result["ended_relapsed"]["epoch"] if result.get("ended_relapsed") else None
 
 
 def table1(df: pd.DataFrame, root: Path = Path("."), records_dir: Path = Path(".")) -> str:
@@ -496,7 +505,7 @@ def glimpse_model_rows(err: pd.DataFrame, root: Path, published: list[dict]) -> 
         settings = "; ".join(x for x in (_training(g),
                                          f"location at evaluation: {location}" if location else "") if x)
         rows.append(f"| {_model_label(model, g)} | {protocol} | {int(t)} | {settings} | "
-                    f"{_spread(list(g['value']), _pct)} | "
+                    f"{_spread(list(g['value']), _pct)}{_on_plateau(g)} | "
                     f"{', '.join(str(int(s)) for s in g['seed'])} | {_link(_records(g), root)} | "
                     f"{_pct(ref) if ref is not None else ''} | {_cost(g, 'unspecified')} |")
     return rows
@@ -515,7 +524,7 @@ def table_ram60(df: pd.DataFrame, root: Path = Path(".")) -> str:
     for (protocol, t), g in runs(clf, ["p_protocol", "p_glimpses"]):
         g = g.sort_values("seed")
         rows.append(f"| differentiable RAM, 12x12 | {protocol} | {int(t)} | {_training(g)} | "
-                    f"{_spread(list(g['value']), _pct)} | "
+                    f"{_spread(list(g['value']), _pct)}{_on_plateau(g)} | "
                     f"{', '.join(str(int(s)) for s in g['seed'])} | {_link(_records(g), root)} | | "
                     f"{_cost(g, 'soft', _classifier_cost(g, 60, 60))} |")
     rows += glimpse_model_rows(err, root, [{**p, "model": "RAM"} for p in paper.RAM_60["cluttered60"]])

@@ -10,8 +10,13 @@ import numpy as np
 from bench import suites
 
 
+# Records made before the model was recorded hold the soft-attention classifier
+_PARAM_DEFAULTS = {"model": "classifier"}
+
+
 def _select(metrics: list[dict], name: str, where: tuple) -> list[dict]:
-    return [m for m in metrics if m["name"] == name and all(m["params"].get(k) == v for k, v in where)]
+    return [m for m in metrics if m["name"] == name
+            and all(m["params"].get(k, _PARAM_DEFAULTS.get(k)) == v for k, v in where)]
 
 
 _COMPARE = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b}

@@ -28,6 +28,7 @@ def fixture_records(root):
     records.write(make_record(sha="a" * 40, seeds=(0, 1, 2)), runs / "a.json")
     r = make_record(sha="b" * 40, started="2026-02-01T00:00:00Z", train_speed=(1200, 1150, 1250), nll=90.0)
     r["artifacts"] = "b.npz"
+    r["suite"] = "table2"  # the NLL plot and table leave the quick suite's smoke runs out
     records.write(r, runs / "b.json")
     g = np.random.default_rng(0)
     t = 5
@@ -60,6 +61,45 @@ def test_report_writes_html_and_pngs(tmp_path):
         assert mpimg.imread(io.BytesIO(base64.b64decode(s.split(",", 1)[1])), format="png").ndim == 3
     assert "80.97" in page and "DRAW without attention" in page  # Table 2 beside ours
     assert "aaaaaaaa" in page and "bbbbbbbb" in page
+
+
+def test_nll_rows_take_each_model_from_its_most_trained_record_and_mark_what_is_not_a_result(tmp_path):
+    from bench import report
+
+    def draw_record(suite, nll, images, started, curve):
+        r = make_record(nll=nll, started=started)
+        r["suite"] = suite
+        r["jobs"] = {"draw-s0": {"status": "complete", "kind": "draw", "seed": 0, "images_seen": images}}
+        r["curves"] = {"draw-s0": [{"epoch": e + 1, "images_seen": 100 * (e + 1), "valid_nll_elbo": v}
+                                   for e, v in enumerate(curve)]}
+        for m in r["metrics"]:
+            m["params"]["dataset"] = "binarized"
+        return r
+
+    long = draw_record("table2", 90.0, 5000, "2026-01-01T00:00:00Z", [170.0, 120.0, 95.0])
+    later = draw_record("table2", 99.0, 1000, "2026-02-01T00:00:00Z", [170.0, 120.0, 100.0])
+    smoke = draw_record("quick", 80.0, 9000, "2026-03-01T00:00:00Z", [170.0, 120.0, 80.0])
+    rows = report.nll_rows([(tmp_path / "long.json", long), (tmp_path / "later.json", later),
+                            (tmp_path / "smoke.json", smoke)])
+    assert [(r["record"], r["nll_elbo"], r["nll_iwae"], r["flag"]) for r in rows] == \
+        [("long.json", 90.0, 88.0, None)]
+    relapsed = draw_record("table2", 95.0, 9000, "2026-01-01T00:00:00Z", [170.0, 120.0, 95.0, 150.0])
+    stuck = draw_record("table2", 200.0, 9000, "2026-01-01T00:00:00Z", [210.0, 205.0])
+    assert report.nll_rows([(tmp_path / "r.json", relapsed)])[0]["flag"] == "relapsed at epoch 4"
+    assert report.nll_rows([(tmp_path / "s.json", stuck)])[0]["flag"] == "never left the starting plateau"
+    assert "not a result: never left the starting plateau" in report._nll_table([(tmp_path / "s.json", stuck)])
+
+
+def test_learning_curves_of_records_named_alike_in_two_folders_are_both_drawn(tmp_path, monkeypatch):
+    from bench import report
+
+    drawn = {}
+    monkeypatch.setattr(report, "_save", lambda fig, out, name, figures: drawn.update(
+        {name: [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]}))
+    recs = [(tmp_path / "long" / "run.json", make_record()), (tmp_path / "gpu" / "run.json", make_record())]
+    report.plot_curves(recs, tmp_path, [])
+    assert sorted(drawn["learning_curves.png"]) == ["gpu/run: clf-s0", "gpu/run: draw-s0", "long/run: clf-s0",
+                                                    "long/run: draw-s0"]
 
 
 def test_report_without_records_is_a_clear_error(tmp_path, capsys):
