@@ -178,7 +178,7 @@ def cmd_run(args) -> int:
             suites.with_deviations(suites.get(args.suite), args.settings)
         except suites.SuiteError as e:
             raise UsageError(str(e)) from None
-    if args.model:
+    if args.model is not None:  # --model "" is refused, not taken for no plug-in
         from bench import plugins
 
         plugins.load_builder(args.model)  # an unknown module or name is refused before any work

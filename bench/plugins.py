@@ -10,7 +10,9 @@ cross-entropy of the last step (the mean over steps with the per-step protocol).
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
+import warnings
 from importlib import metadata
 from typing import Any, Callable, NamedTuple
 
@@ -42,22 +44,43 @@ def load_builder(spec: str) -> Callable[[dict], nn.Module]:
             known = ", ".join(sorted(found)) or "none installed"
             raise PluginError(f"--model {spec!r}: no entry point of that name in group {ENTRY_POINT_GROUP!r} "
                               f"({known}); or give module.path:build")
-        builder = found[spec].load()
+        try:
+            builder = found[spec].load()
+        except Exception as e:  # noqa: BLE001 - the installed package's code: say whose error it is
+            raise PluginError(f"--model {spec!r}: entry point {found[spec].value!r} of group {ENTRY_POINT_GROUP!r} "
+                              f"does not load ({type(e).__name__}: {e}); reinstall or fix that package") from None
     else:
         module_name, _, attr = spec.partition(":")
         if not module_name or not attr:
             raise PluginError(f"--model {spec!r}: give module.path:build, e.g. examples.tiny_glimpse:build")
+        if module_name.endswith(".py") or "/" in module_name:
+            raise PluginError(f"--model {spec!r}: give the module's dotted import name, not a file path, e.g. "
+                              f"{module_name.removesuffix('.py').replace('/', '.')}:{attr} (its folder on PYTHONPATH)")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise PluginError(f"--model {spec!r}: cannot import {module_name!r} ({e}); is it on PYTHONPATH?") \
-                from None
+        except ModuleNotFoundError as e:
+            where = ("is it on PYTHONPATH?" if e.name and module_name.startswith(e.name)
+                     else f"the module imports {e.name!r}, which is not installed")
+            raise PluginError(f"--model {spec!r}: cannot import {module_name!r} ({e}); {where}") from None
+        except Exception as e:  # noqa: BLE001 - the user's module fails as it is imported
+            raise PluginError(f"--model {spec!r}: importing {module_name!r} failed with {type(e).__name__}: {e}"
+                              f"{_where(e)}") from None
         builder = getattr(module, attr, None)
         if builder is None:
             raise PluginError(f"--model {spec!r}: module {module_name!r} has no attribute {attr!r}")
     if not callable(builder):
         raise PluginError(f"--model {spec!r}: {builder!r} is not callable; it must be build(config) -> nn.Module")
     return builder
+
+
+def _where(e: BaseException) -> str:
+    """' at FILE:LINE' of the innermost frame of an exception (or of a SyntaxError's text), if known."""
+    if isinstance(e, SyntaxError) and e.filename:
+        return f" at {e.filename}:{e.lineno}"
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
 
 
 def short_name(spec: str) -> str:
@@ -78,12 +101,17 @@ class PluginModel(nn.Module):
     def __init__(self, model: nn.Module, spec: str, config: dict):
         super().__init__()
         if not isinstance(model, nn.Module):
-            raise PluginError(f"--model {spec!r}: build(config) returned {type(model).__name__}, not a torch nn.Module")
+            what = f"the class {model.__name__}" if inspect.isclass(model) else type(model).__name__
+            raise PluginError(f"--model {spec!r}: build(config) returned {what}, not a torch nn.Module instance")
         attention = getattr(model, "attention_type", None)
         if attention is not None and attention not in ATTENTION_TYPES:
             raise PluginError(f"--model {spec!r}: attention_type must be one of {ATTENTION_TYPES}, got {attention!r}")
         self.model, self.spec, self.plugin_config = model, spec, dict(config)
         self.attention_type = attention or "unspecified"
+        self._warned: set[str] = set()
+        for train in (False, True):  # the cost hooks, tried now rather than after training
+            self.flops_per_image(train=train)
+        self.param_count()
 
     def forward(self, x: torch.Tensor, keep_windows: bool = True) -> GlimpseOutput:
         out = self.model(x)
@@ -94,14 +122,50 @@ class PluginModel(nn.Module):
             got = tuple(logits.shape) if torch.is_tensor(logits) else type(out).__name__
             raise PluginError(f"--model {self.spec!r}: forward must return logits (B, T, classes) = {want} "
                               f"(or an object with .logits), got {got}")
+        if not logits.is_floating_point():
+            raise PluginError(f"--model {self.spec!r}: forward must return floating-point logits, got {logits.dtype}")
+        if self.training and torch.is_grad_enabled() and not logits.requires_grad:
+            raise PluginError(f"--model {self.spec!r}: in training, the logits carry no gradient (detached, or "
+                              "computed under no_grad): the harness cannot train the model through them")
+        self._check_not_probabilities(logits)
         windows = getattr(out, "windows", None) if keep_windows else None
+        if windows is not None and not (torch.is_tensor(windows) and windows.dim() == 3
+                                        and tuple(windows.shape[:2]) == want[:2] and windows.shape[2] == 3):
+            got = tuple(windows.shape) if torch.is_tensor(windows) else type(windows).__name__
+            self._warn("windows", f"--model {self.spec!r}: .windows must be a tensor (B, T, 3) = "
+                                  f"{(*want[:2], 3)} of (centre x, centre y, side); got {got}, so the report "
+                                  "draws no windows")
         return GlimpseOutput(logits, windows)
+
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
+
+    def _check_not_probabilities(self, logits: torch.Tensor) -> None:
+        """The cross-entropy takes logits: a model giving probabilities (rows >= 0 summing to 1) trains badly."""
+        if "probabilities" in self._warned:
+            return
+        with torch.no_grad():
+            last = logits[:, -1].float()
+            if bool((last >= 0).all()) and bool(torch.allclose(last.sum(-1), torch.ones_like(last[:, 0]), atol=1e-3)):
+                self._warn("probabilities", f"--model {self.spec!r}: forward's outputs look like probabilities "
+                                            "(each row >= 0, summing to 1); the contract wants logits (before "
+                                            "the softmax), which the harness's cross-entropy takes")
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
         own = getattr(self.model, "loss", None)
         if callable(own):
             res = own(x, y)
             loss = res[0] if isinstance(res, tuple) else res
+            if not (torch.is_tensor(loss) and loss.dim() == 0 and loss.is_floating_point()):
+                got = f"a tensor of shape {tuple(loss.shape)}, {loss.dtype}" if torch.is_tensor(loss) else \
+                    type(loss).__name__
+                raise PluginError(f"--model {self.spec!r}: loss(x, y) must return one floating-point number as a "
+                                  f"0-dimensional tensor (or a tuple starting with it), e.g. the batch mean; got {got}")
+            if torch.is_grad_enabled() and not loss.requires_grad:
+                raise PluginError(f"--model {self.spec!r}: loss(x, y) returned a loss that carries no gradient "
+                                  "(detached, or computed under no_grad)")
             return loss, res
         out = self.forward(x, keep_windows=False)
         if self.plugin_config.get("per_step_loss"):
@@ -111,11 +175,29 @@ class PluginModel(nn.Module):
 
     def param_count(self) -> int:
         own = getattr(self.model, "param_count", None)
-        return int(own()) if callable(own) else sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        if not callable(own):
+            return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return self._whole_number(own, "param_count()", allow_none=False)
 
     def flops_per_image(self, train: bool = False) -> int | None:
         own = getattr(self.model, "flops_per_image", None)
-        return int(own(train=train)) if callable(own) else None
+        if not callable(own):
+            return None
+        return self._whole_number(lambda: own(train=train), f"flops_per_image(train={train})", allow_none=True)
+
+    def _whole_number(self, hook, name: str, allow_none: bool) -> int | None:
+        try:
+            value = hook()
+        except Exception as e:  # noqa: BLE001 - the user's code
+            raise PluginError(f"--model {self.spec!r}: {name} failed with {type(e).__name__}: {e}{_where(e)}; "
+                              "the contract: param_count() and flops_per_image(train=False), each a whole "
+                              "number") from None
+        if value is None and allow_none:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+            raise PluginError(f"--model {self.spec!r}: {name} must return a whole number >= 0"
+                              f"{' or None' if allow_none else ''}, got {value!r}")
+        return int(value)
 
 
 def build(spec: str, config: dict) -> PluginModel:
@@ -126,5 +208,5 @@ def build(spec: str, config: dict) -> PluginModel:
     except PluginError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's code: say whose error it is
-        raise PluginError(f"--model {spec!r}: build(config) failed with {type(e).__name__}: {e}") from e
+        raise PluginError(f"--model {spec!r}: build(config) failed with {type(e).__name__}: {e}{_where(e)}") from e
     return PluginModel(model, spec, config)

@@ -104,7 +104,8 @@ def _hours_to_go(ckpt: dict, budget: int, epochs: int | None, images: int, train
                  threads: int) -> tuple[float, str]:
     """Training hours (core-hours on a CPU) still to go to the end of the budget, and whose rate timed them."""
     loop, task = ckpt.get("loop", {}), ckpt.get("task", {})
-    per_epoch = loop.get("batches_per_epoch", 0) * task.get("batch_size", 0) or images / max(epochs or 1, 1)
+    # the conv baseline's loop does not count its batches: then images per epoch from the progress so far
+    per_epoch = (loop.get("batches_per_epoch") or 0) * (task.get("batch_size") or 0) or images / max(epochs or 1, 1)
     seconds_per_image, rate_of = _seconds_per_image(ckpt, images, train_s, threads)
     seconds = max(budget * per_epoch - images, 0) * seconds_per_image
     if loop.get("time_budget_s"):  # a wall-time budget

@@ -17,7 +17,7 @@ import copy
 import math
 import sys
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
@@ -112,7 +112,8 @@ def description_diff(task: Task, stored: dict) -> dict:
     A model field the checkpoint predates counts as the field's default (e.g. DRAW's initial_state)."""
     ours, theirs = task.describe(), dict(stored)
     config = getattr(task, "config", None)
-    if callable(config) and isinstance(ours.get("model"), dict) and isinstance(theirs.get("model"), dict):
+    if callable(config) and isinstance(ours.get("model"), dict) and isinstance(theirs.get("model"), dict) \
+            and is_dataclass(config()):  # a plug-in's config is a plain dict: no defaults to fill in
         defaults = {f.name: f.default for f in fields(type(config())) if f.default is not MISSING}
         theirs["model"] = {**{k: defaults[k] for k in ours["model"] if k not in theirs["model"] and k in defaults},
                            **theirs["model"]}

@@ -146,6 +146,13 @@ def test_set_refuses_what_it_cannot_change_naming_it(given, says):
         suites.with_deviations(suites.get("table1"), suites.parse_settings(given))
 
 
+def test_set_on_jobs_that_take_no_settings_says_so():
+    conv_only = suites.override(suites.get("table1"), job_indices=(2,))
+    with pytest.raises(suites.SuiteError, match=re.escape("--set train_limit: the jobs of suite table1 chosen here "
+                                                          "(conv baseline on cluttered100) take no --set settings")):
+        suites.with_deviations(conv_only, {"train_limit": 640})
+
+
 def test_set_from_the_command_line(capsys):
     p = run_cli("run", "--suite", "table1", "--set", "hidden", "--dry-run")
     assert p.returncode == 2 and "argument --set: 'hidden' is not name=value" in p.stderr

@@ -56,6 +56,14 @@ def test_a_unit_in_training_is_read_from_its_checkpoint_with_the_hours_to_go(tmp
     assert line.endswith("; about 2.8 core-h of training to go at its overall rate")
 
 
+def test_a_loop_that_does_not_count_its_batches_is_timed_by_its_images_so_far(tmp_path):
+    """The conv baseline's loop saves batches_per_epoch None: an epoch's images come from the progress."""
+    state = checkpoint()
+    state["loop"]["batches_per_epoch"] = None
+    s = status.unit_status(records.read(long_record(tmp_path, state)), "clf-T8-s1")
+    assert s.to_go_hours == pytest.approx(50 * 100 * 2 / 3600)
+
+
 def test_the_hours_to_go_take_the_latest_sitting_s_rate_when_it_was_long_enough(tmp_path):
     """Epochs 1-8 took 100 s each on one machine; epochs 9-10 took 400 s each on a slower one: the 50
     epochs to go are timed at 400 s. A sitting under 5 minutes is too short to time: the overall rate."""

@@ -199,6 +199,14 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch, fresh_build):
     torch.testing.assert_close(f.sum(-1), torch.ones(4, 3))
 
 
+def test_a_missing_compiler_is_named_not_taken_for_a_folder_problem(monkeypatch, fresh_build):
+    monkeypatch.delenv("GLIMPSE_NATIVE", raising=False)
+    monkeypatch.setenv("CC", str(fresh_build.parent / "no-such-cc"))
+    with pytest.warns(RuntimeWarning, match=r"the C compiler '.*no-such-cc' was not found; set CC") as seen:
+        assert native.library() is None
+    assert "no writable folder" not in str(seen[0].message)
+
+
 @needs_native
 def test_unwritable_cache_falls_back_to_a_private_temporary_folder(fresh_build):
     fresh_build.parent.joinpath("cache").write_text("a file where the cache folder should be")

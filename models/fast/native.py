@@ -117,8 +117,12 @@ def _compile(cc: str, out_dir: Path, target: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".build-", suffix=".so")
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *_flags(), "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
-                              timeout=COMPILE_TIMEOUT_S)
+        try:
+            proc = subprocess.run([cc, *_flags(), "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+                                  timeout=COMPILE_TIMEOUT_S)
+        except FileNotFoundError:  # not a folder problem: the compiler is missing
+            raise RuntimeError(f"the C compiler {cc!r} was not found; set CC to an installed compiler, or "
+                               "unset it to use cc or gcc") from None
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} exited with {proc.returncode}: {proc.stderr.strip()[-500:]}")
         os.replace(tmp, target)
