@@ -61,6 +61,11 @@ def test_targets_never_pool_soft_and_hard_attention():
     got = {t["target"]: t["value"] for t in targets.check_targets(suites.get("table1"), rows)}
     assert got["test_error[glimpses=8, protocol=separate, model=classifier] < 0.0336"] == 0.03
     assert got["test_error[glimpses=8, model=ram] < 0.0811"] == 0.30
+    # records made before the model was recorded: their rows are the classifier's
+    older = [metric("test_error", e, "fraction", True, 0, glimpses=t, protocol="separate")
+             for t, e in ((1, 0.5), (2, 0.2))]
+    got = {t["target"]: t["value"] for t in targets.check_targets(suites.get("table1"), rows + older)}
+    assert got["test_error[protocol=separate, model=classifier] falls with glimpses"] == {"1": 0.5, "2": 0.2, "8": 0.03}
 
 
 def test_ram_run_is_recorded_tabulated_and_plotted(tiny_ram, tmp_path):
