@@ -152,12 +152,30 @@ def _epochs(entry: dict) -> int | float:
     return entry["epochs"]
 
 
-def training_hours(done: list[dict], machines: list[dict]) -> str:
+def training_hours(done: list[dict], machines: list[dict], recs: list[dict] | None = None) -> str:
     """'1.71-2.85 core-h' per model (ranges over the models), by where they trained (bench/cost.py):
-    '0.12 h on NVIDIA H200 + 0.95-1.10 core-h' for models begun on a GPU and continued on a CPU."""
+    '0.12 h on NVIDIA H200 + 0.95-1.10 core-h' for models begun on a GPU and continued on a CPU.
+    Time from before costs were kept per device is charged to the machine that began the record;
+    where ``recs`` (each model's record) show sittings on another device, the text says so."""
     parts = [cost.hours(d.get("train_cost"), d.get("train_time_s"), m) for d, m in zip(done, machines)]
     units = list(dict.fromkeys(u for p in parts for u in p))
-    return " + ".join(f"{_range([p[u] for p in parts if u in p], lambda v: f'{v:.2f}')} {u}" for u in units)
+    text = " + ".join(f"{_range([p[u] for p in parts if u in p], lambda v: f'{v:.2f}')} {u}" for u in units)
+    elsewhere = sorted({name for d, m, r in zip(done, machines, recs or []) for name in _sittings_elsewhere(d, m, r)})
+    if elsewhere:
+        text += (f" (some of it on {', '.join(elsewhere)}, counted as on the first machine: those sittings "
+                 "predate costs kept per device)")
+    return text
+
+
+def _sittings_elsewhere(entry: dict, machine: dict, rec: dict) -> set[str]:
+    """The devices other than the record's first machine's that sittings of the record ran on, when the
+    model's cost is not kept per device (bench/cost.py UNATTRIBUTED) and is all charged to that machine."""
+    charged = entry.get("train_cost")
+    if charged is not None and cost.UNATTRIBUTED not in charged:
+        return set()
+    first = machine.get("device", "cpu")
+    return {(seg.get("machine") or {}).get("device_name") or (seg.get("machine") or {}).get("device") or "?"
+            for seg in rec.get("segments", []) if (seg.get("machine") or {}).get("device", "cpu") != first}
 
 
 def deviations(record_path: str) -> str:
@@ -190,7 +208,7 @@ def _training(g: pd.DataFrame) -> str:
     recipe += f"; budget {minutes:g} min" if minutes else f"; budget {job.get('epochs')} epochs"
     if all("images_seen" in d for d in done):
         machines = [_read(r).get("machine", {}) for _, r in pairs]
-        recipe += f"; {epochs_and_images(done)}, {training_hours(done, machines)}"
+        recipe += f"; {epochs_and_images(done)}, {training_hours(done, machines, [_read(r) for _, r in pairs])}"
     recipe += _products(done) + _rollbacks(job, done, units) + _at_end(pairs)
     return recipe
 

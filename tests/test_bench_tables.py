@@ -319,3 +319,16 @@ def test_a_time_budget_shows_how_much_of_its_last_epoch_ran():
     assert tables.epochs_and_images([whole]) == "100 epochs, 5.00 M images"
     assert tables.epochs_and_images([{"epochs": 3, "stopped_by": "time_budget", "images_seen": 10}]) == \
         "3 epochs, 0.00 M images"  # no data size recorded: the epoch count as it stands
+
+
+def test_hours_from_before_costs_were_kept_per_device_say_where_else_sittings_ran():
+    cpu = {"device": "cpu", "threads": 1}
+    gpu_sitting = {"machine": {"device": "cuda", "device_name": "NVIDIA H200"}}
+    rec = {"segments": [{"machine": cpu}, gpu_sitting]}
+    legacy = {"train_time_s": 7200.0, "train_cost": None}
+    assert tables.training_hours([legacy], [cpu], [rec]) == (
+        "2.00 core-h (some of it on NVIDIA H200, counted as on the first machine: those sittings predate costs "
+        "kept per device)")
+    kept = {"train_time_s": 7200.0, "train_cost": {"cpu": 3600.0, "NVIDIA H200": 600.0}}
+    assert tables.training_hours([kept], [cpu], [rec]) == "1.00 core-h + 0.17 h on NVIDIA H200"
+    assert tables.training_hours([legacy], [cpu], [{"segments": [{"machine": cpu}]}]) == "2.00 core-h"
