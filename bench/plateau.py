@@ -82,7 +82,8 @@ def describe(result: dict, plateau: Plateau) -> str:
         return (f"WARNING: never left {plateau.what}: {plateau.metric} stayed >= {plateau.escape_below:g}; "
                 "its test figure is not a result of the method")
     e = result["escaped"]
-    text = f"left the plateau at epoch {e['epoch']} ({e['images_seen']:,} images)" if e else "no curve"
+    seen = f" ({e['images_seen']:,} images)" if e and e.get("images_seen") is not None else ""
+    text = f"left the plateau at epoch {e['epoch']}{seen}" if e else "no curve"
     if result["relapses"]:
         worst = max(result["relapses"], key=lambda r: r["value"] - r["best_before"])
         text += (f"; {len(result['relapses'])} relapse(s), worst at epoch {worst['epoch']}: "

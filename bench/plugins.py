@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import re
 import warnings
 from importlib import metadata
+from pathlib import PurePath
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -54,12 +56,15 @@ def load_builder(spec: str) -> Callable[[dict], nn.Module]:
         if not module_name or not attr:
             raise PluginError(f"--model {spec!r}: give module.path:build, e.g. examples.tiny_glimpse:build")
         if module_name.endswith(".py") or "/" in module_name:
+            path = PurePath(module_name)
+            dotted = path.stem if path.is_absolute() else ".".join((*path.parent.parts, path.stem)).lstrip(".")
             raise PluginError(f"--model {spec!r}: give the module's dotted import name, not a file path, e.g. "
-                              f"{module_name.removesuffix('.py').replace('/', '.')}:{attr} (its folder on PYTHONPATH)")
+                              f"{dotted}:{attr} (with its folder on PYTHONPATH)")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            where = ("is it on PYTHONPATH?" if e.name and module_name.startswith(e.name)
+            ours = e.name and (module_name == e.name or module_name.startswith(e.name + "."))
+            where = ("is it on PYTHONPATH?" if ours
                      else f"the module imports {e.name!r}, which is not installed")
             raise PluginError(f"--model {spec!r}: cannot import {module_name!r} ({e}); {where}") from None
         except Exception as e:  # noqa: BLE001 - the user's module fails as it is imported
@@ -109,6 +114,7 @@ class PluginModel(nn.Module):
         self.model, self.spec, self.plugin_config = model, spec, dict(config)
         self.attention_type = attention or "unspecified"
         self._warned: set[str] = set()
+        self._probability_checks = 0
         for train in (False, True):  # the cost hooks, tried now rather than after training
             self.flops_per_image(train=train)
         self.param_count()
@@ -144,11 +150,14 @@ class PluginModel(nn.Module):
 
     def _check_not_probabilities(self, logits: torch.Tensor) -> None:
         """The cross-entropy takes logits: a model giving probabilities (rows >= 0 summing to 1) trains badly."""
-        if "probabilities" in self._warned:
+        if self._probability_checks >= 3 or logits.shape[0] == 0:  # the first batches tell; later ones cost syncs
             return
+        self._probability_checks += 1
         with torch.no_grad():
             last = logits[:, -1].float()
-            if bool((last >= 0).all()) and bool(torch.allclose(last.sum(-1), torch.ones_like(last[:, 0]), atol=1e-3)):
+            looks = (last >= 0).all() & ((last.sum(-1) - 1).abs() <= 1e-3).all()
+            if bool(looks):  # one sync with the device
+                self._probability_checks = 3
                 self._warn("probabilities", f"--model {self.spec!r}: forward's outputs look like probabilities "
                                             "(each row >= 0, summing to 1); the contract wants logits (before "
                                             "the softmax), which the harness's cross-entropy takes")
@@ -194,10 +203,14 @@ class PluginModel(nn.Module):
                               "number") from None
         if value is None and allow_none:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+        try:  # Python, numpy and 0-dimensional torch numbers alike
+            number = None if isinstance(value, (bool, str)) else float(value)
+        except (TypeError, ValueError, RuntimeError):
+            number = None
+        if number is None or not math.isfinite(number) or number < 0 or not number.is_integer():
             raise PluginError(f"--model {self.spec!r}: {name} must return a whole number >= 0"
                               f"{' or None' if allow_none else ''}, got {value!r}")
-        return int(value)
+        return int(number)
 
 
 def build(spec: str, config: dict) -> PluginModel:

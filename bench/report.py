@@ -79,7 +79,7 @@ def error_series(recs) -> dict:
     from bench.tables import plateau_flag, recipe_signature
 
     groups: dict = {}  # (dataset, model and protocol, recipe) -> the params and {run: {glimpses: [(seed, error)]}}
-    left_out: dict = {}  # the same keys -> seeds left out
+    left_out: dict = {}  # the same keys -> {(run, unit)} of the models left out (a per-step one has a row per t)
     for path, r in recs:
         run = Path(path).stem.split("_")[-1]
         for m in r["metrics"]:
@@ -87,7 +87,7 @@ def error_series(recs) -> dict:
                 p = m["params"]
                 key = (p.get("dataset"), _series_label(p, ""), recipe_signature(str(path), p.get("job")))
                 if p.get("job") and plateau_flag(r, p["job"], p.get("dataset")) is not None:
-                    left_out[key] = left_out.get(key, 0) + 1
+                    left_out.setdefault(key, set()).add((run, p["job"]))
                     continue
                 groups.setdefault(key, {"params": p, "runs": {}})["runs"].setdefault(run, {}) \
                     .setdefault(p["glimpses"], []).append((m.get("seed"), m["value"]))
@@ -96,11 +96,11 @@ def error_series(recs) -> dict:
         by_run = group["runs"]
         trained = [(t, seed) for points in by_run.values() for t, vals in points.items() for seed, _ in vals]
         parts = [by_run] if len(trained) == len(set(trained)) else [{run: pts} for run, pts in by_run.items()]
-        dropped = left_out.get(key, 0)
-        note = f"; {dropped} seed{'s' if dropped > 1 else ''} left out: plateau or relapse" if dropped else ""
         for part in parts:
             runs = sorted(part)
             named = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+            dropped = len({(run, unit) for run, unit in left_out.get(key, ()) if len(parts) == 1 or run in part})
+            note = f"; {dropped} seed{'s' if dropped > 1 else ''} left out: plateau or relapse" if dropped else ""
             line = series.setdefault(key[0], {}).setdefault(_series_label(group["params"], named) + note, {})
             for points in part.values():
                 for t, vals in points.items():
@@ -171,10 +171,11 @@ def nll_rows(recs) -> list[dict]:
             images = (unit_entry(r, unit).get("images_seen") or 0) if unit else 0
             rank = (images, r.get("started_at") or "")
             row = rows.get(key)
-            if row is None or (row["record"] != p.name and rank > row["rank"]):
+            if row is None or (row["path"] != str(p) and rank > row["rank"]):
                 row = rows[key] = {"dataset": key[0], "attention": key[1], "steps": key[2], "seed": key[3],
-                                   "record": p.name, "rank": rank, "flag": None}
-            if row["record"] != p.name:
+                                   "record": f"{Path(p).parent.name}/{Path(p).name}", "path": str(p), "rank": rank,
+                                   "flag": None}
+            if row["path"] != str(p):
                 continue
             row[m["name"]] = m["value"]
             if m["name"] == "nll_iwae":
@@ -183,7 +184,7 @@ def nll_rows(recs) -> list[dict]:
                 flag = plateau_flag(r, unit, q.get("dataset"))
                 row["flag"] = None if flag is None else (
                     "never left the starting plateau" if flag == "plateau" else f"relapsed at epoch {flag}")
-    return [{k: v for k, v in row.items() if k != "rank"} for row in rows.values()]
+    return [{k: v for k, v in row.items() if k not in ("rank", "path")} for row in rows.values()]
 
 
 def _nll_label(row: dict) -> str:

@@ -162,20 +162,22 @@ def training_hours(done: list[dict], machines: list[dict], recs: list[dict] | No
     text = " + ".join(f"{_range([p[u] for p in parts if u in p], lambda v: f'{v:.2f}')} {u}" for u in units)
     elsewhere = sorted({name for d, m, r in zip(done, machines, recs or []) for name in _sittings_elsewhere(d, m, r)})
     if elsewhere:
-        text += (f" (some of it on {', '.join(elsewhere)}, counted as on the first machine: those sittings "
-                 "predate costs kept per device)")
+        text += (f" (the record has sittings on {', '.join(elsewhere)} from before costs were kept per device: "
+                 "their time is counted as on its first machine)")
     return text
 
 
 def _sittings_elsewhere(entry: dict, machine: dict, rec: dict) -> set[str]:
-    """The devices other than the record's first machine's that sittings of the record ran on, when the
-    model's cost is not kept per device (bench/cost.py UNATTRIBUTED) and is all charged to that machine."""
+    """The accelerators other than the record's first machine that sittings of the record ran on, when the
+    model's cost is not kept per device (bench/cost.py UNATTRIBUTED) and is charged to that machine. The
+    record's sittings do not say which of its models they trained."""
     charged = entry.get("train_cost")
     if charged is not None and cost.UNATTRIBUTED not in charged:
         return set()
-    first = machine.get("device", "cpu")
-    return {(seg.get("machine") or {}).get("device_name") or (seg.get("machine") or {}).get("device") or "?"
-            for seg in rec.get("segments", []) if (seg.get("machine") or {}).get("device", "cpu") != first}
+    name = lambda m: m.get("device_name") or m.get("device")  # noqa: E731
+    # time on any CPU is core-hours alike; an accelerator's hours are not
+    return {name(seg["machine"]) for seg in rec.get("segments", []) if seg.get("machine")
+            and seg["machine"].get("device", "cpu") != "cpu" and name(seg["machine"]) != name(machine)}
 
 
 def deviations(record_path: str) -> str:
@@ -238,7 +240,7 @@ def _baseline_training(g: pd.DataFrame, protocol: str) -> str:
                 text.append(f"budget {minutes:g} min" if minutes else f"budget {job['epochs']} epochs")
             if {"epochs", "train_images_seen", "train_time_s"} <= set(done):
                 text.append(f"{done['epochs']} epochs, {done['train_images_seen'] / 1e6:.2f} M images, "
-                            f"{training_hours([done], [rec.get('machine', {})])}")
+                            f"{training_hours([done], [rec.get('machine', {})], [rec])}")
             elif "train_size" in done:
                 text.append(f"{done['train_size']:,} training images")
             if protocol == "baseline-conv":

@@ -81,8 +81,12 @@ def test_nll_rows_take_each_model_from_its_most_trained_record_and_mark_what_is_
     smoke = draw_record("quick", 80.0, 9000, "2026-03-01T00:00:00Z", [170.0, 120.0, 80.0])
     rows = report.nll_rows([(tmp_path / "long.json", long), (tmp_path / "later.json", later),
                             (tmp_path / "smoke.json", smoke)])
+    folder = tmp_path.name
     assert [(r["record"], r["nll_elbo"], r["nll_iwae"], r["flag"]) for r in rows] == \
-        [("long.json", 90.0, 88.0, None)]
+        [(f"{folder}/long.json", 90.0, 88.0, None)]
+    # records of one name in two folders are two records: the more trained one's bounds, whichever comes last
+    rows = report.nll_rows([(tmp_path / "long" / "run.json", long), (tmp_path / "gpu" / "run.json", later)])
+    assert [(r["record"], r["nll_elbo"]) for r in rows] == [("long/run.json", 90.0)]
     relapsed = draw_record("table2", 95.0, 9000, "2026-01-01T00:00:00Z", [170.0, 120.0, 95.0, 150.0])
     stuck = draw_record("table2", 200.0, 9000, "2026-01-01T00:00:00Z", [210.0, 205.0])
     assert report.nll_rows([(tmp_path / "r.json", relapsed)])[0]["flag"] == "relapsed at epoch 4"
@@ -145,3 +149,16 @@ def test_long_runs_are_drawn_beside_the_papers_figures(tmp_path, monkeypatch):
     figures.clear()
     report.plot_curves_vs_paper([(tmp_path / "quick.json", make_record())], tmp_path / "none", figures)
     assert figures == []  # no Table 1 or 2 model in it: no figure
+
+
+def test_a_stuck_per_step_model_counts_once_among_the_seeds_left_out(tmp_path):
+    """A per-step model has a test-error row per glimpse count: left out, it is one seed, not eight."""
+    from bench import report
+
+    rec = make_record(seeds=(0, 1))
+    rec["curves"]["clf-s1"] = [{"epoch": e, "images_seen": 100 * e, "valid_error": 0.8} for e in (1, 2)]
+    rec["jobs"] = {f"clf-s{s}": {"kind": "classifier", "status": "complete", "seed": s} for s in (0, 1)}
+    records.write(rec, tmp_path / "run.json")
+    [(label, points)] = report.error_series([(tmp_path / "run.json", rec)])["cluttered60"].items()
+    assert label.endswith("run run; 1 seed left out: plateau or relapse")
+    assert points == {t: [e] for t, e in {1: 0.40, 2: 0.25, 4: 0.12, 8: 0.08}.items()}  # seed 0's alone

@@ -327,8 +327,12 @@ def test_hours_from_before_costs_were_kept_per_device_say_where_else_sittings_ra
     rec = {"segments": [{"machine": cpu}, gpu_sitting]}
     legacy = {"train_time_s": 7200.0, "train_cost": None}
     assert tables.training_hours([legacy], [cpu], [rec]) == (
-        "2.00 core-h (some of it on NVIDIA H200, counted as on the first machine: those sittings predate costs "
-        "kept per device)")
+        "2.00 core-h (the record has sittings on NVIDIA H200 from before costs were kept per device: their time "
+        "is counted as on its first machine)")
+    h100 = {"device": "cuda", "device_name": "NVIDIA H100"}
+    assert "sittings on NVIDIA H200" in tables.training_hours([legacy], [h100], [rec])  # another GPU is elsewhere
     kept = {"train_time_s": 7200.0, "train_cost": {"cpu": 3600.0, "NVIDIA H200": 600.0}}
     assert tables.training_hours([kept], [cpu], [rec]) == "1.00 core-h + 0.17 h on NVIDIA H200"
-    assert tables.training_hours([legacy], [cpu], [{"segments": [{"machine": cpu}]}]) == "2.00 core-h"
+    other_cpu = {"device": "cpu", "device_name": "Intel(R) Xeon(R) Processor"}
+    assert tables.training_hours([legacy], [cpu], [{"segments": [{"machine": cpu}, {"machine": other_cpu}]}]) == \
+        "2.00 core-h"  # a sitting on another CPU is core-hours too
