@@ -21,6 +21,16 @@ DRY_EVAL_IMAGES = 64  # test and validation images of a dry run
 _PEAKS: dict = {}  # the matmul peak per (device, threads), measured once per process
 
 
+def at_glimpses(params: dict, t: int, trained: int | None) -> dict:
+    """A glimpse model's metric params for its answer after ``t`` of its ``trained`` glimpses: the
+    forward FLOPs of those t steps, the whole model's times t / trained (exact for the built-in
+    models, whose steps each cost the same; plug-ins are taken to be alike)."""
+    flops = params.get("flops_per_image")
+    if flops is None or not trained or t == trained:
+        return params
+    return {**params, "flops_per_image": round(flops * t / trained)}
+
+
 class UnitRuns:
     """The per-unit work of bench.runner.Runner, which it is mixed into: uses the Runner's opts, log,
     device, machine, ctx, sitting, artifacts and peak, and its save() and checkpoint_path()."""
@@ -100,10 +110,12 @@ class UnitRuns:
             test = task.evaluate(model, "test")
             common = dict(protocol=protocol, dataset=job.dataset, **task.metric_params(model), **flags)
             out = [metric("test_error", test[f"error@{t}"], "fraction", True, seed, glimpses=t,
-                          test_images=test["images"], data_seed=task.data_seed, **common) for t in unit.eval_glimpses]
+                          test_images=test["images"], data_seed=task.data_seed, **at_glimpses(common, t, unit.glimpses))
+                   for t in unit.eval_glimpses]
             best = res.best["metrics"]
             out += [metric("valid_error", best[f"error@{t}"], "fraction", True, seed, glimpses=t,
-                           valid_images=best["images"], **common) for t in unit.eval_glimpses]
+                           valid_images=best["images"], **at_glimpses(common, t, unit.glimpses))
+                    for t in unit.eval_glimpses]
             for k, v in task.glimpse_paths(model).items():
                 self.artifacts[f"{unit.id}/paths/{k}"] = v
             summary = ", ".join(f"T={t}: {test[f'error@{t}']:.2%}" for t in unit.eval_glimpses)

@@ -253,3 +253,18 @@ def test_tables_give_the_cost_of_records_that_predate_it(tmp_path):
     records.write(rec, tmp_path / "old.json")
     row = next(line for line in tables.markdown(tmp_path).splitlines() if "| separate | 8 |" in line)
     assert row.endswith("| soft | 415,503 | 8.91 |")
+
+
+@pytest.mark.parametrize("t", [1, 3, 8])
+def test_a_per_step_row_carries_the_flops_of_its_own_glimpses(t):
+    """A per-step model is scored after each t of its T glimpses: its row's FLOPs are those t steps',
+    which for the built-in models (every step alike) is what a model built for t glimpses counts."""
+    from bench.unit_runs import at_glimpses
+    from models.classifier import ClassifierConfig, GlimpseClassifier
+    from models.ram import RecurrentAttentionModel
+
+    for build, config in ((GlimpseClassifier, ClassifierConfig), (RecurrentAttentionModel, RamConfig)):
+        whole = {"flops_per_image": build(config(glimpses=8)).flops_per_image(), "param_count": 1}
+        assert at_glimpses(whole, t, 8) == {"flops_per_image": build(config(glimpses=t)).flops_per_image(),
+                                            "param_count": 1}
+    assert at_glimpses({"flops_per_image": None}, t, 8) == {"flops_per_image": None}

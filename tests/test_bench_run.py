@@ -62,6 +62,8 @@ def test_dry_run_end_to_end(tmp_path, mnist_data):
     errs = [m for m in r["metrics"] if m["name"] == "test_error"]
     assert sorted(m["params"]["glimpses"] for m in errs) == [1, 2, 4, 8]
     assert all(m["params"]["protocol"] == "per-step" and 0 <= m["value"] <= 1 for m in errs)
+    flops = {m["params"]["glimpses"]: m["params"]["flops_per_image"] for m in errs}  # each t's own steps
+    assert flops[8] > 0 and [flops[t] * 8 / t for t in (1, 2, 4)] == [pytest.approx(flops[8], rel=1e-6)] * 3
     iw = next(m for m in r["metrics"] if m["name"] == "nll_iwae")
     assert iw["params"]["k"] == 4 and iw["params"]["binarization"] == "fixed"
     assert iw["params"]["train_binarization"] == "fresh per epoch"  # the quick DRAW trains on fresh binarizations
