@@ -280,9 +280,13 @@ def cmd_eval(args) -> int:
     check_data_dir(args.data_dir)
     if args.out:
         check_writable(args.out)
+        if Path(args.out).exists():
+            raise UsageError(f"--out {args.out} already exists: give a new path (an evaluation never writes "
+                             "over a record)")
     record, path = evaluate.evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_seed=args.seed,
                                                 device=args.device, data_dir=args.data_dir, out=args.out,
-                                                iwae_k=args.k, limit=args.limit, log=_log)
+                                                iwae_k=args.k, limit=args.limit, log=_log,
+                                                command=["python", "-m", "bench", *args.argv])
     from bench.targets import summary_table
 
     print(summary_table(record))
@@ -294,6 +298,10 @@ def cmd_export(args) -> int:
     from bench import checkpoints
 
     check_writable(args.out, "out", "model.pt")
+    if Path(args.out).exists():
+        same = Path(args.out).resolve() == Path(args.checkpoint).resolve()
+        raise UsageError(f"{args.out} already exists" + (": it is the checkpoint itself, whose training state "
+                         "--resume needs" if same else "") + "; give a new path (or remove it first)")
     out = checkpoints.export_reference(args.checkpoint, args.out)
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
@@ -304,6 +312,9 @@ def _records_arg(args) -> str:
     from bench import records
 
     if args.records:
+        if args.reference:
+            raise UsageError("--reference reads the committed records (and `report --reference` writes "
+                             "results/report): give it without --records, or --records without it")
         return args.records
     path = records.default_records(args.reference)
     if not args.reference and path == records.records_dir(True):
@@ -354,6 +365,8 @@ def cmd_close(args) -> int:
 def cmd_compare(args) -> int:
     from bench import compare
 
+    if args.factor <= 1:
+        raise UsageError(f"--factor must be above 1 (a slowdown by more than it is a regression), got {args.factor:g}")
     result = compare.compare_paths(args.a, args.b, speed_factor=args.factor)
     print(compare.format_result(result))
     if args.fail_on_regression and result.regressions:

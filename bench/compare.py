@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,7 +93,10 @@ def load(path) -> tuple[dict, set[str], int]:
 
 
 def _side(ms: list[dict], speed: bool) -> Side:
+    ms = [m for m in ms if m["value"] is not None]  # a NaN is written as null
     vals = [m["value"] for m in ms]
+    if not vals:
+        return Side([], float("nan"))
     if speed:
         q1 = [m.get("stats", {}).get("q1", m["value"]) for m in ms]
         q3 = [m.get("stats", {}).get("q3", m["value"]) for m in ms]
@@ -103,6 +107,9 @@ def _side(ms: list[dict], speed: bool) -> Side:
 def judge(name: str, lower_is_better: bool | None, a: Side, b: Side, speed_factor: float,
           thresholds: dict | None = None) -> tuple[str, str]:
     thresholds = THRESHOLDS if thresholds is None else thresholds
+    missing = [side for side, v in (("A", a.mean), ("B", b.mean)) if not math.isfinite(v)]
+    if missing:  # a NaN recorded (as null) on every record of a side
+        return "info", f"no finite value on {' and '.join(missing)}"
     if name in SPEED:
         ratio = b.mean / a.mean if a.mean else float("inf")
         disjoint_low = b.hi < a.lo

@@ -63,6 +63,9 @@ def rebuild(path: str | Path, dataset: str | None = None, data_seed: int = 0, de
 
     state = checkpoints.load(path)
     task_desc = state.get("task")
+    if isinstance(task_desc, dict) and task_desc.get("task") == "plugin":
+        raise UsageError(f"{path}: a plug-in model's checkpoint; bench eval rebuilds the built-in models only "
+                         "(a plug-in run scores its test split itself, in its record)")
     if not isinstance(task_desc, dict) or task_desc.get("task") not in ("classifier", "draw", "ram", "baseline-conv") \
             or not isinstance(task_desc.get("model"), dict):
         raise CheckpointError(f"{path}: not a checkpoint written by bench run (no task description)")
@@ -93,14 +96,17 @@ def rebuild(path: str | Path, dataset: str | None = None, data_seed: int = 0, de
 
 def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_seed: int = 0, device: str = "auto",
                         data_dir=None, out: str | None = None, iwae_k: int = 1000, limit: int | None = None,
-                        log: Callable[[str], None] = print) -> tuple[dict, Path]:
+                        log: Callable[[str], None] = print, command: list[str] | None = None) -> tuple[dict, Path]:
+    """Score a checkpoint on the test split; the record (suite "eval") keeps the command that made it
+    (``command``: the full command line, options and all) and the limit of test images."""
     state, task_desc, ds, dev, job, task, model = rebuild(path, dataset, data_seed, device, data_dir, iwae_k, limit)
     seed = task_desc["seed"]
     torch.manual_seed(data_seed)
     machine = records.machine_info(dev)
     cfg = {"checkpoint": str(path), "task": task_desc, "dataset": ds, "data_seed": data_seed,
-           "epochs_trained": state.get("epoch"), "best": state.get("best", {}).get("epoch")}
-    command = ["python", "-m", "bench", "eval", "--checkpoint", str(path)]
+           "epochs_trained": state.get("epoch"), "best": state.get("best", {}).get("epoch"), "limit": limit,
+           "iwae_k": iwae_k if task_desc["task"] == "draw" else None}
+    command = command or ["python", "-m", "bench", "eval", "--checkpoint", str(path)]
     record = records.new_record("eval", cfg, [seed], machine, command)
     common = {"dataset": ds, "data_seed": data_seed, "checkpoint": Path(path).name}
     if task_desc["task"] == "baseline-conv":

@@ -28,13 +28,15 @@ def _spread(values: list[float], fmt) -> str:
 
 def _link(paths: list[str], root: Path) -> str:
     names = sorted(set(paths))
-    return ", ".join(f"[{Path(p).stem}]({(root / p).as_posix() if root != Path('.') else p})" for p in names)
+    prefix = "" if str(root) in ("", ".") else str(root).rstrip("/") + "/"  # a URL keeps its '//'
+    return ", ".join(f"[{Path(p).stem}]({prefix}{Path(p).as_posix()})" for p in names)
 
 
 def _complete_units(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of finished suites, plus rows of incomplete ones (each metric is written when its unit ends);
-    never a dry run's (one batch of training is no result)."""
-    return df[df["status"].isin(["complete", "incomplete"]) & ~df["dry_run"].astype(bool)]
+    never a dry run's (one batch of training is no result), nor a `bench eval` of a checkpoint (a
+    rescoring, perhaps of a few images or other clutter, not a run: its record says what it scored)."""
+    return df[df["status"].isin(["complete", "incomplete"]) & ~df["dry_run"].astype(bool) & (df["suite"] != "eval")]
 
 
 def _read(record_path: str) -> dict:
@@ -596,7 +598,7 @@ def markdown(records: str | Path = "results/runs", link_root: str | Path = ".") 
     if df.empty:
         return "(no records but dry runs, which tables leave out)"
     df = pd.concat([df, earlier_rows(df)], ignore_index=True)
-    root = Path(link_root)
+    root = str(link_root)  # a URL too: Path would fold its '//'
     from bench import headline
 
     return ("### Against the paper: for each published figure, our most-trained finished run of the most seeds\n\n"

@@ -33,6 +33,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from datasets import build
 
     if args.out is None:
+        if args.force:
+            raise UsageError("--force goes with --out; to rebuild the cached copy, remove its folder (the path "
+                             "this command prints without --force) and build again")
         folder = build.cached_build(args.name, args.seed, args.data_dir, args.limit, args.epoch, log=_log)
     else:
         folder = build.build(args.name, args.seed, args.out, args.data_dir, args.limit, args.epoch,

@@ -105,3 +105,16 @@ def test_a_run_that_stayed_on_its_plateau_is_judged_and_named(tmp_path):
     assert verdicts(res)[("test_error", 8)] == "regression" and not res.only_a and not res.only_b
     assert any(w.startswith("B: 1 figure(s) from runs that never left their starting plateau") and
                "classifier-cluttered60-T8-s0" in w for w in res.warnings)
+
+
+def test_a_metric_recorded_as_null_is_information_not_a_crash(tmp_path):
+    """records.dumps writes NaN as null: such a figure is compared as 'no finite value', not a TypeError."""
+    a, b = make_record(), make_record()
+    for m in b["metrics"]:
+        if m["name"] == "nll_elbo":
+            m["value"] = None
+    records.write(a, tmp_path / "a.json")
+    records.write(b, tmp_path / "b.json")
+    rows = {r.name: r for r in compare.compare_paths(tmp_path / "a.json", tmp_path / "b.json").rows}
+    assert (rows["nll_elbo"].verdict, rows["nll_elbo"].detail) == ("info", "no finite value on B")
+    assert rows["nll_iwae"].verdict == "same"

@@ -167,7 +167,12 @@ def test_ram_checkpoint_evaluates(tiny_ram, tmp_path):
     ckpt = Path(job["checkpoint"]) if Path(job["checkpoint"]).is_absolute() else REPO / job["checkpoint"]
     out = tmp_path / "eval.json"
     assert main(["eval", "--checkpoint", str(ckpt), "--limit", "32", "--device", "cpu", "--out", str(out)]) == 0
-    [m] = records.read(out)["metrics"]
+    evaluated = records.read(out)
+    [m] = evaluated["metrics"]
+    # the record says how it was made: the whole command, and how many test images it scored
+    assert evaluated["command"][3:] == ["eval", "--checkpoint", str(ckpt), "--limit", "32", "--device", "cpu",
+                                        "--out", str(out)]
+    assert evaluated["config"]["limit"] == 32 and evaluated["config"]["iwae_k"] is None
     ran = next(m for m in rec["metrics"] if m["name"] == "test_error")
     assert m["value"] == ran["value"] and m["params"]["location"] == "mean"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pandas as pd
 
@@ -336,3 +337,24 @@ def test_hours_from_before_costs_were_kept_per_device_say_where_else_sittings_ra
     other_cpu = {"device": "cpu", "device_name": "Intel(R) Xeon(R) Processor"}
     assert tables.training_hours([legacy], [cpu], [{"segments": [{"machine": cpu}, {"machine": other_cpu}]}]) == \
         "2.00 core-h"  # a sitting on another CPU is core-hours too
+
+
+def test_links_keep_a_url_root_whole():
+    assert tables._link(["results/runs/long/a.json"], "https://github.com/o/r/blob/main/") == \
+        "[a](https://github.com/o/r/blob/main/results/runs/long/a.json)"
+    assert tables._link(["results/runs/long/a.json"], ".") == "[a](results/runs/long/a.json)"
+    assert tables._link(["results/runs/long/a.json"], Path("..")) == "[a](../results/runs/long/a.json)"
+
+
+def test_a_rescoring_by_bench_eval_is_not_a_run_in_the_tables(tmp_path):
+    run, rescored = make_record(), make_record(errors={1: 0.9, 2: 0.9, 4: 0.9, 8: 0.5})
+    for r in (run, rescored):
+        r["suite"] = "table1"
+        for m in r["metrics"]:
+            m["params"].update(dataset="cluttered100", protocol="separate")
+    rescored["suite"] = "eval"
+    records.write(run, tmp_path / "run.json")
+    assert "50.00%" not in tables.markdown(tmp_path)
+    records.write(rescored, tmp_path / "rescored.json")
+    text = tables.markdown(tmp_path)
+    assert "8.00%" in text and "50.00%" not in text and "rescored" not in text

@@ -53,16 +53,21 @@ CASES = [
     ("bench", ["eval", "--checkpoint", "{t}/fake.pt", "--device", "nope"], "unknown device 'nope'", False),
     ("bench", ["eval", "--checkpoint", "{t}/fake.pt", "--out", "{t}"], "is a folder", False),
     ("bench", ["eval", "--checkpoint", "{t}/fake.pt", "--data-dir", "{t}/afile"], "--data-dir", False),
+    ("bench", ["eval", "--checkpoint", "{t}/fake.pt", "--out", "{t}/good.json"], "good.json already exists", False),
+    ("bench", ["eval", "--checkpoint", "{t}/plugin.pt"], "a plug-in model's checkpoint; bench eval rebuilds", False),
     # export
     ("bench", ["export"], "required: checkpoint, out", False),
     ("bench", ["export", "{t}/afile", "{t}/new/out.pt"], "unreadable checkpoint", False),
     ("bench", ["export", "{t}/missing.pt", "{t}/new/out.pt"], "no checkpoint at", False),
     ("bench", ["export", "{t}/notask.pt", "{t}/new/out.pt"], "no task description", False),
     ("bench", ["export", "{t}/fake.pt", "{t}"], "is a folder", False),
+    ("bench", ["export", "{t}/fake.pt", "{t}/afile"], "afile already exists; give a new path", False),
+    ("bench", ["export", "{t}/fake.pt", "{t}/fake.pt"], "it is the checkpoint itself", False),
     # tables
     ("bench", ["tables", "--records", "{t}/missing"], "no such record or folder", False),
     ("bench", ["tables", "--records", "{t}/notjson.json"], "not valid JSON", False),
     ("bench", ["tables", "--records", "{t}/list.json"], "a JSON list, not a run record", False),
+    ("bench", ["tables", "--reference", "--records", "{t}/good.json"], "give it without --records", False),
     # status
     ("bench", ["status", "{t}/missing"], "no such record or folder", False),
     ("bench", ["status", "{t}/notjson.json"], "not valid JSON", True),
@@ -79,11 +84,13 @@ CASES = [
     ("bench", ["compare", "{t}/good.json", "{t}/number.json"], "a JSON int, not a run record", False),
     ("bench", ["compare", "{t}/good.json", "{t}/empty"], "holds no records", False),
     ("bench", ["compare", "{t}/good.json", "{t}/good.json", "--factor", "0"], "--factor: '0' must be > 0", False),
+    ("bench", ["compare", "{t}/good.json", "{t}/good.json", "--factor", "1"], "--factor must be above 1", False),
     ("bench", ["compare", "{t}/good.json"], "required: b", False),
     # report
     ("bench", ["report", "--records", "{t}/missing", "--out", "{t}/rep"], "no such record or folder", False),
     ("bench", ["report", "--records", "{t}/afile", "--out", "{t}/rep"], "holds no run records", False),
     ("bench", ["report", "--records", "{t}/good.json", "--out", "{t}/afile"], "--out", False),
+    ("bench", ["report", "--reference", "--records", "{t}/good.json"], "give it without --records", False),
     # datasets
     ("datasets", [], "required: command", False),
     ("datasets", ["nope"], "invalid choice: 'nope'", False),
@@ -96,6 +103,7 @@ CASES = [
     ("datasets", ["build", "cluttered60", "--limit", "0", "--out", "{t}/D"], "--limit: '0' must be >= 1", False),
     ("datasets", ["build", "cluttered60", "--epoch", "-1", "--out", "{t}/D"], "--epoch: '-1' must be >= 0", False),
     ("datasets", ["build", "cluttered60", "--out", "{t}/afile"], "--out", False),
+    ("datasets", ["build", "cluttered60", "--force"], "--force goes with --out", False),
     ("datasets", ["build", "cluttered60", "--data-dir", "{t}/afile", "--out", "{t}/D"], "--data-dir", False),
     ("datasets", ["show", "nope"], "invalid choice: 'nope'", False),
     ("datasets", ["show", "cluttered60", "--n", "0", "-o", "{t}/g.png"], "--n: '0' must be >= 1", False),
@@ -127,6 +135,8 @@ def work(tmp_path, monkeypatch):
     (t / "fake.pt").write_bytes(b"not a checkpoint")
     torch.save([1, 2], t / "list.pt")
     torch.save({"format": "glimpse-train-1"}, t / "notask.pt")
+    torch.save({"format": "glimpse-train-1", "task": {"task": "plugin", "model": {"plugin": "m:build"}}},
+               t / "plugin.pt")
     (t / "empty").mkdir()
     (t / "cwd").mkdir()
     monkeypatch.chdir(t / "cwd")
