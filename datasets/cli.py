@@ -21,7 +21,7 @@ def _log(msg: str) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    folder = mnist.fetch(args.data_dir, log=_log)
+    folder = mnist.fetch(args.data_dir, log=_log, rehash=True)  # asked for: every file hashed again
     for split in ("train", "test"):
         images, labels = mnist.load(split, args.data_dir)
         print(f"{split}: {images.shape[0]} images")

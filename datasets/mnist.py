@@ -313,14 +313,16 @@ def _make_folder(folder: Path) -> None:
 
 
 def fetch(data_dir: str | os.PathLike | None = None, sources: list[Source] | None = None,
-          source_timeout_s: float = SOURCE_TIMEOUT_S, log: Callable[[str], None] | None = None) -> Path:
+          source_timeout_s: float = SOURCE_TIMEOUT_S, log: Callable[[str], None] | None = None,
+          rehash: bool = False) -> Path:
     """Make sure the four verified IDX files are in ``<root>/mnist``; return that folder.
 
-    A file that fails its checksum is moved aside (``NAME.corrupt-<utc>``) and obtained again."""
+    A file that fails its checksum is moved aside (``NAME.corrupt-<utc>``) and obtained again. Files
+    verified before (same size, mtime and inode) are trusted unless ``rehash`` (`datasets fetch`)."""
     folder = mnist_dir(data_dir)
     _make_folder(folder)
     with file_lock(folder / ".lock"):
-        stamps = _read_stamps(folder)
+        stamps = {} if rehash else _read_stamps(folder)
         stamps_before = dict(stamps)
         repaired = _set_aside_damaged(folder, stamps, log)
         missing = [n for n in SHA256 if not (folder / n).is_file()]

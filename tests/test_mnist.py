@@ -245,6 +245,17 @@ def test_cli_fetch_prints_folder_and_repairs_a_corrupt_file(tmp_path, raw_files)
     assert mnist.sha256_file(victim) == mnist.SHA256["t10k-images-idx3-ubyte"]
     [aside] = victim.parent.glob("t10k-images-idx3-ubyte.corrupt-*")
     assert aside.read_bytes() == bytes(data)
+    # a byte changed in place, its size and mtime put back (the stamp's key): `fetch` hashes anyway
+    good = victim.read_bytes()
+    st = victim.stat()
+    with open(victim, "r+b") as f:
+        f.seek(100)
+        f.write(bytes([good[100] ^ 0x01]))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = subprocess.run([sys.executable, "-m", "datasets", "fetch"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "SHA-256 mismatch" in again.stderr, again.stderr
+    assert mnist.sha256_file(victim) == mnist.SHA256["t10k-images-idx3-ubyte"]
 
 
 def test_a_source_may_take_its_own_time_and_npm_gets_its_download_time(tmp_path, raw_files):
