@@ -14,8 +14,7 @@ from bench import plugins, records, report, runner, suites, tables, targets
 from bench.optim import Optim
 from bench.suites import RamJob, Suite, Target
 from models.ram import RamConfig
-from tests.fixtures.bench_records import without_timings
-from tests.fixtures.interrupts import interrupt_loss
+from tests.fixtures.interrupts import assert_resumed_like, interrupted_and_resumed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -144,19 +143,10 @@ def test_report_labels_soft_and_hard_attention():
 def test_ram_resume_matches_uninterrupted(tiny_ram, monkeypatch):
     """The location noise comes from torch's RNG, which checkpoints keep: a crash and --resume end
     where an uninterrupted run ends."""
-    ref, _ = runner.run(tiny_ram("ref"), log=quiet)
     from bench import tasks
 
-    orig = interrupt_loss(monkeypatch, tasks.RamTask, 6)  # in epoch 2 of 4 batches each
-    with pytest.raises(KeyboardInterrupt):
-        runner.run(tiny_ram("run"), log=quiet)
-    monkeypatch.setattr(tasks.RamTask, "loss", orig)
-    done, _ = runner.run(tiny_ram("run", resume=True), log=quiet)
-    unit = next(iter(done["jobs"]))
-    assert done["jobs"][unit]["resumed"]
-    assert without_timings(done["curves"][unit]) == without_timings(ref["curves"][unit])
-    pick = lambda r: sorted((m["name"], m["value"]) for m in r["metrics"])  # noqa: E731
-    assert pick(done) == pick(ref)
+    ref, done = interrupted_and_resumed(monkeypatch, tiny_ram, tasks.RamTask, 6)  # in epoch 2 of 4 batches
+    assert_resumed_like(done, ref)
 
 
 def test_ram_checkpoint_evaluates(tiny_ram, tmp_path):

@@ -17,8 +17,7 @@ from bench import plugins, runner, suites
 from bench.optim import Optim
 from bench.suites import ClassifierJob, Suite
 from models.classifier import ClassifierConfig
-from tests.fixtures.bench_records import without_timings
-from tests.fixtures.interrupts import interrupt_loss
+from tests.fixtures.interrupts import assert_resumed_like, interrupted_and_resumed
 
 CONFIG = {"height": 8, "width": 8, "channels": 1, "num_classes": 10, "glimpses": 3, "per_step_loss": False}
 
@@ -218,15 +217,5 @@ def test_a_plugin_run_resumes_exactly(monkeypatch, tmp_path, mnist_data):
         return runner.RunOptions(suite=TINY.name, out=str(tmp_path / f"{name}.json"), threads=1, progress=False,
                                  checkpoint_dir=str(tmp_path / "ckpt"), **kw)
 
-    quiet = lambda m: None  # noqa: E731
-    ref, _ = runner.run(opts("ref"), log=quiet)
-    orig = interrupt_loss(monkeypatch, tasks.PluginTask, 6)  # in epoch 2 of 4 batches each
-    with pytest.raises(KeyboardInterrupt):
-        runner.run(opts("run"), log=quiet)
-    monkeypatch.setattr(tasks.PluginTask, "loss", orig)
-    done, _ = runner.run(opts("run", resume=True), log=quiet)
-    unit = next(iter(done["jobs"]))
-    assert done["status"] == "complete" and done["jobs"][unit]["resumed"]
-    assert without_timings(done["curves"][unit]) == without_timings(ref["curves"][unit])
-    pick = lambda r: sorted((m["name"], m["value"]) for m in r["metrics"])  # noqa: E731
-    assert pick(done) == pick(ref)
+    ref, done = interrupted_and_resumed(monkeypatch, opts, tasks.PluginTask, 6)  # in epoch 2 of 4 batches
+    assert_resumed_like(done, ref)
