@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from datasets import mnist
 from datasets.cliargs import (EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, UsageError, check_data_dir,
@@ -58,6 +59,8 @@ def check_paths(args: argparse.Namespace) -> None:
         check_output_folder(args.out, "--out")
     if getattr(args, "output", None) is not None:
         check_output_file(args.output, "--output", "grid.png")
+        if Path(args.output).suffix.lower() != ".png":
+            raise UsageError(f"--output {args.output}: the grid is written as a PNG; give a name ending in .png")
 
 
 def build_parser() -> argparse.ArgumentParser:

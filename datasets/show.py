@@ -50,7 +50,8 @@ def draw_grid(name: str | Spec, n: int = 64, out: str | os.PathLike = "grid.png"
                                    ec=DIGIT_COLOURS[d % len(DIGIT_COLOURS)]))
         labels = np.atleast_1d(plan.labels[i])
         ax.set_title(" ".join(str(int(v)) for v in labels), fontsize=8, pad=2)
-    fig.suptitle(f"{variant_name(name)} {split} (seed {seed}): {spec.height}x{spec.width}, "
+    epoch_text = f", epoch {epoch}" if epoch is not None else ""
+    fig.suptitle(f"{variant_name(name)} {split} (seed {seed}{epoch_text}): {spec.height}x{spec.width}, "
                  f"{spec.n_digits} digit(s), {spec.n_distractors} distractor(s)", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -112,6 +112,7 @@ CASES = [
     ("datasets", ["show", "cluttered60", "--epoch", "-2"], "--epoch: '-2' must be >= 0", False),
     ("datasets", ["show", "cluttered60", "-o", "{t}"], "is a folder", False),
     ("datasets", ["show", "cluttered60", "-o", "{t}/afile/g.png"], "is not writable", False),
+    ("datasets", ["show", "cluttered60", "-o", "{t}/g.jpg"], "give a name ending in .png", False),
 ]
 
 
