@@ -39,9 +39,10 @@ def check_targets(suite: suites.Suite, metrics: list[dict]) -> list[dict]:
             ts = sorted(by_t)
             means = [float(np.mean(by_t[k])) for k in ts]
             entry["value"] = dict(zip(map(str, ts), means))
-            # allow half a point of noise between neighbours, but the last must beat the first
-            entry["passed"] = bool(len(means) > 1 and means[-1] < means[0]
-                                   and all(b <= a + 0.005 for a, b in zip(means, means[1:])))
+            # allow half a point of noise between neighbours, but the last must beat the first; one
+            # glimpse count (a record of one model) cannot say whether the error falls
+            entry["passed"] = None if len(means) < 2 else bool(
+                means[-1] < means[0] and all(b <= a + 0.005 for a, b in zip(means, means[1:])))
         out.append(entry)
     return out
 
