@@ -209,11 +209,12 @@ def test_eval_checkpoint_on_other_test_clutter(tiny, tmp_path, capsys):
     assert set(errs) == {1, 2} and all(0 <= v <= 1 for v in errs.values())
     assert all(m["params"]["data_seed"] == 1 and m["params"]["test_images"] == 32 for m in r["metrics"])
     # the same checkpoint on the fixed test split (seed 0) reproduces the run's own test errors
-    assert main(["eval", "--checkpoint", str(ckpt), "--limit", "32", "--device", "cpu", "--out", str(out)]) == 0
-    again = {m["params"]["glimpses"]: m["value"] for m in records.read(out)["metrics"]}
+    fixed = tmp_path / "eval-fixed.json"  # an evaluation never writes over a record
+    assert main(["eval", "--checkpoint", str(ckpt), "--limit", "32", "--device", "cpu", "--out", str(fixed)]) == 0
+    again = {m["params"]["glimpses"]: m["value"] for m in records.read(fixed)["metrics"]}
     ran = {m["params"]["glimpses"]: m["value"] for m in rec["metrics"] if m["name"] == "test_error"}
     assert again == ran
-    assert main(["eval", "--checkpoint", str(ckpt), "--dataset", "binarized", "--out", str(out)]) == 2
+    assert main(["eval", "--checkpoint", str(ckpt), "--dataset", "binarized", "--out", str(tmp_path / "x.json")]) == 2
     assert "has 28x28 images but the model was trained on 60x60" in capsys.readouterr().err
 
 

@@ -170,9 +170,11 @@ def test_full_disk_on_the_command_line_is_one_line_exit_2(tmp_path, monkeypatch,
     capsys.readouterr()
     good = dst.read_bytes()
     monkeypatch.setattr(fileio, "_open_temp", lambda fd: FullDisk(fd, room=100))
-    assert bench_main(["export", str(src), str(dst)]) == 2
+    again = tmp_path / "ref2.pt"  # export refuses an existing destination: a new one, on a full disk
+    assert bench_main(["export", str(src), str(again)]) == 2
     line = one_line_error(capsys)
-    assert f"cannot write {dst}" in line and os.strerror(errno.ENOSPC) in line and "unchanged" in line
+    assert f"cannot write {again}" in line and os.strerror(errno.ENOSPC) in line and "unchanged" in line
+    assert not again.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ref.pt", "unit.pt"]
     assert_survived(dst, good)
 
 

@@ -33,6 +33,8 @@ def _resume(path: Path, tmp_path: Path) -> tuple[runner.Runner, dict, Path]:
         if p.exists():
             shutil.copy(p, tmp_path / p.name)
     rec = records.read(path)
+    if rec.get("closed"):  # units retired by `bench close` are reopened in the copy: their ids and checkpoints count
+        records.write({k: v for k, v in rec.items() if k != "closed"}, tmp_path / path.name)
     made = rec["config"].get("options", {})  # the overrides it was made with, given again on resume
     given = {k: tuple(made[k]) if isinstance(made.get(k), list) else made.get(k)
              for k in ("glimpses", "on_relapse", "jobs", "settings")}
